@@ -1,0 +1,44 @@
+"""Accounts and keys as protobuf messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import timestamp_pb2
+from kyma.accounting.v1 import accounting_service_pb2 as pb
+
+from core_service.db import models
+
+_STATUS = {
+    "active": pb.ACCOUNT_STATUS_ACTIVE,
+    "suspended": pb.ACCOUNT_STATUS_SUSPENDED,
+    "banned": pb.ACCOUNT_STATUS_BANNED,
+}
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    message = timestamp_pb2.Timestamp()
+    message.FromDatetime(value)
+    return message
+
+
+def account_message(account: models.Account) -> pb.Account:
+    return pb.Account(
+        id=account.id,
+        email=account.email,
+        status=_STATUS.get(account.status, pb.ACCOUNT_STATUS_UNSPECIFIED),
+        tier=account.tier,
+        created_at=timestamp(account.created_at),
+    )
+
+
+def key_message(key: models.ApiKey) -> pb.ApiKey:
+    return pb.ApiKey(
+        id=key.id,
+        name=key.name,
+        display_prefix=key.display_prefix,
+        created_at=timestamp(key.created_at),
+        revoked_at=timestamp(key.revoked_at),
+    )

@@ -1,0 +1,104 @@
+"""Accounts and API keys in the database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core_service import keys
+from core_service.accounts.emails import Email
+from core_service.clock import Clock
+from core_service.db import models
+from core_service.errors import AlreadyExists
+from core_service.ids import new_id
+
+
+@dataclass(frozen=True)
+class KeyOwner:
+    """What a key lookup yields: the key and the state of its account."""
+
+    key_id: str
+    account_id: str
+    account_status: str
+    tier: int
+    revoked: bool
+
+
+@dataclass(frozen=True)
+class NewAccount:
+    account: models.Account
+    key: models.ApiKey
+    secret: str  # the API key itself: returned once, never stored
+
+
+class AccountStore:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Clock) -> None:
+        self._sessions = sessions
+        self._clock = clock
+
+    async def create_account(self, email: Email, *, key_name: str = "default") -> NewAccount:
+        now = self._clock.now()
+        account = models.Account(
+            id=new_id("acct"),
+            email=email.address,
+            email_canonical=email.canonical,
+            status="active",
+            tier=0,
+            created_at=now,
+        )
+        secret = keys.generate()
+        key = self._new_key(account.id, key_name, secret, now)
+        try:
+            async with self._sessions.begin() as session:
+                session.add(account)
+                await session.flush()
+                session.add(key)
+        except IntegrityError:
+            raise AlreadyExists(
+                "An account already exists for this email address (one account per person).",
+                param="email",
+            ) from None
+        return NewAccount(account=account, key=key, secret=secret)
+
+    @staticmethod
+    def _new_key(account_id: str, name: str, secret: str, now: datetime) -> models.ApiKey:
+        return models.ApiKey(
+            id=new_id("key"),
+            account_id=account_id,
+            name=name,
+            display_prefix=keys.display_prefix(secret),
+            key_hash=keys.hash_key(secret),
+            created_at=now,
+        )
+
+    async def find_key_owner(self, key_hash: bytes) -> KeyOwner | None:
+        statement = (
+            select(
+                models.ApiKey.id,
+                models.ApiKey.account_id,
+                models.ApiKey.revoked_at,
+                models.Account.status,
+                models.Account.tier,
+            )
+            .join(models.Account, models.Account.id == models.ApiKey.account_id)
+            .where(models.ApiKey.key_hash == key_hash)
+        )
+        async with self._sessions() as session:
+            row = (await session.execute(statement)).first()
+        if row is None:
+            return None
+        return KeyOwner(
+            key_id=row.id,
+            account_id=row.account_id,
+            account_status=row.status,
+            tier=row.tier,
+            revoked=row.revoked_at is not None,
+        )
+
+    async def get_account(self, account_id: str) -> models.Account | None:
+        async with self._sessions() as session:
+            return await session.get(models.Account, account_id)

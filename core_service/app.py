@@ -1,0 +1,154 @@
+"""The composition root: builds every part of the core once and passes each its dependencies.
+
+Nothing else in the core constructs an engine, an HTTP client or a service; tests build a Core
+with their own settings, clock and upstream transport.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import grpc
+import httpx
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from kyma.accounting.v1 import accounting_service_pb2, accounting_service_pb2_grpc
+from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
+from kyma.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from kyma.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
+from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core_service.accounts.auth import Authenticator
+from core_service.accounts.service import AccountingServicer
+from core_service.accounts.store import AccountStore
+from core_service.admin.auth import AdminGuard, resolve_admin_token
+from core_service.admin.service import AdminServicer
+from core_service.catalog import Catalog
+from core_service.clock import Clock, SystemClock
+from core_service.db.engine import create_engine, migrate, session_factory
+from core_service.inference.pipeline import InferencePipeline
+from core_service.inference.service import InferenceServicer
+from core_service.routing.router import Router
+from core_service.routing.service import RoutingServicer
+from core_service.settings import Settings
+from core_service.upstream.client import UpstreamClient
+from core_service.upstream.demo import DemoTransport
+
+log = logging.getLogger(__name__)
+
+# Large enough for the biggest body the bridge accepts, with room for the envelope.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+
+_SERVICES = [
+    inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
+    routing_service_pb2.DESCRIPTOR.services_by_name["RoutingService"].full_name,
+    accounting_service_pb2.DESCRIPTOR.services_by_name["AccountingService"].full_name,
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+]
+
+
+def build_http_client(settings: Settings, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+    """One pooled client for every upstream. It ignores proxy variables in the environment:
+    where requests go is the catalogue's business alone."""
+    return httpx.AsyncClient(
+        transport=transport
+        or httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500),
+            retries=0,
+        ),
+        mounts={"demo://": DemoTransport(tokens_per_second=settings.demo_tokens_per_second)},
+        trust_env=False,
+        follow_redirects=False,
+    )
+
+
+@dataclass
+class Core:
+    """A built core: start() serves it on a port, stop() drains and closes everything."""
+
+    settings: Settings
+    engine: AsyncEngine
+    http: httpx.AsyncClient
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int = 0
+    _stopped: bool = field(default=False, repr=False)
+
+    async def start(self) -> int:
+        await self.server.start()
+        for name in (*_SERVICES, ""):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("core serving gRPC on %s:%d", self.settings.grpc_host, self.port)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        await self.http.aclose()
+        await self.engine.dispose()
+
+
+async def build_core(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
+    catalog: Catalog | None = None,
+    rng: random.Random | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Core:
+    """Build the core from settings; migrations are applied here, before anything serves."""
+    clock = clock or SystemClock()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if catalog is None:
+        environ = os.environ if environ is None else environ
+        catalog = Catalog.load(settings.catalog, environ) if settings.catalog else Catalog.builtin()
+    engine = create_engine(settings.sqlalchemy_url)
+    await migrate(engine)
+    sessions = session_factory(engine)
+    http = build_http_client(settings, upstream_transport)
+
+    store = AccountStore(sessions, clock)
+    authenticator = Authenticator(store, clock, cache_seconds=settings.key_cache_seconds)
+    pipeline = InferencePipeline(
+        authenticator=authenticator,
+        catalog=catalog,
+        router=Router(rng or random.Random()),
+        upstream=UpstreamClient(http),
+    )
+    guard = AdminGuard(SecretStr(resolve_admin_token(settings)))
+
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
+        InferenceServicer(pipeline), server
+    )
+    routing_service_pb2_grpc.add_RoutingServiceServicer_to_server(
+        RoutingServicer(authenticator, catalog), server
+    )
+    accounting_service_pb2_grpc.add_AccountingServiceServicer_to_server(
+        AccountingServicer(authenticator, store), server
+    )
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(guard, store), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    return Core(
+        settings=settings, engine=engine, http=http, server=server, health=health_servicer, port=port
+    )

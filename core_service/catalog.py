@@ -1,0 +1,165 @@
+"""The model catalogue: public model names, their prices, and the upstream deployments that
+serve them. Loaded from the YAML file named by KYMA_CATALOG (format in the README); without
+one, the catalogue holds the built-in demo model only.
+
+Upstream API keys are named by environment variable in the file and resolved when the file is
+loaded, so the file itself holds no secrets.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from core_service.errors import ModelNotFound
+
+DEMO_BASE_URL = "demo://local/v1"
+Endpoint = Literal["chat.completions", "completions", "embeddings"]
+ALL_ENDPOINTS: tuple[Endpoint, ...] = ("chat.completions", "completions", "embeddings")
+
+
+class CatalogError(ValueError):
+    """The catalogue file is missing or invalid; the message says where."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(_Strict):
+    """USD per million tokens. Exact decimals; zero for free models."""
+
+    input_per_million: Decimal = Decimal(0)
+    output_per_million: Decimal = Decimal(0)
+
+    @field_validator("input_per_million", "output_per_million")
+    @classmethod
+    def _valid(cls, value: Decimal) -> Decimal:
+        if not value.is_finite() or value < 0:
+            raise ValueError("must be a non-negative number")
+        if (value * 10**9) != (value * 10**9).to_integral_value():
+            raise ValueError("finer than one nano-dollar per million tokens")
+        return value
+
+    @property
+    def input_nanos_per_million(self) -> int:
+        return int(self.input_per_million * 10**9)
+
+    @property
+    def output_nanos_per_million(self) -> int:
+        return int(self.output_per_million * 10**9)
+
+
+class DeploymentLimits(_Strict):
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    max_concurrent: int | None = Field(default=None, gt=0)
+
+
+class Timeouts(_Strict):
+    """Seconds. `first_token` bounds the wait for response headers (or the first stream
+    event); `idle` the gap between stream events; `total` the whole request."""
+
+    connect: float = Field(default=5.0, gt=0)
+    first_token: float = Field(default=60.0, gt=0)
+    idle: float = Field(default=60.0, gt=0)
+    total: float = Field(default=600.0, gt=0)
+
+
+class Deployment(_Strict):
+    name: str = ""
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    api_key: SecretStr | None = Field(default=None, exclude=True)
+    weight: float = Field(default=1.0, gt=0)
+    limits: DeploymentLimits = DeploymentLimits()
+    timeouts: Timeouts = Timeouts()
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://", "demo://")):
+            raise ValueError("must start with http://, https:// or demo://")
+        return value.rstrip("/")
+
+
+class Model(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    owned_by: str = "kyma"
+    created: int = 1_767_225_600  # 2026-01-01, for models that do not say
+    context_window: int = Field(default=8192, gt=0)
+    max_output_tokens: int = Field(default=4096, gt=0)
+    price: Price = Price()
+    endpoints: tuple[Endpoint, ...] = ALL_ENDPOINTS
+    deployments: tuple[Deployment, ...] = Field(min_length=1)
+
+
+class _CatalogFile(_Strict):
+    models: tuple[Model, ...]
+
+
+DEMO_MODEL = Model(
+    name="kyma-demo",
+    owned_by="kyma",
+    context_window=32768,
+    max_output_tokens=1024,
+    price=Price(input_per_million=Decimal("0.10"), output_per_million=Decimal("0.20")),
+    deployments=(Deployment(name="demo", base_url=DEMO_BASE_URL, model="kyma-demo"),),
+)
+
+
+class Catalog:
+    def __init__(self, models: tuple[Model, ...]) -> None:
+        names = [m.name for m in models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise CatalogError(f"model names appear twice: {', '.join(duplicates)}")
+        self._models = {m.name: m for m in models}
+
+    @classmethod
+    def builtin(cls) -> Catalog:
+        return cls((DEMO_MODEL,))
+
+    @classmethod
+    def load(cls, path: pathlib.Path, environ: Mapping[str, str]) -> Catalog:
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise CatalogError(f"cannot read the catalogue {path}: {exc}") from None
+        try:
+            parsed = _CatalogFile.model_validate(raw)
+        except ValidationError as exc:
+            raise CatalogError(f"invalid catalogue {path}:\n{exc}") from None
+        return cls(tuple(_resolve_keys(m, environ) for m in parsed.models))
+
+    def get(self, name: str) -> Model:
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFound(name)
+        return model
+
+    def models(self) -> list[Model]:
+        return list(self._models.values())
+
+
+def _resolve_keys(model: Model, environ: Mapping[str, str]) -> Model:
+    deployments = []
+    for index, deployment in enumerate(model.deployments):
+        name = deployment.name or f"{model.name}#{index}"
+        key = None
+        if deployment.api_key_env:
+            value = environ.get(deployment.api_key_env)
+            if not value:
+                raise CatalogError(
+                    f"model {model.name}, deployment {name}: the environment variable "
+                    f"{deployment.api_key_env} is not set"
+                )
+            key = SecretStr(value)
+        deployments.append(deployment.model_copy(update={"name": name, "api_key": key}))
+    return model.model_copy(update={"deployments": tuple(deployments)})

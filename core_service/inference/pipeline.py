@@ -1,0 +1,194 @@
+"""The path of one inference request through the core: authenticate, read the request, pick
+deployments, forward with failover before the first byte, relay, and account for usage.
+
+Both the unary and the streaming path live here so the HTTP bridge and direct gRPC callers get
+exactly the same policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from core_service.accounts.auth import Authenticator, Principal
+from core_service.billing.pricing import cost_nanos
+from core_service.catalog import Catalog, Deployment, Endpoint, Model
+from core_service.errors import InvalidRequest, UpstreamError
+from core_service.inference.requests import UPSTREAM_PATHS, InferenceRequest, parse_request
+from core_service.inference.streams import StreamRelay
+from core_service.inference.usage import TokenUsage, usage_from_upstream
+from core_service.routing.router import Router
+from core_service.upstream.client import UpstreamClient, UpstreamFailure, UpstreamStream
+from core_service import tokens
+
+
+@dataclass(frozen=True)
+class Charge:
+    usage: TokenUsage
+    cost_nanos: int
+
+
+@dataclass(frozen=True)
+class UnaryResult:
+    body: bytes
+    charge: Charge
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    charge: Charge
+
+
+class InferencePipeline:
+    def __init__(
+        self,
+        *,
+        authenticator: Authenticator,
+        catalog: Catalog,
+        router: Router,
+        upstream: UpstreamClient,
+    ) -> None:
+        self._authenticator = authenticator
+        self._catalog = catalog
+        self._router = router
+        self._upstream = upstream
+
+    async def _prepare(
+        self, endpoint: Endpoint, raw: bytes, authorization: str | None, *, stream: bool
+    ) -> tuple[Principal, InferenceRequest, Model]:
+        principal = await self._authenticator.authenticate(authorization)
+        request = parse_request(endpoint, raw, stream=stream)
+        model = self._catalog.get(request.model)
+        if endpoint not in model.endpoints:
+            raise InvalidRequest(
+                f"The model '{model.name}' does not support the {endpoint} endpoint.",
+                param="model",
+            )
+        return principal, request, model
+
+    @staticmethod
+    def _upstream_body(request: InferenceRequest, deployment: Deployment) -> bytes:
+        body: dict[str, Any] = dict(request.body)
+        body["model"] = deployment.model
+        if request.stream:
+            body["stream"] = True
+            # Usage is what the request is billed by: ask for it whatever the client asked.
+            options = dict(body.get("stream_options") or {})
+            options["include_usage"] = True
+            body["stream_options"] = options
+        return orjson.dumps(body)
+
+    async def complete(self, endpoint: Endpoint, raw: bytes, authorization: str | None) -> UnaryResult:
+        _principal, request, model = await self._prepare(endpoint, raw, authorization, stream=False)
+        path = UPSTREAM_PATHS[endpoint]
+        failure: UpstreamFailure | None = None
+        for deployment in self._router.candidates(model):
+            try:
+                reply = await self._upstream.post(
+                    deployment, path, self._upstream_body(request, deployment)
+                )
+                break
+            except UpstreamFailure as exc:
+                if not exc.retryable:
+                    raise exc.error from None
+                failure = exc
+        else:
+            assert failure is not None
+            raise failure.error
+        try:
+            parsed = orjson.loads(reply)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("The model's upstream sent a malformed response.") from None
+        if not isinstance(parsed, dict):
+            raise UpstreamError("The model's upstream sent a malformed response.")
+        parsed["model"] = model.name
+        usage = usage_from_upstream(parsed.get("usage")) or _estimate(request, parsed)
+        return UnaryResult(body=orjson.dumps(parsed), charge=_charge(model, usage))
+
+    async def stream(
+        self, endpoint: Endpoint, raw: bytes, authorization: str | None
+    ) -> AsyncIterator[StreamChunk | StreamEnd]:
+        """Chunks as the client should get them, then one StreamEnd. Failover happens until the
+        first chunk exists; after that an upstream failure is raised as a KymaError."""
+        _principal, request, model = await self._prepare(endpoint, raw, authorization, stream=True)
+        relay = StreamRelay(
+            public_model=model.name,
+            include_usage=request.include_usage,
+            prompt_estimate=request.prompt_tokens_estimate,
+        )
+        stream, events, first = await self._open_with_failover(request, model, relay)
+        complete = False
+        charge: Charge | None = None
+        try:
+            if first is not None:
+                yield StreamChunk(first)
+            async for data in events:
+                chunk = relay.rewrite(data)
+                if chunk is not None:
+                    yield StreamChunk(chunk)
+            complete = True
+        except UpstreamFailure as exc:
+            raise exc.error from None
+        finally:
+            await stream.aclose()
+            # Also reached when the client goes away: usage then is what was relayed.
+            charge = _charge(model, relay.usage(complete=complete))
+        yield StreamEnd(charge)
+
+    async def _open_with_failover(
+        self, request: InferenceRequest, model: Model, relay: StreamRelay
+    ) -> tuple[UpstreamStream, AsyncIterator[bytes], bytes | None]:
+        path = UPSTREAM_PATHS[request.endpoint]
+        failure: UpstreamFailure | None = None
+        for deployment in self._router.candidates(model):
+            stream: UpstreamStream | None = None
+            try:
+                stream = await self._upstream.open_stream(
+                    deployment, path, self._upstream_body(request, deployment)
+                )
+                events = stream.events().__aiter__()
+                # Nothing has reached the client until the first chunk: until then, fail over.
+                while True:
+                    try:
+                        data = await anext(events)
+                    except StopAsyncIteration:
+                        return stream, events, None
+                    chunk = relay.rewrite(data)
+                    if chunk is not None:
+                        return stream, events, chunk
+            except UpstreamFailure as exc:
+                failure = exc
+            except UpstreamError as exc:  # an error event or garbage before the first chunk
+                failure = UpstreamFailure(exc, retryable=True)
+            if stream is not None:
+                await stream.aclose()
+        assert failure is not None
+        raise failure.error
+
+
+def _estimate(request: InferenceRequest, response: dict[str, Any]) -> TokenUsage:
+    text: list[str] = []
+    for choice in response.get("choices") or []:
+        if isinstance(choice, dict):
+            message = choice.get("message")
+            content = message.get("content") if isinstance(message, dict) else choice.get("text")
+            if isinstance(content, str):
+                text.append(content)
+    return TokenUsage(
+        request.prompt_tokens_estimate, tokens.count_tokens("".join(text)), estimated=True
+    )
+
+
+def _charge(model: Model, usage: TokenUsage) -> Charge:
+    return Charge(
+        usage=usage,
+        cost_nanos=cost_nanos(model.price, usage.prompt_tokens, usage.completion_tokens),
+    )

@@ -1,0 +1,25 @@
+"""Running the core as a process: build it, serve until SIGTERM/SIGINT, then drain and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from core_service.app import build_core
+from core_service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def run_core(settings: Settings) -> None:
+    core = await build_core(settings)
+    await core.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"kyma core listening on {settings.grpc_host}:{core.port}", flush=True)
+    await stop.wait()
+    log.info("core shutting down: draining in-flight requests for up to %.0fs", settings.shutdown_grace_seconds)
+    await core.stop()

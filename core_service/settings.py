@@ -1,0 +1,127 @@
+"""The core's settings: read once at start-up from `KYMA_*` environment variables and an
+optional YAML file named by `KYMA_CONFIG` (environment wins), then passed down explicitly.
+Nothing reads the environment after start-up.
+
+Every setting is documented in the README's configuration table; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from decimal import Decimal
+from typing import Any
+
+import yaml
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class _YamlFileSource(PydanticBaseSettingsSource):
+    """Settings from the YAML file named by KYMA_CONFIG: keys are the names without prefix."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: str | None) -> None:
+        super().__init__(settings_cls)
+        self._values: dict[str, Any] = {}
+        if path:
+            loaded = yaml.safe_load(pathlib.Path(path).read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: the config file must be a mapping of setting names")
+            self._values = {str(k).lower(): v for k, v in loaded.items()}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+class Settings(BaseSettings):
+    """Settings of one Kyma process (core, bridge and CLI read the ones they need)."""
+
+    model_config = SettingsConfigDict(env_prefix="KYMA_", extra="ignore", frozen=True)
+
+    data_dir: pathlib.Path = Field(
+        default=pathlib.Path(".kyma"),
+        description="Where the embedded SQLite database and the generated admin token live.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; postgresql://… for production. Default: SQLite in data_dir.",
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis for shared rate limits; unset = in-process limiter."
+    )
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    core_address: str | None = Field(
+        default=None,
+        description="Where the bridge and CLI reach the core; default grpc_host:grpc_port.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Token for the admin gRPC API. Unset: generated once into data_dir/admin_token.",
+    )
+    catalog: pathlib.Path | None = Field(
+        default=None, description="Model catalogue (YAML). Unset: the built-in demo model only."
+    )
+    mail_url: str | None = Field(
+        default=None, description="smtp://host:port or file:///dir; unset = mails go to the log."
+    )
+    welcome_bonus_usd: Decimal = Decimal("0.50")
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, description="Largest request body the bridge accepts."
+    )
+    demo_tokens_per_second: float = Field(
+        default=50.0, description="Pace of the built-in demo model's streams; 0 = no pacing."
+    )
+    key_cache_seconds: float = Field(
+        default=2.0,
+        description="How long a node trusts a key lookup; bounds how late a revocation is seen.",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=30.0, description="How long shutdown waits for in-flight requests and streams."
+    )
+    log_level: str = "INFO"
+
+    @field_validator("welcome_bonus_usd")
+    @classmethod
+    def _non_negative(cls, value: Decimal) -> Decimal:
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_source = _YamlFileSource(settings_cls, os.environ.get("KYMA_CONFIG"))
+        return (init_settings, env_settings, yaml_source)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the async driver Kyma uses for it."""
+        url = self.database_url or f"sqlite:///{(self.data_dir / 'kyma.db').resolve()}"
+        for plain, driver in (
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("postgres://", "postgresql+asyncpg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if url.startswith(plain):
+                return driver + url[len(plain) :]
+        return url
+
+    @property
+    def core_target(self) -> str:
+        return self.core_address or f"{self.grpc_host}:{self.grpc_port}"
+
+    @property
+    def admin_token_file(self) -> pathlib.Path:
+        return self.data_dir / "admin_token"

@@ -1,0 +1,181 @@
+"""Talking to upstream deployments: one pooled async HTTP client for every deployment.
+
+The transport is injected (the composition root mounts the built-in demo model on `demo://`;
+tests may mount their own). Failures are sorted here into what failover may retry (nothing
+reached the client yet and another deployment may do better) and what it must not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import orjson
+
+from core_service.catalog import Deployment
+from core_service.errors import InvalidRequest, KymaError, UpstreamError, UpstreamTimeout
+from core_service.errors import UpstreamUnavailable
+from core_service.upstream.sse import iter_sse_data
+
+
+class UpstreamFailure(Exception):
+    """One deployment failed one attempt. `retryable` says whether another deployment may be
+    tried; `error` is what the client gets if none succeeds."""
+
+    def __init__(self, error: KymaError, *, retryable: bool, retry_after: float | None = None):
+        super().__init__(error.message)
+        self.error = error
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+@dataclass
+class UpstreamReply:
+    status: int
+    body: bytes
+
+
+def _headers(deployment: Deployment) -> dict[str, str]:
+    headers = {"content-type": "application/json", "accept": "application/json"}
+    if deployment.api_key is not None:
+        headers["authorization"] = f"Bearer {deployment.api_key.get_secret_value()}"
+    return headers
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _upstream_message(body: bytes) -> str | None:
+    try:
+        parsed = orjson.loads(body)
+        message = parsed["error"]["message"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return message if isinstance(message, str) else None
+
+
+def failure_for_status(deployment: Deployment, response: httpx.Response, body: bytes) -> UpstreamFailure:
+    """Sort an upstream's non-2xx answer. Its own 4xx about the request goes back to the client
+    as the user's error; auth or routing trouble with our deployment is ours, never theirs."""
+    status = response.status_code
+    if status == 429:
+        return UpstreamFailure(
+            UpstreamUnavailable("The model is overloaded upstream. Please retry shortly."),
+            retryable=True,
+            retry_after=_retry_after(response),
+        )
+    if status >= 500:
+        return UpstreamFailure(
+            UpstreamError(f"The model's upstream failed (HTTP {status}). Please retry."),
+            retryable=True,
+        )
+    if status in (400, 413, 422):
+        message = _upstream_message(body) or "The upstream refused the request as invalid."
+        return UpstreamFailure(InvalidRequest(message), retryable=False)
+    # 401/403/404 and the rest: the deployment is misconfigured; another one may work.
+    return UpstreamFailure(
+        UpstreamError(f"The model's upstream refused the request (HTTP {status})."),
+        retryable=True,
+    )
+
+
+def _transport_failure(exc: Exception) -> UpstreamFailure:
+    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+        return UpstreamFailure(UpstreamTimeout("The model's upstream timed out."), retryable=True)
+    return UpstreamFailure(
+        UpstreamUnavailable("The model's upstream could not be reached."), retryable=True
+    )
+
+
+class UpstreamClient:
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self._http = http
+
+    def _request(self, deployment: Deployment, path: str, body: bytes) -> httpx.Request:
+        timeouts = deployment.timeouts
+        return self._http.build_request(
+            "POST",
+            f"{deployment.base_url}/{path}",
+            content=body,
+            headers=_headers(deployment),
+            timeout=httpx.Timeout(
+                connect=timeouts.connect,
+                read=max(timeouts.first_token, timeouts.idle),
+                write=timeouts.connect,
+                pool=timeouts.connect,
+            ),
+        )
+
+    async def post(self, deployment: Deployment, path: str, body: bytes) -> bytes:
+        """Send one non-streaming request; the 2xx body, or UpstreamFailure."""
+        try:
+            async with asyncio.timeout(deployment.timeouts.total):
+                response = await self._http.send(self._request(deployment, path, body))
+        except (httpx.HTTPError, TimeoutError) as exc:
+            raise _transport_failure(exc) from exc
+        if response.status_code >= 300:
+            raise failure_for_status(deployment, response, response.content)
+        return response.content
+
+    async def open_stream(self, deployment: Deployment, path: str, body: bytes) -> UpstreamStream:
+        """Send a streaming request and wait for its response headers (within the first-token
+        timeout). Failures up to here may be retried elsewhere; the returned stream's may not."""
+        try:
+            async with asyncio.timeout(deployment.timeouts.first_token):
+                response = await self._http.send(
+                    self._request(deployment, path, body), stream=True
+                )
+        except (httpx.HTTPError, TimeoutError) as exc:
+            raise _transport_failure(exc) from exc
+        if response.status_code >= 300:
+            try:
+                content = await response.aread()
+            except httpx.HTTPError:
+                content = b""
+            finally:
+                await response.aclose()
+            raise failure_for_status(deployment, response, content)
+        return UpstreamStream(response, deployment)
+
+
+class UpstreamStream:
+    """An open upstream SSE stream: its event data in order, under the idle and total timeouts."""
+
+    def __init__(self, response: httpx.Response, deployment: Deployment) -> None:
+        self._response = response
+        self._deployment = deployment
+
+    async def events(self) -> AsyncIterator[bytes]:
+        """Event data until `[DONE]` or the end. Raises UpstreamFailure (not retryable) when the
+        stream breaks, stalls longer than the idle timeout or outlives the total timeout."""
+        timeouts = self._deployment.timeouts
+        events = iter_sse_data(self._response.aiter_bytes()).__aiter__()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeouts.total
+        try:
+            while True:
+                wait = min(timeouts.idle, deadline - loop.time())
+                try:
+                    async with asyncio.timeout(max(wait, 0)):
+                        data = await anext(events)
+                except StopAsyncIteration:
+                    return
+                except (httpx.HTTPError, TimeoutError) as exc:
+                    failure = _transport_failure(exc)
+                    failure.retryable = False
+                    raise failure from exc
+                if data == b"[DONE]":
+                    return
+                yield data
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._response.aclose()

@@ -1,0 +1,121 @@
+"""gRPC status → OpenAI HTTP error, in one place.
+
+The core's ErrorInfo reason decides the HTTP status, OpenAI `type` and `code`; the gRPC code
+decides only when there is no reason (the core unreachable, a deadline). Bodies are OpenAI's:
+{"error": {"message", "type", "param", "code"}}.
+"""
+
+from __future__ import annotations
+
+import grpc
+import orjson
+from google.rpc import error_details_pb2, status_pb2
+from starlette.responses import Response
+
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+# reason → (HTTP status, OpenAI type, OpenAI code)
+_BY_REASON: dict[str, tuple[int, str, str | None]] = {
+    "INVALID_REQUEST": (400, "invalid_request_error", None),
+    "INVALID_API_KEY": (401, "invalid_request_error", "invalid_api_key"),
+    "INVALID_ADMIN_TOKEN": (401, "invalid_request_error", "invalid_api_key"),
+    "INSUFFICIENT_QUOTA": (402, "insufficient_quota", "insufficient_quota"),
+    "ACCOUNT_SUSPENDED": (403, "permission_error", "account_suspended"),
+    "ACCOUNT_BANNED": (403, "permission_error", "account_banned"),
+    "MODEL_NOT_FOUND": (404, "invalid_request_error", "model_not_found"),
+    "NOT_FOUND": (404, "invalid_request_error", "not_found"),
+    "ALREADY_EXISTS": (409, "invalid_request_error", "already_exists"),
+    "RATE_LIMIT_EXCEEDED": (429, "requests", "rate_limit_exceeded"),
+    "UPSTREAM_BAD_GATEWAY": (502, "api_error", "upstream_error"),
+    "UPSTREAM_UNAVAILABLE": (503, "api_error", "upstream_unavailable"),
+    "UPSTREAM_TIMEOUT": (504, "api_error", "upstream_timeout"),
+}
+
+_BY_CODE: dict[grpc.StatusCode, tuple[int, str, str | None]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error", None),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "invalid_request_error", "invalid_api_key"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error", None),
+    grpc.StatusCode.NOT_FOUND: (404, "invalid_request_error", None),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "requests", "rate_limit_exceeded"),
+    grpc.StatusCode.UNAVAILABLE: (503, "api_error", "service_unavailable"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "api_error", "timeout"),
+}
+
+
+class OpenAIError:
+    """An error as the bridge sends it."""
+
+    __slots__ = ("status", "message", "type", "param", "code", "retry_after")
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+        self.code = code
+        self.retry_after = retry_after
+
+    def body(self) -> bytes:
+        return orjson.dumps(
+            {
+                "error": {
+                    "message": self.message,
+                    "type": self.type,
+                    "param": self.param,
+                    "code": self.code,
+                }
+            }
+        )
+
+    def response(self, headers: dict[str, str]) -> Response:
+        if self.retry_after is not None:
+            headers = {**headers, "retry-after": str(self.retry_after)}
+        return Response(self.body(), self.status, headers, media_type="application/json")
+
+
+def _status_details(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
+    for key, value in error.trailing_metadata() or ():
+        if key == _STATUS_DETAILS_KEY and isinstance(value, bytes):
+            status = status_pb2.Status()
+            try:
+                status.ParseFromString(value)
+            except Exception:  # a malformed trailer is treated as absent
+                return None
+            return status
+    return None
+
+
+def from_grpc(error: grpc.aio.AioRpcError) -> OpenAIError:
+    status = _status_details(error)
+    reason, param, retry_after = None, None, None
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason = info.reason
+                param = info.metadata.get("param") or None
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_after = max(1, retry.retry_delay.seconds + (retry.retry_delay.nanos > 0))
+    mapped = _BY_REASON.get(reason or "") or _BY_CODE.get(error.code())
+    if mapped is None:
+        return OpenAIError(
+            500, "Kyma had an internal error. Please retry; if it persists, contact support.",
+            "api_error", code="internal_error",
+        )
+    http_status, type_, code = mapped
+    message = error.details() or "Request failed."
+    if reason is None and error.code() == grpc.StatusCode.UNAVAILABLE:
+        message = "Kyma's core service is unavailable. Please retry shortly."
+    return OpenAIError(http_status, message, type_, param=param, code=code, retry_after=retry_after)

@@ -1,0 +1,23 @@
+"""Running the bridge as a process under uvicorn."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from http_bridge.app import create_app
+from http_bridge.settings import BridgeSettings
+
+
+def run_bridge(settings: BridgeSettings) -> None:
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+    )
+    print(f"kyma bridge listening on http://{settings.http_host}:{settings.http_port}", flush=True)
+    uvicorn.Server(config).run()
