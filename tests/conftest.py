@@ -1,0 +1,238 @@
+"""Shared fixtures: real servers on loopback, started once per session.
+
+- `upstream`: `kyma test-upstream` as a real subprocess (fault injection through /_control).
+- `pg_url`: a fresh PostgreSQL database on 127.0.0.1:5432, dropped at the end.
+- `kyma`: the real core (grpc.aio on port 0) and the real bridge (uvicorn on port 0) in this
+  event loop, on SQLite and on PostgreSQL (parametrized), with a catalogue that routes
+  `test-model` to the test upstream beside the built-in demo model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pathlib
+import secrets
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import httpx
+import openai
+import pytest
+import pytest_asyncio
+import uvicorn
+from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
+
+from core_service.app import Core, build_core
+from core_service.settings import Settings
+from http_bridge.app import create_app
+from http_bridge.settings import BridgeSettings
+
+ADMIN_TOKEN = "kyadm_test_" + secrets.token_hex(8)
+
+
+@dataclass
+class Upstream:
+    url: str  # e.g. http://127.0.0.1:PORT
+    process: subprocess.Popen[str]
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    async def control(self, **changes: Any) -> dict[str, Any]:
+        async with httpx.AsyncClient() as client:
+            reply = await client.post(f"{self.url}/_control", json=changes)
+            reply.raise_for_status()
+            return reply.json()
+
+    async def stats(self) -> dict[str, Any]:
+        async with httpx.AsyncClient() as client:
+            return (await client.get(f"{self.url}/_stats")).json()
+
+    async def reset(self) -> None:
+        async with httpx.AsyncClient() as client:
+            await client.post(f"{self.url}/_stats/reset")
+        await self.control(
+            latency_ms=0, tokens_per_second=0, error_rate=0, rate_limit_rate=0, hang_rate=0,
+            drop_stream_after=None,
+        )
+
+
+def start_upstream(*args: str) -> Upstream:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "core_service.cli.main", "test-upstream", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if "listening on" not in line:
+        process.kill()
+        raise RuntimeError(f"test upstream did not start: {line!r}")
+    return Upstream(url=line.rsplit(" ", 1)[1].strip(), process=process)
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[Upstream]:
+    server = start_upstream()
+    yield server
+    server.process.terminate()
+    server.process.wait(10)
+
+
+def psql(sql: str) -> None:
+    subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-v", "ON_ERROR_STOP=1",
+         "-q", "-c", sql],
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A database of its own for this session on the local PostgreSQL, dropped at the end."""
+    name = f"kyma_test_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        psql(f"CREATE DATABASE {name}")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed (./scripts/services starts it): {exc}")
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def write_catalog(path: pathlib.Path, upstream: Upstream) -> pathlib.Path:
+    path.write_text(
+        f"""
+models:
+  - name: test-model
+    owned_by: kyma-tests
+    max_output_tokens: 2048
+    price: {{input_per_million: "1.00", output_per_million: "2.00"}}
+    deployments:
+      - name: upstream-a
+        base_url: {upstream.base_url}
+        model: upstream-model
+        api_key_env: KYMA_TEST_UPSTREAM_KEY
+        timeouts: {{connect: 2, first_token: 5, idle: 5, total: 30}}
+  - name: kyma-demo
+    deployments:
+      - base_url: demo://local/v1
+        model: kyma-demo
+"""
+    )
+    return path
+
+
+def bound_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@dataclass
+class Kyma:
+    """A running core and bridge."""
+
+    core: Core
+    settings: Settings
+    grpc_target: str
+    http_url: str  # e.g. http://127.0.0.1:PORT
+    backend: str
+    upstream: Upstream
+    channel: grpc.aio.Channel
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.http_url}/v1"
+
+    async def create_account(self, email: str | None = None) -> tuple[str, str]:
+        """A new account; returns (account id, API key)."""
+        email = email or f"user-{secrets.token_hex(6)}@example.com"
+        stub = admin_service_pb2_grpc.AdminServiceStub(self.channel)
+        reply = await stub.CreateAccount(
+            admin_service_pb2.CreateAccountRequest(email=email),
+            metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),),
+        )
+        return reply.account.id, reply.api_key_secret
+
+    def client(self, api_key: str, **kwargs: Any) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, **kwargs)
+
+    def http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.http_url, timeout=30)
+
+
+@contextlib.asynccontextmanager
+async def running_kyma(
+    tmp: pathlib.Path, database_url: str | None, upstream: Upstream, backend: str, **overrides: Any
+) -> AsyncIterator[Kyma]:
+    settings = Settings(
+        data_dir=tmp,
+        database_url=database_url,
+        grpc_port=0,
+        admin_token=ADMIN_TOKEN,
+        catalog=write_catalog(tmp / "catalog.yaml", upstream),
+        demo_tokens_per_second=0,
+        shutdown_grace_seconds=2,
+        **overrides,
+    )
+    core = await build_core(settings, environ={"KYMA_TEST_UPSTREAM_KEY": "sk-upstream-secret"})
+    port = await core.start()
+    target = f"127.0.0.1:{port}"
+    channel = grpc.aio.insecure_channel(target)
+    bridge_settings = BridgeSettings(core_address=target)
+    app = create_app(bridge_settings)
+    sock = bound_socket()
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    )
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    http_url = "http://127.0.0.1:%d" % sock.getsockname()[1]
+    try:
+        yield Kyma(core, settings, target, http_url, backend, upstream, channel)
+    finally:
+        server.should_exit = True
+        await serving
+        await channel.close()
+        await core.stop(grace=1)
+
+
+@pytest_asyncio.fixture(scope="session", params=["sqlite", "postgres"])
+async def kyma(
+    request: pytest.FixtureRequest, upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Kyma]:
+    backend = request.param
+    tmp = tmp_path_factory.mktemp(f"kyma-{backend}")
+    url = request.getfixturevalue("pg_url") if backend == "postgres" else None
+    async with running_kyma(tmp, url, upstream, backend) as running:
+        yield running
+
+
+@pytest_asyncio.fixture
+async def account(kyma: Kyma) -> tuple[str, str]:
+    return await kyma.create_account()
+
+
+@pytest_asyncio.fixture
+async def client(kyma: Kyma, account: tuple[str, str]) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with kyma.client(account[1]) as sdk:
+        yield sdk
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _fresh_upstream(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Tests that use the upstream start with no faults and zeroed counters."""
+    if "upstream" in request.fixturenames:
+        await request.getfixturevalue("upstream").reset()
+    yield
