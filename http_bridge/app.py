@@ -80,10 +80,18 @@ class Core:
         self.health = health_pb2_grpc.HealthStub(channel)
 
 
+def new_request_id() -> str:
+    return f"req_{secrets.token_hex(12)}"
+
+
 def _metadata(request: Request, request_id: str) -> tuple[tuple[str, str], ...]:
     authorization = request.headers.get("authorization")
     if authorization is None:
         return (("x-request-id", request_id),)
+    if not (authorization.isascii() and authorization.isprintable()):
+        # gRPC metadata is printable ASCII; such a header cannot hold a key, so the core is
+        # asked about a token that fails its checks, and answers as for any wrong key.
+        authorization = "Bearer invalid"
     return (("authorization", authorization), ("x-request-id", request_id))
 
 
@@ -148,7 +156,7 @@ def create_app(settings: BridgeSettings, *, channel: grpc.aio.Channel | None = N
         return core
 
     async def infer(request: Request, route: _Route) -> Response:
-        request_id = f"req_{secrets.token_hex(12)}"
+        request_id = new_request_id()
         headers = {"x-request-id": request_id}
         try:
             body = await _read_body(request, settings.max_body_bytes)
@@ -227,7 +235,7 @@ def create_app(settings: BridgeSettings, *, channel: grpc.aio.Channel | None = N
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> Response:
-        request_id = f"req_{secrets.token_hex(12)}"
+        request_id = new_request_id()
         headers = {"x-request-id": request_id}
         try:
             reply = await the_core().routing.ListModels(
@@ -240,7 +248,7 @@ def create_app(settings: BridgeSettings, *, channel: grpc.aio.Channel | None = N
 
     @app.get("/v1/models/{model:path}")
     async def get_model(model: str, request: Request) -> Response:
-        request_id = f"req_{secrets.token_hex(12)}"
+        request_id = new_request_id()
         headers = {"x-request-id": request_id}
         try:
             reply = await the_core().routing.GetModel(
@@ -252,7 +260,7 @@ def create_app(settings: BridgeSettings, *, channel: grpc.aio.Channel | None = N
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        return Response(b'{"status":"ok"}', 200, media_type=_JSON)
+        return Response(b'{"status":"ok"}', 200, {"x-request-id": new_request_id()}, media_type=_JSON)
 
     @app.get("/readyz")
     async def readyz() -> Response:
@@ -262,17 +270,22 @@ def create_app(settings: BridgeSettings, *, channel: grpc.aio.Channel | None = N
         except grpc.aio.AioRpcError:
             serving = False
         body = {"status": "ready" if serving else "unavailable", "core": "serving" if serving else "unreachable"}
-        return Response(orjson.dumps(body), 200 if serving else 503, media_type=_JSON)
+        return Response(
+            orjson.dumps(body), 200 if serving else 503, {"x-request-id": new_request_id()},
+            media_type=_JSON,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
         message = {404: "Unknown URL. See the API reference for the paths Kyma serves.",
                    405: "Method not allowed for this URL."}.get(exc.status_code, str(exc.detail))
-        return OpenAIError(exc.status_code, message).response({})
+        return OpenAIError(exc.status_code, message).response({"x-request-id": new_request_id()})
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> Response:
         log.error("unexpected bridge error: %s", type(exc).__name__, exc_info=exc)
-        return OpenAIError(500, "The Kyma bridge had an internal error. Please retry.", "api_error").response({})
+        return OpenAIError(
+            500, "The Kyma bridge had an internal error. Please retry.", "api_error"
+        ).response({"x-request-id": new_request_id()})
 
     return app
