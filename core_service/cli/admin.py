@@ -44,7 +44,9 @@ def _read_token_file(settings: Settings) -> str:
 
 def _print(message: Any, as_json: bool, text: str) -> None:
     if as_json:
-        data = json_format.MessageToDict(message, preserving_proto_field_name=True)
+        data = json_format.MessageToDict(
+            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
         print(json.dumps(data, indent=2, sort_keys=True))
     else:
         print(text)

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from kyma.ratelimit.v1 import ratelimit_pb2
+
+from http_bridge.headers import format_duration, rate_limit_headers
+
+
+def test_durations_in_openai_format() -> None:
+    assert format_duration(0) == "0ms"
+    assert format_duration(250) == "250ms"
+    assert format_duration(1000) == "1s"
+    assert format_duration(1001) == "2s"
+    assert format_duration(360_000) == "6m0s"
+    assert format_duration(3_723_000) == "1h2m3s"
+
+
+def test_headers_only_when_limits_are_known() -> None:
+    assert rate_limit_headers(ratelimit_pb2.RateLimitStatus()) == {}
+    headers = rate_limit_headers(
+        ratelimit_pb2.RateLimitStatus(
+            limit_requests=30, remaining_requests=29, reset_requests_ms=2000,
+            limit_tokens=200_000, remaining_tokens=199_000, reset_tokens_ms=300,
+        )
+    )
+    assert headers["x-ratelimit-remaining-requests"] == "29"
+    assert headers["x-ratelimit-reset-tokens"] == "300ms"
+    assert len(headers) == 6
