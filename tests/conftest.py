@@ -61,7 +61,7 @@ class Upstream:
             await client.post(f"{self.url}/_stats/reset")
         await self.control(
             latency_ms=0, tokens_per_second=0, error_rate=0, rate_limit_rate=0, hang_rate=0,
-            drop_stream_after=None,
+            drop_stream_after=None, error_status=500, require_api_key=None,
         )
 
 
