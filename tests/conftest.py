@@ -121,7 +121,7 @@ models:
         base_url: {upstream.base_url}
         model: upstream-model
         api_key_env: KYMA_TEST_UPSTREAM_KEY
-        timeouts: {{connect: 2, first_token: 5, idle: 5, total: 30}}
+        timeouts: {{connect: 2, first_token: 2, idle: 5, total: 30}}
   - name: kyma-demo
     deployments:
       - base_url: demo://local/v1

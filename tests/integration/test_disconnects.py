@@ -1,0 +1,81 @@
+"""A client that goes away cancels the upstream request promptly, streamed or not; failures
+before the first byte fail over, failures after it end the stream with an error event."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.asyncio
+
+
+async def wait_for(predicate, timeout: float = 3.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_stream_disconnect_cancels_upstream(kyma, account) -> None:
+    await kyma.upstream.control(tokens_per_second=20)
+    async with httpx.AsyncClient(base_url=kyma.http_url, timeout=10) as http:
+        async with http.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={"model": "test-model", "messages": [{"role": "user", "content": "x"}],
+                  "max_tokens": 200, "stream": True},
+            headers={"authorization": f"Bearer {account[1]}"},
+        ) as response:
+            assert response.status_code == 200
+            lines = response.aiter_lines()
+            assert (await anext(lines)).startswith("data: ")
+    async def cancelled() -> bool:
+        stats = await kyma.upstream.stats()
+        return stats["cancelled"] >= 1 and stats["in_flight"] == 0
+    await wait_for(cancelled)
+
+
+async def test_unary_disconnect_cancels_upstream(kyma, account) -> None:
+    await kyma.upstream.control(latency_ms=3000)
+    async with kyma.client(account[1], timeout=0.3) as sdk:
+        with pytest.raises(openai.APITimeoutError):
+            await sdk.chat.completions.create(
+                model="test-model", messages=[{"role": "user", "content": "x"}], max_tokens=2
+            )
+    async def cancelled() -> bool:
+        stats = await kyma.upstream.stats()
+        return stats["cancelled"] >= 1 and stats["in_flight"] == 0
+    await wait_for(cancelled, timeout=2.0)
+
+
+async def test_broken_stream_ends_with_an_error_event(kyma, account) -> None:
+    await kyma.upstream.control(drop_stream_after=3)
+    async with kyma.client(account[1]) as sdk:
+        stream = await sdk.chat.completions.create(
+            model="test-model", messages=[{"role": "user", "content": "x"}], max_tokens=50,
+            stream=True,
+        )
+        received = []
+        with pytest.raises(openai.APIError):
+            async for chunk in stream:
+                received.append(chunk)
+    assert 1 <= len(received) <= 4
+    assert (await kyma.upstream.stats())["requests_total"] == 1  # nothing retried after bytes
+
+
+async def test_upstream_hang_times_out_as_504(kyma, account) -> None:
+    await kyma.upstream.control(hang_rate=1.0)
+    async with kyma.client(account[1]) as sdk:
+        with pytest.raises(openai.APIStatusError) as caught:
+            # the test catalogue's first-token timeout is 2 s; a total timeout bounds unary calls
+            await asyncio.wait_for(
+                sdk.chat.completions.create(
+                    model="test-model", messages=[{"role": "user", "content": "x"}],
+                    max_tokens=2, stream=True,
+                ),
+                timeout=10,
+            )
+    assert caught.value.status_code == 504
