@@ -6,6 +6,8 @@ with their own settings, clock and upstream transport.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -28,6 +30,10 @@ from core_service.accounts.service import AccountingServicer
 from core_service.accounts.store import AccountStore
 from core_service.admin.auth import AdminGuard, resolve_admin_token
 from core_service.admin.service import AdminServicer
+from core_service.billing.holds import Holds
+from core_service.billing.ledger import Ledger
+from core_service.billing.metering import Metering
+from core_service.billing.pricing import usd_to_nanos
 from core_service.catalog import Catalog
 from core_service.clock import Clock, SystemClock
 from core_service.db.engine import create_engine, migrate, session_factory
@@ -36,6 +42,7 @@ from core_service.inference.service import InferenceServicer
 from core_service.routing.router import Router
 from core_service.routing.service import RoutingServicer
 from core_service.settings import Settings
+from core_service.tasks import BackgroundTasks
 from core_service.upstream.client import UpstreamClient
 from core_service.upstream.demo import DemoTransport
 
@@ -48,6 +55,8 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
 ]
+
+HOLD_EXPIRY_INTERVAL_SECONDS = 10.0
 
 _SERVICES = [
     inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
@@ -72,6 +81,15 @@ def build_http_client(settings: Settings, transport: httpx.AsyncBaseTransport | 
     )
 
 
+async def _periodically(interval: float, work, name: str) -> None:  # type: ignore[no-untyped-def]
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await work()
+        except Exception:
+            log.exception("%s failed; trying again in %.0fs", name, interval)
+
+
 @dataclass
 class Core:
     """A built core: start() serves it on a port, stop() drains and closes everything."""
@@ -81,11 +99,16 @@ class Core:
     http: httpx.AsyncClient
     server: grpc.aio.Server
     health: health.aio.HealthServicer
+    tasks: BackgroundTasks
+    holds: Holds
+    ledger: Ledger
     port: int = 0
     _stopped: bool = field(default=False, repr=False)
+    _chores: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
 
     async def start(self) -> int:
         await self.server.start()
+        self._chores.append(asyncio.create_task(self._expire_holds(), name="expire holds"))
         for name in (*_SERVICES, ""):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("core serving gRPC on %s:%d", self.settings.grpc_host, self.port)
@@ -96,9 +119,19 @@ class Core:
             return
         self._stopped = True
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        await self.server.stop(grace)
+        for chore in self._chores:
+            chore.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await chore
+        # Settlements of the requests that just finished must land before the engine closes.
+        await self.tasks.drain(timeout=max(grace, 5.0))
         await self.http.aclose()
         await self.engine.dispose()
+
+    async def _expire_holds(self) -> None:
+        await _periodically(HOLD_EXPIRY_INTERVAL_SECONDS, self.holds.expire_due, "hold expiry")
 
 
 async def build_core(
@@ -121,13 +154,20 @@ async def build_core(
     sessions = session_factory(engine)
     http = build_http_client(settings, upstream_transport)
 
-    store = AccountStore(sessions, clock)
+    store = AccountStore(
+        sessions, clock, welcome_bonus_nanos=usd_to_nanos(settings.welcome_bonus_usd)
+    )
     authenticator = Authenticator(store, clock, cache_seconds=settings.key_cache_seconds)
+    tasks = BackgroundTasks()
+    longest = max(d.timeouts.total for m in catalog.models() for d in m.deployments)
+    holds = Holds(engine, clock, ttl_seconds=max(settings.hold_ttl_seconds, longest + 60))
+    ledger = Ledger(engine, clock)
     pipeline = InferencePipeline(
         authenticator=authenticator,
         catalog=catalog,
         router=Router(rng or random.Random()),
         upstream=UpstreamClient(http),
+        metering=Metering(holds, tasks),
     )
     guard = AdminGuard(SecretStr(resolve_admin_token(settings)))
 
@@ -150,5 +190,13 @@ async def build_core(
     )
     port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
     return Core(
-        settings=settings, engine=engine, http=http, server=server, health=health_servicer, port=port
+        settings=settings,
+        engine=engine,
+        http=http,
+        server=server,
+        health=health_servicer,
+        tasks=tasks,
+        holds=holds,
+        ledger=ledger,
+        port=port,
     )

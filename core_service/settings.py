@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         default=30.0, description="How long shutdown waits for in-flight requests and streams."
     )
+    hold_ttl_seconds: float = Field(
+        default=900.0,
+        description="When an unsettled hold (its request vanished) expires; at least the "
+        "longest deployment total timeout plus a minute.",
+    )
     log_level: str = "INFO"
 
     @field_validator("welcome_bonus_usd")

@@ -11,6 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core_service import keys
 from core_service.accounts.emails import Email
+from core_service.billing.ledger import (
+    SYSTEM_WELCOME_BONUS,
+    EntryKind,
+    Transfer,
+    open_balance_in,
+    post_in,
+)
 from core_service.clock import Clock
 from core_service.db import models
 from core_service.errors import AlreadyExists
@@ -35,10 +42,25 @@ class NewAccount:
     secret: str  # the API key itself: returned once, never stored
 
 
+def welcome_bonus(account_id: str, amount_nanos: int) -> Transfer:
+    return Transfer(
+        idempotency_key=f"welcome:{account_id}",
+        kind=EntryKind.WELCOME_BONUS,
+        debit_account=SYSTEM_WELCOME_BONUS,
+        credit_account=account_id,
+        amount_nanos=amount_nanos,
+        actor="system",
+        reason="Welcome bonus",
+    )
+
+
 class AccountStore:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Clock) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], clock: Clock, *, welcome_bonus_nanos: int
+    ) -> None:
         self._sessions = sessions
         self._clock = clock
+        self._welcome_bonus_nanos = welcome_bonus_nanos
 
     async def create_account(self, email: Email, *, key_name: str = "default") -> NewAccount:
         now = self._clock.now()
@@ -57,6 +79,10 @@ class AccountStore:
                 session.add(account)
                 await session.flush()
                 session.add(key)
+                connection = await session.connection()
+                await open_balance_in(connection, account.id)
+                if self._welcome_bonus_nanos > 0:
+                    await post_in(connection, welcome_bonus(account.id, self._welcome_bonus_nanos), now)
         except IntegrityError:
             raise AlreadyExists(
                 "An account already exists for this email address (one account per person).",

@@ -21,12 +21,20 @@ def create_engine(url: str) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+            # SQLAlchemy, not the driver, begins transactions (see _begin_immediate).
+            dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             # WAL lets readers run beside the one writer; foreign keys are off by default.
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin_immediate(connection):  # type: ignore[no-untyped-def]
+            # Take the write lock at BEGIN: a transaction that reads and then writes cannot be
+            # refused half-way (SQLITE_BUSY) by another writer; it waits its turn instead.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)

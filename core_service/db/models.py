@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, MetaData, String
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from core_service.db.types import UTCDateTime
@@ -48,3 +58,87 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
     __table_args__ = (Index("ix_api_keys_account_id", "account_id"),)
+
+
+class LedgerEntry(Base):
+    """One transfer of `amount_nanos` from `debit_account` to `credit_account`: the ledger is
+    double-entry by construction, append-only by convention (no code updates or deletes rows).
+
+    Ledger accounts are customer account ids, or `system:*` accounts that are the other side
+    of every movement (bonuses, purchases, usage revenue, referral rewards, adjustments).
+    """
+
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    debit_account: Mapped[str] = mapped_column(String(64))
+    credit_account: Mapped[str] = mapped_column(String(64))
+    amount_nanos: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Who caused it: "system", "stripe", "admin:<name>", a request id.
+    actor: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    # The thing it belongs to: a hold id, a Checkout Session id, a referral id.
+    reference: Mapped[str | None] = mapped_column(String(200), default=None)
+
+    __table_args__ = (
+        CheckConstraint("amount_nanos > 0", name="amount_positive"),
+        CheckConstraint("debit_account <> credit_account", name="distinct_sides"),
+        Index("ix_ledger_entries_debit_account", "debit_account", "id"),
+        Index("ix_ledger_entries_credit_account", "credit_account", "id"),
+    )
+
+
+class Balance(Base):
+    """A ledger account's balance, kept in the same transaction as each of its entries so that
+    holds can be checked atomically; `kyma admin ledger verify` proves it equals the replay."""
+
+    __tablename__ = "balances"
+
+    ledger_account: Mapped[str] = mapped_column(String(64), primary_key=True)
+    balance_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Sum of the open holds on this account.
+    held_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_purchased_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class CreditHold(Base):
+    """The worst-case cost of one request, set aside before it is forwarded. It ends exactly once:
+    settled (a usage entry for the actual cost), released, or expired."""
+
+    __tablename__ = "credit_holds"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(32))
+    amount_nanos: Mapped[int] = mapped_column(BigInteger)
+    request_id: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    charged_nanos: Mapped[int | None] = mapped_column(BigInteger, default=None)
+
+    __table_args__ = (
+        CheckConstraint("amount_nanos >= 0", name="amount_non_negative"),
+        Index("ix_credit_holds_open", "status", "expires_at"),
+        Index("ix_credit_holds_account_id", "account_id"),
+    )
+
+
+class UsageDaily(Base):
+    """Usage per account, model and UTC day, added to in each settlement's transaction."""
+
+    __tablename__ = "usage_daily"
+
+    account_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Requests whose usage the upstream did not report and Kyma counted.
+    estimated_requests: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -1,5 +1,6 @@
-"""The path of one inference request through the core: authenticate, read the request, pick
-deployments, forward with failover before the first byte, relay, and account for usage.
+"""The path of one inference request through the core: authenticate, read the request, hold its
+worst-case cost, pick deployments, forward with failover before the first byte, relay, and
+settle the hold at what was used.
 
 Both the unary and the streaming path live here so the HTTP bridge and direct gRPC callers get
 exactly the same policy.
@@ -13,8 +14,9 @@ from typing import Any
 
 import orjson
 
+from core_service import tokens
 from core_service.accounts.auth import Authenticator, Principal
-from core_service.billing.pricing import cost_nanos
+from core_service.billing.metering import Charge, Metering, Reservation, charge_for
 from core_service.catalog import Catalog, Deployment, Endpoint, Model
 from core_service.errors import InvalidRequest, UpstreamError
 from core_service.inference.requests import UPSTREAM_PATHS, InferenceRequest, parse_request
@@ -22,13 +24,6 @@ from core_service.inference.streams import StreamRelay
 from core_service.inference.usage import TokenUsage, usage_from_upstream
 from core_service.routing.router import Router
 from core_service.upstream.client import UpstreamClient, UpstreamFailure, UpstreamStream
-from core_service import tokens
-
-
-@dataclass(frozen=True)
-class Charge:
-    usage: TokenUsage
-    cost_nanos: int
 
 
 @dataclass(frozen=True)
@@ -47,6 +42,14 @@ class StreamEnd:
     charge: Charge
 
 
+@dataclass(frozen=True)
+class _Admitted:
+    principal: Principal
+    request: InferenceRequest
+    model: Model
+    reservation: Reservation
+
+
 class InferencePipeline:
     def __init__(
         self,
@@ -55,15 +58,17 @@ class InferencePipeline:
         catalog: Catalog,
         router: Router,
         upstream: UpstreamClient,
+        metering: Metering,
     ) -> None:
         self._authenticator = authenticator
         self._catalog = catalog
         self._router = router
         self._upstream = upstream
+        self._metering = metering
 
-    async def _prepare(
-        self, endpoint: Endpoint, raw: bytes, authorization: str | None, *, stream: bool
-    ) -> tuple[Principal, InferenceRequest, Model]:
+    async def _admit(
+        self, endpoint: Endpoint, raw: bytes, authorization: str | None, request_id: str, *, stream: bool
+    ) -> _Admitted:
         principal = await self._authenticator.authenticate(authorization)
         request = parse_request(endpoint, raw, stream=stream)
         model = self._catalog.get(request.model)
@@ -72,7 +77,8 @@ class InferencePipeline:
                 f"The model '{model.name}' does not support the {endpoint} endpoint.",
                 param="model",
             )
-        return principal, request, model
+        reservation = await self._metering.reserve(principal, request, model, request_id)
+        return _Admitted(principal, request, model, reservation)
 
     @staticmethod
     def _upstream_body(request: InferenceRequest, deployment: Deployment) -> bytes:
@@ -86,47 +92,58 @@ class InferencePipeline:
             body["stream_options"] = options
         return orjson.dumps(body)
 
-    async def complete(self, endpoint: Endpoint, raw: bytes, authorization: str | None) -> UnaryResult:
-        _principal, request, model = await self._prepare(endpoint, raw, authorization, stream=False)
-        path = UPSTREAM_PATHS[endpoint]
+    async def complete(
+        self, endpoint: Endpoint, raw: bytes, authorization: str | None, request_id: str
+    ) -> UnaryResult:
+        admitted = await self._admit(endpoint, raw, authorization, request_id, stream=False)
+        request, model = admitted.request, admitted.model
+        try:
+            reply = await self._forward(request, model)
+            parsed = _json_object(reply)
+        except BaseException:
+            admitted.reservation.release()
+            raise
+        parsed["model"] = model.name
+        usage = usage_from_upstream(parsed.get("usage")) or _estimate(request, parsed)
+        charge = charge_for(model, usage)
+        admitted.reservation.settle(charge)
+        return UnaryResult(body=orjson.dumps(parsed), charge=charge)
+
+    async def _forward(self, request: InferenceRequest, model: Model) -> bytes:
+        path = UPSTREAM_PATHS[request.endpoint]
         failure: UpstreamFailure | None = None
         for deployment in self._router.candidates(model):
             try:
-                reply = await self._upstream.post(
+                return await self._upstream.post(
                     deployment, path, self._upstream_body(request, deployment)
                 )
-                break
             except UpstreamFailure as exc:
                 if not exc.retryable:
                     raise exc.error from None
                 failure = exc
-        else:
-            assert failure is not None
-            raise failure.error
-        try:
-            parsed = orjson.loads(reply)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("The model's upstream sent a malformed response.") from None
-        if not isinstance(parsed, dict):
-            raise UpstreamError("The model's upstream sent a malformed response.")
-        parsed["model"] = model.name
-        usage = usage_from_upstream(parsed.get("usage")) or _estimate(request, parsed)
-        return UnaryResult(body=orjson.dumps(parsed), charge=_charge(model, usage))
+        assert failure is not None
+        raise failure.error
 
     async def stream(
-        self, endpoint: Endpoint, raw: bytes, authorization: str | None
+        self, endpoint: Endpoint, raw: bytes, authorization: str | None, request_id: str
     ) -> AsyncIterator[StreamChunk | StreamEnd]:
         """Chunks as the client should get them, then one StreamEnd. Failover happens until the
-        first chunk exists; after that an upstream failure is raised as a KymaError."""
-        _principal, request, model = await self._prepare(endpoint, raw, authorization, stream=True)
+        first chunk exists; after that an upstream failure is raised as a KymaError. However the
+        stream ends (completed, broken, or the client gone), the hold is settled for what was
+        relayed."""
+        admitted = await self._admit(endpoint, raw, authorization, request_id, stream=True)
+        model = admitted.model
         relay = StreamRelay(
             public_model=model.name,
-            include_usage=request.include_usage,
-            prompt_estimate=request.prompt_tokens_estimate,
+            include_usage=admitted.request.include_usage,
+            prompt_estimate=admitted.request.prompt_tokens_estimate,
         )
-        stream, events, first = await self._open_with_failover(request, model, relay)
+        try:
+            stream, events, first = await self._open_with_failover(admitted.request, model, relay)
+        except BaseException:
+            admitted.reservation.release()
+            raise
         complete = False
-        charge: Charge | None = None
         try:
             if first is not None:
                 yield StreamChunk(first)
@@ -139,8 +156,8 @@ class InferencePipeline:
             raise exc.error from None
         finally:
             await stream.aclose()
-            # Also reached when the client goes away: usage then is what was relayed.
-            charge = _charge(model, relay.usage(complete=complete))
+            charge = charge_for(model, relay.usage(complete=complete))
+            admitted.reservation.settle(charge)
         yield StreamEnd(charge)
 
     async def _open_with_failover(
@@ -174,6 +191,16 @@ class InferencePipeline:
         raise failure.error
 
 
+def _json_object(reply: bytes) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(reply)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("The model's upstream sent a malformed response.") from None
+    if not isinstance(parsed, dict):
+        raise UpstreamError("The model's upstream sent a malformed response.")
+    return parsed
+
+
 def _estimate(request: InferenceRequest, response: dict[str, Any]) -> TokenUsage:
     text: list[str] = []
     for choice in response.get("choices") or []:
@@ -184,11 +211,4 @@ def _estimate(request: InferenceRequest, response: dict[str, Any]) -> TokenUsage
                 text.append(content)
     return TokenUsage(
         request.prompt_tokens_estimate, tokens.count_tokens("".join(text)), estimated=True
-    )
-
-
-def _charge(model: Model, usage: TokenUsage) -> Charge:
-    return Charge(
-        usage=usage,
-        cost_nanos=cost_nanos(model.price, usage.prompt_tokens, usage.completion_tokens),
     )

@@ -31,6 +31,8 @@ class InferenceRequest:
     prompt_tokens_estimate: int
     # Whether the client asked for the usage chunk at the end of a stream.
     include_usage: bool
+    # How many choices (`n`) the client asked for.
+    choices: int = 1
 
 
 def _positive_int(body: dict[str, Any], field: str) -> int | None:
@@ -96,4 +98,5 @@ def parse_request(endpoint: Endpoint, raw: bytes, *, stream: bool | None = None)
         max_output_tokens=None if max_output is None else max_output * choices,
         prompt_tokens_estimate=prompt_estimate,
         include_usage=bool(options and options.get("include_usage") is True),
+        choices=choices,
     )

@@ -13,7 +13,8 @@ from core_service.billing.pricing import nanos_to_usd
 from core_service.catalog import Endpoint
 from core_service.grpc_errors import translated
 from core_service.grpc_metadata import metadata_value, request_id
-from core_service.inference.pipeline import Charge, InferencePipeline, StreamChunk
+from core_service.billing.metering import Charge
+from core_service.inference.pipeline import InferencePipeline, StreamChunk
 
 
 def usage_message(charge: Charge) -> pb.Usage:
@@ -35,7 +36,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def _unary(self, endpoint: Endpoint, body: bytes, context: grpc.aio.ServicerContext, response_type: Any) -> Any:
         rid = request_id(context)
         result = await self._pipeline.complete(
-            endpoint, body, metadata_value(context, "authorization")
+            endpoint, body, metadata_value(context, "authorization"), rid
         )
         return response_type(body=result.body, usage=usage_message(result.charge), request_id=rid)
 
@@ -43,7 +44,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         rid = request_id(context)
         first = True
         async for event in self._pipeline.stream(
-            endpoint, body, metadata_value(context, "authorization")
+            endpoint, body, metadata_value(context, "authorization"), rid
         ):
             if isinstance(event, StreamChunk):
                 message = response_type(chunk=event.data)

@@ -1,0 +1,111 @@
+"""Metering a request: hold its worst-case cost before it is forwarded, settle it at the actual
+cost afterwards (in the background, so settlement never delays the response).
+
+The worst case is the prompt estimate with a margin (Kyma's token count is an approximation of
+the upstream's tokenizer: it holds estimate × 1.25 + 16 tokens) at the input price, plus the
+output the request allows (`max_tokens` × `n`, or the model's output cap) at the output price.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core_service.accounts.auth import Principal
+from core_service.billing.holds import Holds, Settlement
+from core_service.billing.pricing import cost_nanos, nanos_to_usd
+from core_service.catalog import Model
+from core_service.errors import InsufficientCredits
+from core_service.inference.requests import InferenceRequest
+from core_service.inference.usage import TokenUsage
+from core_service.tasks import BackgroundTasks
+
+
+def prompt_tokens_to_hold(estimate: int) -> int:
+    return estimate + estimate // 4 + 16
+
+
+def output_tokens_to_hold(request: InferenceRequest, model: Model) -> int:
+    if request.endpoint == "embeddings":
+        return 0
+    if request.max_output_tokens is not None:
+        return request.max_output_tokens
+    return model.max_output_tokens * request.choices
+
+
+def _affordable_max_tokens(available: int, prompt_cost: int, model: Model, choices: int) -> int:
+    per_token = model.price.output_nanos_per_million
+    if per_token == 0:
+        return model.max_output_tokens
+    return max((available - prompt_cost) * 10**6 // per_token // max(choices, 1), 0)
+
+
+@dataclass(frozen=True)
+class Charge:
+    usage: TokenUsage
+    cost_nanos: int
+
+
+def charge_for(model: Model, usage: TokenUsage) -> Charge:
+    return Charge(usage, cost_nanos(model.price, usage.prompt_tokens, usage.completion_tokens))
+
+
+class Reservation:
+    """One request's hold. End it once: `settle` with what was used, or `release`."""
+
+    __slots__ = ("_metering", "_hold_id", "_ended")
+
+    def __init__(self, metering: Metering, hold_id: str) -> None:
+        self._metering = metering
+        self._hold_id = hold_id
+        self._ended = False
+
+    def settle(self, charge: Charge) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        usage = charge.usage
+        settlement = Settlement(
+            cost_nanos=charge.cost_nanos,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            estimated=usage.estimated,
+        )
+        holds, hold_id = self._metering.holds, self._hold_id
+        self._metering.tasks.spawn(f"settle {hold_id}", lambda: holds.settle(hold_id, settlement))
+
+    def release(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        holds, hold_id = self._metering.holds, self._hold_id
+        self._metering.tasks.spawn(f"release {hold_id}", lambda: holds.release(hold_id))
+
+
+class Metering:
+    def __init__(self, holds: Holds, tasks: BackgroundTasks) -> None:
+        self.holds = holds
+        self.tasks = tasks
+
+    async def reserve(
+        self, principal: Principal, request: InferenceRequest, model: Model, request_id: str
+    ) -> Reservation:
+        prompt_tokens = prompt_tokens_to_hold(request.prompt_tokens_estimate)
+        output_tokens = output_tokens_to_hold(request, model)
+        prompt_cost = cost_nanos(model.price, prompt_tokens, 0)
+        amount = prompt_cost + cost_nanos(model.price, 0, output_tokens)
+        placed = await self.holds.place(
+            principal.account_id, amount, request_id=request_id, model=model.name
+        )
+        if placed.hold_id is None:
+            affordable = _affordable_max_tokens(placed.available_nanos, prompt_cost, model, request.choices)
+            advice = (
+                f"With this prompt your balance affords max_tokens={affordable}."
+                if affordable > 0
+                else "Your balance does not cover this prompt."
+            )
+            raise InsufficientCredits(
+                f"Insufficient credits: this request may cost up to ${nanos_to_usd(amount)} "
+                f"and your available balance is ${nanos_to_usd(placed.available_nanos)}. "
+                f"{advice} Add credits to continue."
+            )
+        return Reservation(self, placed.hold_id)
