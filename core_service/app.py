@@ -34,6 +34,7 @@ from core_service.billing.holds import Holds
 from core_service.billing.ledger import Ledger
 from core_service.billing.metering import Metering
 from core_service.billing.pricing import usd_to_nanos
+from core_service.billing.usage import UsageReport
 from core_service.catalog import Catalog
 from core_service.clock import Clock, SystemClock
 from core_service.db.engine import create_engine, migrate, session_factory
@@ -179,9 +180,11 @@ async def build_core(
         RoutingServicer(authenticator, catalog), server
     )
     accounting_service_pb2_grpc.add_AccountingServiceServicer_to_server(
-        AccountingServicer(authenticator, store), server
+        AccountingServicer(authenticator, store, ledger, UsageReport(engine, clock)), server
     )
-    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(guard, store), server)
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminServicer(guard, store, ledger, engine, clock), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

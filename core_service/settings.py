@@ -89,6 +89,19 @@ class Settings(BaseSettings):
         description="When an unsettled hold (its request vanished) expires; at least the "
         "longest deployment total timeout plus a minute.",
     )
+    stripe_secret_key: SecretStr | None = Field(
+        default=None, description="Stripe API key; unset = purchases are switched off."
+    )
+    stripe_webhook_secret: SecretStr | None = Field(
+        default=None, description="Signing secret of the Stripe webhook endpoint (whsec_…)."
+    )
+    stripe_api_base: str = Field(
+        default="https://api.stripe.com", description="Stripe API base URL (tests point it at a fake)."
+    )
+    checkout_success_url: str = "http://127.0.0.1:8000/billing/success?session_id={CHECKOUT_SESSION_ID}"
+    checkout_cancel_url: str = "http://127.0.0.1:8000/billing/cancelled"
+    checkout_min_usd: Decimal = Decimal("5")
+    checkout_max_usd: Decimal = Decimal("10000")
     log_level: str = "INFO"
 
     @field_validator("welcome_bonus_usd")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import grpc
 from kyma.accounting.v1 import accounting_service_pb2 as pb
 from kyma.accounting.v1 import accounting_service_pb2_grpc as pb_grpc
@@ -9,20 +11,84 @@ from kyma.accounting.v1 import accounting_service_pb2_grpc as pb_grpc
 from core_service.accounts.auth import Authenticator
 from core_service.accounts.messages import account_message
 from core_service.accounts.store import AccountStore
-from core_service.errors import Unauthenticated
+from core_service.billing.ledger import Ledger
+from core_service.billing.messages import balance_message, entry_message, money
+from core_service.billing.usage import UsageReport
+from core_service.errors import InvalidRequest, Unauthenticated
 from core_service.grpc_errors import translated
 from core_service.grpc_metadata import metadata_value
 
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+
+
+def encode_page_token(entry_id: int) -> str:
+    return base64.urlsafe_b64encode(f"before:{entry_id}".encode()).decode()
+
+
+def decode_page_token(token: str) -> int | None:
+    if not token:
+        return None
+    try:
+        prefix, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if prefix == "before" and value.isdigit():
+            return int(value)
+    except (ValueError, UnicodeError):
+        pass
+    raise InvalidRequest("The page token is not valid.", param="page_token")
+
 
 class AccountingServicer(pb_grpc.AccountingServiceServicer):
-    def __init__(self, authenticator: Authenticator, store: AccountStore) -> None:
+    def __init__(
+        self, authenticator: Authenticator, store: AccountStore, ledger: Ledger, usage: UsageReport
+    ) -> None:
         self._authenticator = authenticator
         self._store = store
+        self._ledger = ledger
+        self._usage = usage
+
+    async def _account_id(self, context: grpc.aio.ServicerContext) -> str:
+        principal = await self._authenticator.authenticate(metadata_value(context, "authorization"))
+        return principal.account_id
 
     @translated
     async def GetAccount(self, request: pb.GetAccountRequest, context: grpc.aio.ServicerContext) -> pb.GetAccountResponse:
-        principal = await self._authenticator.authenticate(metadata_value(context, "authorization"))
-        account = await self._store.get_account(principal.account_id)
+        account = await self._store.get_account(await self._account_id(context))
         if account is None:
             raise Unauthenticated("Incorrect API key provided. Check it, or create a new one.")
-        return pb.GetAccountResponse(account=account_message(account))
+        balance = await self._ledger.balance(account.id)
+        return pb.GetAccountResponse(account=account_message(account), balance=balance_message(balance))
+
+    @translated
+    async def GetUsage(self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext) -> pb.GetUsageResponse:
+        account_id = await self._account_id(context)
+        first, last = self._usage.period(request.start_day, request.end_day)
+        rows = await self._usage.rows(account_id, first, last)
+        return pb.GetUsageResponse(
+            rows=[
+                pb.UsageRow(
+                    day=row.day.isoformat(),
+                    model=row.model,
+                    requests=row.requests,
+                    prompt_tokens=row.prompt_tokens,
+                    completion_tokens=row.completion_tokens,
+                    cost=money(row.cost_nanos),
+                    estimated_requests=row.estimated_requests,
+                )
+                for row in rows
+            ]
+        )
+
+    @translated
+    async def ListLedgerEntries(self, request: pb.ListLedgerEntriesRequest, context: grpc.aio.ServicerContext) -> pb.ListLedgerEntriesResponse:
+        account_id = await self._account_id(context)
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise InvalidRequest(f"page_size must be 1 to {MAX_PAGE_SIZE}.", param="page_size")
+        before = decode_page_token(request.page_token)
+        entries = await self._ledger.entries(account_id, limit=size + 1, before_id=before)
+        page, more = entries[:size], len(entries) > size
+        return pb.ListLedgerEntriesResponse(
+            entries=[entry_message(entry, account_id) for entry in page],
+            next_page_token=encode_page_token(page[-1].id) if more else "",
+        )

@@ -176,6 +176,11 @@ class Ledger:
             raise NotFound(f"No ledger account {account_id}.")
         return BalanceView(row.balance_nanos, row.held_nanos, row.total_purchased_nanos)
 
+    async def entry(self, entry_id: int) -> LedgerEntry:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(LedgerEntry).where(LedgerEntry.id == entry_id))).one()
+        return LedgerEntry(**row._mapping)
+
     async def entries(
         self, account_id: str, *, limit: int, before_id: int | None = None
     ) -> list[LedgerEntry]:

@@ -41,6 +41,16 @@ class AccountingServiceStub:
                 request_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetAccountRequest.SerializeToString,
                 response_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetAccountResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/kyma.accounting.v1.AccountingService/GetUsage',
+                request_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
+        self.ListLedgerEntries = channel.unary_unary(
+                '/kyma.accounting.v1.AccountingService/ListLedgerEntries',
+                request_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListLedgerEntriesRequest.SerializeToString,
+                response_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListLedgerEntriesResponse.FromString,
+                _registered_method=True)
 
 
 class AccountingServiceServicer:
@@ -54,6 +64,20 @@ class AccountingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """Usage per model and UTC day, newest day first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLedgerEntries(self, request, context):
+        """The account's ledger entries, newest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +85,16 @@ def add_AccountingServiceServicer_to_server(servicer, server):
                     servicer.GetAccount,
                     request_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetAccountRequest.FromString,
                     response_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetAccountResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetUsageRequest.FromString,
+                    response_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'ListLedgerEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLedgerEntries,
+                    request_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListLedgerEntriesRequest.FromString,
+                    response_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListLedgerEntriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +126,60 @@ class AccountingService:
             '/kyma.accounting.v1.AccountingService/GetAccount',
             kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetAccountRequest.SerializeToString,
             kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.accounting.v1.AccountingService/GetUsage',
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetUsageRequest.SerializeToString,
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLedgerEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.accounting.v1.AccountingService/ListLedgerEntries',
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListLedgerEntriesRequest.SerializeToString,
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListLedgerEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,6 +36,10 @@ class AccountingServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AccountingServiceAsyncStub: ...
     GetAccount: _grpc.UnaryUnaryMultiCallable[_accounting_service_pb2.GetAccountRequest, _accounting_service_pb2.GetAccountResponse]
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_accounting_service_pb2.GetUsageRequest, _accounting_service_pb2.GetUsageResponse]
+    """Usage per model and UTC day, newest day first."""
+    ListLedgerEntries: _grpc.UnaryUnaryMultiCallable[_accounting_service_pb2.ListLedgerEntriesRequest, _accounting_service_pb2.ListLedgerEntriesResponse]
+    """The account's ledger entries, newest first, a page at a time."""
 
 @_typing.type_check_only
 class AccountingServiceAsyncStub(AccountingServiceStub):
@@ -45,6 +49,10 @@ class AccountingServiceAsyncStub(AccountingServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetAccount: _aio.UnaryUnaryMultiCallable[_accounting_service_pb2.GetAccountRequest, _accounting_service_pb2.GetAccountResponse]  # type: ignore[assignment]
+    GetUsage: _aio.UnaryUnaryMultiCallable[_accounting_service_pb2.GetUsageRequest, _accounting_service_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """Usage per model and UTC day, newest day first."""
+    ListLedgerEntries: _aio.UnaryUnaryMultiCallable[_accounting_service_pb2.ListLedgerEntriesRequest, _accounting_service_pb2.ListLedgerEntriesResponse]  # type: ignore[assignment]
+    """The account's ledger entries, newest first, a page at a time."""
 
 class AccountingServiceServicer(metaclass=_abc_1.ABCMeta):
     """AccountingService is what an account holder sees of their own account.
@@ -57,5 +65,21 @@ class AccountingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _accounting_service_pb2.GetAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_accounting_service_pb2.GetAccountResponse, _abc.Awaitable[_accounting_service_pb2.GetAccountResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _accounting_service_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounting_service_pb2.GetUsageResponse, _abc.Awaitable[_accounting_service_pb2.GetUsageResponse]]:
+        """Usage per model and UTC day, newest day first."""
+
+    @_abc_1.abstractmethod
+    def ListLedgerEntries(
+        self,
+        request: _accounting_service_pb2.ListLedgerEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounting_service_pb2.ListLedgerEntriesResponse, _abc.Awaitable[_accounting_service_pb2.ListLedgerEntriesResponse]]:
+        """The account's ledger entries, newest first, a page at a time."""
 
 def add_AccountingServiceServicer_to_server(servicer: AccountingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -41,6 +41,16 @@ class AdminServiceStub:
                 request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.CreateAccountRequest.SerializeToString,
                 response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.CreateAccountResponse.FromString,
                 _registered_method=True)
+        self.AdjustCredits = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/AdjustCredits',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.AdjustCreditsRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.AdjustCreditsResponse.FromString,
+                _registered_method=True)
+        self.VerifyLedger = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/VerifyLedger',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.VerifyLedgerRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.VerifyLedgerResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -54,6 +64,20 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AdjustCredits(self, request, context):
+        """Adds or removes credit, with a reason, as a ledger entry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyLedger(self, request, context):
+        """Proves the ledger consistent (see VerifyLedgerResponse).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +85,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.CreateAccount,
                     request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.CreateAccountRequest.FromString,
                     response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.CreateAccountResponse.SerializeToString,
+            ),
+            'AdjustCredits': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdjustCredits,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.AdjustCreditsRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.AdjustCreditsResponse.SerializeToString,
+            ),
+            'VerifyLedger': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyLedger,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.VerifyLedgerRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.VerifyLedgerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +126,60 @@ class AdminService:
             '/kyma.admin.v1.AdminService/CreateAccount',
             kyma_dot_admin_dot_v1_dot_admin__service__pb2.CreateAccountRequest.SerializeToString,
             kyma_dot_admin_dot_v1_dot_admin__service__pb2.CreateAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdjustCredits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/AdjustCredits',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.AdjustCreditsRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.AdjustCreditsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyLedger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/VerifyLedger',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.VerifyLedgerRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.VerifyLedgerResponse.FromString,
             options,
             channel_credentials,
             insecure,

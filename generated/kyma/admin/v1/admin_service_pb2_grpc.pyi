@@ -36,6 +36,10 @@ class AdminServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     CreateAccount: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateAccountRequest, _admin_service_pb2.CreateAccountResponse]
+    AdjustCredits: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.AdjustCreditsRequest, _admin_service_pb2.AdjustCreditsResponse]
+    """Adds or removes credit, with a reason, as a ledger entry."""
+    VerifyLedger: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.VerifyLedgerRequest, _admin_service_pb2.VerifyLedgerResponse]
+    """Proves the ledger consistent (see VerifyLedgerResponse)."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -45,6 +49,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateAccount: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateAccountRequest, _admin_service_pb2.CreateAccountResponse]  # type: ignore[assignment]
+    AdjustCredits: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.AdjustCreditsRequest, _admin_service_pb2.AdjustCreditsResponse]  # type: ignore[assignment]
+    """Adds or removes credit, with a reason, as a ledger entry."""
+    VerifyLedger: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.VerifyLedgerRequest, _admin_service_pb2.VerifyLedgerResponse]  # type: ignore[assignment]
+    """Proves the ledger consistent (see VerifyLedgerResponse)."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService holds the operators' actions. It is served on the gRPC port only, never on
@@ -57,5 +65,21 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.CreateAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.CreateAccountResponse, _abc.Awaitable[_admin_service_pb2.CreateAccountResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AdjustCredits(
+        self,
+        request: _admin_service_pb2.AdjustCreditsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.AdjustCreditsResponse, _abc.Awaitable[_admin_service_pb2.AdjustCreditsResponse]]:
+        """Adds or removes credit, with a reason, as a ledger entry."""
+
+    @_abc_1.abstractmethod
+    def VerifyLedger(
+        self,
+        request: _admin_service_pb2.VerifyLedgerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.VerifyLedgerResponse, _abc.Awaitable[_admin_service_pb2.VerifyLedgerResponse]]:
+        """Proves the ledger consistent (see VerifyLedgerResponse)."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,140 @@
+"""Proving the ledger consistent: `kyma admin ledger verify`, and run after the tests.
+
+Checks, each reported as a readable problem line:
+- every entry moves a positive amount between two different accounts (so debits equal credits);
+- each customer's balance row equals the replay of its entries, and its total purchased equals
+  the sum of its purchase entries;
+- each customer's held amount equals the sum of its open holds, and 0 <= held <= balance;
+- every hold ended exactly once: settled holds have one usage entry no larger than the hold
+  (none when they charged nothing); released and expired holds have none; open holds have not
+  passed their expiry by more than the expiry sweep's interval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import case, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core_service.clock import Clock
+from core_service.db.models import Balance, CreditHold, LedgerEntry
+
+
+@dataclass
+class Verification:
+    problems: list[str] = field(default_factory=list)
+    entries: int = 0
+    accounts: int = 0
+    holds: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+async def verify_ledger(engine: AsyncEngine, clock: Clock, *, expiry_slack_seconds: float = 60) -> Verification:
+    report = Verification()
+    async with engine.connect() as conn:
+        report.entries = await conn.scalar(select(func.count()).select_from(LedgerEntry)) or 0
+        bad = await conn.scalar(
+            select(func.count())
+            .select_from(LedgerEntry)
+            .where((LedgerEntry.amount_nanos <= 0) | (LedgerEntry.debit_account == LedgerEntry.credit_account))
+        )
+        if bad:
+            report.problems.append(f"{bad} entries with a non-positive amount or one account on both sides")
+
+        credits = (
+            select(
+                LedgerEntry.credit_account.label("account"),
+                LedgerEntry.amount_nanos.label("delta"),
+                case((LedgerEntry.kind == "purchase", LedgerEntry.amount_nanos), else_=0).label("purchased"),
+            )
+        )
+        debits = select(
+            LedgerEntry.debit_account.label("account"),
+            (-LedgerEntry.amount_nanos).label("delta"),
+            case((LedgerEntry.kind == "purchase", -LedgerEntry.amount_nanos), else_=0).label("purchased"),
+        )
+        movements = credits.union_all(debits).subquery()
+        replay = {
+            row.account: (int(row.balance), int(row.purchased))
+            for row in await conn.execute(
+                select(
+                    movements.c.account,
+                    func.sum(movements.c.delta).label("balance"),
+                    func.sum(movements.c.purchased).label("purchased"),
+                ).group_by(movements.c.account)
+            )
+        }
+        open_holds = {
+            row.account_id: int(row.held)
+            for row in await conn.execute(
+                select(CreditHold.account_id, func.sum(CreditHold.amount_nanos).label("held"))
+                .where(CreditHold.status == "open")
+                .group_by(CreditHold.account_id)
+            )
+        }
+        balances = (await conn.execute(select(Balance))).all()
+        report.accounts = len(balances)
+        for row in balances:
+            account = row.ledger_account
+            expected_balance, expected_purchased = replay.get(account, (0, 0))
+            if row.balance_nanos != expected_balance:
+                report.problems.append(
+                    f"{account}: balance {row.balance_nanos} but its entries add up to {expected_balance}"
+                )
+            if row.total_purchased_nanos != expected_purchased:
+                report.problems.append(
+                    f"{account}: total purchased {row.total_purchased_nanos} but purchases add up to {expected_purchased}"
+                )
+            if row.held_nanos != open_holds.get(account, 0):
+                report.problems.append(
+                    f"{account}: held {row.held_nanos} but open holds add up to {open_holds.get(account, 0)}"
+                )
+            if not 0 <= row.held_nanos <= row.balance_nanos:
+                report.problems.append(
+                    f"{account}: held {row.held_nanos} outside 0..balance {row.balance_nanos}"
+                )
+        known = {row.ledger_account for row in balances}
+        for account in replay:
+            if not account.startswith("system:") and account not in known:
+                report.problems.append(f"{account}: entries but no balance row")
+
+        usage_entries = (
+            select(LedgerEntry.reference, func.count().label("n"), func.sum(LedgerEntry.amount_nanos).label("total"))
+            .where(LedgerEntry.kind == "usage")
+            .group_by(LedgerEntry.reference)
+            .subquery()
+        )
+        holds = (
+            await conn.execute(
+                select(
+                    CreditHold.id, CreditHold.status, CreditHold.amount_nanos, CreditHold.charged_nanos,
+                    CreditHold.expires_at, usage_entries.c.n, usage_entries.c.total,
+                ).outerjoin(usage_entries, usage_entries.c.reference == CreditHold.id)
+            )
+        ).all()
+    report.holds = len(holds)
+    stale = clock.now() - timedelta(seconds=expiry_slack_seconds)
+    for hold in holds:
+        entries, charged = int(hold.n or 0), int(hold.total or 0)
+        if hold.status == "settled":
+            expected = 1 if (hold.charged_nanos or 0) > 0 else 0
+            if entries != expected or charged != (hold.charged_nanos or 0):
+                report.problems.append(f"hold {hold.id}: settled for {hold.charged_nanos} but has {entries} usage entries totalling {charged}")
+            if charged > hold.amount_nanos:
+                report.problems.append(f"hold {hold.id}: charged {charged}, more than its {hold.amount_nanos}")
+        elif hold.status in ("released", "expired"):
+            if entries:
+                report.problems.append(f"hold {hold.id}: {hold.status} but has {entries} usage entries")
+        elif hold.status == "open":
+            if entries:
+                report.problems.append(f"hold {hold.id}: open but already has usage entries")
+            if hold.expires_at < stale:
+                report.problems.append(f"hold {hold.id}: open long past its expiry")
+        else:
+            report.problems.append(f"hold {hold.id}: unknown status {hold.status!r}")
+    return report

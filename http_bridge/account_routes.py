@@ -1,0 +1,183 @@
+"""The account holder's endpoints (`/v1/account…`) and Stripe billing (`/v1/billing…`)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from fastapi import APIRouter, Request
+from google.protobuf import timestamp_pb2
+from kyma.accounting.v1 import accounting_service_pb2 as accounting_pb
+from kyma.billing.v1 import billing_service_pb2 as billing_pb
+from starlette.responses import Response
+
+from http_bridge.bodies import BodyTooLarge, json_object, json_response, read_body, too_large
+from http_bridge.core_client import call_metadata, new_request_id, stubs
+from http_bridge.errors import OpenAIError, from_grpc
+
+# Stripe's events are small; anything bigger is not Stripe.
+MAX_WEBHOOK_BYTES = 1024 * 1024
+
+_STATUS = {
+    accounting_pb.ACCOUNT_STATUS_ACTIVE: "active",
+    accounting_pb.ACCOUNT_STATUS_SUSPENDED: "suspended",
+    accounting_pb.ACCOUNT_STATUS_BANNED: "banned",
+}
+_KIND = {
+    value: name.removeprefix("LEDGER_ENTRY_KIND_").lower()
+    for name, value in accounting_pb.LedgerEntryKind.items()
+}
+_OUTCOME = {
+    value: name.removeprefix("WEBHOOK_OUTCOME_").lower()
+    for name, value in billing_pb.WebhookOutcome.items()
+}
+
+router = APIRouter()
+
+
+def _unix(value: timestamp_pb2.Timestamp) -> int | None:
+    return value.seconds if value.seconds or value.nanos else None
+
+
+async def _call(
+    request: Request, rpc: Callable[..., Awaitable[Any]], message: Any
+) -> tuple[Any, dict[str, str]]:
+    request_id = new_request_id()
+    headers = {"x-request-id": request_id}
+    try:
+        return await rpc(message, metadata=call_metadata(request, request_id)), headers
+    except grpc.aio.AioRpcError as error:
+        raise _Failed(from_grpc(error).response(headers)) from None
+
+
+class _Failed(Exception):
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+def _failed_response(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    async def run(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except _Failed as failed:
+            return failed.response
+
+    run.__name__ = handler.__name__
+    return run
+
+
+@router.get("/v1/account")
+@_failed_response
+async def get_account(request: Request) -> Response:
+    reply, headers = await _call(request, stubs(request).accounting.GetAccount, accounting_pb.GetAccountRequest())
+    account, balance = reply.account, reply.balance
+    return json_response(
+        {
+            "object": "account",
+            "id": account.id,
+            "email": account.email,
+            "status": _STATUS.get(account.status, "unknown"),
+            "tier": account.tier,
+            "created_at": _unix(account.created_at),
+            "balance_usd": balance.balance.usd,
+            "held_usd": balance.held.usd,
+            "available_usd": balance.available.usd,
+            "total_purchased_usd": balance.total_purchased.usd,
+        },
+        headers,
+    )
+
+
+@router.get("/v1/account/usage")
+@_failed_response
+async def get_usage(request: Request) -> Response:
+    message = accounting_pb.GetUsageRequest(
+        start_day=request.query_params.get("start_day", ""),
+        end_day=request.query_params.get("end_day", ""),
+    )
+    reply, headers = await _call(request, stubs(request).accounting.GetUsage, message)
+    rows = [
+        {
+            "day": row.day,
+            "model": row.model,
+            "requests": row.requests,
+            "prompt_tokens": row.prompt_tokens,
+            "completion_tokens": row.completion_tokens,
+            "cost_usd": row.cost.usd,
+            "estimated_requests": row.estimated_requests,
+        }
+        for row in reply.rows
+    ]
+    return json_response({"object": "list", "data": rows}, headers)
+
+
+@router.get("/v1/account/ledger")
+@_failed_response
+async def get_ledger(request: Request) -> Response:
+    limit = request.query_params.get("limit", "50")
+    if not limit.isdigit() or not 1 <= int(limit) <= 200:
+        return OpenAIError(400, "'limit' must be a whole number from 1 to 200.", param="limit").response(
+            {"x-request-id": new_request_id()}
+        )
+    message = accounting_pb.ListLedgerEntriesRequest(
+        page_size=int(limit), page_token=request.query_params.get("page_token", "")
+    )
+    reply, headers = await _call(request, stubs(request).accounting.ListLedgerEntries, message)
+    entries = [
+        {
+            "id": entry.id,
+            "object": "ledger.entry",
+            "kind": _KIND.get(entry.kind, "unknown"),
+            "amount_usd": entry.amount.usd,
+            "reason": entry.reason,
+            "reference": entry.reference or None,
+            "created_at": _unix(entry.created_at),
+        }
+        for entry in reply.entries
+    ]
+    return json_response(
+        {
+            "object": "list",
+            "data": entries,
+            "has_more": bool(reply.next_page_token),
+            "next_page_token": reply.next_page_token or None,
+        },
+        headers,
+    )
+
+
+@router.post("/v1/billing/checkout")
+@_failed_response
+async def create_checkout(request: Request) -> Response:
+    headers = {"x-request-id": new_request_id()}
+    try:
+        body = await read_body(request, 64 * 1024)
+    except BodyTooLarge:
+        return too_large(64 * 1024).response(headers)
+    parsed = json_object(body)
+    if isinstance(parsed, OpenAIError):
+        return parsed.response(headers)
+    amount = parsed.get("amount_usd")
+    if isinstance(amount, bool) or not isinstance(amount, (str, int, float)):
+        return OpenAIError(400, "'amount_usd' is required: a decimal number of USD, e.g. \"25\".", param="amount_usd").response(headers)
+    # A JSON number is taken as written (repr keeps 10.5 as "10.5"); the core validates it.
+    message = billing_pb.CreateCheckoutSessionRequest(amount_usd=str(amount))
+    reply, headers = await _call(request, stubs(request).billing.CreateCheckoutSession, message)
+    return json_response({"object": "checkout.session", "id": reply.session_id, "url": reply.url}, headers)
+
+
+@router.post("/v1/billing/stripe/webhook")
+@_failed_response
+async def stripe_webhook(request: Request) -> Response:
+    headers = {"x-request-id": new_request_id()}
+    try:
+        payload = await read_body(request, MAX_WEBHOOK_BYTES)
+    except BodyTooLarge:
+        return too_large(MAX_WEBHOOK_BYTES).response(headers)
+    signature = request.headers.get("stripe-signature", "")
+    if not (signature.isascii() and signature.isprintable()):
+        signature = ""
+    message = billing_pb.HandleStripeWebhookRequest(payload=payload, signature=signature)
+    reply, headers = await _call(request, stubs(request).billing.HandleStripeWebhook, message)
+    return json_response({"received": True, "outcome": _OUTCOME.get(reply.outcome, "unknown")}, headers)

@@ -1,0 +1,53 @@
+"""The bridge's side of the gRPC channel: stubs for every core service, and call metadata."""
+
+from __future__ import annotations
+
+import secrets
+
+import grpc
+from fastapi import Request
+from grpc_health.v1 import health_pb2_grpc
+from kyma.accounting.v1 import accounting_service_pb2_grpc
+from kyma.billing.v1 import billing_service_pb2_grpc
+from kyma.inference.v1 import inference_service_pb2_grpc
+from kyma.routing.v1 import routing_service_pb2_grpc
+
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+]
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+class CoreStubs:
+    """Stubs on one channel to the core."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.inference = inference_service_pb2_grpc.InferenceServiceStub(channel)
+        self.routing = routing_service_pb2_grpc.RoutingServiceStub(channel)
+        self.accounting = accounting_service_pb2_grpc.AccountingServiceStub(channel)
+        self.billing = billing_service_pb2_grpc.BillingServiceStub(channel)
+        self.health = health_pb2_grpc.HealthStub(channel)
+
+
+def stubs(request: Request) -> CoreStubs:
+    return request.app.state.core  # type: ignore[no-any-return]
+
+
+def new_request_id() -> str:
+    return f"req_{secrets.token_hex(12)}"
+
+
+def call_metadata(request: Request, request_id: str) -> Metadata:
+    """The caller's credentials and the request id, as the core reads them."""
+    authorization = request.headers.get("authorization")
+    if authorization is None:
+        return (("x-request-id", request_id),)
+    if not (authorization.isascii() and authorization.isprintable()):
+        # gRPC metadata is printable ASCII; such a header cannot hold a key, so the core is
+        # asked about a token that fails its checks, and answers as for any wrong key.
+        authorization = "Bearer invalid"
+    return (("authorization", authorization), ("x-request-id", request_id))

@@ -1,0 +1,172 @@
+"""The OpenAI inference endpoints and model listing: each one gRPC call on the core."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from fastapi import APIRouter, Request
+from kyma.inference.v1 import inference_service_pb2 as inference_pb
+from kyma.routing.v1 import routing_service_pb2 as routing_pb
+from starlette.responses import Response, StreamingResponse
+
+from http_bridge.bodies import BodyTooLarge, json_object, json_response, read_body, too_large
+from http_bridge.core_client import call_metadata, new_request_id, stubs
+from http_bridge.errors import OpenAIError, from_grpc
+from http_bridge.headers import rate_limit_headers
+
+_JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class _Route:
+    """The core RPCs behind one OpenAI endpoint."""
+
+    unary: str
+    unary_request: type[Any]
+    stream: str | None = None
+    stream_request: type[Any] | None = None
+
+
+_CHAT = _Route(
+    "CreateChatCompletion",
+    inference_pb.CreateChatCompletionRequest,
+    "StreamChatCompletion",
+    inference_pb.StreamChatCompletionRequest,
+)
+_COMPLETIONS = _Route(
+    "CreateCompletion",
+    inference_pb.CreateCompletionRequest,
+    "StreamCompletion",
+    inference_pb.StreamCompletionRequest,
+)
+_EMBEDDINGS = _Route("CreateEmbedding", inference_pb.CreateEmbeddingRequest)
+
+
+async def _until_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(request: Request, call: Awaitable[Any]) -> Any:
+    """Await the core's answer, cancelling the call if the client goes away first."""
+    work = asyncio.ensure_future(call)
+    watch = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if not work.done():
+        work.cancel()
+        raise asyncio.CancelledError
+    return work.result()
+
+
+async def _infer(request: Request, route: _Route) -> Response:
+    request_id = new_request_id()
+    headers = {"x-request-id": request_id}
+    limit = request.app.state.settings.max_body_bytes
+    try:
+        body = await read_body(request, limit)
+    except BodyTooLarge:
+        return too_large(limit).response(headers)
+    parsed = json_object(body)
+    if isinstance(parsed, OpenAIError):
+        return parsed.response(headers)
+    metadata = call_metadata(request, request_id)
+    stub = stubs(request).inference
+    if route.stream is not None and route.stream_request and parsed.get("stream") is True:
+        call = getattr(stub, route.stream)(route.stream_request(body=body), metadata=metadata)
+        return await _stream(request, call, headers)
+    method = getattr(stub, route.unary)
+    try:
+        reply = await _unless_disconnected(
+            request, method(route.unary_request(body=body), metadata=metadata)
+        )
+    except grpc.aio.AioRpcError as error:
+        return from_grpc(error).response(headers)
+    headers.update(rate_limit_headers(reply.rate_limit))
+    return Response(reply.body, 200, headers, media_type=_JSON)
+
+
+async def _stream(request: Request, call: Any, headers: dict[str, str]) -> Response:
+    # Wait for the first message before answering: until then every failure (no credit, rate
+    # limited, upstream down after failover) is still a proper HTTP status.
+    try:
+        first = await _unless_disconnected(request, call.read())
+    except grpc.aio.AioRpcError as error:
+        return from_grpc(error).response(headers)
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
+    if first is grpc.aio.EOF:
+        return OpenAIError(502, "The model's upstream sent an empty stream.", "api_error").response(headers)
+    headers.update(rate_limit_headers(first.rate_limit))
+    headers["cache-control"] = "no-cache"
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            message = first
+            while message is not grpc.aio.EOF:
+                if message.chunk:
+                    yield b"data: " + message.chunk + b"\n\n"
+                message = await call.read()
+            yield b"data: [DONE]\n\n"
+        except grpc.aio.AioRpcError as error:
+            # Headers are gone: the failure becomes an error event, as OpenAI sends one.
+            yield b"data: " + from_grpc(error).body() + b"\n\n"
+        finally:
+            call.cancel()
+
+    return StreamingResponse(events(), 200, headers, media_type="text/event-stream")
+
+
+def _model_object(model: routing_pb.Model) -> dict[str, Any]:
+    return {"id": model.id, "object": "model", "created": model.created, "owned_by": model.owned_by}
+
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _infer(request, _CHAT)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    return await _infer(request, _COMPLETIONS)
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request) -> Response:
+    return await _infer(request, _EMBEDDINGS)
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    request_id = new_request_id()
+    headers = {"x-request-id": request_id}
+    try:
+        reply = await stubs(request).routing.ListModels(
+            routing_pb.ListModelsRequest(), metadata=call_metadata(request, request_id)
+        )
+    except grpc.aio.AioRpcError as error:
+        return from_grpc(error).response(headers)
+    return json_response({"object": "list", "data": [_model_object(m) for m in reply.models]}, headers)
+
+
+@router.get("/v1/models/{model:path}")
+async def get_model(model: str, request: Request) -> Response:
+    request_id = new_request_id()
+    headers = {"x-request-id": request_id}
+    try:
+        reply = await stubs(request).routing.GetModel(
+            routing_pb.GetModelRequest(id=model), metadata=call_metadata(request, request_id)
+        )
+    except grpc.aio.AioRpcError as error:
+        return from_grpc(error).response(headers)
+    return json_response(_model_object(reply.model), headers)
