@@ -30,6 +30,11 @@ import uvicorn
 from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 
 from core_service.app import Core, build_core
+from core_service.billing.ledger import BalanceView
+from core_service.billing.verify import verify_ledger
+from core_service.clock import SystemClock
+from core_service.db.models import CreditHold
+from sqlalchemy import func, select
 from core_service.settings import Settings
 from http_bridge.app import create_app
 from http_bridge.settings import BridgeSettings
@@ -170,6 +175,36 @@ class Kyma:
     def http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.http_url, timeout=30)
 
+    async def settled(self, timeout: float = 10.0) -> None:
+        """Wait until no hold is open and every settlement the core started has landed (a
+        cancelled stream settles a moment after its client left)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            await self.core.tasks.drain(timeout=timeout)
+            async with self.core.engine.connect() as conn:
+                open_holds = await conn.scalar(
+                    select(func.count()).select_from(CreditHold).where(CreditHold.status == "open")
+                )
+            if not open_holds and not self.core.tasks.pending:
+                return
+            assert asyncio.get_running_loop().time() < deadline, f"{open_holds} holds still open"
+            await asyncio.sleep(0.02)
+
+    async def verify_ledger(self) -> None:
+        await self.settled()
+        report = await verify_ledger(self.core.engine, SystemClock())
+        assert report.ok, "ledger check failed:\n" + "\n".join(report.problems)
+
+    async def balance(self, account_id: str) -> BalanceView:
+        await self.settled()
+        return await self.core.ledger.balance(account_id)
+
+    async def admin(self, method: str, message: Any) -> Any:
+        stub = admin_service_pb2_grpc.AdminServiceStub(self.channel)
+        return await getattr(stub, method)(
+            message, metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),)
+        )
+
 
 @contextlib.asynccontextmanager
 async def running_kyma(
@@ -231,8 +266,12 @@ async def client(kyma: Kyma, account: tuple[str, str]) -> AsyncIterator[openai.A
 
 
 @pytest_asyncio.fixture(autouse=True)
-async def _fresh_upstream(request: pytest.FixtureRequest) -> AsyncIterator[None]:
-    """Tests that use the upstream start with no faults and zeroed counters."""
+async def _fresh_upstream_and_ledger_check(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Tests that use the upstream start with no faults and zeroed counters; tests that use a
+    running Kyma end with the ledger check (every balance equals its entries, every hold ended
+    exactly once or still open)."""
     if "upstream" in request.fixturenames:
         await request.getfixturevalue("upstream").reset()
     yield
+    if "kyma" in request.fixturenames:
+        await request.getfixturevalue("kyma").verify_ledger()

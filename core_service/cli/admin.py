@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -66,6 +67,39 @@ def _accounts_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _credits_adjust(args: argparse.Namespace) -> int:
+    admin = _Admin(Settings())
+    reply = admin.call(
+        admin.stub.AdjustCredits,
+        pb.AdjustCreditsRequest(
+            account_id=args.account_id,
+            amount_usd=args.amount_usd,
+            reason=args.reason,
+            idempotency_key=args.idempotency_key or "",
+            actor=args.actor,
+        ),
+    )
+    note = "" if reply.created else " (already applied earlier with this idempotency key)"
+    _print(
+        reply,
+        args.json,
+        f"entry {reply.entry.id}: {reply.entry.amount.usd} USD{note}\n"
+        f"balance {reply.balance.balance.usd} USD, available {reply.balance.available.usd} USD",
+    )
+    return 0
+
+
+def _ledger_verify(args: argparse.Namespace) -> int:
+    admin = _Admin(Settings())
+    reply = admin.call(admin.stub.VerifyLedger, pb.VerifyLedgerRequest())
+    summary = (
+        f"checked {reply.entries_checked} entries, {reply.accounts_checked} accounts, "
+        f"{reply.holds_checked} holds: " + ("OK" if reply.ok else f"{len(reply.problems)} problems")
+    )
+    _print(reply, args.json, "\n".join([summary, *reply.problems]))
+    return 0 if reply.ok else 2
+
+
 def _run(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
@@ -88,3 +122,24 @@ def add_commands(commands: Any) -> None:
     create.add_argument("--key-name", default="default")
     create.add_argument("--json", action="store_true", help="print JSON for scripts")
     create.set_defaults(run=_run(_accounts_create))
+
+    credits = groups.add_parser("credits", help="credit balances")
+    credit_commands = credits.add_subparsers(dest="action", required=True)
+    adjust = credit_commands.add_parser(
+        "adjust", help="add (positive) or remove (negative) credit, as a ledger entry"
+    )
+    adjust.add_argument("account_id")
+    adjust.add_argument("amount_usd", help='signed decimal USD, e.g. "5" or "-2.50"')
+    adjust.add_argument("--reason", required=True)
+    adjust.add_argument("--idempotency-key", help="retry-safe: the same key applies once")
+    adjust.add_argument("--actor", default=os.environ.get("USER", "admin"), help="who is acting")
+    adjust.add_argument("--json", action="store_true")
+    adjust.set_defaults(run=_run(_credits_adjust))
+
+    ledger = groups.add_parser("ledger", help="the credit ledger")
+    ledger_commands = ledger.add_subparsers(dest="action", required=True)
+    verify = ledger_commands.add_parser(
+        "verify", help="prove balances equal their entries and every hold ended once (exit 2 if not)"
+    )
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(run=_run(_ledger_verify))
