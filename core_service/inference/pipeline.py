@@ -8,6 +8,7 @@ exactly the same policy.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -195,7 +196,12 @@ def _json_object(reply: bytes) -> dict[str, Any]:
     try:
         parsed = orjson.loads(reply)
     except orjson.JSONDecodeError:
-        raise UpstreamError("The model's upstream sent a malformed response.") from None
+        # Some servers write NaN or Infinity (not JSON, but the stdlib reads them); the answer
+        # is still worth relaying, and usage that is not a whole number is estimated anyway.
+        try:
+            parsed = json.loads(reply)
+        except (ValueError, UnicodeDecodeError):
+            raise UpstreamError("The model's upstream sent a malformed response.") from None
     if not isinstance(parsed, dict):
         raise UpstreamError("The model's upstream sent a malformed response.")
     return parsed
