@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 
 import grpc
 import httpx
+import stripe
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from kyma.accounting.v1 import accounting_service_pb2, accounting_service_pb2_grpc
 from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
+from kyma.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 from kyma.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from kyma.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
 from pydantic import SecretStr
@@ -30,11 +32,14 @@ from core_service.accounts.service import AccountingServicer
 from core_service.accounts.store import AccountStore
 from core_service.admin.auth import AdminGuard, resolve_admin_token
 from core_service.admin.service import AdminServicer
+from core_service.billing.checkout import CheckoutSessions
 from core_service.billing.holds import Holds
 from core_service.billing.ledger import Ledger
 from core_service.billing.metering import Metering
 from core_service.billing.pricing import usd_to_nanos
+from core_service.billing.service import BillingServicer
 from core_service.billing.usage import UsageReport
+from core_service.billing.webhooks import StripeWebhooks
 from core_service.catalog import Catalog
 from core_service.clock import Clock, SystemClock
 from core_service.db.engine import create_engine, migrate, session_factory
@@ -64,6 +69,7 @@ _SERVICES = [
     routing_service_pb2.DESCRIPTOR.services_by_name["RoutingService"].full_name,
     accounting_service_pb2.DESCRIPTOR.services_by_name["AccountingService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
 ]
 
 
@@ -91,6 +97,22 @@ async def _periodically(interval: float, work, name: str) -> None:  # type: igno
             log.exception("%s failed; trying again in %.0fs", name, interval)
 
 
+def build_stripe_client(
+    settings: Settings,
+) -> tuple[stripe.HTTPXClient | None, stripe.StripeClient | None]:
+    """The Stripe client (async, on its own HTTP client), or none when purchases are off."""
+    if settings.stripe_secret_key is None:
+        return None, None
+    http = stripe.HTTPXClient(timeout=20)
+    client = stripe.StripeClient(
+        settings.stripe_secret_key.get_secret_value(),
+        base_addresses={"api": settings.stripe_api_base},
+        http_client=http,
+        max_network_retries=2,
+    )
+    return http, client
+
+
 @dataclass
 class Core:
     """A built core: start() serves it on a port, stop() drains and closes everything."""
@@ -103,6 +125,7 @@ class Core:
     tasks: BackgroundTasks
     holds: Holds
     ledger: Ledger
+    stripe_http: stripe.HTTPXClient | None = None
     port: int = 0
     _stopped: bool = field(default=False, repr=False)
     _chores: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
@@ -129,6 +152,8 @@ class Core:
         # Settlements of the requests that just finished must land before the engine closes.
         await self.tasks.drain(timeout=max(grace, 5.0))
         await self.http.aclose()
+        if self.stripe_http is not None:
+            await self.stripe_http.close_async()
         await self.engine.dispose()
 
     async def _expire_holds(self) -> None:
@@ -171,6 +196,18 @@ async def build_core(
         metering=Metering(holds, tasks),
     )
     guard = AdminGuard(SecretStr(resolve_admin_token(settings)))
+    stripe_http, stripe_client = build_stripe_client(settings)
+    checkout = CheckoutSessions(
+        stripe_client,
+        success_url=settings.checkout_success_url,
+        cancel_url=settings.checkout_cancel_url,
+        min_usd=settings.checkout_min_usd,
+        max_usd=settings.checkout_max_usd,
+    )
+    secret = settings.stripe_webhook_secret
+    webhooks = StripeWebhooks(
+        engine, clock, webhook_secret=secret.get_secret_value() if secret else None
+    )
 
     server = grpc.aio.server(options=GRPC_OPTIONS)
     inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
@@ -184,6 +221,9 @@ async def build_core(
     )
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(guard, store, ledger, engine, clock), server
+    )
+    billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
+        BillingServicer(authenticator, store, checkout, webhooks), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -201,5 +241,6 @@ async def build_core(
         tasks=tasks,
         holds=holds,
         ledger=ledger,
+        stripe_http=stripe_http,
         port=port,
     )

@@ -1,0 +1,51 @@
+"""BillingService over gRPC: buying credits through Stripe Checkout, and Stripe's webhook."""
+
+from __future__ import annotations
+
+import grpc
+from kyma.billing.v1 import billing_service_pb2 as pb
+from kyma.billing.v1 import billing_service_pb2_grpc as pb_grpc
+
+from core_service.accounts.auth import Authenticator
+from core_service.accounts.store import AccountStore
+from core_service.billing.checkout import CheckoutSessions
+from core_service.billing.webhooks import StripeWebhooks
+from core_service.errors import Unauthenticated
+from core_service.grpc_errors import translated
+from core_service.grpc_metadata import metadata_value
+
+
+class BillingServicer(pb_grpc.BillingServiceServicer):
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        store: AccountStore,
+        checkout: CheckoutSessions,
+        webhooks: StripeWebhooks,
+    ) -> None:
+        self._authenticator = authenticator
+        self._store = store
+        self._checkout = checkout
+        self._webhooks = webhooks
+
+    @translated
+    async def CreateCheckoutSession(
+        self, request: pb.CreateCheckoutSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateCheckoutSessionResponse:
+        principal = await self._authenticator.authenticate(metadata_value(context, "authorization"))
+        account = await self._store.get_account(principal.account_id)
+        if account is None:
+            # The key was cached on this node moments before its account went away.
+            raise Unauthenticated("Incorrect API key provided. Check it, or create a new one.")
+        session_id, url = await self._checkout.create(
+            account_id=account.id, email=account.email, amount_usd=request.amount_usd
+        )
+        return pb.CreateCheckoutSessionResponse(session_id=session_id, url=url)
+
+    @translated
+    async def HandleStripeWebhook(
+        self, request: pb.HandleStripeWebhookRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HandleStripeWebhookResponse:
+        # No API key: the Stripe signature over the body is the authentication.
+        outcome = await self._webhooks.handle(request.payload, request.signature)
+        return pb.HandleStripeWebhookResponse(outcome=pb.WebhookOutcome.ValueType(outcome))

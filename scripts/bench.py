@@ -1,0 +1,534 @@
+"""Kyma's gateway overhead benchmark: the same requests sent straight to a test upstream and
+through Kyma (bridge -> core -> upstream), side by side, in one run.
+
+It starts a test upstream, a Kyma core and a Kyma bridge as separate processes (fresh data dir,
+free loopback ports), creates an account, and for each mode x concurrency runs a warm-up then a
+measured window against (a) the upstream directly and (b) Kyma. For Kyma rows it reads the CPU
+time (utime+stime from /proc/<pid>/stat) the core and the bridge spent in the measured window and
+divides it by the number of requests: the gateway's own cost per request.
+
+Prints a markdown table and writes JSON to bench-results/<timestamp>.json (or --json PATH).
+Run it through ./scripts/bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import datetime as dt
+import json
+import os
+import pathlib
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import uvloop
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from bench_client import Result, build_request, percentile, run_load  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+VENV_BIN = pathlib.Path(sys.executable).parent
+KYMA = str(VENV_BIN / "kyma")
+HOST = "127.0.0.1"
+PUBLIC_MODEL = "bench-model"
+UPSTREAM_MODEL = "upstream-model"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MODES = ("nonstream", "stream")
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a whole process (all its threads), in clock ticks."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def machine_busy_ticks() -> int:
+    """Busy clock ticks of all CPUs together (aggregate line of /proc/stat), for spotting load
+    from outside the bench during a window."""
+    with open("/proc/stat", "rb") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (values + [0] * 8)[:8]
+    return user + nice + system + irq + softirq + steal
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the bench dies without cleaning up (SIGKILL)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class Processes:
+    """Child processes, each in its own session (so a Ctrl-C reaches only the bench, which
+    then stops them in order), with output going to log files in the work dir."""
+
+    def __init__(self, workdir: pathlib.Path) -> None:
+        self.workdir = workdir
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "wb")
+        proc = subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        log.close()
+        self.children.append((name, proc))
+        return proc
+
+    def log(self, name: str) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_for_line(self, name: str, proc: subprocess.Popen[bytes], pattern: str, timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            match = regex.search(self.log(name))
+            if match:
+                return match
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"{name} did not start (exit {proc.poll()}); its output:\n{self.log(name)[-3000:]}")
+
+    def stop_all(self) -> None:
+        for _name, proc in reversed(self.children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for _name, proc in reversed(self.children):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.children.clear()
+
+
+def http_get(url: str, timeout: float = 2.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if http_get(url) == 200:
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"{what}: {url} did not answer 200 within {timeout:.0f}s")
+
+
+@dataclass
+class Stack:
+    upstream_pid: int
+    upstream_port: int
+    core_pid: int
+    bridge_pid: int
+    bridge_port: int
+    api_key: str
+
+
+def start_stack(procs: Processes, args: argparse.Namespace) -> Stack:
+    workdir = procs.workdir
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("KYMA_")}
+
+    # 1. the test upstream
+    upstream_argv = [KYMA, "test-upstream"]
+    if subprocess.run([KYMA, "test-upstream", "--help"], capture_output=True).returncode != 0:
+        upstream_argv = [sys.executable, "-m", "core_service.test_upstream.server"]
+    upstream = procs.start(
+        "upstream",
+        [*upstream_argv, "--host", HOST, "--port", "0",
+         "--latency-ms", str(args.upstream_latency_ms),
+         "--tokens-per-second", str(args.upstream_tokens_per_second)],
+        base_env,
+    )
+    match = procs.wait_for_line("upstream", upstream, r"test-upstream listening on http://[^:\s]+:(\d+)", 30)
+    upstream_port = int(match.group(1))
+
+    # 2. Kyma core and bridge, as two processes so each one's CPU can be read
+    catalog = workdir / "catalog.yaml"
+    catalog.write_text(
+        "models:\n"
+        f"  - name: {PUBLIC_MODEL}\n"
+        '    price: {input_per_million: "0.10", output_per_million: "0.20"}\n'
+        "    deployments:\n"
+        "      - name: upstream-1\n"
+        f"        base_url: http://{HOST}:{upstream_port}/v1\n"
+        f"        model: {UPSTREAM_MODEL}\n"
+    )
+    grpc_port, http_port = free_port(), free_port()
+    env = {
+        **base_env,
+        "KYMA_DATA_DIR": str(workdir / "data"),
+        "KYMA_GRPC_HOST": HOST,
+        "KYMA_GRPC_PORT": str(grpc_port),
+        "KYMA_HTTP_HOST": HOST,
+        "KYMA_HTTP_PORT": str(http_port),
+        "KYMA_CATALOG": str(catalog),
+        # Enough credit for any run (the welcome bonus is configuration; price is still charged).
+        "KYMA_WELCOME_BONUS_USD": "1000000",
+    }
+    if args.log_level:
+        env["KYMA_LOG_LEVEL"] = args.log_level
+    core = procs.start("core", [KYMA, "serve", "core"], env)
+    procs.wait_for_line("core", core, r"kyma core listening on", 60)
+    bridge = procs.start("bridge", [KYMA, "serve", "bridge"], env)
+    procs.wait_for_line("bridge", bridge, r"kyma bridge listening on", 60)
+    wait_http(f"http://{HOST}:{http_port}/healthz", bridge, "bridge", 30)
+    wait_http(f"http://{HOST}:{http_port}/readyz", bridge, "bridge (core reachable)", 30)
+
+    # 3. an account and its key (unique email per run)
+    email = f"bench+{uuid.uuid4().hex[:12]}@example.com"
+    created = subprocess.run(
+        [KYMA, "admin", "accounts", "create", email, "--json"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    if created.returncode != 0:
+        raise RuntimeError(f"kyma admin accounts create failed:\n{created.stdout}{created.stderr}")
+    api_key = json.loads(created.stdout)["api_key_secret"]
+    prepare_account(env, email)
+
+    return Stack(upstream.pid, upstream_port, core.pid, bridge.pid, http_port, api_key)
+
+
+def prepare_account(env: dict[str, str], email: str) -> None:
+    """Make the bench account able to carry the load. Hook for later Kyma versions: when
+    `kyma admin --help` lists `credits` and `limits`, top the account up and pin its limits
+    high here (e.g. `kyma admin credits adjust EMAIL ...` / `kyma admin limits ...`), so that
+    the 30 RPM free tier does not turn the measurement into a 429 benchmark. Today the welcome
+    bonus set in the environment above is enough and there are no per-account limits."""
+    return None
+
+
+# --- scenarios ------------------------------------------------------------------------------
+
+
+def request_body(model: str, stream: bool) -> bytes:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "Say hello in a few words."},
+        ],
+        "max_tokens": 16,
+    }
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return orjson.dumps(body)
+
+
+@dataclass
+class Row:
+    target: str
+    mode: str
+    concurrency: int
+    requests: int
+    errors: int
+    elapsed_s: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    first_byte_p50_ms: float
+    cpu_ms_per_req: dict[str, float] = field(default_factory=dict)
+    error_samples: list[str] = field(default_factory=list)
+    foreign_cpu_cores: float = 0.0
+    added_p50_ms: float | None = None
+    rps_ratio: float | None = None
+
+
+async def measure(
+    stack: Stack, target: str, mode: str, concurrency: int, args: argparse.Namespace
+) -> Row:
+    stream = mode == "stream"
+    if target == "direct":
+        port, model, headers = stack.upstream_port, UPSTREAM_MODEL, {}
+    else:
+        port, model = stack.bridge_port, PUBLIC_MODEL
+        headers = {"Authorization": f"Bearer {stack.api_key}"}
+    raw = build_request(HOST, port, "/v1/chat/completions", request_body(model, stream), headers)
+    load = dict(host=HOST, port=port, raw_request=raw, stream=stream, concurrency=concurrency)
+
+    await run_load(**load, duration_s=args.warmup, max_requests=10**9)
+    profilers = start_profilers(stack, mode, concurrency, args) if target == "kyma" else []
+    pids = {"core": stack.core_pid, "bridge": stack.bridge_pid, "upstream": stack.upstream_pid}
+    await quiesce([stack.core_pid, stack.bridge_pid], args.settle)  # warm-up's trailing work stays out
+    before = {name: cpu_ticks(pid) for name, pid in pids.items()}
+    busy_before = machine_busy_ticks()
+    window_start = time.monotonic()
+    client_before = time.process_time()
+    result: Result = await run_load(**load, duration_s=args.duration, max_requests=args.requests)
+    client_cpu = time.process_time() - client_before
+    await quiesce([stack.core_pid, stack.bridge_pid], args.settle)  # trailing work is gateway cost too
+    window_s = time.monotonic() - window_start
+    after = {name: cpu_ticks(pid) for name, pid in pids.items()}
+    busy_after = machine_busy_ticks()
+    stop_profilers(profilers)
+    ours = sum(after[name] - before[name] for name in pids) + client_cpu * CLK_TCK
+    # CPU (in cores) used during the window by everything but the bench's own processes:
+    # other work on the machine, which makes a row noisy if it is more than a little.
+    foreign_cores = max(0.0, (busy_after - busy_before - ours) / CLK_TCK / window_s)
+
+    n = max(result.requests, 1)
+    cpu = {name: (after[name] - before[name]) * 1000.0 / CLK_TCK / n for name in pids}
+    cpu["client"] = client_cpu * 1000.0 / n
+    if target == "direct":
+        cpu.pop("core"), cpu.pop("bridge")
+    else:
+        cpu["gateway"] = cpu["core"] + cpu["bridge"]
+    lat = sorted(result.latencies_ns)
+    fb = sorted(result.first_byte_ns)
+    return Row(
+        target=target, mode=mode, concurrency=concurrency,
+        requests=result.requests, errors=result.errors, elapsed_s=result.elapsed_s,
+        rps=result.ok / result.elapsed_s if result.elapsed_s else 0.0,
+        p50_ms=percentile(lat, 50) / 1e6, p99_ms=percentile(lat, 99) / 1e6,
+        first_byte_p50_ms=percentile(fb, 50) / 1e6,
+        cpu_ms_per_req=cpu, error_samples=result.error_samples, foreign_cpu_cores=foreign_cores,
+    )
+
+
+async def quiesce(pids: Sequence[int], settle: float, limit: float = 15.0) -> None:
+    """Wait until Kyma is idle: at least `settle` seconds, then until core and bridge together
+    burn at most 1 clock tick in 200 ms (background work such as hold settlement trailing the
+    responses is the gateway's cost too, and must not leak into the next window)."""
+    await asyncio.sleep(settle)
+    deadline = time.monotonic() + limit
+    last = sum(cpu_ticks(pid) for pid in pids)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        now = sum(cpu_ticks(pid) for pid in pids)
+        if now - last <= 1:
+            return
+        last = now
+    print(f"bench: Kyma still busy {limit:.0f}s after the load stopped", file=sys.stderr)
+
+
+def start_profilers(stack: Stack, mode: str, concurrency: int, args: argparse.Namespace) -> list[subprocess.Popen[bytes]]:
+    """py-spy on the core and the bridge for the measured window (--profile). It samples from
+    outside the processes but takes CPU of its own: profiled runs' latencies are not comparable."""
+    if not args.profile:
+        return []
+    args.profile.mkdir(parents=True, exist_ok=True)
+    started = []
+    for name, pid in (("core", stack.core_pid), ("bridge", stack.bridge_pid)):
+        out = args.profile / f"{mode}-c{concurrency}-{name}.txt"
+        started.append(subprocess.Popen(
+            [args.py_spy, "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o", str(out), "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        ))
+    time.sleep(1.0)  # attaching takes a moment
+    return started
+
+
+def stop_profilers(profilers: list[subprocess.Popen[bytes]]) -> None:
+    for proc in profilers:
+        proc.send_signal(signal.SIGINT)  # py-spy writes its output when interrupted
+    for proc in profilers:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def run_all(stack: Stack, args: argparse.Namespace) -> list[Row]:
+    rows: list[Row] = []
+    for mode in args.modes:
+        for concurrency in args.concurrency:
+            pair = {}
+            for target in ("direct", "kyma"):
+                row = await measure(stack, target, mode, concurrency, args)
+                pair[target] = row
+                rows.append(row)
+                print(
+                    f"  {target:6} {mode:9} c={concurrency:<3} {row.requests:6} req  "
+                    f"{row.errors} err  {row.rps:8.1f} req/s  p50 {row.p50_ms:7.2f} ms"
+                    + (f"  (other load on the machine: {row.foreign_cpu_cores:.2f} cores)"
+                       if row.foreign_cpu_cores > 0.15 else ""),
+                    file=sys.stderr, flush=True,
+                )
+                for sample in row.error_samples:
+                    print(f"    error: {sample}", file=sys.stderr)
+            kyma, direct = pair["kyma"], pair["direct"]
+            kyma.added_p50_ms = kyma.p50_ms - direct.p50_ms
+            kyma.rps_ratio = kyma.rps / direct.rps if direct.rps else None
+    return rows
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    if value is None or value != value:
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def table(rows: Sequence[Row]) -> str:
+    head = ("target", "mode", "conc", "requests", "errors", "req/s", "p50 ms", "p99 ms",
+            "added p50 ms", "kyma/direct rps", "core cpu ms/req", "bridge cpu ms/req",
+            "gateway cpu ms/req", "upstream cpu ms/req")
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if i > 1 else "---" for i in range(len(head))) + "|"]
+    for r in rows:
+        cpu = r.cpu_ms_per_req
+        cells = (
+            r.target, r.mode, str(r.concurrency), str(r.requests), str(r.errors), fmt(r.rps, 1),
+            fmt(r.p50_ms), fmt(r.p99_ms), fmt(r.added_p50_ms), fmt(r.rps_ratio),
+            fmt(cpu.get("core")), fmt(cpu.get("bridge")), fmt(cpu.get("gateway")), fmt(cpu.get("upstream")),
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def git_revision() -> str | None:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
+        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else None
+    except OSError:
+        return None
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description="Gateway overhead per request: the test upstream directly vs. through Kyma.",
+    )
+    parser.add_argument("--quick", action="store_true", help="short run (0.5 s warm-up, 2 s per scenario)")
+    parser.add_argument("--duration", type=float, help="measured seconds per scenario (default 8, quick 2)")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds per scenario (default 2, quick 0.5)")
+    parser.add_argument("--requests", type=int, help="at most this many measured requests per scenario "
+                        "(default 20000, quick 3000)")
+    parser.add_argument("--concurrency", default="1,32", help="comma-separated, e.g. 1,32")
+    parser.add_argument("--modes", default="nonstream,stream", help="comma-separated: nonstream,stream")
+    parser.add_argument("--upstream-latency-ms", type=float, default=0.0)
+    parser.add_argument("--upstream-tokens-per-second", type=float, default=0.0)
+    parser.add_argument("--json", type=pathlib.Path, help="where to write the JSON results "
+                        "(default bench-results/<timestamp>.json)")
+    parser.add_argument("--log-level", help="KYMA_LOG_LEVEL of core and bridge (default: Kyma's own)")
+    parser.add_argument("--profile", type=pathlib.Path, metavar="DIR",
+                        help="record py-spy profiles (collapsed stacks) of core and bridge during Kyma windows into DIR")
+    parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="py-spy executable for --profile")
+    parser.add_argument("--keep-workdir", action="store_true", help="keep the temp dir (logs, db)")
+    args = parser.parse_args(argv)
+    args.duration = args.duration if args.duration is not None else (2.0 if args.quick else 8.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)
+    args.requests = args.requests if args.requests is not None else (3000 if args.quick else 20000)
+    args.settle = 0.3
+    try:
+        args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    except ValueError:
+        parser.error("--concurrency takes comma-separated integers, e.g. 1,32")
+    if not args.concurrency or min(args.concurrency) < 1:
+        parser.error("--concurrency needs positive integers")
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not args.modes or any(m not in MODES for m in args.modes):
+        parser.error(f"--modes takes a comma-separated subset of {','.join(MODES)}")
+    if args.duration <= 0 or args.warmup < 0 or args.requests < 1:
+        parser.error("--duration and --requests must be positive, --warmup not negative")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM ends the bench like Ctrl-C does: through the finally below, which stops the children
+    # (SIGINT too when a non-interactive shell started the bench in the background ignoring it).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="kyma-bench-"))
+    procs = Processes(workdir)
+    try:
+        print(f"bench: starting test upstream, core and bridge (work dir {workdir})", file=sys.stderr, flush=True)
+        stack = start_stack(procs, args)
+        print(
+            f"bench: upstream :{stack.upstream_port} (pid {stack.upstream_pid}), core pid {stack.core_pid}, "
+            f"bridge :{stack.bridge_port} (pid {stack.bridge_pid}); "
+            f"{args.warmup:g}s warm-up + {args.duration:g}s (<= {args.requests} req) per scenario",
+            file=sys.stderr, flush=True,
+        )
+        rows = uvloop.run(run_all(stack, args))
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    except RuntimeError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 1
+    finally:
+        procs.stop_all()
+        if args.keep_workdir:
+            print(f"bench: kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    now = dt.datetime.now(dt.timezone.utc)
+    out = args.json or ROOT / "bench-results" / f"{now.strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "timestamp": now.isoformat(),
+        "git": git_revision(),
+        "command": "scripts/bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": {"cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(), "python": platform.python_version(), "platform": platform.platform()},
+        "settings": {
+            "duration_s": args.duration, "warmup_s": args.warmup, "max_requests": args.requests,
+            "concurrency": args.concurrency, "modes": args.modes,
+            "upstream_latency_ms": args.upstream_latency_ms,
+            "upstream_tokens_per_second": args.upstream_tokens_per_second,
+            "kyma_log_level": args.log_level, "max_tokens": 16, "clk_tck": CLK_TCK,
+        },
+        "rows": [r.__dict__ for r in rows],
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    sys.stderr.flush()
+    print()
+    print(table(rows))
+    print(f"\nJSON: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    errors = sum(r.errors for r in rows)
+    if errors:
+        print(f"bench: {errors} request(s) failed; see error samples above", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

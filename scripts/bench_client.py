@@ -1,0 +1,287 @@
+"""A cheap HTTP/1.1 load generator for scripts/bench: raw asyncio protocols on uvloop.
+
+One keep-alive connection per concurrent worker; each worker sends a request, reads the whole
+response (Content-Length or chunked, SSE streams to their end) and sends the next one. The per
+request work is a few bytes operations, so on a small machine the generator takes little CPU away
+from the processes it measures. It talks to whatever `host:port` it is given (the bench uses
+127.0.0.1 only).
+
+A request counts as an error when the connection breaks, the status is not 200, or (for streams)
+the decoded body does not end with `data: [DONE]\\n\\n`; for JSON answers, when the body has no
+`"choices"`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+_HEADER_END = b"\r\n\r\n"
+_DONE = b"data: [DONE]\n\n"
+
+
+class _Broken(Exception):
+    pass
+
+
+@dataclass
+class Result:
+    """What one phase of load produced. Latencies are in nanoseconds, successes only."""
+
+    ok: int = 0
+    errors: int = 0
+    latencies_ns: list[int] = field(default_factory=list)
+    first_byte_ns: list[int] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    error_samples: list[str] = field(default_factory=list)
+
+    @property
+    def requests(self) -> int:
+        return self.ok + self.errors
+
+    def error(self, why: str) -> None:
+        self.errors += 1
+        if len(self.error_samples) < 5:
+            self.error_samples.append(why)
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; `request()` sends a prepared request and resolves to
+    (status, decoded body, time of the first body byte) once the response is complete."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._buf = bytearray()
+        self._waiter: asyncio.Future[tuple[int, bytes, int]] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._status = 0
+        self._headers_done = False
+        self._chunked = False
+        self._length = -1
+        self._close_after = False
+        self._body = bytearray()
+        self._pos = 0  # chunked parse position in _buf
+        self._first_ns = 0
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._waiter is not None and not self._waiter.done():
+            # A body without a length ends with the connection.
+            if self._headers_done and not self._chunked and self._length < 0:
+                self._finish()
+            else:
+                self._waiter.set_exception(_Broken(f"connection closed mid-response ({exc!r})"))
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        try:
+            self._parse()
+        except _Broken as exc:
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_exception(exc)
+            if self.transport is not None:
+                self.transport.close()
+
+    # --- parsing ------------------------------------------------------------------------------
+
+    def _parse(self) -> None:
+        if self._waiter is None or self._waiter.done():
+            if self._buf:
+                raise _Broken("unexpected bytes between responses")
+            return
+        buf = self._buf
+        if not self._headers_done:
+            end = buf.find(_HEADER_END)
+            if end < 0:
+                if len(buf) > 65536:
+                    raise _Broken("response headers too large")
+                return
+            head = bytes(buf[:end]).decode("latin-1").split("\r\n")
+            del buf[: end + 4]
+            try:
+                self._status = int(head[0].split(" ", 2)[1])
+            except (IndexError, ValueError):
+                raise _Broken(f"bad status line {head[0]!r}") from None
+            for line in head[1:]:
+                name, _, value = line.partition(":")
+                name = name.strip().lower()
+                if name == "content-length":
+                    self._length = int(value.strip())
+                elif name == "transfer-encoding" and "chunked" in value.lower():
+                    self._chunked = True
+                elif name == "connection" and "close" in value.lower():
+                    self._close_after = True
+            self._headers_done = True
+            if 100 <= self._status < 200:  # an interim answer: read the real one
+                self._reset()
+                return self._parse()
+            if self._status in (204, 304):
+                self._length = 0
+        if buf and not self._first_ns:
+            self._first_ns = time.perf_counter_ns()
+        if self._chunked:
+            self._parse_chunks()
+        elif self._length >= 0:
+            if len(buf) >= self._length:
+                self._body = buf[: self._length]
+                del buf[: self._length]
+                self._finish()
+        # else: read until the connection closes
+
+    def _parse_chunks(self) -> None:
+        buf = self._buf
+        pos = self._pos
+        while True:
+            line_end = buf.find(b"\r\n", pos)
+            if line_end < 0:
+                break
+            try:
+                size = int(bytes(buf[pos:line_end]).split(b";", 1)[0], 16)
+            except ValueError:
+                raise _Broken("bad chunk size") from None
+            if size == 0:
+                # last chunk, no trailers expected: "0\r\n\r\n"
+                if len(buf) < line_end + 4:
+                    break
+                pos = line_end + 4
+                del buf[:pos]
+                self._pos = 0
+                self._finish()
+                return
+            if len(buf) < line_end + 2 + size + 2:
+                break
+            self._body += buf[line_end + 2 : line_end + 2 + size]
+            pos = line_end + 2 + size + 2
+        # drop what has been consumed so the buffer stays small for long streams
+        del buf[:pos]
+        self._pos = 0
+
+    def _finish(self) -> None:
+        waiter = self._waiter
+        result = (self._status, bytes(self._body), self._first_ns)
+        close = self._close_after
+        self._waiter = None
+        self._reset()
+        if close and self.transport is not None:
+            self.transport.close()
+            self.closed = True
+        if waiter is not None and not waiter.done():
+            waiter.set_result(result)
+
+    def time_out(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(_Broken("timed out"))
+        if self.transport is not None:
+            self.transport.close()
+
+    # --- use ----------------------------------------------------------------------------------
+
+    def request(self, raw: bytes) -> asyncio.Future[tuple[int, bytes, int]]:
+        assert self.transport is not None and self._waiter is None
+        self._waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(raw)
+        return self._waiter
+
+
+def build_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {host}:{port}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+async def _connect(host: str, port: int) -> _Connection:
+    loop = asyncio.get_running_loop()
+    _transport, protocol = await loop.create_connection(_Connection, host, port)
+    return protocol
+
+
+async def run_load(
+    *,
+    host: str,
+    port: int,
+    raw_request: bytes,
+    stream: bool,
+    concurrency: int,
+    duration_s: float,
+    max_requests: int,
+    timeout_s: float = 30.0,
+) -> Result:
+    """Keep `concurrency` requests in flight until `duration_s` passes or `max_requests` have
+    been started; wait for the ones in flight to finish, and return what happened."""
+    result = Result()
+    started = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + duration_s
+    latencies = result.latencies_ns
+    first_bytes = result.first_byte_ns
+
+    async def worker() -> None:
+        nonlocal started
+        conn: _Connection | None = None
+        try:
+            while loop.time() < deadline and started < max_requests:
+                started += 1
+                if conn is None or conn.closed:
+                    try:
+                        conn = await _connect(host, port)
+                    except OSError as exc:
+                        result.error(f"connect: {exc!r}")
+                        conn = None
+                        await asyncio.sleep(0.05)
+                        continue
+                t0 = time.perf_counter_ns()
+                # (not asyncio.wait_for: on Python 3.11 it can swallow a cancellation (Ctrl-C)
+                # when the answer arrives in the same loop iteration, which here is common)
+                pending = conn.request(raw_request)
+                timer = loop.call_later(timeout_s, conn.time_out)
+                try:
+                    status, body, first = await pending
+                except (_Broken, OSError) as exc:
+                    result.error(f"broken: {exc!r}"[:300])
+                    if conn.transport is not None:
+                        conn.transport.close()
+                    conn = None
+                    continue
+                finally:
+                    timer.cancel()
+                t1 = time.perf_counter_ns()
+                if status != 200:
+                    result.error(f"HTTP {status}: {body[:200]!r}")
+                elif stream and not body.endswith(_DONE):
+                    result.error(f"stream did not end with [DONE]: ...{body[-200:]!r}")
+                elif not stream and b'"choices"' not in body:
+                    result.error(f"no choices in body: {body[:200]!r}")
+                else:
+                    result.ok += 1
+                    latencies.append(t1 - t0)
+                    first_bytes.append(first - t0 if first else t1 - t0)
+        finally:
+            if conn is not None and conn.transport is not None:
+                conn.transport.close()
+
+    t_start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.elapsed_s = time.perf_counter() - t_start
+    return result
+
+
+def percentile(sorted_values: list[int], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (q in 0..100)."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), -(-len(sorted_values) * q // 100)))
+    return float(sorted_values[int(rank) - 1])
