@@ -33,11 +33,13 @@ from core_service.accounts.store import AccountStore
 from core_service.admin.auth import AdminGuard, resolve_admin_token
 from core_service.admin.service import AdminServicer
 from core_service.billing.checkout import CheckoutSessions
+from core_service.billing.hold_store import HoldStore
 from core_service.billing.holds import Holds
 from core_service.billing.ledger import Ledger
 from core_service.billing.metering import Metering
 from core_service.billing.pricing import usd_to_nanos
 from core_service.billing.service import BillingServicer
+from core_service.billing.stores import open_hold_store
 from core_service.billing.usage import UsageReport
 from core_service.billing.webhooks import StripeWebhooks
 from core_service.catalog import Catalog
@@ -124,6 +126,7 @@ class Core:
     health: health.aio.HealthServicer
     tasks: BackgroundTasks
     holds: Holds
+    hold_store: HoldStore
     ledger: Ledger
     stripe_http: stripe.HTTPXClient | None = None
     port: int = 0
@@ -154,6 +157,7 @@ class Core:
         await self.http.aclose()
         if self.stripe_http is not None:
             await self.stripe_http.close_async()
+        await self.hold_store.close()
         await self.engine.dispose()
 
     async def _expire_holds(self) -> None:
@@ -186,7 +190,8 @@ async def build_core(
     authenticator = Authenticator(store, clock, cache_seconds=settings.key_cache_seconds)
     tasks = BackgroundTasks()
     longest = max(d.timeouts.total for m in catalog.models() for d in m.deployments)
-    holds = Holds(engine, clock, ttl_seconds=max(settings.hold_ttl_seconds, longest + 60))
+    hold_store = await open_hold_store(settings.sqlalchemy_url)
+    holds = Holds(hold_store, engine, clock, ttl_seconds=max(settings.hold_ttl_seconds, longest + 60))
     ledger = Ledger(engine, clock)
     pipeline = InferencePipeline(
         authenticator=authenticator,
@@ -240,6 +245,7 @@ async def build_core(
         health=health_servicer,
         tasks=tasks,
         holds=holds,
+        hold_store=hold_store,
         ledger=ledger,
         stripe_http=stripe_http,
         port=port,

@@ -32,8 +32,8 @@ def upgrade() -> None:
         sa.Column("reference", sa.String(200), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_ledger_entries"),
         sa.UniqueConstraint("idempotency_key", name="uq_ledger_entries_idempotency_key"),
-        sa.CheckConstraint("amount_nanos > 0", name="ck_ledger_entries_amount_positive"),
-        sa.CheckConstraint("debit_account <> credit_account", name="ck_ledger_entries_distinct_sides"),
+        sa.CheckConstraint("amount_nanos > 0", name="amount_positive"),
+        sa.CheckConstraint("debit_account <> credit_account", name="distinct_sides"),
     )
     op.create_index("ix_ledger_entries_debit_account", "ledger_entries", ["debit_account", "id"])
     op.create_index("ix_ledger_entries_credit_account", "ledger_entries", ["credit_account", "id"])
@@ -58,7 +58,7 @@ def upgrade() -> None:
         sa.Column("ended_at", UTCDateTime(), nullable=True),
         sa.Column("charged_nanos", sa.BigInteger(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_credit_holds"),
-        sa.CheckConstraint("amount_nanos >= 0", name="ck_credit_holds_amount_non_negative"),
+        sa.CheckConstraint("amount_nanos >= 0", name="amount_non_negative"),
     )
     op.create_index("ix_credit_holds_open", "credit_holds", ["status", "expires_at"])
     op.create_index("ix_credit_holds_account_id", "credit_holds", ["account_id"])
