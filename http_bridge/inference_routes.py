@@ -111,8 +111,8 @@ async def _stream(request: Request, call: Any, headers: dict[str, str]) -> Respo
         try:
             message = first
             while message is not grpc.aio.EOF:
-                if message.chunk:
-                    yield b"data: " + message.chunk + b"\n\n"
+                if message.chunks:
+                    yield b"".join(b"data: " + chunk + b"\n\n" for chunk in message.chunks)
                 message = await call.read()
             yield b"data: [DONE]\n\n"
         except grpc.aio.AioRpcError as error:

@@ -34,8 +34,10 @@ class UnaryResult:
 
 
 @dataclass(frozen=True)
-class StreamChunk:
-    data: bytes
+class StreamChunks:
+    """Chunks for the client, in order (those that arrived from the upstream together)."""
+
+    data: list[bytes]
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ class InferencePipeline:
 
     async def stream(
         self, endpoint: Endpoint, raw: bytes, authorization: str | None, request_id: str
-    ) -> AsyncIterator[StreamChunk | StreamEnd]:
+    ) -> AsyncIterator[StreamChunks | StreamEnd]:
         """Chunks as the client should get them, then one StreamEnd. Failover happens until the
         first chunk exists; after that an upstream failure is raised as a KymaError. However the
         stream ends (completed, broken, or the client gone), the hold is settled for what was
@@ -146,12 +148,12 @@ class InferencePipeline:
             raise
         complete = False
         try:
-            if first is not None:
-                yield StreamChunk(first)
-            async for data in events:
-                chunk = relay.rewrite(data)
-                if chunk is not None:
-                    yield StreamChunk(chunk)
+            if first:
+                yield StreamChunks(first)
+            async for batch in events:
+                chunks = relay.rewrite_all(batch)
+                if chunks:
+                    yield StreamChunks(chunks)
             complete = True
         except UpstreamFailure as exc:
             raise exc.error from None
@@ -163,7 +165,7 @@ class InferencePipeline:
 
     async def _open_with_failover(
         self, request: InferenceRequest, model: Model, relay: StreamRelay
-    ) -> tuple[UpstreamStream, AsyncIterator[bytes], bytes | None]:
+    ) -> tuple[UpstreamStream, AsyncIterator[list[bytes]], list[bytes]]:
         path = UPSTREAM_PATHS[request.endpoint]
         failure: UpstreamFailure | None = None
         for deployment in self._router.candidates(model):
@@ -176,12 +178,12 @@ class InferencePipeline:
                 # Nothing has reached the client until the first chunk: until then, fail over.
                 while True:
                     try:
-                        data = await anext(events)
+                        batch = await anext(events)
                     except StopAsyncIteration:
-                        return stream, events, None
-                    chunk = relay.rewrite(data)
-                    if chunk is not None:
-                        return stream, events, chunk
+                        return stream, events, []
+                    chunks = relay.rewrite_all(batch)
+                    if chunks:
+                        return stream, events, chunks
             except UpstreamFailure as exc:
                 failure = exc
             except UpstreamError as exc:  # an error event or garbage before the first chunk

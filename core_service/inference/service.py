@@ -14,7 +14,7 @@ from core_service.catalog import Endpoint
 from core_service.grpc_errors import translated
 from core_service.grpc_metadata import metadata_value, request_id
 from core_service.billing.metering import Charge
-from core_service.inference.pipeline import InferencePipeline, StreamChunk
+from core_service.inference.pipeline import InferencePipeline, StreamChunks
 
 
 def usage_message(charge: Charge) -> pb.Usage:
@@ -46,8 +46,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         async for event in self._pipeline.stream(
             endpoint, body, metadata_value(context, "authorization"), rid
         ):
-            if isinstance(event, StreamChunk):
-                message = response_type(chunk=event.data)
+            if isinstance(event, StreamChunks):
+                message = response_type(chunks=event.data)
             else:
                 message = response_type(usage=usage_message(event.charge))
             if first:

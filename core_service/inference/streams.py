@@ -52,6 +52,15 @@ class StreamRelay:
         self.chunks_delivered += 1
         return orjson.dumps(chunk)
 
+    def rewrite_all(self, batch: list[bytes]) -> list[bytes]:
+        """`rewrite` for each event of a batch, dropping what the client does not get."""
+        out = []
+        for data in batch:
+            chunk = self.rewrite(data)
+            if chunk is not None:
+                out.append(chunk)
+        return out
+
     def _collect(self, choice: Any) -> None:
         if not isinstance(choice, dict):
             return

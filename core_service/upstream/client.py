@@ -17,7 +17,7 @@ import orjson
 from core_service.catalog import Deployment
 from core_service.errors import InvalidRequest, KymaError, UpstreamError, UpstreamTimeout
 from core_service.errors import UpstreamUnavailable
-from core_service.upstream.sse import iter_sse_data
+from core_service.upstream.sse import iter_sse_batches
 
 
 class UpstreamFailure(Exception):
@@ -152,11 +152,12 @@ class UpstreamStream:
         self._response = response
         self._deployment = deployment
 
-    async def events(self) -> AsyncIterator[bytes]:
-        """Event data until `[DONE]` or the end. Raises UpstreamFailure (not retryable) when the
-        stream breaks, stalls longer than the idle timeout or outlives the total timeout."""
+    async def events(self) -> AsyncIterator[list[bytes]]:
+        """Event data in batches (the events of one network read) until `[DONE]` or the end.
+        Raises UpstreamFailure (not retryable) when the stream breaks, stalls longer than the
+        idle timeout or outlives the total timeout."""
         timeouts = self._deployment.timeouts
-        events = iter_sse_data(self._response.aiter_bytes()).__aiter__()
+        batches = iter_sse_batches(self._response.aiter_bytes()).__aiter__()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeouts.total
         try:
@@ -164,18 +165,33 @@ class UpstreamStream:
                 wait = min(timeouts.idle, deadline - loop.time())
                 try:
                     async with asyncio.timeout(max(wait, 0)):
-                        data = await anext(events)
+                        batch = await anext(batches)
                 except StopAsyncIteration:
                     return
                 except (httpx.HTTPError, TimeoutError) as exc:
                     failure = _transport_failure(exc)
                     failure.retryable = False
                     raise failure from exc
-                if data == b"[DONE]":
+                if b"[DONE]" in batch:
+                    before = batch[: batch.index(b"[DONE]")]
+                    if before:
+                        yield before
+                    await self._finish(batches, wait)
                     return
-                yield data
+                yield batch
         finally:
             await self.aclose()
+
+    @staticmethod
+    async def _finish(batches: AsyncIterator[list[bytes]], wait: float) -> None:
+        """Read what follows `[DONE]` (the body's last empty chunk) so the pooled connection
+        can serve the next request instead of being dropped."""
+        try:
+            async with asyncio.timeout(min(max(wait, 0), 1.0)):
+                async for _ in batches:
+                    pass
+        except (httpx.HTTPError, TimeoutError):
+            pass
 
     async def aclose(self) -> None:
         await self._response.aclose()

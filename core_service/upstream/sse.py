@@ -5,16 +5,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 
-async def iter_sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Yield the data of each event (multi-line data joined with newlines), in order.
+async def iter_sse_batches(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
+    """Yield, for each piece of bytes that arrives, the data of the events it completed (multi-
+    line data joined with newlines), in order; pieces completing no event yield nothing.
 
-    Works on raw byte chunks as they arrive, whatever their boundaries; accepts LF and CRLF
-    line ends; ignores comments, `event:`/`id:`/`retry:` fields and empty events.
+    Events that arrive together stay together, so a fast upstream costs one hop per network
+    read downstream rather than one per token. Works whatever the piece boundaries; accepts
+    LF and CRLF line ends; ignores comments, `event:`/`id:`/`retry:` fields and empty events.
+    A line cut off by the end of the stream is not an event (as the SSE spec says).
     """
     buffer = b""
     data: list[bytes] = []
     async for chunk in chunks:
         buffer += chunk
+        events: list[bytes] = []
         while True:
             newline = buffer.find(b"\n")
             if newline < 0:
@@ -25,10 +29,19 @@ async def iter_sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
                 line = line[:-1]
             if not line:
                 if data:
-                    yield b"\n".join(data)
+                    events.append(b"\n".join(data))
                     data = []
             elif line.startswith(b"data:"):
                 value = line[5:]
                 data.append(value[1:] if value.startswith(b" ") else value)
+        if events:
+            yield events
     if data:
-        yield b"\n".join(data)
+        yield [b"\n".join(data)]
+
+
+async def iter_sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The data of each event, one at a time."""
+    async for batch in iter_sse_batches(chunks):
+        for event in batch:
+            yield event

@@ -48,7 +48,7 @@ async def test_stream_over_grpc_ends_with_usage(kyma, account) -> None:
     body = orjson.dumps({"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
     messages = [m async for m in stub.StreamChatCompletion(pb.StreamChatCompletionRequest(body=body), metadata=auth(account[1]))]
     assert messages[0].request_id.startswith("req_")
-    chunks = [orjson.loads(m.chunk) for m in messages if m.chunk]
+    chunks = [orjson.loads(c) for m in messages for c in m.chunks]
     assert all(c["model"] == "test-model" for c in chunks)
     assert messages[-1].usage.completion_tokens == 3
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from core_service.upstream.sse import iter_sse_data
+from core_service.upstream.sse import iter_sse_batches, iter_sse_data
 
 pytestmark = pytest.mark.asyncio
 
@@ -27,3 +27,13 @@ async def test_multiline_data_and_unterminated_tail() -> None:
     # complete line whose blank terminator never came still is.
     assert await _collect(b"data: a\ndata: b\n\ndata:c") == [b"a\nb"]
     assert await _collect(b"data: x\n") == [b"x"]
+
+
+async def test_events_arriving_together_stay_together() -> None:
+    async def source():
+        yield b"data: 1\n\ndata: 2\n\ndata: 3"
+        yield b"\n\n"
+        yield b": keep-alive\n\n"
+
+    batches = [batch async for batch in iter_sse_batches(source())]
+    assert batches == [[b"1", b"2"], [b"3"]]

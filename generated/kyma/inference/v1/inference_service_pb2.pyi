@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from kyma.ratelimit.v1 import ratelimit_pb2 as _ratelimit_pb2
 import builtins as _builtins
 import sys
@@ -130,16 +132,19 @@ Global___StreamChatCompletionRequest: _TypeAlias = StreamChatCompletionRequest  
 class StreamChatCompletionResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    CHUNK_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
     RATE_LIMIT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
-    chunk: _builtins.bytes
-    """One OpenAI `chat.completion.chunk` object (JSON), as sent after `data: ` in SSE.
-    May be empty on the first and the last message.
-    """
     request_id: _builtins.str
     """Set on the first message only."""
+    @_builtins.property
+    def chunks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """OpenAI `chat.completion.chunk` objects (JSON), each as sent after `data: ` in SSE, in
+        order. Chunks that arrive from the upstream together travel in one message; the first
+        and the last message may have none.
+        """
+
     @_builtins.property
     def rate_limit(self) -> _ratelimit_pb2.RateLimitStatus:
         """Set on the first message only."""
@@ -151,14 +156,14 @@ class StreamChatCompletionResponse(_message.Message):
     def __init__(
         self,
         *,
-        chunk: _builtins.bytes = ...,
+        chunks: _abc.Iterable[_builtins.bytes] | None = ...,
         rate_limit: _ratelimit_pb2.RateLimitStatus | None = ...,
         request_id: _builtins.str = ...,
         usage: Global___Usage | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["rate_limit", b"rate_limit", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "rate_limit", b"rate_limit", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "rate_limit", b"rate_limit", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -239,14 +244,16 @@ Global___StreamCompletionRequest: _TypeAlias = StreamCompletionRequest  # noqa: 
 class StreamCompletionResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    CHUNK_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
     RATE_LIMIT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
-    chunk: _builtins.bytes
-    """One OpenAI `text_completion` chunk (JSON). May be empty on the first and the last message."""
     request_id: _builtins.str
     """Set on the first message only."""
+    @_builtins.property
+    def chunks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """OpenAI `text_completion` chunks (JSON), in order, as for StreamChatCompletionResponse."""
+
     @_builtins.property
     def rate_limit(self) -> _ratelimit_pb2.RateLimitStatus:
         """Set on the first message only."""
@@ -258,14 +265,14 @@ class StreamCompletionResponse(_message.Message):
     def __init__(
         self,
         *,
-        chunk: _builtins.bytes = ...,
+        chunks: _abc.Iterable[_builtins.bytes] | None = ...,
         rate_limit: _ratelimit_pb2.RateLimitStatus | None = ...,
         request_id: _builtins.str = ...,
         usage: Global___Usage | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["rate_limit", b"rate_limit", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "rate_limit", b"rate_limit", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "rate_limit", b"rate_limit", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
