@@ -49,6 +49,7 @@ from core_service.inference.pipeline import InferencePipeline
 from core_service.inference.service import InferenceServicer
 from core_service.routing.router import Router
 from core_service.routing.service import RoutingServicer
+from core_service.ratelimit.tiers import TierTable
 from core_service.settings import Settings
 from core_service.tasks import BackgroundTasks
 from core_service.upstream.client import UpstreamClient
@@ -187,7 +188,8 @@ async def build_core(
     store = AccountStore(
         sessions, clock, welcome_bonus_nanos=usd_to_nanos(settings.welcome_bonus_usd)
     )
-    authenticator = Authenticator(store, clock, cache_seconds=settings.key_cache_seconds)
+    tiers = TierTable(settings.tiers)
+    authenticator = Authenticator(store, clock, tiers, cache_seconds=settings.key_cache_seconds)
     tasks = BackgroundTasks()
     longest = max(d.timeouts.total for m in catalog.models() for d in m.deployments)
     hold_store = await open_hold_store(settings.sqlalchemy_url)

@@ -16,6 +16,8 @@ import yaml
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from core_service.ratelimit.tiers import DEFAULT_TIERS, Tier
+
 
 class _YamlFileSource(PydanticBaseSettingsSource):
     """Settings from the YAML file named by KYMA_CONFIG: keys are the names without prefix."""
@@ -102,6 +104,18 @@ class Settings(BaseSettings):
     checkout_cancel_url: str = "http://127.0.0.1:8000/billing/cancelled"
     checkout_min_usd: Decimal = Decimal("5")
     checkout_max_usd: Decimal = Decimal("10000")
+    tiers: tuple[Tier, ...] = Field(
+        default=DEFAULT_TIERS,
+        description="The tier table (JSON list in the environment, a list in the config file).",
+    )
+    expected_nodes: int = Field(
+        default=1,
+        ge=1,
+        description="Core nodes sharing Redis; without Redis each node admits limit ÷ this.",
+    )
+    redis_timeout_ms: float = Field(
+        default=50.0, gt=0, description="How long a limiter call waits for Redis before falling back."
+    )
     log_level: str = "INFO"
 
     @field_validator("welcome_bonus_usd")

@@ -18,6 +18,7 @@ from core_service import keys
 from core_service.accounts.store import AccountStore, KeyOwner
 from core_service.clock import Clock
 from core_service.errors import Unauthenticated
+from core_service.ratelimit.tiers import Tier, TierTable
 
 _MAX_CACHED_KEYS = 100_000
 
@@ -29,7 +30,7 @@ class Principal:
     account_id: str
     key_id: str
     account_status: str
-    tier: int
+    tier: Tier
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -44,8 +45,11 @@ def bearer_token(authorization: str | None) -> str:
 
 
 class Authenticator:
-    def __init__(self, store: AccountStore, clock: Clock, *, cache_seconds: float) -> None:
+    def __init__(
+        self, store: AccountStore, clock: Clock, tiers: TierTable, *, cache_seconds: float
+    ) -> None:
         self._store = store
+        self._tiers = tiers
         self._clock = clock
         self._cache_seconds = cache_seconds
         self._cache: dict[bytes, tuple[float, KeyOwner | None]] = {}
@@ -63,7 +67,7 @@ class Authenticator:
             account_id=owner.account_id,
             key_id=owner.key_id,
             account_status=owner.account_status,
-            tier=owner.tier,
+            tier=self._tiers.effective(owner.total_purchased_nanos, owner.pinned_tier),
         )
 
     def forget(self, key_hash: bytes) -> None:

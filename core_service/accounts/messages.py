@@ -24,12 +24,12 @@ def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return message
 
 
-def account_message(account: models.Account) -> pb.Account:
+def account_message(account: models.Account, *, tier: int) -> pb.Account:
     return pb.Account(
         id=account.id,
         email=account.email,
         status=_STATUS.get(account.status, pb.ACCOUNT_STATUS_UNSPECIFIED),
-        tier=account.tier,
+        tier=tier,
         created_at=timestamp(account.created_at),
     )
 

@@ -8,7 +8,7 @@ import grpc
 from kyma.accounting.v1 import accounting_service_pb2 as pb
 from kyma.accounting.v1 import accounting_service_pb2_grpc as pb_grpc
 
-from core_service.accounts.auth import Authenticator
+from core_service.accounts.auth import Authenticator, Principal
 from core_service.accounts.messages import account_message
 from core_service.accounts.store import AccountStore
 from core_service.billing.ledger import Ledger
@@ -47,17 +47,23 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
         self._ledger = ledger
         self._usage = usage
 
+    async def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
+        return await self._authenticator.authenticate(metadata_value(context, "authorization"))
+
     async def _account_id(self, context: grpc.aio.ServicerContext) -> str:
-        principal = await self._authenticator.authenticate(metadata_value(context, "authorization"))
-        return principal.account_id
+        return (await self._principal(context)).account_id
 
     @translated
     async def GetAccount(self, request: pb.GetAccountRequest, context: grpc.aio.ServicerContext) -> pb.GetAccountResponse:
-        account = await self._store.get_account(await self._account_id(context))
+        principal = await self._principal(context)
+        account = await self._store.get_account(principal.account_id)
         if account is None:
             raise Unauthenticated("Incorrect API key provided. Check it, or create a new one.")
         balance = await self._ledger.balance(account.id)
-        return pb.GetAccountResponse(account=account_message(account), balance=balance_message(balance))
+        return pb.GetAccountResponse(
+            account=account_message(account, tier=principal.tier.tier),
+            balance=balance_message(balance),
+        )
 
     @translated
     async def GetUsage(self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext) -> pb.GetUsageResponse:

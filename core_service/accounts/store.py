@@ -31,7 +31,8 @@ class KeyOwner:
     key_id: str
     account_id: str
     account_status: str
-    tier: int
+    total_purchased_nanos: int
+    pinned_tier: int | None
     revoked: bool
 
 
@@ -69,7 +70,6 @@ class AccountStore:
             email=email.address,
             email_canonical=email.canonical,
             status="active",
-            tier=0,
             created_at=now,
         )
         secret = keys.generate()
@@ -108,9 +108,11 @@ class AccountStore:
                 models.ApiKey.account_id,
                 models.ApiKey.revoked_at,
                 models.Account.status,
-                models.Account.tier,
+                models.Account.pinned_tier,
+                models.Balance.total_purchased_nanos,
             )
             .join(models.Account, models.Account.id == models.ApiKey.account_id)
+            .join(models.Balance, models.Balance.ledger_account == models.ApiKey.account_id)
             .where(models.ApiKey.key_hash == key_hash)
         )
         async with self._sessions() as session:
@@ -121,7 +123,8 @@ class AccountStore:
             key_id=row.id,
             account_id=row.account_id,
             account_status=row.status,
-            tier=row.tier,
+            total_purchased_nanos=row.total_purchased_nanos,
+            pinned_tier=row.pinned_tier,
             revoked=row.revoked_at is not None,
         )
 

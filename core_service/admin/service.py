@@ -71,7 +71,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             parse_email(request.email), key_name=key_name(request.key_name)
         )
         return pb.CreateAccountResponse(
-            account=account_message(created.account),
+            account=account_message(created.account, tier=0),
             api_key=key_message(created.key),
             api_key_secret=created.secret,
         )

@@ -41,7 +41,9 @@ class Account(Base):
     # The address in canonical form (case, provider aliases): one account per person.
     email_canonical: Mapped[str] = mapped_column(String(320), unique=True)
     status: Mapped[str] = mapped_column(String(16), default="active")
-    tier: Mapped[int] = mapped_column(default=0)
+    # The tier follows total purchases (see ratelimit/tiers.py) unless an admin pins it.
+    # Set by an admin to hold the account at a tier whatever it purchased.
+    pinned_tier: Mapped[int | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

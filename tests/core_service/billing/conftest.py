@@ -16,6 +16,7 @@ import stripe
 from kyma.billing.v1 import billing_service_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core_service.ratelimit.tiers import DEFAULT_TIERS, TierTable
 from core_service.accounts.auth import Authenticator
 from core_service.accounts.emails import parse_email
 from core_service.accounts.store import AccountStore
@@ -128,7 +129,7 @@ async def billing_stub(
     account_store: AccountStore, checkout: CheckoutSessions, webhooks: StripeWebhooks
 ) -> AsyncIterator[billing_service_pb2_grpc.BillingServiceStub]:
     """BillingService on a real grpc.aio server (port 0), wired as the core wires it."""
-    authenticator = Authenticator(account_store, SystemClock(), cache_seconds=0)
+    authenticator = Authenticator(account_store, SystemClock(), TierTable(DEFAULT_TIERS), cache_seconds=0)
     server = grpc.aio.server()
     billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
         BillingServicer(authenticator, account_store, checkout, webhooks), server
