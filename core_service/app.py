@@ -23,6 +23,7 @@ from kyma.accounting.v1 import accounting_service_pb2, accounting_service_pb2_gr
 from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from kyma.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 from kyma.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from kyma.ratelimit.v1 import ratelimit_service_pb2, ratelimit_service_pb2_grpc
 from kyma.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -49,6 +50,10 @@ from core_service.inference.pipeline import InferencePipeline
 from core_service.inference.service import InferenceServicer
 from core_service.routing.router import Router
 from core_service.routing.service import RoutingServicer
+from core_service.ratelimit.limiter import AccountLimiter, DeploymentGate
+from core_service.ratelimit.local_store import InProcessRateLimitStore
+from core_service.ratelimit.service import RateLimitServicer
+from core_service.ratelimit.store import RateLimitStore
 from core_service.ratelimit.tiers import TierTable
 from core_service.settings import Settings
 from core_service.tasks import BackgroundTasks
@@ -73,6 +78,7 @@ _SERVICES = [
     accounting_service_pb2.DESCRIPTOR.services_by_name["AccountingService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
+    ratelimit_service_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name,
 ]
 
 
@@ -98,6 +104,15 @@ async def _periodically(interval: float, work, name: str) -> None:  # type: igno
             await work()
         except Exception:
             log.exception("%s failed; trying again in %.0fs", name, interval)
+
+
+async def build_rate_limit_store(settings: Settings, clock: Clock) -> RateLimitStore:
+    """In-process on one node; with Redis, shared by every node and falling back to per-node
+    limits (limit ÷ expected nodes) while Redis is unreachable."""
+    local = InProcessRateLimitStore(clock)
+    if settings.redis_url is None:
+        return local
+    return local  # replaced below once the Redis store is wired
 
 
 def build_stripe_client(
@@ -195,12 +210,16 @@ async def build_core(
     hold_store = await open_hold_store(settings.sqlalchemy_url)
     holds = Holds(hold_store, engine, clock, ttl_seconds=max(settings.hold_ttl_seconds, longest + 60))
     ledger = Ledger(engine, clock)
+    limits_store = await build_rate_limit_store(settings, clock)
+    limiter = AccountLimiter(limits_store, tasks, shared=lambda: not getattr(limits_store, "degraded", True))
     pipeline = InferencePipeline(
         authenticator=authenticator,
         catalog=catalog,
         router=Router(rng or random.Random()),
         upstream=UpstreamClient(http),
         metering=Metering(holds, tasks),
+        limiter=limiter,
+        gate=DeploymentGate(limits_store, tasks),
     )
     guard = AdminGuard(SecretStr(resolve_admin_token(settings)))
     stripe_http, stripe_client = build_stripe_client(settings)
@@ -227,10 +246,17 @@ async def build_core(
         AccountingServicer(authenticator, store, ledger, UsageReport(engine, clock)), server
     )
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminServicer(guard, store, ledger, engine, clock), server
+        AdminServicer(
+            guard, store, ledger, engine, clock,
+            authenticator=authenticator, limiter=limiter, tiers=tiers,
+        ),
+        server,
     )
     billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
         BillingServicer(authenticator, store, checkout, webhooks), server
+    )
+    ratelimit_service_pb2_grpc.add_RateLimitServiceServicer_to_server(
+        RateLimitServicer(authenticator, limiter), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from core_service.ratelimit.snapshot import RateLimitSnapshot
+
 
 class KymaError(Exception):
     reason: str = "INTERNAL"
@@ -69,9 +71,12 @@ class AlreadyExists(KymaError):
 class RateLimited(KymaError):
     reason = "RATE_LIMIT_EXCEEDED"
 
-    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+    def __init__(
+        self, message: str, *, retry_after_seconds: int, snapshot: RateLimitSnapshot | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
+        self.snapshot = snapshot
 
 
 class UpstreamError(KymaError):

@@ -59,6 +59,8 @@ def to_status(error: errors.KymaError) -> grpc.Status:
         info.metadata["until"] = until.isoformat()
     details = [info]
     if isinstance(error, errors.RateLimited):
+        if error.snapshot is not None:
+            info.metadata.update(error.snapshot.as_metadata())
         details.append(
             error_details_pb2.RetryInfo(
                 retry_delay=duration_pb2.Duration(seconds=error.retry_after_seconds)

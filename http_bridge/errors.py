@@ -12,6 +12,8 @@ import orjson
 from google.rpc import error_details_pb2, status_pb2
 from starlette.responses import Response
 
+from http_bridge.headers import limit_headers
+
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 # reason → (HTTP status, OpenAI type, OpenAI code)
@@ -45,7 +47,7 @@ _BY_CODE: dict[grpc.StatusCode, tuple[int, str, str | None]] = {
 class OpenAIError:
     """An error as the bridge sends it."""
 
-    __slots__ = ("status", "message", "type", "param", "code", "retry_after")
+    __slots__ = ("status", "message", "type", "param", "code", "retry_after", "headers")
 
     def __init__(
         self,
@@ -56,6 +58,7 @@ class OpenAIError:
         param: str | None = None,
         code: str | None = None,
         retry_after: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.status = status
         self.message = message
@@ -63,6 +66,7 @@ class OpenAIError:
         self.param = param
         self.code = code
         self.retry_after = retry_after
+        self.headers = headers or {}
 
     def body(self) -> bytes:
         return orjson.dumps(
@@ -77,8 +81,9 @@ class OpenAIError:
         )
 
     def response(self, headers: dict[str, str]) -> Response:
+        headers = {**headers, **self.headers}
         if self.retry_after is not None:
-            headers = {**headers, "retry-after": str(self.retry_after)}
+            headers["retry-after"] = str(self.retry_after)
         return Response(self.body(), self.status, headers, media_type="application/json")
 
 
@@ -97,6 +102,7 @@ def _status_details(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
 def from_grpc(error: grpc.aio.AioRpcError) -> OpenAIError:
     status = _status_details(error)
     reason, param, retry_after = None, None, None
+    headers: dict[str, str] = {}
     if status is not None:
         for detail in status.details:
             if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
@@ -104,6 +110,7 @@ def from_grpc(error: grpc.aio.AioRpcError) -> OpenAIError:
                 detail.Unpack(info)
                 reason = info.reason
                 param = info.metadata.get("param") or None
+                headers = limit_headers(info.metadata)
             elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
                 retry = error_details_pb2.RetryInfo()
                 detail.Unpack(retry)
@@ -118,4 +125,6 @@ def from_grpc(error: grpc.aio.AioRpcError) -> OpenAIError:
     message = error.details() or "Request failed."
     if reason is None and error.code() == grpc.StatusCode.UNAVAILABLE:
         message = "Kyma's core service is unavailable. Please retry shortly."
-    return OpenAIError(http_status, message, type_, param=param, code=code, retry_after=retry_after)
+    return OpenAIError(
+        http_status, message, type_, param=param, code=code, retry_after=retry_after, headers=headers
+    )

@@ -31,6 +31,8 @@ class Principal:
     key_id: str
     account_status: str
     tier: Tier
+    # Whether an admin pinned the tier (otherwise it follows total purchases).
+    pinned: bool = False
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -63,11 +65,15 @@ class Authenticator:
         owner = await self._lookup(key_hash)
         if owner is None or owner.revoked:
             raise Unauthenticated("Incorrect API key provided. Check it, or create a new one.")
+        return self.principal_for(owner)
+
+    def principal_for(self, owner: KeyOwner) -> Principal:
         return Principal(
             account_id=owner.account_id,
             key_id=owner.key_id,
             account_status=owner.account_status,
             tier=self._tiers.effective(owner.total_purchased_nanos, owner.pinned_tier),
+            pinned=owner.pinned_tier is not None,
         )
 
     def forget(self, key_hash: bytes) -> None:

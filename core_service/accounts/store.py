@@ -128,6 +128,34 @@ class AccountStore:
             revoked=row.revoked_at is not None,
         )
 
+    async def account_owner(self, account_id: str) -> KeyOwner | None:
+        """The account as a key lookup would see it (for admin views of its limits)."""
+        statement = (
+            select(models.Account.status, models.Account.pinned_tier, models.Balance.total_purchased_nanos)
+            .join(models.Balance, models.Balance.ledger_account == models.Account.id)
+            .where(models.Account.id == account_id)
+        )
+        async with self._sessions() as session:
+            row = (await session.execute(statement)).first()
+        if row is None:
+            return None
+        return KeyOwner(
+            key_id="",
+            account_id=account_id,
+            account_status=row.status,
+            total_purchased_nanos=row.total_purchased_nanos,
+            pinned_tier=row.pinned_tier,
+            revoked=False,
+        )
+
+    async def pin_tier(self, account_id: str, tier: int | None) -> bool:
+        async with self._sessions.begin() as session:
+            account = await session.get(models.Account, account_id)
+            if account is None:
+                return False
+            account.pinned_tier = tier
+        return True
+
     async def get_account(self, account_id: str) -> models.Account | None:
         async with self._sessions() as session:
             return await session.get(models.Account, account_id)

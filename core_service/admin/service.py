@@ -14,7 +14,11 @@ from core_service.accounts.messages import account_message, key_message
 from core_service.accounts.store import AccountStore
 from core_service.admin.auth import AdminGuard
 from core_service.billing.ledger import SYSTEM_ADJUSTMENTS, EntryKind, Ledger, Transfer
-from core_service.billing.messages import balance_message, entry_message
+from core_service.accounts.auth import Authenticator, Principal
+from core_service.billing.messages import balance_message, entry_message, money
+from core_service.ratelimit.limiter import AccountLimiter
+from core_service.ratelimit.service import status_message, tier_message
+from core_service.ratelimit.tiers import TierTable
 from core_service.billing.pricing import usd_to_nanos
 from core_service.billing.verify import verify_ledger
 from core_service.clock import Clock
@@ -53,8 +57,20 @@ def adjustment_nanos(text: str) -> int:
 
 class AdminServicer(pb_grpc.AdminServiceServicer):
     def __init__(
-        self, guard: AdminGuard, store: AccountStore, ledger: Ledger, engine: AsyncEngine, clock: Clock
+        self,
+        guard: AdminGuard,
+        store: AccountStore,
+        ledger: Ledger,
+        engine: AsyncEngine,
+        clock: Clock,
+        *,
+        authenticator: Authenticator,
+        limiter: AccountLimiter,
+        tiers: TierTable,
     ) -> None:
+        self._authenticator = authenticator
+        self._limiter = limiter
+        self._tiers = tiers
         self._guard = guard
         self._store = store
         self._ledger = ledger
@@ -105,6 +121,36 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             balance=balance_message(await self._ledger.balance(account)),
             created=posted.created,
         )
+
+    @translated
+    async def GetAccountLimits(self, request: pb.GetAccountLimitsRequest, context: grpc.aio.ServicerContext) -> pb.GetAccountLimitsResponse:
+        self._check(context)
+        principal = await self._principal(request.account_id)
+        snapshot = await self._limiter.status(principal, request.model)
+        balance = await self._ledger.balance(request.account_id)
+        return pb.GetAccountLimitsResponse(
+            limits=tier_message(principal),
+            status=status_message(snapshot),
+            shared=self._limiter.shared,
+            total_purchased=money(balance.total_purchased_nanos),
+        )
+
+    @translated
+    async def PinTier(self, request: pb.PinTierRequest, context: grpc.aio.ServicerContext) -> pb.PinTierResponse:
+        self._check(context)
+        tier = request.tier if request.HasField("tier") else None
+        if tier is not None and self._tiers.get(tier) is None:
+            known = ", ".join(str(t.tier) for t in self._tiers)
+            raise InvalidRequest(f"No tier {tier}; the tiers are {known}.", param="tier")
+        if not await self._store.pin_tier(request.account_id, tier):
+            raise NotFound(f"No account {request.account_id}.", param="account_id")
+        return pb.PinTierResponse(limits=tier_message(await self._principal(request.account_id)))
+
+    async def _principal(self, account_id: str) -> Principal:
+        owner = await self._store.account_owner(account_id)
+        if owner is None:
+            raise NotFound(f"No account {account_id}.", param="account_id")
+        return self._authenticator.principal_for(owner)
 
     @translated
     async def VerifyLedger(self, request: pb.VerifyLedgerRequest, context: grpc.aio.ServicerContext) -> pb.VerifyLedgerResponse:

@@ -1,6 +1,6 @@
-"""The path of one inference request through the core: authenticate, read the request, hold its
-worst-case cost, pick deployments, forward with failover before the first byte, relay, and
-settle the hold at what was used.
+"""The path of one inference request through the core: authenticate, read the request, admit it
+under the account's rate limits, hold its worst-case cost, pick deployments with room, forward
+with failover before the first byte, relay, then settle the hold and true up the token count.
 
 Both the unary and the streaming path live here so the HTTP bridge and direct gRPC callers get
 exactly the same policy.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +18,14 @@ import orjson
 
 from core_service import tokens
 from core_service.accounts.auth import Authenticator, Principal
-from core_service.billing.metering import Charge, Metering, Reservation, charge_for
+from core_service.billing.metering import Charge, Metering, Reservation, charge_for, output_tokens_to_hold
 from core_service.catalog import Catalog, Deployment, Endpoint, Model
-from core_service.errors import InvalidRequest, UpstreamError
+from core_service.errors import InsufficientCredits, InvalidRequest, RateLimited, UpstreamError
 from core_service.inference.requests import UPSTREAM_PATHS, InferenceRequest, parse_request
 from core_service.inference.streams import StreamRelay
 from core_service.inference.usage import TokenUsage, usage_from_upstream
+from core_service.ratelimit.limiter import AccountLimiter, Admission, DeploymentGate, Ticket
+from core_service.ratelimit.snapshot import RateLimitSnapshot
 from core_service.routing.router import Router
 from core_service.upstream.client import UpstreamClient, UpstreamFailure, UpstreamStream
 
@@ -31,6 +34,7 @@ from core_service.upstream.client import UpstreamClient, UpstreamFailure, Upstre
 class UnaryResult:
     body: bytes
     charge: Charge
+    limits: RateLimitSnapshot
 
 
 @dataclass(frozen=True)
@@ -38,11 +42,13 @@ class StreamChunks:
     """Chunks for the client, in order (those that arrived from the upstream together)."""
 
     data: list[bytes]
+    limits: RateLimitSnapshot | None = None  # on the first event only
 
 
 @dataclass(frozen=True)
 class StreamEnd:
     charge: Charge
+    limits: RateLimitSnapshot | None = None  # when the stream had no chunk before it
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,10 @@ class _Admitted:
     principal: Principal
     request: InferenceRequest
     model: Model
+    admission: Admission
     reservation: Reservation
+    # Tokens counted at admission: the prompt estimate plus the output the request allows.
+    tokens: int
 
 
 class InferencePipeline:
@@ -62,12 +71,16 @@ class InferencePipeline:
         router: Router,
         upstream: UpstreamClient,
         metering: Metering,
+        limiter: AccountLimiter,
+        gate: DeploymentGate,
     ) -> None:
         self._authenticator = authenticator
         self._catalog = catalog
         self._router = router
         self._upstream = upstream
         self._metering = metering
+        self._limiter = limiter
+        self._gate = gate
 
     async def _admit(
         self, endpoint: Endpoint, raw: bytes, authorization: str | None, request_id: str, *, stream: bool
@@ -80,8 +93,27 @@ class InferencePipeline:
                 f"The model '{model.name}' does not support the {endpoint} endpoint.",
                 param="model",
             )
-        reservation = await self._metering.reserve(principal, request, model, request_id)
-        return _Admitted(principal, request, model, reservation)
+        counted = request.prompt_tokens_estimate + output_tokens_to_hold(request, model)
+        admission = await self._limiter.admit(principal, model.name, counted)
+        try:
+            reservation = await self._metering.reserve(principal, request, model, request_id)
+        except InsufficientCredits:
+            self._limiter.give_back(admission)
+            raise
+        return _Admitted(principal, request, model, admission, reservation, counted)
+
+    def _abandon(self, admitted: _Admitted, error: BaseException) -> None:
+        """The request ends before any usage: release its hold; if Kyma itself refused it (no
+        deployment had room), it consumes no rate limit either."""
+        admitted.reservation.release()
+        if isinstance(error, RateLimited):
+            self._limiter.give_back(admitted.admission)
+
+    def _finish(self, admitted: _Admitted, ticket: Ticket, charge: Charge) -> None:
+        admitted.reservation.settle(charge)
+        used = charge.usage.total_tokens
+        self._limiter.true_up(admitted.admission, used)
+        self._gate.leave(admitted.model, ticket, used)
 
     @staticmethod
     def _upstream_body(request: InferenceRequest, deployment: Deployment) -> bytes:
@@ -95,35 +127,61 @@ class InferencePipeline:
             body["stream_options"] = options
         return orjson.dumps(body)
 
+    async def _deployments(self, admitted: _Admitted) -> AsyncIterator[Ticket]:
+        """Tickets for the model's deployments in routing order, skipping saturated ones; when
+        every one is saturated, RateLimited with the soonest time one may have room."""
+        waits: list[int] = []
+        entered = False
+        for deployment in self._router.candidates(admitted.model):
+            ticket = await self._gate.enter(admitted.model, deployment, admitted.tokens)
+            if isinstance(ticket, int):
+                waits.append(ticket)
+                continue
+            entered = True
+            yield ticket
+        if not entered:
+            raise RateLimited(
+                f"Every upstream of '{admitted.model.name}' is at capacity. Retry shortly.",
+                retry_after_seconds=max(1, min(waits, default=1)),
+            )
+
     async def complete(
         self, endpoint: Endpoint, raw: bytes, authorization: str | None, request_id: str
     ) -> UnaryResult:
         admitted = await self._admit(endpoint, raw, authorization, request_id, stream=False)
         request, model = admitted.request, admitted.model
         try:
-            reply = await self._forward(request, model)
+            reply, ticket = await self._forward(admitted)
             parsed = _json_object(reply)
-        except BaseException:
-            admitted.reservation.release()
+        except BaseException as error:
+            self._abandon(admitted, error)
             raise
         parsed["model"] = model.name
         usage = usage_from_upstream(parsed.get("usage")) or _estimate(request, parsed)
         charge = charge_for(model, usage)
-        admitted.reservation.settle(charge)
-        return UnaryResult(body=orjson.dumps(parsed), charge=charge)
+        self._finish(admitted, ticket, charge)
+        return UnaryResult(orjson.dumps(parsed), charge, admitted.admission.snapshot)
 
-    async def _forward(self, request: InferenceRequest, model: Model) -> bytes:
+    async def _forward(self, admitted: _Admitted) -> tuple[bytes, Ticket]:
+        request = admitted.request
         path = UPSTREAM_PATHS[request.endpoint]
         failure: UpstreamFailure | None = None
-        for deployment in self._router.candidates(model):
-            try:
-                return await self._upstream.post(
-                    deployment, path, self._upstream_body(request, deployment)
-                )
-            except UpstreamFailure as exc:
-                if not exc.retryable:
-                    raise exc.error from None
-                failure = exc
+        async with aclosing(self._deployments(admitted)) as tickets:
+            async for ticket in tickets:
+                try:
+                    reply = await self._upstream.post(
+                        ticket.deployment, path, self._upstream_body(request, ticket.deployment)
+                    )
+                except UpstreamFailure as exc:
+                    self._gate.leave(admitted.model, ticket, 0)
+                    if not exc.retryable:
+                        raise exc.error from None
+                    failure = exc
+                    continue
+                except BaseException:
+                    self._gate.leave(admitted.model, ticket, 0)
+                    raise
+                return reply, ticket
         assert failure is not None
         raise failure.error
 
@@ -142,14 +200,16 @@ class InferencePipeline:
             prompt_estimate=admitted.request.prompt_tokens_estimate,
         )
         try:
-            stream, events, first = await self._open_with_failover(admitted.request, model, relay)
-        except BaseException:
-            admitted.reservation.release()
+            stream, ticket, events, first = await self._open_with_failover(admitted, relay)
+        except BaseException as error:
+            self._abandon(admitted, error)
             raise
+        limits: RateLimitSnapshot | None = admitted.admission.snapshot
         complete = False
         try:
             if first:
-                yield StreamChunks(first)
+                yield StreamChunks(first, limits)
+                limits = None
             async for batch in events:
                 chunks = relay.rewrite_all(batch)
                 if chunks:
@@ -159,37 +219,46 @@ class InferencePipeline:
             raise exc.error from None
         finally:
             await stream.aclose()
+            # Also reached when the client goes away: usage then is what was relayed.
             charge = charge_for(model, relay.usage(complete=complete))
-            admitted.reservation.settle(charge)
-        yield StreamEnd(charge)
+            self._finish(admitted, ticket, charge)
+        yield StreamEnd(charge, limits)
 
     async def _open_with_failover(
-        self, request: InferenceRequest, model: Model, relay: StreamRelay
-    ) -> tuple[UpstreamStream, AsyncIterator[list[bytes]], list[bytes]]:
+        self, admitted: _Admitted, relay: StreamRelay
+    ) -> tuple[UpstreamStream, Ticket, AsyncIterator[list[bytes]], list[bytes]]:
+        request = admitted.request
         path = UPSTREAM_PATHS[request.endpoint]
         failure: UpstreamFailure | None = None
-        for deployment in self._router.candidates(model):
-            stream: UpstreamStream | None = None
-            try:
-                stream = await self._upstream.open_stream(
-                    deployment, path, self._upstream_body(request, deployment)
-                )
-                events = stream.events().__aiter__()
-                # Nothing has reached the client until the first chunk: until then, fail over.
-                while True:
-                    try:
-                        batch = await anext(events)
-                    except StopAsyncIteration:
-                        return stream, events, []
-                    chunks = relay.rewrite_all(batch)
-                    if chunks:
-                        return stream, events, chunks
-            except UpstreamFailure as exc:
-                failure = exc
-            except UpstreamError as exc:  # an error event or garbage before the first chunk
-                failure = UpstreamFailure(exc, retryable=True)
-            if stream is not None:
-                await stream.aclose()
+        async with aclosing(self._deployments(admitted)) as tickets:
+            async for ticket in tickets:
+                stream: UpstreamStream | None = None
+                try:
+                    stream = await self._upstream.open_stream(
+                        ticket.deployment, path, self._upstream_body(request, ticket.deployment)
+                    )
+                    events = stream.events().__aiter__()
+                    # Nothing has reached the client until the first chunk: until then, fail over.
+                    while True:
+                        try:
+                            batch = await anext(events)
+                        except StopAsyncIteration:
+                            return stream, ticket, events, []
+                        chunks = relay.rewrite_all(batch)
+                        if chunks:
+                            return stream, ticket, events, chunks
+                except UpstreamFailure as exc:
+                    failure = exc
+                except UpstreamError as exc:  # an error event or garbage before the first chunk
+                    failure = UpstreamFailure(exc, retryable=True)
+                except BaseException:
+                    self._gate.leave(admitted.model, ticket, 0)
+                    if stream is not None:
+                        await stream.aclose()
+                    raise
+                self._gate.leave(admitted.model, ticket, 0)
+                if stream is not None:
+                    await stream.aclose()
         assert failure is not None
         raise failure.error
 

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 from kyma.inference.v1 import inference_service_pb2 as pb
 from kyma.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from kyma.ratelimit.v1 import ratelimit_pb2
 
 from core_service.billing.pricing import nanos_to_usd
 from core_service.catalog import Endpoint
@@ -15,6 +16,7 @@ from core_service.grpc_errors import translated
 from core_service.grpc_metadata import metadata_value, request_id
 from core_service.billing.metering import Charge
 from core_service.inference.pipeline import InferencePipeline, StreamChunks
+from core_service.ratelimit.snapshot import RateLimitSnapshot
 
 
 def usage_message(charge: Charge) -> pb.Usage:
@@ -29,6 +31,10 @@ def usage_message(charge: Charge) -> pb.Usage:
     )
 
 
+def rate_limit_message(snapshot: RateLimitSnapshot) -> ratelimit_pb2.RateLimitStatus:
+    return ratelimit_pb2.RateLimitStatus(**snapshot.__dict__)
+
+
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
     def __init__(self, pipeline: InferencePipeline) -> None:
         self._pipeline = pipeline
@@ -38,7 +44,12 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         result = await self._pipeline.complete(
             endpoint, body, metadata_value(context, "authorization"), rid
         )
-        return response_type(body=result.body, usage=usage_message(result.charge), request_id=rid)
+        return response_type(
+            body=result.body,
+            usage=usage_message(result.charge),
+            rate_limit=rate_limit_message(result.limits),
+            request_id=rid,
+        )
 
     async def _stream(self, endpoint: Endpoint, body: bytes, context: grpc.aio.ServicerContext, response_type: Any) -> AsyncIterator[Any]:
         rid = request_id(context)
@@ -50,6 +61,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 message = response_type(chunks=event.data)
             else:
                 message = response_type(usage=usage_message(event.charge))
+            if event.limits is not None:
+                message.rate_limit.CopyFrom(rate_limit_message(event.limits))
             if first:
                 message.request_id = rid
                 first = False

@@ -101,6 +101,9 @@ async def test_concurrent_requests_never_overdraw(kyma, account) -> None:
     balance never goes negative, and what was charged is what was used."""
     hold = (8 + 2 + 16) * IN + 1000 * OUT  # prompt estimate with margin + max_tokens
     await set_balance(kyma, account[0], 10 * hold)
+    # Tier 4 admits 200 requests a minute for one model: this test is about credit, not limits.
+    await kyma.admin("PinTier", admin_service_pb2.PinTierRequest(account_id=account[0], tier=4))
+    await asyncio.sleep(kyma.settings.key_cache_seconds)
     await kyma.upstream.control(latency_ms=1500)
     limits = httpx.Limits(max_connections=200)
     async with httpx.AsyncClient(base_url=kyma.http_url, timeout=60, limits=limits) as http:

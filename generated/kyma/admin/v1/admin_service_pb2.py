@@ -23,27 +23,37 @@ _sym_db = _symbol_database.Default()
 
 
 from kyma.accounting.v1 import accounting_service_pb2 as kyma_dot_accounting_dot_v1_dot_accounting__service__pb2
+from kyma.ratelimit.v1 import ratelimit_pb2 as kyma_dot_ratelimit_dot_v1_dot_ratelimit__pb2
+from kyma.ratelimit.v1 import ratelimit_service_pb2 as kyma_dot_ratelimit_dot_v1_dot_ratelimit__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!kyma/admin/v1/admin_service.proto\x12\rkyma.admin.v1\x1a+kyma/accounting/v1/accounting_service.proto\"7\n\x14\x43reateAccountRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08key_name\x18\x02 \x01(\t\"\x8a\x01\n\x15\x43reateAccountResponse\x12,\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1b.kyma.accounting.v1.Account\x12+\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x1a.kyma.accounting.v1.ApiKey\x12\x16\n\x0e\x61pi_key_secret\x18\x03 \x01(\t\"v\n\x14\x41\x64justCreditsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\namount_usd\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\"\x86\x01\n\x15\x41\x64justCreditsResponse\x12.\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1f.kyma.accounting.v1.LedgerEntry\x12,\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x1b.kyma.accounting.v1.Balance\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"\x15\n\x13VerifyLedgerRequest\"~\n\x14VerifyLedgerResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x10\n\x08problems\x18\x02 \x03(\t\x12\x17\n\x0f\x65ntries_checked\x18\x03 \x01(\x03\x12\x18\n\x10\x61\x63\x63ounts_checked\x18\x04 \x01(\x03\x12\x15\n\rholds_checked\x18\x05 \x01(\x03\x32\x9f\x02\n\x0c\x41\x64minService\x12Z\n\rCreateAccount\x12#.kyma.admin.v1.CreateAccountRequest\x1a$.kyma.admin.v1.CreateAccountResponse\x12Z\n\rAdjustCredits\x12#.kyma.admin.v1.AdjustCreditsRequest\x1a$.kyma.admin.v1.AdjustCreditsResponse\x12W\n\x0cVerifyLedger\x12\".kyma.admin.v1.VerifyLedgerRequest\x1a#.kyma.admin.v1.VerifyLedgerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!kyma/admin/v1/admin_service.proto\x12\rkyma.admin.v1\x1a+kyma/accounting/v1/accounting_service.proto\x1a!kyma/ratelimit/v1/ratelimit.proto\x1a)kyma/ratelimit/v1/ratelimit_service.proto\"7\n\x14\x43reateAccountRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08key_name\x18\x02 \x01(\t\"\x8a\x01\n\x15\x43reateAccountResponse\x12,\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1b.kyma.accounting.v1.Account\x12+\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x1a.kyma.accounting.v1.ApiKey\x12\x16\n\x0e\x61pi_key_secret\x18\x03 \x01(\t\"v\n\x14\x41\x64justCreditsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\namount_usd\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\"\x86\x01\n\x15\x41\x64justCreditsResponse\x12.\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1f.kyma.accounting.v1.LedgerEntry\x12,\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x1b.kyma.accounting.v1.Balance\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"\x15\n\x13VerifyLedgerRequest\"~\n\x14VerifyLedgerResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x10\n\x08problems\x18\x02 \x03(\t\x12\x17\n\x0f\x65ntries_checked\x18\x03 \x01(\x03\x12\x18\n\x10\x61\x63\x63ounts_checked\x18\x04 \x01(\x03\x12\x15\n\rholds_checked\x18\x05 \x01(\x03\"<\n\x17GetAccountLimitsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"\xc1\x01\n\x18GetAccountLimitsResponse\x12-\n\x06limits\x18\x01 \x01(\x0b\x32\x1d.kyma.ratelimit.v1.TierLimits\x12\x32\n\x06status\x18\x02 \x01(\x0b\x32\".kyma.ratelimit.v1.RateLimitStatus\x12\x0e\n\x06shared\x18\x03 \x01(\x08\x12\x32\n\x0ftotal_purchased\x18\x04 \x01(\x0b\x32\x19.kyma.accounting.v1.Money\"@\n\x0ePinTierRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\x04tier\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\x07\n\x05_tier\"@\n\x0fPinTierResponse\x12-\n\x06limits\x18\x01 \x01(\x0b\x32\x1d.kyma.ratelimit.v1.TierLimits2\xce\x03\n\x0c\x41\x64minService\x12Z\n\rCreateAccount\x12#.kyma.admin.v1.CreateAccountRequest\x1a$.kyma.admin.v1.CreateAccountResponse\x12Z\n\rAdjustCredits\x12#.kyma.admin.v1.AdjustCreditsRequest\x1a$.kyma.admin.v1.AdjustCreditsResponse\x12W\n\x0cVerifyLedger\x12\".kyma.admin.v1.VerifyLedgerRequest\x1a#.kyma.admin.v1.VerifyLedgerResponse\x12\x63\n\x10GetAccountLimits\x12&.kyma.admin.v1.GetAccountLimitsRequest\x1a\'.kyma.admin.v1.GetAccountLimitsResponse\x12H\n\x07PinTier\x12\x1d.kyma.admin.v1.PinTierRequest\x1a\x1e.kyma.admin.v1.PinTierResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kyma.admin.v1.admin_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATEACCOUNTREQUEST']._serialized_start=97
-  _globals['_CREATEACCOUNTREQUEST']._serialized_end=152
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=155
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=293
-  _globals['_ADJUSTCREDITSREQUEST']._serialized_start=295
-  _globals['_ADJUSTCREDITSREQUEST']._serialized_end=413
-  _globals['_ADJUSTCREDITSRESPONSE']._serialized_start=416
-  _globals['_ADJUSTCREDITSRESPONSE']._serialized_end=550
-  _globals['_VERIFYLEDGERREQUEST']._serialized_start=552
-  _globals['_VERIFYLEDGERREQUEST']._serialized_end=573
-  _globals['_VERIFYLEDGERRESPONSE']._serialized_start=575
-  _globals['_VERIFYLEDGERRESPONSE']._serialized_end=701
-  _globals['_ADMINSERVICE']._serialized_start=704
-  _globals['_ADMINSERVICE']._serialized_end=991
+  _globals['_CREATEACCOUNTREQUEST']._serialized_start=175
+  _globals['_CREATEACCOUNTREQUEST']._serialized_end=230
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=233
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=371
+  _globals['_ADJUSTCREDITSREQUEST']._serialized_start=373
+  _globals['_ADJUSTCREDITSREQUEST']._serialized_end=491
+  _globals['_ADJUSTCREDITSRESPONSE']._serialized_start=494
+  _globals['_ADJUSTCREDITSRESPONSE']._serialized_end=628
+  _globals['_VERIFYLEDGERREQUEST']._serialized_start=630
+  _globals['_VERIFYLEDGERREQUEST']._serialized_end=651
+  _globals['_VERIFYLEDGERRESPONSE']._serialized_start=653
+  _globals['_VERIFYLEDGERRESPONSE']._serialized_end=779
+  _globals['_GETACCOUNTLIMITSREQUEST']._serialized_start=781
+  _globals['_GETACCOUNTLIMITSREQUEST']._serialized_end=841
+  _globals['_GETACCOUNTLIMITSRESPONSE']._serialized_start=844
+  _globals['_GETACCOUNTLIMITSRESPONSE']._serialized_end=1037
+  _globals['_PINTIERREQUEST']._serialized_start=1039
+  _globals['_PINTIERREQUEST']._serialized_end=1103
+  _globals['_PINTIERRESPONSE']._serialized_start=1105
+  _globals['_PINTIERRESPONSE']._serialized_end=1169
+  _globals['_ADMINSERVICE']._serialized_start=1172
+  _globals['_ADMINSERVICE']._serialized_end=1634
 # @@protoc_insertion_point(module_scope)

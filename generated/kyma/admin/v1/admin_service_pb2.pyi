@@ -8,6 +8,8 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from kyma.accounting.v1 import accounting_service_pb2 as _accounting_service_pb2
+from kyma.ratelimit.v1 import ratelimit_pb2 as _ratelimit_pb2
+from kyma.ratelimit.v1 import ratelimit_service_pb2 as _ratelimit_service_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -182,3 +184,102 @@ class VerifyLedgerResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyLedgerResponse: _TypeAlias = VerifyLedgerResponse  # noqa: Y015
+
+@_typing.final
+class GetAccountLimitsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    model: _builtins.str
+    """Also report this model's per-model counter."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccountLimitsRequest: _TypeAlias = GetAccountLimitsRequest  # noqa: Y015
+
+@_typing.final
+class GetAccountLimitsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMITS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    SHARED_FIELD_NUMBER: _builtins.int
+    TOTAL_PURCHASED_FIELD_NUMBER: _builtins.int
+    shared: _builtins.bool
+    @_builtins.property
+    def limits(self) -> _ratelimit_service_pb2.TierLimits: ...
+    @_builtins.property
+    def status(self) -> _ratelimit_pb2.RateLimitStatus: ...
+    @_builtins.property
+    def total_purchased(self) -> _accounting_service_pb2.Money: ...
+    def __init__(
+        self,
+        *,
+        limits: _ratelimit_service_pb2.TierLimits | None = ...,
+        status: _ratelimit_pb2.RateLimitStatus | None = ...,
+        shared: _builtins.bool = ...,
+        total_purchased: _accounting_service_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "status", b"status", "total_purchased", b"total_purchased"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "shared", b"shared", "status", b"status", "total_purchased", b"total_purchased"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccountLimitsResponse: _TypeAlias = GetAccountLimitsResponse  # noqa: Y015
+
+@_typing.final
+class PinTierRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    tier: _builtins.int
+    """The tier to hold the account at; absent = follow total purchases again."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        tier: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "tier", b"tier"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "account_id", b"account_id", "tier", b"tier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__tier: _TypeAlias = _typing.Literal["tier"]  # noqa: Y015
+    _WhichOneofArgType__tier: _TypeAlias = _typing.Literal["_tier", b"_tier"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tier) -> _WhichOneofReturnType__tier | None: ...
+
+Global___PinTierRequest: _TypeAlias = PinTierRequest  # noqa: Y015
+
+@_typing.final
+class PinTierResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def limits(self) -> _ratelimit_service_pb2.TierLimits: ...
+    def __init__(
+        self,
+        *,
+        limits: _ratelimit_service_pb2.TierLimits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinTierResponse: _TypeAlias = PinTierResponse  # noqa: Y015

@@ -51,6 +51,16 @@ class AdminServiceStub:
                 request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.VerifyLedgerRequest.SerializeToString,
                 response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.VerifyLedgerResponse.FromString,
                 _registered_method=True)
+        self.GetAccountLimits = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/GetAccountLimits',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountLimitsRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountLimitsResponse.FromString,
+                _registered_method=True)
+        self.PinTier = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/PinTier',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.PinTierRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.PinTierResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -78,6 +88,20 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAccountLimits(self, request, context):
+        """An account's tier, limits and current usage of them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PinTier(self, request, context):
+        """Holds an account at a tier whatever it purchased, or lets it follow purchases again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +119,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.VerifyLedger,
                     request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.VerifyLedgerRequest.FromString,
                     response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.VerifyLedgerResponse.SerializeToString,
+            ),
+            'GetAccountLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccountLimits,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountLimitsRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountLimitsResponse.SerializeToString,
+            ),
+            'PinTier': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinTier,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.PinTierRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.PinTierResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +214,60 @@ class AdminService:
             '/kyma.admin.v1.AdminService/VerifyLedger',
             kyma_dot_admin_dot_v1_dot_admin__service__pb2.VerifyLedgerRequest.SerializeToString,
             kyma_dot_admin_dot_v1_dot_admin__service__pb2.VerifyLedgerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAccountLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/GetAccountLimits',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountLimitsRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinTier(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/PinTier',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.PinTierRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.PinTierResponse.FromString,
             options,
             channel_credentials,
             insecure,

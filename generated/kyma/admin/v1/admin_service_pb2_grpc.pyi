@@ -40,6 +40,10 @@ class AdminServiceStub:
     """Adds or removes credit, with a reason, as a ledger entry."""
     VerifyLedger: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.VerifyLedgerRequest, _admin_service_pb2.VerifyLedgerResponse]
     """Proves the ledger consistent (see VerifyLedgerResponse)."""
+    GetAccountLimits: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetAccountLimitsRequest, _admin_service_pb2.GetAccountLimitsResponse]
+    """An account's tier, limits and current usage of them."""
+    PinTier: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.PinTierRequest, _admin_service_pb2.PinTierResponse]
+    """Holds an account at a tier whatever it purchased, or lets it follow purchases again."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -53,6 +57,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Adds or removes credit, with a reason, as a ledger entry."""
     VerifyLedger: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.VerifyLedgerRequest, _admin_service_pb2.VerifyLedgerResponse]  # type: ignore[assignment]
     """Proves the ledger consistent (see VerifyLedgerResponse)."""
+    GetAccountLimits: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetAccountLimitsRequest, _admin_service_pb2.GetAccountLimitsResponse]  # type: ignore[assignment]
+    """An account's tier, limits and current usage of them."""
+    PinTier: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.PinTierRequest, _admin_service_pb2.PinTierResponse]  # type: ignore[assignment]
+    """Holds an account at a tier whatever it purchased, or lets it follow purchases again."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService holds the operators' actions. It is served on the gRPC port only, never on
@@ -81,5 +89,21 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.VerifyLedgerResponse, _abc.Awaitable[_admin_service_pb2.VerifyLedgerResponse]]:
         """Proves the ledger consistent (see VerifyLedgerResponse)."""
+
+    @_abc_1.abstractmethod
+    def GetAccountLimits(
+        self,
+        request: _admin_service_pb2.GetAccountLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.GetAccountLimitsResponse, _abc.Awaitable[_admin_service_pb2.GetAccountLimitsResponse]]:
+        """An account's tier, limits and current usage of them."""
+
+    @_abc_1.abstractmethod
+    def PinTier(
+        self,
+        request: _admin_service_pb2.PinTierRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.PinTierResponse, _abc.Awaitable[_admin_service_pb2.PinTierResponse]]:
+        """Holds an account at a tier whatever it purchased, or lets it follow purchases again."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
