@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import httpx
+import redis.asyncio
 import stripe
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -50,7 +51,9 @@ from core_service.inference.pipeline import InferencePipeline
 from core_service.inference.service import InferenceServicer
 from core_service.routing.router import Router
 from core_service.routing.service import RoutingServicer
+from core_service.ratelimit.fallback import FallbackRateLimitStore
 from core_service.ratelimit.limiter import AccountLimiter, DeploymentGate
+from core_service.ratelimit.redis_store import RedisRateLimitStore
 from core_service.ratelimit.local_store import InProcessRateLimitStore
 from core_service.ratelimit.service import RateLimitServicer
 from core_service.ratelimit.store import RateLimitStore
@@ -71,6 +74,11 @@ GRPC_OPTIONS = [
 ]
 
 HOLD_EXPIRY_INTERVAL_SECONDS = 10.0
+LIMITER_REPORT_INTERVAL_SECONDS = 0.5
+RATELIMIT_SERVICE = "kyma.ratelimit.v1.RateLimitService"
+# A health entry of its own: SERVING while limits are shared through Redis, NOT_SERVING while
+# this node counts on its own (no Redis configured, or Redis unreachable).
+SHARED_LIMITS_HEALTH = "kyma.ratelimit.shared"
 
 _SERVICES = [
     inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
@@ -78,7 +86,7 @@ _SERVICES = [
     accounting_service_pb2.DESCRIPTOR.services_by_name["AccountingService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
-    ratelimit_service_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name,
+    RATELIMIT_SERVICE,
 ]
 
 
@@ -112,7 +120,25 @@ async def build_rate_limit_store(settings: Settings, clock: Clock) -> RateLimitS
     local = InProcessRateLimitStore(clock)
     if settings.redis_url is None:
         return local
-    return local  # replaced below once the Redis store is wired
+    timeout = settings.redis_timeout_ms / 1000
+    client = redis.asyncio.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=0,
+        max_connections=200,
+    )
+    return FallbackRateLimitStore(
+        RedisRateLimitStore(client, clock),
+        local,
+        clock,
+        node_share=settings.expected_nodes,
+        timeout_s=timeout,
+    )
+
+
+def _shares_limits(store: RateLimitStore) -> bool:
+    return isinstance(store, FallbackRateLimitStore) and not store.degraded
 
 
 def build_stripe_client(
@@ -143,6 +169,8 @@ class Core:
     tasks: BackgroundTasks
     holds: Holds
     hold_store: HoldStore
+    limits_store: RateLimitStore
+    limiter: AccountLimiter
     ledger: Ledger
     stripe_http: stripe.HTTPXClient | None = None
     port: int = 0
@@ -152,6 +180,9 @@ class Core:
     async def start(self) -> int:
         await self.server.start()
         self._chores.append(asyncio.create_task(self._expire_holds(), name="expire holds"))
+        await self.health.set(SHARED_LIMITS_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.settings.redis_url is not None:
+            self._chores.append(asyncio.create_task(self._report_limiter(), name="limiter health"))
         for name in (*_SERVICES, ""):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("core serving gRPC on %s:%d", self.settings.grpc_host, self.port)
@@ -174,7 +205,18 @@ class Core:
         if self.stripe_http is not None:
             await self.stripe_http.close_async()
         await self.hold_store.close()
+        await self.limits_store.close()
         await self.engine.dispose()
+
+    async def _report_limiter(self) -> None:
+        """Keep SHARED_LIMITS_HEALTH in step with the limiter (requests are served either way)."""
+        shared: bool | None = None
+        while True:
+            if self.limiter.shared != shared:
+                shared = self.limiter.shared
+                status = health_pb2.HealthCheckResponse.SERVING if shared else health_pb2.HealthCheckResponse.NOT_SERVING
+                await self.health.set(SHARED_LIMITS_HEALTH, status)
+            await asyncio.sleep(LIMITER_REPORT_INTERVAL_SECONDS)
 
     async def _expire_holds(self) -> None:
         await _periodically(HOLD_EXPIRY_INTERVAL_SECONDS, self.holds.expire_due, "hold expiry")
@@ -211,7 +253,7 @@ async def build_core(
     holds = Holds(hold_store, engine, clock, ttl_seconds=max(settings.hold_ttl_seconds, longest + 60))
     ledger = Ledger(engine, clock)
     limits_store = await build_rate_limit_store(settings, clock)
-    limiter = AccountLimiter(limits_store, tasks, shared=lambda: not getattr(limits_store, "degraded", True))
+    limiter = AccountLimiter(limits_store, tasks, shared=lambda: _shares_limits(limits_store))
     pipeline = InferencePipeline(
         authenticator=authenticator,
         catalog=catalog,
@@ -274,6 +316,8 @@ async def build_core(
         tasks=tasks,
         holds=holds,
         hold_store=hold_store,
+        limits_store=limits_store,
+        limiter=limiter,
         ledger=ledger,
         stripe_http=stripe_http,
         port=port,

@@ -52,12 +52,22 @@ def create_app(settings: BridgeSettings, *, channel: grpc.aio.Channel | None = N
 
     @app.get("/readyz")
     async def readyz(request: Request) -> Response:
+        health = stubs(request).health
         try:
-            reply = await stubs(request).health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
             serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+            limits = await health.Check(
+                health_pb2.HealthCheckRequest(service="kyma.ratelimit.shared"), timeout=2
+            )
+            shared = limits.status == health_pb2.HealthCheckResponse.SERVING
         except grpc.aio.AioRpcError:
-            serving = False
-        body = {"status": "ready" if serving else "unavailable", "core": "serving" if serving else "unreachable"}
+            serving = shared = False
+        body = {
+            "status": "ready" if serving else "unavailable",
+            "core": "serving" if serving else "unreachable",
+            # Requests are served either way; "per-node" means Redis is unreachable (or unused).
+            "rate_limits": "shared" if shared else "per-node",
+        }
         return Response(
             orjson.dumps(body), 200 if serving else 503, {"x-request-id": new_request_id()},
             media_type=_JSON,

@@ -100,6 +100,42 @@ def _ledger_verify(args: argparse.Namespace) -> int:
     return 0 if reply.ok else 2
 
 
+def _limits_show(args: argparse.Namespace) -> int:
+    admin = _Admin(Settings())
+    reply = admin.call(
+        admin.stub.GetAccountLimits,
+        pb.GetAccountLimitsRequest(account_id=args.account_id, model=args.model or ""),
+    )
+    limits, status = reply.limits, reply.status
+    pinned = " (pinned)" if limits.pinned else ""
+    text = (
+        f"tier {limits.tier}{pinned}: {limits.rpm} RPM, {limits.model_rpm} per model, {limits.tpm} TPM"
+        f" (total purchased {reply.total_purchased.usd} USD)\n"
+        f"requests: {status.remaining_requests}/{status.limit_requests} left, "
+        f"full again in {status.reset_requests_ms / 1000:.0f}s"
+        + (f" (counting {args.model})" if args.model else "")
+        + f"\ntokens: {status.remaining_tokens}/{status.limit_tokens} left, "
+        f"full again in {status.reset_tokens_ms / 1000:.0f}s\n"
+        f"counted {'across nodes (Redis)' if reply.shared else 'on this node only'}"
+    )
+    _print(reply, args.json, text)
+    return 0
+
+
+def _limits_pin(args: argparse.Namespace) -> int:
+    admin = _Admin(Settings())
+    request = pb.PinTierRequest(account_id=args.account_id)
+    if args.tier != "none":
+        if not args.tier.isdigit():
+            raise SystemExit("kyma admin: the tier is a number, or 'none' to follow purchases")
+        request.tier = int(args.tier)
+    reply = admin.call(admin.stub.PinTier, request)
+    limits = reply.limits
+    state = "pinned to" if limits.pinned else "follows purchases, now"
+    _print(reply, args.json, f"{args.account_id} {state} tier {limits.tier}: {limits.rpm} RPM, {limits.model_rpm} per model, {limits.tpm} TPM")
+    return 0
+
+
 def _run(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
@@ -135,6 +171,19 @@ def add_commands(commands: Any) -> None:
     adjust.add_argument("--actor", default=os.environ.get("USER", "admin"), help="who is acting")
     adjust.add_argument("--json", action="store_true")
     adjust.set_defaults(run=_run(_credits_adjust))
+
+    limits = groups.add_parser("limits", help="tiers and rate limits")
+    limit_commands = limits.add_subparsers(dest="action", required=True)
+    show = limit_commands.add_parser("show", help="an account's tier, limits and current usage")
+    show.add_argument("account_id")
+    show.add_argument("--model", help="also count this model's per-model requests")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(run=_run(_limits_show))
+    pin = limit_commands.add_parser("pin-tier", help="hold an account at a tier ('none': follow purchases)")
+    pin.add_argument("account_id")
+    pin.add_argument("tier")
+    pin.add_argument("--json", action="store_true")
+    pin.set_defaults(run=_run(_limits_pin))
 
     ledger = groups.add_parser("ledger", help="the credit ledger")
     ledger_commands = ledger.add_subparsers(dest="action", required=True)
