@@ -121,15 +121,18 @@ async def build_rate_limit_store(settings: Settings, clock: Clock) -> RateLimitS
     if settings.redis_url is None:
         return local
     timeout = settings.redis_timeout_ms / 1000
-    client = redis.asyncio.Redis.from_url(
+    # A full pool waits (within the timeout) instead of failing, so a burst is not mistaken
+    # for Redis being down.
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=200,
+        timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        health_check_interval=0,
-        max_connections=200,
     )
+    client = redis.asyncio.Redis(connection_pool=pool)
     return FallbackRateLimitStore(
-        RedisRateLimitStore(client, clock),
+        RedisRateLimitStore(client, clock, key_prefix=settings.redis_key_prefix),
         local,
         clock,
         node_share=settings.expected_nodes,

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
         ge=1,
         description="Core nodes sharing Redis; without Redis each node admits limit ÷ this.",
     )
+    redis_key_prefix: str = Field(
+        default="kyma:rl:", description="Prefix of Kyma's rate-limit keys in Redis."
+    )
     redis_timeout_ms: float = Field(
         default=50.0, gt=0, description="How long a limiter call waits for Redis before falling back."
     )

@@ -208,19 +208,27 @@ class Kyma:
 
 @contextlib.asynccontextmanager
 async def running_kyma(
-    tmp: pathlib.Path, database_url: str | None, upstream: Upstream, backend: str, **overrides: Any
+    tmp: pathlib.Path,
+    database_url: str | None,
+    upstream: Upstream,
+    backend: str,
+    *,
+    clock: Any = None,
+    **overrides: Any,
 ) -> AsyncIterator[Kyma]:
     settings = Settings(
         data_dir=tmp,
         database_url=database_url,
         grpc_port=0,
         admin_token=ADMIN_TOKEN,
-        catalog=write_catalog(tmp / "catalog.yaml", upstream),
+        catalog=overrides.pop("catalog", None) or write_catalog(tmp / "catalog.yaml", upstream),
         demo_tokens_per_second=0,
         shutdown_grace_seconds=2,
         **overrides,
     )
-    core = await build_core(settings, environ={"KYMA_TEST_UPSTREAM_KEY": "sk-upstream-secret"})
+    core = await build_core(
+        settings, clock=clock, environ={"KYMA_TEST_UPSTREAM_KEY": "sk-upstream-secret"}
+    )
     port = await core.start()
     target = f"127.0.0.1:{port}"
     channel = grpc.aio.insecure_channel(target)

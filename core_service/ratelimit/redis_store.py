@@ -23,8 +23,8 @@ and each node decides with its own clock, so nodes agree to within their clock s
 With Redis Cluster every key of one `admit` must hash to one slot: put a hash tag in `key_prefix`
 (e.g. ``kyma:rl:{rl}:``).
 
-The store does not own the Redis client: the composition root creates and closes it, so `close()`
-leaves it open.
+The store owns the Redis client it is given: `close()` closes it (the composition root builds a
+client for the store alone and closes the store at shutdown).
 """
 
 from __future__ import annotations
@@ -233,4 +233,4 @@ class RedisRateLimitStore:
         await self._redis.zrem(self._slots_key(key), token)
 
     async def close(self) -> None:
-        """Nothing to release: the Redis client belongs to the composition root."""
+        await self._redis.aclose()

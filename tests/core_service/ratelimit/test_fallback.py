@@ -1,0 +1,317 @@
+"""`FallbackRateLimitStore`: a real redis-server of our own, killed and restarted mid-test, and fake
+primaries that hang or fail."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+import pytest
+import pytest_asyncio
+import redis.asyncio
+import redis.exceptions
+
+from core_service.ratelimit.fallback import FallbackRateLimitStore
+from core_service.ratelimit.local_store import InProcessRateLimitStore
+from core_service.ratelimit.redis_store import RedisRateLimitStore
+from core_service.ratelimit.store import Decision, Limit, LimitState
+
+T = TypeVar("T")
+LOGGER = "core_service.ratelimit.fallback"
+TIMEOUT_S = 0.05
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.ms = 1_800_000_000_250
+        self.mono = 1000.0
+
+    def now(self) -> datetime:
+        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=self.ms)
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.ms += round(seconds * 1000)
+        self.mono += seconds
+
+
+class RedisServer:
+    """A redis-server subprocess on a free loopback port that can be killed and restarted there."""
+
+    def __init__(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.asyncio.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
+        try:
+            for _ in range(250):
+                try:
+                    if await client.ping():
+                        return
+                except (redis.exceptions.ConnectionError, OSError):
+                    await asyncio.sleep(0.02)
+            raise RuntimeError(f"redis-server did not start on port {self.port}")
+        finally:
+            await client.aclose()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=5)
+
+
+@pytest_asyncio.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    server = RedisServer()
+    try:
+        await server.start()
+        yield server
+    finally:
+        server.kill()
+
+
+async def quickly(call: Awaitable[T]) -> T:
+    """Every call answers within the timeout, whatever Redis does (with room for a busy machine)."""
+    started = time.perf_counter()
+    result = await call
+    assert time.perf_counter() - started < 0.2
+    return result
+
+
+def records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == LOGGER and r.levelno == level]
+
+
+@pytest.mark.redis
+async def test_redis_lost_and_back(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    clock = FakeClock()
+    client = redis.asyncio.Redis(host="127.0.0.1", port=redis_server.port)
+    local = InProcessRateLimitStore(clock)
+    store = FallbackRateLimitStore(
+        RedisRateLimitStore(client, clock), local, clock, node_share=4, timeout_s=TIMEOUT_S, retry_interval_s=1.0
+    )
+    rpm = Limit("acct:a:rpm", 8, 1)
+    tpm = Limit("acct:a:tpm", 4000, 500)
+    try:
+        # Healthy: Redis counts, with the global limits.
+        for _ in range(3):
+            decision = await quickly(store.admit([rpm]))
+            assert decision.admitted and decision.states[0].limit == 8
+        assert (await quickly(store.peek([rpm])))[0].remaining == 5
+        shared_slot = await quickly(store.acquire_slot("dep:d:concurrency", 8, 30))
+        assert shared_slot is not None
+        assert not store.degraded and store.fallbacks == 0
+        assert await client.exists("kyma:rl:w:acct:a:rpm") == 1
+
+        redis_server.kill()
+
+        # Degraded: per-node limits (8 / 4 = 2), answered within the timeout, one warning.
+        decisions = [await quickly(store.admit([rpm])) for _ in range(4)]
+        assert [d.admitted for d in decisions] == [True, True, False, False]
+        assert {d.states[0].limit for d in decisions} == {2}
+        assert decisions[-1].retry_after_s == 60
+        assert store.degraded and store.fallbacks == 4
+        assert (await quickly(store.peek([rpm])))[0].remaining == 0
+
+        # Token true-ups go to the store that counted them.
+        tokens = await quickly(store.admit([tpm]))
+        assert tokens.admitted and tokens.states[0].remaining == 500  # 4000 / 4 = 1000 per node
+        await quickly(store.adjust(tpm.key, tokens.second, -300))
+        assert (await quickly(store.peek([tpm])))[0].remaining == 800
+        await quickly(store.adjust(rpm.key, tokens.second - 1, -1))  # admitted by Redis: dropped
+
+        # Slots: per-node share too, released where they were taken.
+        local_slots = [await quickly(store.acquire_slot("dep:d:concurrency", 8, 30)) for _ in range(3)]
+        assert local_slots[0] and local_slots[1] and local_slots[2] is None
+        await quickly(store.release_slot("dep:d:concurrency", shared_slot))  # Redis is away: its TTL frees it
+
+        # Redis still down when the retry interval has passed: one probe, still within the timeout.
+        clock.advance(1.0)
+        assert not (await quickly(store.admit([rpm]))).admitted
+        assert store.degraded
+        assert len(records(caplog, logging.WARNING)) == 1
+
+        await redis_server.start()
+        assert not (await quickly(store.admit([rpm]))).admitted  # not retried before the interval
+        assert store.degraded
+        fallbacks = store.fallbacks
+
+        clock.advance(1.0)
+        decision = await quickly(store.admit([rpm]))
+        assert not store.degraded and store.fallbacks == fallbacks
+        assert decision.admitted and decision.states[0].limit == 8
+        assert decision.states[0].remaining == 7  # a fresh redis-server
+        assert await client.hlen("kyma:rl:w:acct:a:rpm") == 1
+        assert len(records(caplog, logging.INFO)) == 1 and len(records(caplog, logging.WARNING)) == 1
+
+        # After recovery, what was admitted locally is still trued up and released locally.
+        await quickly(store.adjust(tpm.key, tokens.second, -200))
+        assert (await local.peek([Limit(tpm.key, 1000, 0)]))[0].remaining == 1000
+        assert await local.acquire_slot("dep:d:concurrency", 2, 30) is None
+        assert local_slots[0] is not None
+        await quickly(store.release_slot("dep:d:concurrency", local_slots[0]))
+        assert await local.acquire_slot("dep:d:concurrency", 2, 30) is not None
+        assert await client.zcard("kyma:rl:s:dep:d:concurrency") == 0
+        remote_slot = await quickly(store.acquire_slot("dep:d:concurrency", 8, 30))
+        assert remote_slot is not None and await client.zcard("kyma:rl:s:dep:d:concurrency") == 1
+        await quickly(store.release_slot("dep:d:concurrency", remote_slot))
+        assert await client.zcard("kyma:rl:s:dep:d:concurrency") == 0
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+class FakePrimary:
+    """A primary store that hangs (`delay_s`) or fails (`error`), counting the calls it gets."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.inner = InProcessRateLimitStore(clock)
+        self.delay_s = 0.0
+        self.error: BaseException | None = None
+        self.calls = 0
+
+    async def _enter(self) -> None:
+        self.calls += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.error is not None:
+            raise self.error
+
+    async def admit(self, limits: Sequence[Limit]) -> Decision:
+        await self._enter()
+        return await self.inner.admit(limits)
+
+    async def adjust(self, key: str, second: int, delta: int) -> None:
+        await self._enter()
+        await self.inner.adjust(key, second, delta)
+
+    async def peek(self, limits: Sequence[Limit]) -> tuple[LimitState, ...]:
+        await self._enter()
+        return await self.inner.peek(limits)
+
+    async def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None:
+        await self._enter()
+        return await self.inner.acquire_slot(key, limit, ttl_s)
+
+    async def release_slot(self, key: str, token: str) -> None:
+        await self._enter()
+        await self.inner.release_slot(key, token)
+
+    async def close(self) -> None:
+        await self._enter()
+
+
+def fallback_over(primary: FakePrimary, clock: FakeClock, node_share: int = 2) -> FallbackRateLimitStore:
+    return FallbackRateLimitStore(
+        primary, InProcessRateLimitStore(clock), clock, node_share=node_share, timeout_s=TIMEOUT_S, retry_interval_s=1.0
+    )
+
+
+async def test_a_slow_redis_falls_back_within_the_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    clock = FakeClock()
+    primary = FakePrimary(clock)
+    store = fallback_over(primary, clock, node_share=3)
+    rpm = Limit("acct:a:rpm", 10, 1)
+    assert (await store.admit([rpm])).states[0].limit == 10
+
+    primary.delay_s = 5
+    decision = await quickly(store.admit([rpm]))
+    assert decision.admitted and decision.states[0].limit == 3
+    assert store.degraded and store.fallbacks == 1 and primary.calls == 2
+    for _ in range(20):  # not even tried until the retry interval has passed
+        await quickly(store.admit([rpm]))
+    assert primary.calls == 2 and store.fallbacks == 21
+
+    clock.advance(1.0)
+    await quickly(store.admit([rpm]))  # the probe times out too
+    assert primary.calls == 3 and store.degraded
+
+    primary.delay_s = 0
+    clock.advance(1.0)
+    decision = await quickly(store.admit([rpm]))
+    assert primary.calls == 4 and not store.degraded and decision.states[0].limit == 10
+    assert decision.states[0].remaining == 8  # the primary's own count
+    assert len(records(caplog, logging.WARNING)) == 1 and len(records(caplog, logging.INFO)) == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis.exceptions.ConnectionError("refused"),
+        redis.exceptions.TimeoutError("slow"),
+        redis.exceptions.ResponseError("OOM command not allowed"),
+        ConnectionResetError("reset by peer"),
+    ],
+    ids=type,
+)
+async def test_redis_errors_never_reach_callers(error: BaseException) -> None:
+    clock = FakeClock()
+    primary = FakePrimary(clock)
+    primary.error = error
+    store = fallback_over(primary, clock, node_share=2)
+    limits = [Limit("acct:a:rpm", 3, 1), Limit("acct:a:model:m:rpm", 1, 1)]
+    decision = await store.admit(limits)
+    assert decision.admitted and [s.limit for s in decision.states] == [1, 1]  # at least 1 per limit
+    assert not (await store.admit(limits)).admitted
+    assert [s.remaining for s in await store.peek(limits)] == [0, 0]
+    await store.adjust("acct:a:tpm", decision.second - 5, -10)
+    token = await store.acquire_slot("dep:d:concurrency", 3, 10)
+    assert token is not None
+    await store.release_slot("dep:d:concurrency", token)
+    await store.release_slot("dep:d:concurrency", "redis:gone")
+    await store.close()
+    assert store.degraded and store.fallbacks == 4
+
+
+async def test_follow_ups_on_a_healthy_store_that_fail_degrade_it_quietly() -> None:
+    clock = FakeClock()
+    primary = FakePrimary(clock)
+    store = fallback_over(primary, clock)
+    decision = await store.admit([Limit("acct:a:tpm", 100, 50)])
+    token = await store.acquire_slot("dep:d:concurrency", 2, 10)
+    assert token is not None and not store.degraded
+
+    primary.error = redis.exceptions.ConnectionError("gone")
+    await store.adjust("acct:a:tpm", decision.second, -20)
+    assert store.degraded
+    calls = primary.calls
+    await quickly(store.release_slot("dep:d:concurrency", token))
+    await quickly(store.adjust("acct:a:tpm", decision.second, -20))
+    assert primary.calls == calls  # not tried while degraded
+
+    primary.error = None
+    clock.advance(1.0)
+    await store.release_slot("dep:d:concurrency", token)  # a follow-up does not probe
+    assert store.degraded
+    assert (await store.peek([Limit("acct:a:tpm", 100, 0)]))[0].remaining == 50
+    assert not store.degraded
+
+
+async def test_a_limit_of_zero_stays_closed_when_shared() -> None:
+    clock = FakeClock()
+    primary = FakePrimary(clock)
+    primary.error = OSError("unreachable")
+    store = fallback_over(primary, clock, node_share=4)
+    decision = await store.admit([Limit("acct:a:rpm", 0, 1)])
+    assert not decision.admitted and decision.states[0].limit == 0
+    with pytest.raises(ValueError):
+        fallback_over(primary, clock, node_share=0)

@@ -1,0 +1,255 @@
+"""Tiers and rate limits through the whole gateway, in process and shared through Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import socket
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import httpx
+import orjson
+import pytest
+import pytest_asyncio
+from kyma.admin.v1 import admin_service_pb2
+from kyma.inference.v1 import inference_service_pb2 as pb
+from kyma.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from kyma.ratelimit.v1 import ratelimit_service_pb2, ratelimit_service_pb2_grpc
+
+from tests.conftest import running_kyma  # type: ignore[import-not-found]
+
+pytestmark = pytest.mark.asyncio
+
+CHAT = "/v1/chat/completions"
+DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+s)?$|^\d+ms$")
+
+
+class ShiftedClock:
+    """The real clock, moved forward on demand (rate-limit windows without waiting)."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset.total_seconds()
+
+    def advance(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
+
+
+@pytest_asyncio.fixture(scope="module", params=["in-process", "redis"])
+async def limited(request, upstream, tmp_path_factory):
+    clock = ShiftedClock()
+    extra = {}
+    if request.param == "redis":
+        # Generous timeout: a 100-request burst on this 2-core machine must not look like an outage.
+        extra = {"redis_url": "redis://127.0.0.1:6379/0", "redis_key_prefix": f"kyma-test:{secrets.token_hex(4)}:",
+                 "redis_timeout_ms": 1000}
+    async with running_kyma(
+        tmp_path_factory.mktemp("limits"), None, upstream, f"sqlite-{request.param}", clock=clock, **extra
+    ) as kyma:
+        kyma.clock = clock  # type: ignore[attr-defined]
+        yield kyma
+        await kyma.verify_ledger()
+
+
+def body(model: str = "test-model", max_tokens: int = 5) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
+
+
+async def burst(kyma, key: str, bodies: list[dict]) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=len(bodies))
+    async with httpx.AsyncClient(base_url=kyma.http_url, timeout=30, limits=limits) as http:
+        return await asyncio.gather(
+            *(http.post(CHAT, json=b, headers={"authorization": f"Bearer {key}"}) for b in bodies)
+        )
+
+
+async def test_per_model_rpm_is_exact_and_429s_say_when(limited) -> None:
+    _, key = await limited.create_account()
+    replies = await burst(limited, key, [body()] * 100)
+    admitted = [r for r in replies if r.status_code == 200]
+    refused = [r for r in replies if r.status_code == 429]
+    assert len(admitted) == 25 and len(refused) == 75
+    for reply in refused:
+        error = reply.json()["error"]
+        assert error["code"] == "rate_limit_exceeded" and "per minute" in error["message"]
+        retry_after = int(reply.headers["retry-after"])
+        assert 1 <= retry_after <= 60
+        assert reply.headers["x-ratelimit-remaining-requests"] == "0"
+        assert reply.headers["x-ratelimit-limit-requests"] == "25"
+    # Retry-After is accurate to a second: one second early is still refused, on time is not.
+    retry_after = min(int(r.headers["retry-after"]) for r in refused)
+    limited.clock.advance(retry_after - 1)
+    [early] = await burst(limited, key, [body()])
+    assert early.status_code == 429
+    limited.clock.advance(1)
+    [on_time] = await burst(limited, key, [body()])
+    assert on_time.status_code == 200, on_time.text
+
+
+async def test_overall_rpm_across_models(limited) -> None:
+    _, key = await limited.create_account()
+    replies = await burst(limited, key, [body("test-model")] * 20 + [body("kyma-demo")] * 20)
+    assert sum(r.status_code == 200 for r in replies) == 30
+    assert sum(r.status_code == 429 for r in replies) == 10
+
+
+async def test_tokens_per_minute_count_max_tokens_and_true_up(limited) -> None:
+    _, key = await limited.create_account()
+    # 8 prompt tokens (estimated) + 60,000 allowed: three fit in tier 0's 200,000 TPM.
+    replies = await burst(limited, key, [body(max_tokens=60_000)] * 8)
+    assert sum(r.status_code == 200 for r in replies) == 3
+    tokens_refused = [r for r in replies if r.status_code == 429]
+    assert all("tokens per minute" in r.json()["error"]["message"] for r in tokens_refused)
+
+    _, key = await limited.create_account()
+    # No max_tokens: counted at the model's cap (2,048) and trued up to the 16 it wrote.
+    async with limited.http() as http:
+        reply = await http.post(CHAT, json={"model": "test-model", "messages": [{"role": "user", "content": "hi"}]},
+                                headers={"authorization": f"Bearer {key}"})
+    assert reply.status_code == 200
+    assert int(reply.headers["x-ratelimit-remaining-tokens"]) == 200_000 - (8 + 2048)
+    used = reply.json()["usage"]["total_tokens"]
+    await limited.settled()
+    await limited.core.tasks.drain(5)
+    stub = ratelimit_service_pb2_grpc.RateLimitServiceStub(limited.channel)
+    status = await stub.GetRateLimitStatus(
+        ratelimit_service_pb2.GetRateLimitStatusRequest(model="test-model"),
+        metadata=(("authorization", f"Bearer {key}"),),
+    )
+    assert status.status.remaining_tokens == 200_000 - used
+    assert status.status.remaining_requests == 24 and status.limits.tier == 0
+
+
+async def test_refused_requests_consume_nothing(limited) -> None:
+    account_id, key = await limited.create_account()
+    await limited.admin("AdjustCredits", admin_service_pb2.AdjustCreditsRequest(
+        account_id=account_id, amount_usd="-0.499900000", reason="test", actor="tests"))
+    replies = await burst(limited, key, [body(max_tokens=1000)] * 5)
+    assert {r.status_code for r in replies} == {402}
+    async with limited.http() as http:
+        fine = await http.post(CHAT, json=body(), headers={"authorization": f"Bearer {key}"})
+    assert fine.status_code == 200
+    assert fine.headers["x-ratelimit-remaining-requests"] == "24"
+
+
+async def test_headers_are_monotone_and_in_openai_format(limited) -> None:
+    _, key = await limited.create_account()
+    seen = []
+    async with limited.http() as http:
+        for _ in range(6):
+            reply = await http.post(CHAT, json=body(), headers={"authorization": f"Bearer {key}"})
+            assert reply.status_code == 200
+            seen.append(reply.headers)
+    remaining = [int(h["x-ratelimit-remaining-requests"]) for h in seen]
+    assert remaining == sorted(remaining, reverse=True) and remaining[0] == 24 and remaining[-1] == 19
+    tokens = [int(h["x-ratelimit-remaining-tokens"]) for h in seen]
+    assert tokens == sorted(tokens, reverse=True)
+    for headers in seen:
+        assert headers["x-ratelimit-limit-requests"] == "25"
+        assert headers["x-ratelimit-limit-tokens"] == "200000"
+        assert DURATION.match(headers["x-ratelimit-reset-requests"])
+        assert DURATION.match(headers["x-ratelimit-reset-tokens"])
+
+
+async def test_streams_carry_the_headers_too(limited) -> None:
+    _, key = await limited.create_account()
+    async with httpx.AsyncClient(base_url=limited.http_url, timeout=30) as http:
+        async with http.stream("POST", CHAT, json={**body(), "stream": True},
+                               headers={"authorization": f"Bearer {key}"}) as reply:
+            assert reply.headers["x-ratelimit-remaining-requests"] == "24"
+            await reply.aread()
+
+
+async def test_pinned_tier_raises_limits(limited) -> None:
+    account_id, key = await limited.create_account()
+    await limited.admin("PinTier", admin_service_pb2.PinTierRequest(account_id=account_id, tier=1))
+    limits = await limited.admin("GetAccountLimits", admin_service_pb2.GetAccountLimitsRequest(account_id=account_id))
+    assert limits.limits.tier == 1 and limits.limits.pinned and limits.limits.model_rpm == 50
+    await asyncio.sleep(limited.settings.key_cache_seconds)
+    replies = await burst(limited, key, [body()] * 60)
+    assert sum(r.status_code == 200 for r in replies) == 50
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.asyncio
+async def test_two_cores_share_one_limit_through_redis(upstream, tmp_path) -> None:
+    prefix = f"kyma-test:{secrets.token_hex(4)}:"
+    shared = {"redis_url": "redis://127.0.0.1:6379/0", "redis_key_prefix": prefix, "redis_timeout_ms": 1000}
+    async with running_kyma(tmp_path, None, upstream, "sqlite", **shared) as first:
+        async with running_kyma(tmp_path, None, upstream, "sqlite", **shared) as second:
+            _, key = await first.create_account()
+            request = pb.CreateChatCompletionRequest(body=orjson.dumps(body()))
+            metadata = (("authorization", f"Bearer {key}"),)
+
+            async def call(kyma) -> bool:
+                try:
+                    await pb_grpc.InferenceServiceStub(kyma.channel).CreateChatCompletion(request, metadata=metadata)
+                    return True
+                except grpc.aio.AioRpcError as error:
+                    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    return False
+
+            results = await asyncio.gather(*(call(first if i % 2 else second) for i in range(60)))
+            assert sum(results) == 25
+            await second.verify_ledger()
+
+
+@pytest.mark.asyncio
+async def test_redis_down_serves_on_local_limits_and_recovers(upstream, tmp_path) -> None:
+    port = free_port()
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    redis = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    try:
+        await asyncio.sleep(0.3)
+        async with running_kyma(tmp_path, None, upstream, "sqlite", redis_url=f"redis://127.0.0.1:{port}/0",
+                                expected_nodes=5) as kyma:
+            _, key = await kyma.create_account()
+            async with kyma.http() as http:
+                async def ready() -> dict:
+                    return (await http.get("/readyz")).json()
+
+                async def chat() -> httpx.Response:
+                    return await http.post(CHAT, json=body(), headers={"authorization": f"Bearer {key}"})
+
+                for _ in range(50):
+                    if (await ready())["rate_limits"] == "shared":
+                        break
+                    await asyncio.sleep(0.05)
+                assert (await ready())["rate_limits"] == "shared"
+                assert (await chat()).status_code == 200
+
+                redis.kill()
+                redis.wait()
+                started = time.monotonic()
+                # Per-node limits: 25 per model ÷ 5 expected nodes = 5 on this node.
+                statuses = [(await chat()).status_code for _ in range(8)]
+                assert time.monotonic() - started < 8 * 0.5
+                assert statuses.count(200) == 5 and statuses.count(429) == 3
+                await asyncio.sleep(0.6)
+                assert (await ready())["rate_limits"] == "per-node"
+
+                redis = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+                await asyncio.sleep(1.5)
+                assert (await chat()).status_code == 200  # counted in Redis again: 2 of 25 used
+                for _ in range(40):
+                    if (await ready())["rate_limits"] == "shared":
+                        break
+                    await asyncio.sleep(0.1)
+                assert (await ready())["rate_limits"] == "shared"
+    finally:
+        redis.kill()
+        redis.wait()
