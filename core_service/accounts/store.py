@@ -90,6 +90,14 @@ class AccountStore:
             ) from None
         return NewAccount(account=account, key=key, secret=secret)
 
+    async def create_key(self, account_id: str, name: str) -> tuple[models.ApiKey, str]:
+        """A new key for the account: (its record, the secret, shown once)."""
+        secret = keys.generate()
+        key = self._new_key(account_id, name, secret, self._clock.now())
+        async with self._sessions.begin() as session:
+            session.add(key)
+        return key, secret
+
     @staticmethod
     def _new_key(account_id: str, name: str, secret: str, now: datetime) -> models.ApiKey:
         return models.ApiKey(

@@ -253,3 +253,55 @@ async def test_redis_down_serves_on_local_limits_and_recovers(upstream, tmp_path
     finally:
         redis.kill()
         redis.wait()
+
+
+async def test_all_keys_of_an_account_share_its_limits(limited) -> None:
+    from core_service.accounts.store import AccountStore
+    from core_service.clock import SystemClock
+    from core_service.db.engine import session_factory
+
+    account_id, first_key = await limited.create_account()
+    store = AccountStore(session_factory(limited.core.engine), SystemClock(), welcome_bonus_nanos=0)
+    other_keys = [(await store.create_key(account_id, f"key {n}"))[1] for n in range(3)]
+    keys = [first_key, *other_keys]
+    limits = httpx.Limits(max_connections=60)
+    async with httpx.AsyncClient(base_url=limited.http_url, timeout=30, limits=limits) as http:
+        replies = await asyncio.gather(
+            *(http.post(CHAT, json=body(), headers={"authorization": f"Bearer {keys[i % 4]}"}) for i in range(60))
+        )
+    assert sum(r.status_code == 200 for r in replies) == 25
+
+
+@pytest.mark.asyncio
+async def test_router_skips_saturated_deployments_and_429s_when_all_are(upstream, tmp_path) -> None:
+    catalog = tmp_path / "capped.yaml"
+    catalog.write_text(
+        f"""
+models:
+  - name: capped-model
+    price: {{input_per_million: "1", output_per_million: "2"}}
+    deployments:
+      - name: small
+        base_url: {upstream.base_url}
+        model: up-small
+        limits: {{rpm: 2}}
+      - name: smaller
+        base_url: {upstream.base_url}
+        model: up-smaller
+        limits: {{rpm: 1, max_concurrent: 1}}
+"""
+    )
+    async with running_kyma(tmp_path, None, upstream, "sqlite", catalog=catalog) as kyma:
+        _, key = await kyma.create_account()
+        async with kyma.http() as http:
+            replies = [
+                await http.post(CHAT, json=body("capped-model"), headers={"authorization": f"Bearer {key}"})
+                for _ in range(4)
+            ]
+        assert [r.status_code for r in replies] == [200, 200, 200, 429]
+        refused = replies[-1]
+        assert "at capacity" in refused.json()["error"]["message"]
+        assert int(refused.headers["retry-after"]) >= 1
+        # The account was not charged a request for the refusal.
+        assert replies[2].headers["x-ratelimit-remaining-requests"] == "22"
+        await kyma.verify_ledger()
