@@ -61,7 +61,9 @@ from core_service.ratelimit.tiers import TierTable
 from core_service.settings import Settings
 from core_service.tasks import BackgroundTasks
 from core_service.upstream.client import UpstreamClient
+from core_service.upstream.aiohttp_transport import AiohttpTransport
 from core_service.upstream.demo import DemoTransport
+from core_service.upstream.transports import UpstreamTransports
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +92,20 @@ _SERVICES = [
 ]
 
 
-def build_http_client(settings: Settings, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
-    """One pooled client for every upstream. It ignores proxy variables in the environment:
-    where requests go is the catalogue's business alone."""
-    return httpx.AsyncClient(
-        transport=transport
-        or httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500),
-            retries=0,
-        ),
-        mounts={"demo://": DemoTransport(tokens_per_second=settings.demo_tokens_per_second)},
+def build_upstream_transports(
+    settings: Settings, transport: httpx.AsyncBaseTransport | None
+) -> UpstreamTransports:
+    """One pooled transport for every upstream, and the demo model in process. Proxy variables
+    in the environment play no part: where requests go is the catalogue's business alone."""
+    demo = DemoTransport(tokens_per_second=settings.demo_tokens_per_second)
+    if transport is not None:
+        return UpstreamTransports(transport, demo=demo)
+    streaming = httpx.AsyncHTTPTransport(
+        limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500),
+        retries=0,
         trust_env=False,
-        follow_redirects=False,
     )
+    return UpstreamTransports(AiohttpTransport(max_connections=2000), streaming=streaming, demo=demo)
 
 
 async def _periodically(interval: float, work, name: str) -> None:  # type: ignore[no-untyped-def]
@@ -166,7 +169,7 @@ class Core:
 
     settings: Settings
     engine: AsyncEngine
-    http: httpx.AsyncClient
+    upstreams: UpstreamTransports
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     tasks: BackgroundTasks
@@ -204,7 +207,7 @@ class Core:
                 await chore
         # Settlements of the requests that just finished must land before the engine closes.
         await self.tasks.drain(timeout=max(grace, 5.0))
-        await self.http.aclose()
+        await self.upstreams.aclose()
         if self.stripe_http is not None:
             await self.stripe_http.close_async()
         await self.hold_store.close()
@@ -243,7 +246,7 @@ async def build_core(
     engine = create_engine(settings.sqlalchemy_url)
     await migrate(engine)
     sessions = session_factory(engine)
-    http = build_http_client(settings, upstream_transport)
+    upstreams = build_upstream_transports(settings, upstream_transport)
 
     store = AccountStore(
         sessions, clock, welcome_bonus_nanos=usd_to_nanos(settings.welcome_bonus_usd)
@@ -261,7 +264,7 @@ async def build_core(
         authenticator=authenticator,
         catalog=catalog,
         router=Router(rng or random.Random()),
-        upstream=UpstreamClient(http),
+        upstream=UpstreamClient(upstreams),
         metering=Metering(holds, tasks),
         limiter=limiter,
         gate=DeploymentGate(limits_store, tasks),
@@ -313,7 +316,7 @@ async def build_core(
     return Core(
         settings=settings,
         engine=engine,
-        http=http,
+        upstreams=upstreams,
         server=server,
         health=health_servicer,
         tasks=tasks,

@@ -1,7 +1,7 @@
-"""Talking to upstream deployments: one pooled async HTTP client for every deployment.
+"""Talking to upstream deployments: one pooled transport for every deployment.
 
-The transport is injected (the composition root mounts the built-in demo model on `demo://`;
-tests may mount their own). Failures are sorted here into what failover may retry (nothing
+The transports are injected (the composition root routes `demo://` to the built-in demo model;
+tests pass their own). Failures are sorted here into what failover may retry (nothing
 reached the client yet and another deployment may do better) and what it must not.
 """
 
@@ -18,6 +18,7 @@ from core_service.catalog import Deployment
 from core_service.errors import InvalidRequest, KymaError, UpstreamError, UpstreamTimeout
 from core_service.errors import UpstreamUnavailable
 from core_service.upstream.sse import iter_sse_batches
+from core_service.upstream.transports import UpstreamTransports
 
 
 class UpstreamFailure(Exception):
@@ -94,44 +95,54 @@ def _transport_failure(exc: Exception) -> UpstreamFailure:
     )
 
 
-class UpstreamClient:
-    def __init__(self, http: httpx.AsyncClient) -> None:
-        self._http = http
+def _timeouts(deployment: Deployment) -> dict[str, float]:
+    timeouts = deployment.timeouts
+    return {
+        "connect": timeouts.connect,
+        "read": max(timeouts.first_token, timeouts.idle),
+        "write": timeouts.connect,
+        "pool": timeouts.connect,
+    }
 
-    def _request(self, deployment: Deployment, path: str, body: bytes) -> httpx.Request:
-        timeouts = deployment.timeouts
-        return self._http.build_request(
+
+class UpstreamClient:
+    def __init__(self, transports: UpstreamTransports) -> None:
+        self._transports = transports
+
+    async def _send(
+        self, deployment: Deployment, path: str, body: bytes, *, stream: bool
+    ) -> httpx.Response:
+        url = f"{deployment.base_url}/{path}"
+        request = httpx.Request(
             "POST",
-            f"{deployment.base_url}/{path}",
+            url,
             content=body,
             headers=_headers(deployment),
-            timeout=httpx.Timeout(
-                connect=timeouts.connect,
-                read=max(timeouts.first_token, timeouts.idle),
-                write=timeouts.connect,
-                pool=timeouts.connect,
-            ),
+            extensions={"timeout": _timeouts(deployment)},
         )
+        return await self._transports.for_url(url, stream=stream).handle_async_request(request)
 
     async def post(self, deployment: Deployment, path: str, body: bytes) -> bytes:
         """Send one non-streaming request; the 2xx body, or UpstreamFailure."""
         try:
             async with asyncio.timeout(deployment.timeouts.total):
-                response = await self._http.send(self._request(deployment, path, body))
+                response = await self._send(deployment, path, body, stream=False)
+                try:
+                    content = await response.aread()
+                finally:
+                    await response.aclose()
         except (httpx.HTTPError, TimeoutError) as exc:
             raise _transport_failure(exc) from exc
         if response.status_code >= 300:
-            raise failure_for_status(deployment, response, response.content)
-        return response.content
+            raise failure_for_status(deployment, response, content)
+        return content
 
     async def open_stream(self, deployment: Deployment, path: str, body: bytes) -> UpstreamStream:
         """Send a streaming request and wait for its response headers (within the first-token
         timeout). Failures up to here may be retried elsewhere; the returned stream's may not."""
         try:
             async with asyncio.timeout(deployment.timeouts.first_token):
-                response = await self._http.send(
-                    self._request(deployment, path, body), stream=True
-                )
+                response = await self._send(deployment, path, body, stream=True)
         except (httpx.HTTPError, TimeoutError) as exc:
             raise _transport_failure(exc) from exc
         if response.status_code >= 300:
