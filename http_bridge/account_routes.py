@@ -71,7 +71,7 @@ def _failed_response(handler: Callable[[Request], Awaitable[Response]]) -> Calla
 @_failed_response
 async def get_account(request: Request) -> Response:
     reply, headers = await _call(request, stubs(request).accounting.GetAccount, accounting_pb.GetAccountRequest())
-    account, balance = reply.account, reply.balance
+    account, balance, limits = reply.account, reply.balance, reply.limits
     return json_response(
         {
             "object": "account",
@@ -84,6 +84,13 @@ async def get_account(request: Request) -> Response:
             "held_usd": balance.held.usd,
             "available_usd": balance.available.usd,
             "total_purchased_usd": balance.total_purchased.usd,
+            "limits": {
+                "tier": limits.tier,
+                "requests_per_minute": limits.rpm,
+                "requests_per_minute_per_model": limits.model_rpm,
+                "tokens_per_minute": limits.tpm,
+                "pinned": limits.pinned,
+            },
         },
         headers,
     )

@@ -16,6 +16,7 @@ from core_service.billing.messages import balance_message, entry_message, money
 from core_service.billing.usage import UsageReport
 from core_service.errors import InvalidRequest, Unauthenticated
 from core_service.grpc_errors import translated
+from core_service.ratelimit.service import tier_message
 from core_service.grpc_metadata import metadata_value
 
 DEFAULT_PAGE_SIZE = 50
@@ -63,6 +64,7 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
         return pb.GetAccountResponse(
             account=account_message(account, tier=principal.tier.tier),
             balance=balance_message(balance),
+            limits=tier_message(principal),
         )
 
     @translated

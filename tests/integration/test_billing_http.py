@@ -66,9 +66,18 @@ async def test_checkout_then_paid_webhook_credits_once(paying_kyma) -> None:
     balance = await kyma.balance(account_id)
     assert balance.balance_nanos == 500_000_000 + 25 * 10**9
     assert balance.total_purchased_nanos == 25 * 10**9
+    # $25 purchased crosses tier 1's $10: its limits apply once the key lookup is refreshed.
+    await asyncio.sleep(kyma.settings.key_cache_seconds)
     async with kyma.http() as http:
         body = (await http.get("/v1/account", headers={"authorization": f"Bearer {key}"})).json()
-    assert body["total_purchased_usd"] == "25.000000000"
+        chat = await http.post(
+            "/v1/chat/completions",
+            json={"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+            headers={"authorization": f"Bearer {key}"},
+        )
+    assert body["total_purchased_usd"] == "25.000000000" and body["tier"] == 1
+    assert chat.headers["x-ratelimit-limit-requests"] == "50"
+    assert chat.headers["x-ratelimit-limit-tokens"] == "1000000"
 
 
 async def test_async_payment_credits_only_when_paid_and_once(paying_kyma) -> None:

@@ -39,6 +39,8 @@ async def test_new_account_has_the_welcome_bonus(kyma, account) -> None:
     body = reply.json()
     assert body["balance_usd"] == "0.500000000" and body["available_usd"] == "0.500000000"
     assert body["total_purchased_usd"] == "0.000000000" and body["status"] == "active"
+    assert body["limits"] == {"tier": 0, "requests_per_minute": 30, "requests_per_minute_per_model": 25,
+                              "tokens_per_minute": 200_000, "pinned": False}
     entries = ledger.json()["data"]
     assert [(e["kind"], e["amount_usd"]) for e in entries] == [("welcome_bonus", "0.500000000")]
 

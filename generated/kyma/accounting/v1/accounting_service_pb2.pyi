@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from kyma.ratelimit.v1 import ratelimit_service_pb2 as _ratelimit_service_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -217,19 +218,25 @@ class GetAccountResponse(_message.Message):
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def account(self) -> Global___Account: ...
     @_builtins.property
     def balance(self) -> Global___Balance: ...
+    @_builtins.property
+    def limits(self) -> _ratelimit_service_pb2.TierLimits:
+        """The limits of the account's tier."""
+
     def __init__(
         self,
         *,
         account: Global___Account | None = ...,
         balance: Global___Balance | None = ...,
+        limits: _ratelimit_service_pb2.TierLimits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "limits", b"limits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
