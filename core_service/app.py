@@ -252,8 +252,10 @@ async def build_core(
         sessions, clock, welcome_bonus_nanos=usd_to_nanos(settings.welcome_bonus_usd)
     )
     tiers = TierTable(settings.tiers)
-    authenticator = Authenticator(store, clock, tiers, cache_seconds=settings.key_cache_seconds)
     tasks = BackgroundTasks()
+    authenticator = Authenticator(
+        store, clock, tiers, cache_seconds=settings.key_cache_seconds, tasks=tasks
+    )
     longest = max(d.timeouts.total for m in catalog.models() for d in m.deployments)
     hold_store = await open_hold_store(settings.sqlalchemy_url)
     holds = Holds(hold_store, engine, clock, ttl_seconds=max(settings.hold_ttl_seconds, longest + 60))
@@ -268,6 +270,7 @@ async def build_core(
         metering=Metering(holds, tasks),
         limiter=limiter,
         gate=DeploymentGate(limits_store, tasks),
+        clock=clock,
     )
     guard = AdminGuard(SecretStr(resolve_admin_token(settings)))
     stripe_http, stripe_client = build_stripe_client(settings)

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import datetime
 
 from core_service import keys
 from core_service.accounts.store import AccountStore, KeyOwner
 from core_service.clock import Clock
-from core_service.errors import Unauthenticated
+from core_service.errors import AccountBanned, AccountSuspended, Unauthenticated
 from core_service.ratelimit.tiers import Tier, TierTable
+from core_service.tasks import BackgroundTasks
 
 _MAX_CACHED_KEYS = 100_000
 
@@ -33,6 +35,22 @@ class Principal:
     tier: Tier
     # Whether an admin pinned the tier (otherwise it follows total purchases).
     pinned: bool = False
+    status_reason: str | None = None
+    suspended_until: datetime | None = None
+
+    def check_in_good_standing(self, now: datetime) -> None:
+        """Refuse (403) what a suspended or banned account asks for; a suspension whose end
+        has passed no longer counts."""
+        reason = self.status_reason or "a violation of the terms of service"
+        if self.account_status == "banned":
+            raise AccountBanned(f"This account is permanently banned: {reason}.")
+        if self.account_status == "suspended" and (
+            self.suspended_until is None or self.suspended_until > now
+        ):
+            until = self.suspended_until.isoformat() if self.suspended_until else "further notice"
+            raise AccountSuspended(
+                f"This account is suspended until {until}: {reason}.", until=self.suspended_until
+            )
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -48,10 +66,17 @@ def bearer_token(authorization: str | None) -> str:
 
 class Authenticator:
     def __init__(
-        self, store: AccountStore, clock: Clock, tiers: TierTable, *, cache_seconds: float
+        self,
+        store: AccountStore,
+        clock: Clock,
+        tiers: TierTable,
+        *,
+        cache_seconds: float,
+        tasks: BackgroundTasks | None = None,
     ) -> None:
         self._store = store
         self._tiers = tiers
+        self._tasks = tasks
         self._clock = clock
         self._cache_seconds = cache_seconds
         self._cache: dict[bytes, tuple[float, KeyOwner | None]] = {}
@@ -74,6 +99,8 @@ class Authenticator:
             account_status=owner.account_status,
             tier=self._tiers.effective(owner.total_purchased_nanos, owner.pinned_tier),
             pinned=owner.pinned_tier is not None,
+            status_reason=owner.status_reason,
+            suspended_until=owner.suspended_until,
         )
 
     def forget(self, key_hash: bytes) -> None:
@@ -98,6 +125,11 @@ class Authenticator:
             raise
         finally:
             self._pending.pop(key_hash, None)
+        if owner is not None and not owner.revoked and self._tasks is not None:
+            # A lookup happens on first use after each cache period: "last used" is exact to
+            # that, and costs the request path nothing.
+            store, key_id = self._store, owner.key_id
+            self._tasks.spawn(f"touch {key_id}", lambda: store.touch_keys([key_id]))
         if len(self._cache) >= _MAX_CACHED_KEYS:
             self._cache.clear()
         self._cache[key_hash] = (now + self._cache_seconds, owner)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -34,6 +34,8 @@ class KeyOwner:
     total_purchased_nanos: int
     pinned_tier: int | None
     revoked: bool
+    status_reason: str | None = None
+    suspended_until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,14 @@ class AccountStore:
         self._clock = clock
         self._welcome_bonus_nanos = welcome_bonus_nanos
 
-    async def create_account(self, email: Email, *, key_name: str = "default") -> NewAccount:
+    async def create_account(
+        self,
+        email: Email,
+        *,
+        key_name: str = "default",
+        signup_ip: str | None = None,
+        signup_fingerprint: str | None = None,
+    ) -> NewAccount:
         now = self._clock.now()
         account = models.Account(
             id=new_id("acct"),
@@ -71,6 +80,9 @@ class AccountStore:
             email_canonical=email.canonical,
             status="active",
             created_at=now,
+            referrals_revoked=False,
+            signup_ip=signup_ip,
+            signup_fingerprint=signup_fingerprint,
         )
         secret = keys.generate()
         key = self._new_key(account.id, key_name, secret, now)
@@ -117,6 +129,8 @@ class AccountStore:
                 models.ApiKey.revoked_at,
                 models.Account.status,
                 models.Account.pinned_tier,
+                models.Account.status_reason,
+                models.Account.suspended_until,
                 models.Balance.total_purchased_nanos,
             )
             .join(models.Account, models.Account.id == models.ApiKey.account_id)
@@ -134,12 +148,20 @@ class AccountStore:
             total_purchased_nanos=row.total_purchased_nanos,
             pinned_tier=row.pinned_tier,
             revoked=row.revoked_at is not None,
+            status_reason=row.status_reason,
+            suspended_until=row.suspended_until,
         )
 
     async def account_owner(self, account_id: str) -> KeyOwner | None:
         """The account as a key lookup would see it (for admin views of its limits)."""
         statement = (
-            select(models.Account.status, models.Account.pinned_tier, models.Balance.total_purchased_nanos)
+            select(
+                models.Account.status,
+                models.Account.pinned_tier,
+                models.Account.status_reason,
+                models.Account.suspended_until,
+                models.Balance.total_purchased_nanos,
+            )
             .join(models.Balance, models.Balance.ledger_account == models.Account.id)
             .where(models.Account.id == account_id)
         )
@@ -154,6 +176,8 @@ class AccountStore:
             total_purchased_nanos=row.total_purchased_nanos,
             pinned_tier=row.pinned_tier,
             revoked=False,
+            status_reason=row.status_reason,
+            suspended_until=row.suspended_until,
         )
 
     async def pin_tier(self, account_id: str, tier: int | None) -> bool:
@@ -163,6 +187,43 @@ class AccountStore:
                 return False
             account.pinned_tier = tier
         return True
+
+    async def list_keys(self, account_id: str) -> list[models.ApiKey]:
+        statement = (
+            select(models.ApiKey)
+            .where(models.ApiKey.account_id == account_id)
+            .order_by(models.ApiKey.created_at.desc(), models.ApiKey.id)
+        )
+        async with self._sessions() as session:
+            return list((await session.scalars(statement)).all())
+
+    async def count_live_keys(self, account_id: str) -> int:
+        statement = select(func.count()).where(
+            models.ApiKey.account_id == account_id, models.ApiKey.revoked_at.is_(None)
+        )
+        async with self._sessions() as session:
+            return int(await session.scalar(statement) or 0)
+
+    async def revoke_key(self, account_id: str, key_id: str) -> models.ApiKey | None:
+        """Revoke the account's key (idempotent); None when the account has no such key."""
+        async with self._sessions.begin() as session:
+            key = await session.get(models.ApiKey, key_id)
+            if key is None or key.account_id != account_id:
+                return None
+            if key.revoked_at is None:
+                key.revoked_at = self._clock.now()
+            return key
+
+    async def touch_keys(self, key_ids: list[str]) -> None:
+        """Record that these keys were used just now (called off the request path)."""
+        if not key_ids:
+            return
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(models.ApiKey)
+                .where(models.ApiKey.id.in_(key_ids))
+                .values(last_used_at=self._clock.now())
+            )
 
     async def get_account(self, account_id: str) -> models.Account | None:
         async with self._sessions() as session:

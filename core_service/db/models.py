@@ -45,6 +45,13 @@ class Account(Base):
     # Set by an admin to hold the account at a tier whatever it purchased.
     pinned_tier: Mapped[int | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Enforcement: why the account is suspended or banned, and until when (suspensions).
+    status_reason: Mapped[str | None] = mapped_column(String(2000), default=None)
+    suspended_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    referrals_revoked: Mapped[bool] = mapped_column(default=False)
+    # Abuse-review signals recorded at sign-up.
+    signup_ip: Mapped[str | None] = mapped_column(String(64), default=None)
+    signup_fingerprint: Mapped[str | None] = mapped_column(String(200), default=None)
 
 
 class ApiKey(Base):
@@ -144,3 +151,49 @@ class UsageDaily(Base):
     cost_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     # Requests whose usage the upstream did not report and Kyma counted.
     estimated_requests: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class SignupCode(Base):
+    """The one-time code of a pending sign-up, one per person (canonical address); a new
+    request replaces it. Only its hash is kept."""
+
+    __tablename__ = "signup_codes"
+
+    email_canonical: Mapped[str] = mapped_column(String(320), primary_key=True)
+    email: Mapped[str] = mapped_column(String(320))
+    code_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    failed_attempts: Mapped[int] = mapped_column(default=0)
+    referral_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    signup_ip: Mapped[str | None] = mapped_column(String(64), default=None)
+    signup_fingerprint: Mapped[str | None] = mapped_column(String(200), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AccountNotice(Base):
+    """A warning an admin gave an account, shown in GET /v1/account."""
+
+    __tablename__ = "account_notices"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    message: Mapped[str] = mapped_column(String(2000))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_account_notices_account_id", "account_id"),)
+
+
+class AuditEntry(Base):
+    """One admin action: who, when, why, on which account."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(40))
+    account_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    reason: Mapped[str] = mapped_column(String(2000))
+    details: Mapped[str] = mapped_column(String(2000), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_audit_log_account_id", "account_id", "id"),)

@@ -19,6 +19,7 @@ import orjson
 from core_service import tokens
 from core_service.accounts.auth import Authenticator, Principal
 from core_service.billing.metering import Charge, Metering, Reservation, charge_for, output_tokens_to_hold
+from core_service.clock import Clock
 from core_service.catalog import Catalog, Deployment, Endpoint, Model
 from core_service.errors import InsufficientCredits, InvalidRequest, RateLimited, UpstreamError
 from core_service.inference.requests import UPSTREAM_PATHS, InferenceRequest, parse_request
@@ -73,7 +74,9 @@ class InferencePipeline:
         metering: Metering,
         limiter: AccountLimiter,
         gate: DeploymentGate,
+        clock: Clock,
     ) -> None:
+        self._clock = clock
         self._authenticator = authenticator
         self._catalog = catalog
         self._router = router
@@ -86,6 +89,7 @@ class InferencePipeline:
         self, endpoint: Endpoint, raw: bytes, authorization: str | None, request_id: str, *, stream: bool
     ) -> _Admitted:
         principal = await self._authenticator.authenticate(authorization)
+        principal.check_in_good_standing(self._clock.now())
         request = parse_request(endpoint, raw, stream=stream)
         model = self._catalog.get(request.model)
         if endpoint not in model.endpoints:

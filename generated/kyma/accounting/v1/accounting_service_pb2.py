@@ -26,41 +26,55 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from kyma.ratelimit.v1 import ratelimit_service_pb2 as kyma_dot_ratelimit_dot_v1_dot_ratelimit__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+kyma/accounting/v1/accounting_service.proto\x12\x12kyma.accounting.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a)kyma/ratelimit/v1/ratelimit_service.proto\"\x95\x01\n\x07\x41\x63\x63ount\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x31\n\x06status\x18\x03 \x01(\x0e\x32!.kyma.accounting.v1.AccountStatus\x12\x0c\n\x04tier\x18\x04 \x01(\x05\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9a\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x64isplay_prefix\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x05Money\x12\r\n\x05nanos\x18\x01 \x01(\x03\x12\x0b\n\x03usd\x18\x02 \x01(\t\"\xc0\x01\n\x07\x42\x61lance\x12*\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\x19.kyma.accounting.v1.Money\x12\'\n\x04held\x18\x02 \x01(\x0b\x32\x19.kyma.accounting.v1.Money\x12,\n\tavailable\x18\x03 \x01(\x0b\x32\x19.kyma.accounting.v1.Money\x12\x32\n\x0ftotal_purchased\x18\x04 \x01(\x0b\x32\x19.kyma.accounting.v1.Money\"\x13\n\x11GetAccountRequest\"\x9f\x01\n\x12GetAccountResponse\x12,\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1b.kyma.accounting.v1.Account\x12,\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x1b.kyma.accounting.v1.Balance\x12-\n\x06limits\x18\x03 \x01(\x0b\x32\x1d.kyma.ratelimit.v1.TierLimits\"\xaf\x01\n\x08UsageRow\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x03\x12\'\n\x04\x63ost\x18\x06 \x01(\x0b\x32\x19.kyma.accounting.v1.Money\x12\x1a\n\x12\x65stimated_requests\x18\x07 \x01(\x03\"5\n\x0fGetUsageRequest\x12\x11\n\tstart_day\x18\x01 \x01(\t\x12\x0f\n\x07\x65nd_day\x18\x02 \x01(\t\">\n\x10GetUsageResponse\x12*\n\x04rows\x18\x01 \x03(\x0b\x32\x1c.kyma.accounting.v1.UsageRow\"\xca\x01\n\x0bLedgerEntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.kyma.accounting.v1.LedgerEntryKind\x12)\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x19.kyma.accounting.v1.Money\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\treference\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x18ListLedgerEntriesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"f\n\x19ListLedgerEntriesResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.kyma.accounting.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x83\x01\n\rAccountStatus\x12\x1e\n\x1a\x41\x43\x43OUNT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_ACTIVE\x10\x01\x12\x1c\n\x18\x41\x43\x43OUNT_STATUS_SUSPENDED\x10\x02\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_BANNED\x10\x03*\x83\x02\n\x0fLedgerEntryKind\x12!\n\x1dLEDGER_ENTRY_KIND_UNSPECIFIED\x10\x00\x12#\n\x1fLEDGER_ENTRY_KIND_WELCOME_BONUS\x10\x01\x12\x1e\n\x1aLEDGER_ENTRY_KIND_PURCHASE\x10\x02\x12\x1b\n\x17LEDGER_ENTRY_KIND_USAGE\x10\x03\x12%\n!LEDGER_ENTRY_KIND_REFERRAL_REWARD\x10\x04\x12 \n\x1cLEDGER_ENTRY_KIND_ADJUSTMENT\x10\x05\x12\"\n\x1eLEDGER_ENTRY_KIND_CREDIT_RESET\x10\x06\x32\xb9\x02\n\x11\x41\x63\x63ountingService\x12[\n\nGetAccount\x12%.kyma.accounting.v1.GetAccountRequest\x1a&.kyma.accounting.v1.GetAccountResponse\x12U\n\x08GetUsage\x12#.kyma.accounting.v1.GetUsageRequest\x1a$.kyma.accounting.v1.GetUsageResponse\x12p\n\x11ListLedgerEntries\x12,.kyma.accounting.v1.ListLedgerEntriesRequest\x1a-.kyma.accounting.v1.ListLedgerEntriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+kyma/accounting/v1/accounting_service.proto\x12\x12kyma.accounting.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a)kyma/ratelimit/v1/ratelimit_service.proto\"\xe1\x01\n\x07\x41\x63\x63ount\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x31\n\x06status\x18\x03 \x01(\x0e\x32!.kyma.accounting.v1.AccountStatus\x12\x0c\n\x04tier\x18\x04 \x01(\x05\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rstatus_reason\x18\x06 \x01(\t\x12\x33\n\x0fsuspended_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x06Notice\x12\x0f\n\x07message\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcc\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x64isplay_prefix\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x05Money\x12\r\n\x05nanos\x18\x01 \x01(\x03\x12\x0b\n\x03usd\x18\x02 \x01(\t\"\xc0\x01\n\x07\x42\x61lance\x12*\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\x19.kyma.accounting.v1.Money\x12\'\n\x04held\x18\x02 \x01(\x0b\x32\x19.kyma.accounting.v1.Money\x12,\n\tavailable\x18\x03 \x01(\x0b\x32\x19.kyma.accounting.v1.Money\x12\x32\n\x0ftotal_purchased\x18\x04 \x01(\x0b\x32\x19.kyma.accounting.v1.Money\"\x13\n\x11GetAccountRequest\"\xcc\x01\n\x12GetAccountResponse\x12,\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1b.kyma.accounting.v1.Account\x12,\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x1b.kyma.accounting.v1.Balance\x12-\n\x06limits\x18\x03 \x01(\x0b\x32\x1d.kyma.ratelimit.v1.TierLimits\x12+\n\x07notices\x18\x04 \x03(\x0b\x32\x1a.kyma.accounting.v1.Notice\"\x14\n\x12ListApiKeysRequest\"?\n\x13ListApiKeysResponse\x12(\n\x04keys\x18\x01 \x03(\x0b\x32\x1a.kyma.accounting.v1.ApiKey\"#\n\x13\x43reateApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"O\n\x14\x43reateApiKeyResponse\x12\'\n\x03key\x18\x01 \x01(\x0b\x32\x1a.kyma.accounting.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"!\n\x13RevokeApiKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"?\n\x14RevokeApiKeyResponse\x12\'\n\x03key\x18\x01 \x01(\x0b\x32\x1a.kyma.accounting.v1.ApiKey\"\xaf\x01\n\x08UsageRow\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x03\x12\'\n\x04\x63ost\x18\x06 \x01(\x0b\x32\x19.kyma.accounting.v1.Money\x12\x1a\n\x12\x65stimated_requests\x18\x07 \x01(\x03\"5\n\x0fGetUsageRequest\x12\x11\n\tstart_day\x18\x01 \x01(\t\x12\x0f\n\x07\x65nd_day\x18\x02 \x01(\t\">\n\x10GetUsageResponse\x12*\n\x04rows\x18\x01 \x03(\x0b\x32\x1c.kyma.accounting.v1.UsageRow\"\xca\x01\n\x0bLedgerEntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.kyma.accounting.v1.LedgerEntryKind\x12)\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x19.kyma.accounting.v1.Money\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\treference\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x18ListLedgerEntriesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"f\n\x19ListLedgerEntriesResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.kyma.accounting.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x83\x01\n\rAccountStatus\x12\x1e\n\x1a\x41\x43\x43OUNT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_ACTIVE\x10\x01\x12\x1c\n\x18\x41\x43\x43OUNT_STATUS_SUSPENDED\x10\x02\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_BANNED\x10\x03*\x83\x02\n\x0fLedgerEntryKind\x12!\n\x1dLEDGER_ENTRY_KIND_UNSPECIFIED\x10\x00\x12#\n\x1fLEDGER_ENTRY_KIND_WELCOME_BONUS\x10\x01\x12\x1e\n\x1aLEDGER_ENTRY_KIND_PURCHASE\x10\x02\x12\x1b\n\x17LEDGER_ENTRY_KIND_USAGE\x10\x03\x12%\n!LEDGER_ENTRY_KIND_REFERRAL_REWARD\x10\x04\x12 \n\x1cLEDGER_ENTRY_KIND_ADJUSTMENT\x10\x05\x12\"\n\x1eLEDGER_ENTRY_KIND_CREDIT_RESET\x10\x06\x32\xdf\x04\n\x11\x41\x63\x63ountingService\x12[\n\nGetAccount\x12%.kyma.accounting.v1.GetAccountRequest\x1a&.kyma.accounting.v1.GetAccountResponse\x12U\n\x08GetUsage\x12#.kyma.accounting.v1.GetUsageRequest\x1a$.kyma.accounting.v1.GetUsageResponse\x12p\n\x11ListLedgerEntries\x12,.kyma.accounting.v1.ListLedgerEntriesRequest\x1a-.kyma.accounting.v1.ListLedgerEntriesResponse\x12^\n\x0bListApiKeys\x12&.kyma.accounting.v1.ListApiKeysRequest\x1a\'.kyma.accounting.v1.ListApiKeysResponse\x12\x61\n\x0c\x43reateApiKey\x12\'.kyma.accounting.v1.CreateApiKeyRequest\x1a(.kyma.accounting.v1.CreateApiKeyResponse\x12\x61\n\x0cRevokeApiKey\x12\'.kyma.accounting.v1.RevokeApiKeyRequest\x1a(.kyma.accounting.v1.RevokeApiKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kyma.accounting.v1.accounting_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCOUNTSTATUS']._serialized_start=1541
-  _globals['_ACCOUNTSTATUS']._serialized_end=1672
-  _globals['_LEDGERENTRYKIND']._serialized_start=1675
-  _globals['_LEDGERENTRYKIND']._serialized_end=1934
+  _globals['_ACCOUNTSTATUS']._serialized_start=2092
+  _globals['_ACCOUNTSTATUS']._serialized_end=2223
+  _globals['_LEDGERENTRYKIND']._serialized_start=2226
+  _globals['_LEDGERENTRYKIND']._serialized_end=2485
   _globals['_ACCOUNT']._serialized_start=144
-  _globals['_ACCOUNT']._serialized_end=293
-  _globals['_APIKEY']._serialized_start=296
-  _globals['_APIKEY']._serialized_end=450
-  _globals['_MONEY']._serialized_start=452
-  _globals['_MONEY']._serialized_end=487
-  _globals['_BALANCE']._serialized_start=490
-  _globals['_BALANCE']._serialized_end=682
-  _globals['_GETACCOUNTREQUEST']._serialized_start=684
-  _globals['_GETACCOUNTREQUEST']._serialized_end=703
-  _globals['_GETACCOUNTRESPONSE']._serialized_start=706
-  _globals['_GETACCOUNTRESPONSE']._serialized_end=865
-  _globals['_USAGEROW']._serialized_start=868
-  _globals['_USAGEROW']._serialized_end=1043
-  _globals['_GETUSAGEREQUEST']._serialized_start=1045
-  _globals['_GETUSAGEREQUEST']._serialized_end=1098
-  _globals['_GETUSAGERESPONSE']._serialized_start=1100
-  _globals['_GETUSAGERESPONSE']._serialized_end=1162
-  _globals['_LEDGERENTRY']._serialized_start=1165
-  _globals['_LEDGERENTRY']._serialized_end=1367
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=1369
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=1434
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=1436
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=1538
-  _globals['_ACCOUNTINGSERVICE']._serialized_start=1937
-  _globals['_ACCOUNTINGSERVICE']._serialized_end=2250
+  _globals['_ACCOUNT']._serialized_end=369
+  _globals['_NOTICE']._serialized_start=371
+  _globals['_NOTICE']._serialized_end=444
+  _globals['_APIKEY']._serialized_start=447
+  _globals['_APIKEY']._serialized_end=651
+  _globals['_MONEY']._serialized_start=653
+  _globals['_MONEY']._serialized_end=688
+  _globals['_BALANCE']._serialized_start=691
+  _globals['_BALANCE']._serialized_end=883
+  _globals['_GETACCOUNTREQUEST']._serialized_start=885
+  _globals['_GETACCOUNTREQUEST']._serialized_end=904
+  _globals['_GETACCOUNTRESPONSE']._serialized_start=907
+  _globals['_GETACCOUNTRESPONSE']._serialized_end=1111
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1113
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1133
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1135
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1198
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1200
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1235
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1237
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1316
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1318
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1351
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1353
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1416
+  _globals['_USAGEROW']._serialized_start=1419
+  _globals['_USAGEROW']._serialized_end=1594
+  _globals['_GETUSAGEREQUEST']._serialized_start=1596
+  _globals['_GETUSAGEREQUEST']._serialized_end=1649
+  _globals['_GETUSAGERESPONSE']._serialized_start=1651
+  _globals['_GETUSAGERESPONSE']._serialized_end=1713
+  _globals['_LEDGERENTRY']._serialized_start=1716
+  _globals['_LEDGERENTRY']._serialized_end=1918
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=1920
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=1985
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=1987
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=2089
+  _globals['_ACCOUNTINGSERVICE']._serialized_start=2488
+  _globals['_ACCOUNTINGSERVICE']._serialized_end=3095
 # @@protoc_insertion_point(module_scope)

@@ -51,6 +51,21 @@ class AccountingServiceStub:
                 request_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListLedgerEntriesRequest.SerializeToString,
                 response_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListLedgerEntriesResponse.FromString,
                 _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/kyma.accounting.v1.AccountingService/ListApiKeys',
+                request_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/kyma.accounting.v1.AccountingService/CreateApiKey',
+                request_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/kyma.accounting.v1.AccountingService/RevokeApiKey',
+                request_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
 
 
 class AccountingServiceServicer:
@@ -78,6 +93,27 @@ class AccountingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListApiKeys(self, request, context):
+        """The account's API keys (never the secrets), newest first, revoked ones included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateApiKey(self, request, context):
+        """A new key; its secret is in the response and nowhere else, ever.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Revokes a key of the account; every node refuses it within seconds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +131,21 @@ def add_AccountingServiceServicer_to_server(servicer, server):
                     servicer.ListLedgerEntries,
                     request_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListLedgerEntriesRequest.FromString,
                     response_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListLedgerEntriesResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.RevokeApiKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +231,87 @@ class AccountingService:
             '/kyma.accounting.v1.AccountingService/ListLedgerEntries',
             kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListLedgerEntriesRequest.SerializeToString,
             kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListLedgerEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.accounting.v1.AccountingService/ListApiKeys',
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListApiKeysRequest.SerializeToString,
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.accounting.v1.AccountingService/CreateApiKey',
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.CreateApiKeyRequest.SerializeToString,
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.accounting.v1.AccountingService/RevokeApiKey',
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.RevokeApiKeyRequest.SerializeToString,
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.RevokeApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

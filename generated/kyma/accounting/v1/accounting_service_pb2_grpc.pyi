@@ -40,6 +40,12 @@ class AccountingServiceStub:
     """Usage per model and UTC day, newest day first."""
     ListLedgerEntries: _grpc.UnaryUnaryMultiCallable[_accounting_service_pb2.ListLedgerEntriesRequest, _accounting_service_pb2.ListLedgerEntriesResponse]
     """The account's ledger entries, newest first, a page at a time."""
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_accounting_service_pb2.ListApiKeysRequest, _accounting_service_pb2.ListApiKeysResponse]
+    """The account's API keys (never the secrets), newest first, revoked ones included."""
+    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_accounting_service_pb2.CreateApiKeyRequest, _accounting_service_pb2.CreateApiKeyResponse]
+    """A new key; its secret is in the response and nowhere else, ever."""
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_accounting_service_pb2.RevokeApiKeyRequest, _accounting_service_pb2.RevokeApiKeyResponse]
+    """Revokes a key of the account; every node refuses it within seconds."""
 
 @_typing.type_check_only
 class AccountingServiceAsyncStub(AccountingServiceStub):
@@ -53,6 +59,12 @@ class AccountingServiceAsyncStub(AccountingServiceStub):
     """Usage per model and UTC day, newest day first."""
     ListLedgerEntries: _aio.UnaryUnaryMultiCallable[_accounting_service_pb2.ListLedgerEntriesRequest, _accounting_service_pb2.ListLedgerEntriesResponse]  # type: ignore[assignment]
     """The account's ledger entries, newest first, a page at a time."""
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_accounting_service_pb2.ListApiKeysRequest, _accounting_service_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    """The account's API keys (never the secrets), newest first, revoked ones included."""
+    CreateApiKey: _aio.UnaryUnaryMultiCallable[_accounting_service_pb2.CreateApiKeyRequest, _accounting_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
+    """A new key; its secret is in the response and nowhere else, ever."""
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_accounting_service_pb2.RevokeApiKeyRequest, _accounting_service_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
+    """Revokes a key of the account; every node refuses it within seconds."""
 
 class AccountingServiceServicer(metaclass=_abc_1.ABCMeta):
     """AccountingService is what an account holder sees of their own account.
@@ -81,5 +93,29 @@ class AccountingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_accounting_service_pb2.ListLedgerEntriesResponse, _abc.Awaitable[_accounting_service_pb2.ListLedgerEntriesResponse]]:
         """The account's ledger entries, newest first, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _accounting_service_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounting_service_pb2.ListApiKeysResponse, _abc.Awaitable[_accounting_service_pb2.ListApiKeysResponse]]:
+        """The account's API keys (never the secrets), newest first, revoked ones included."""
+
+    @_abc_1.abstractmethod
+    def CreateApiKey(
+        self,
+        request: _accounting_service_pb2.CreateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounting_service_pb2.CreateApiKeyResponse, _abc.Awaitable[_accounting_service_pb2.CreateApiKeyResponse]]:
+        """A new key; its secret is in the response and nowhere else, ever."""
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _accounting_service_pb2.RevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounting_service_pb2.RevokeApiKeyResponse, _abc.Awaitable[_accounting_service_pb2.RevokeApiKeyResponse]]:
+        """Revokes a key of the account; every node refuses it within seconds."""
 
 def add_AccountingServiceServicer_to_server(servicer: AccountingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,35 +25,78 @@ _sym_db = _symbol_database.Default()
 from kyma.accounting.v1 import accounting_service_pb2 as kyma_dot_accounting_dot_v1_dot_accounting__service__pb2
 from kyma.ratelimit.v1 import ratelimit_pb2 as kyma_dot_ratelimit_dot_v1_dot_ratelimit__pb2
 from kyma.ratelimit.v1 import ratelimit_service_pb2 as kyma_dot_ratelimit_dot_v1_dot_ratelimit__service__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!kyma/admin/v1/admin_service.proto\x12\rkyma.admin.v1\x1a+kyma/accounting/v1/accounting_service.proto\x1a!kyma/ratelimit/v1/ratelimit.proto\x1a)kyma/ratelimit/v1/ratelimit_service.proto\"7\n\x14\x43reateAccountRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08key_name\x18\x02 \x01(\t\"\x8a\x01\n\x15\x43reateAccountResponse\x12,\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1b.kyma.accounting.v1.Account\x12+\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x1a.kyma.accounting.v1.ApiKey\x12\x16\n\x0e\x61pi_key_secret\x18\x03 \x01(\t\"v\n\x14\x41\x64justCreditsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\namount_usd\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\"\x86\x01\n\x15\x41\x64justCreditsResponse\x12.\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1f.kyma.accounting.v1.LedgerEntry\x12,\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x1b.kyma.accounting.v1.Balance\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"\x15\n\x13VerifyLedgerRequest\"~\n\x14VerifyLedgerResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x10\n\x08problems\x18\x02 \x03(\t\x12\x17\n\x0f\x65ntries_checked\x18\x03 \x01(\x03\x12\x18\n\x10\x61\x63\x63ounts_checked\x18\x04 \x01(\x03\x12\x15\n\rholds_checked\x18\x05 \x01(\x03\"<\n\x17GetAccountLimitsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"\xc1\x01\n\x18GetAccountLimitsResponse\x12-\n\x06limits\x18\x01 \x01(\x0b\x32\x1d.kyma.ratelimit.v1.TierLimits\x12\x32\n\x06status\x18\x02 \x01(\x0b\x32\".kyma.ratelimit.v1.RateLimitStatus\x12\x0e\n\x06shared\x18\x03 \x01(\x08\x12\x32\n\x0ftotal_purchased\x18\x04 \x01(\x0b\x32\x19.kyma.accounting.v1.Money\"@\n\x0ePinTierRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\x04tier\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\x07\n\x05_tier\"@\n\x0fPinTierResponse\x12-\n\x06limits\x18\x01 \x01(\x0b\x32\x1d.kyma.ratelimit.v1.TierLimits2\xce\x03\n\x0c\x41\x64minService\x12Z\n\rCreateAccount\x12#.kyma.admin.v1.CreateAccountRequest\x1a$.kyma.admin.v1.CreateAccountResponse\x12Z\n\rAdjustCredits\x12#.kyma.admin.v1.AdjustCreditsRequest\x1a$.kyma.admin.v1.AdjustCreditsResponse\x12W\n\x0cVerifyLedger\x12\".kyma.admin.v1.VerifyLedgerRequest\x1a#.kyma.admin.v1.VerifyLedgerResponse\x12\x63\n\x10GetAccountLimits\x12&.kyma.admin.v1.GetAccountLimitsRequest\x1a\'.kyma.admin.v1.GetAccountLimitsResponse\x12H\n\x07PinTier\x12\x1d.kyma.admin.v1.PinTierRequest\x1a\x1e.kyma.admin.v1.PinTierResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!kyma/admin/v1/admin_service.proto\x12\rkyma.admin.v1\x1a+kyma/accounting/v1/accounting_service.proto\x1a!kyma/ratelimit/v1/ratelimit.proto\x1a)kyma/ratelimit/v1/ratelimit_service.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"7\n\x14\x43reateAccountRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08key_name\x18\x02 \x01(\t\"\x8a\x01\n\x15\x43reateAccountResponse\x12,\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1b.kyma.accounting.v1.Account\x12+\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x1a.kyma.accounting.v1.ApiKey\x12\x16\n\x0e\x61pi_key_secret\x18\x03 \x01(\t\"v\n\x14\x41\x64justCreditsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\namount_usd\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\"\x86\x01\n\x15\x41\x64justCreditsResponse\x12.\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1f.kyma.accounting.v1.LedgerEntry\x12,\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x1b.kyma.accounting.v1.Balance\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"\x15\n\x13VerifyLedgerRequest\"~\n\x14VerifyLedgerResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x10\n\x08problems\x18\x02 \x03(\t\x12\x17\n\x0f\x65ntries_checked\x18\x03 \x01(\x03\x12\x18\n\x10\x61\x63\x63ounts_checked\x18\x04 \x01(\x03\x12\x15\n\rholds_checked\x18\x05 \x01(\x03\"<\n\x17GetAccountLimitsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"\xc1\x01\n\x18GetAccountLimitsResponse\x12-\n\x06limits\x18\x01 \x01(\x0b\x32\x1d.kyma.ratelimit.v1.TierLimits\x12\x32\n\x06status\x18\x02 \x01(\x0b\x32\".kyma.ratelimit.v1.RateLimitStatus\x12\x0e\n\x06shared\x18\x03 \x01(\x08\x12\x32\n\x0ftotal_purchased\x18\x04 \x01(\x0b\x32\x19.kyma.accounting.v1.Money\"@\n\x0ePinTierRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\x04tier\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\x07\n\x05_tier\"@\n\x0fPinTierResponse\x12-\n\x06limits\x18\x01 \x01(\x0b\x32\x1d.kyma.ratelimit.v1.TierLimits\".\n\rJustification\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x9c\x01\n\nAuditEntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x12\n\naccount_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"n\n\x12WarnAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x33\n\rjustification\x18\x03 \x01(\x0b\x32\x1c.kyma.admin.v1.Justification\"?\n\x13WarnAccountResponse\x12(\n\x05\x61udit\x18\x01 \x01(\x0b\x32\x19.kyma.admin.v1.AuditEntry\"^\n\x13ResetCreditsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x33\n\rjustification\x18\x02 \x01(\x0b\x32\x1c.kyma.admin.v1.Justification\"n\n\x14ResetCreditsResponse\x12,\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\x1b.kyma.accounting.v1.Balance\x12(\n\x05\x61udit\x18\x02 \x01(\x0b\x32\x19.kyma.admin.v1.AuditEntry\"\x8b\x01\n\x15SuspendAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\rjustification\x18\x03 \x01(\x0b\x32\x1c.kyma.admin.v1.Justification\"p\n\x16SuspendAccountResponse\x12,\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1b.kyma.accounting.v1.Account\x12(\n\x05\x61udit\x18\x02 \x01(\x0b\x32\x19.kyma.admin.v1.AuditEntry\"\\\n\x11\x42\x61nAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x33\n\rjustification\x18\x02 \x01(\x0b\x32\x1c.kyma.admin.v1.Justification\"l\n\x12\x42\x61nAccountResponse\x12,\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1b.kyma.accounting.v1.Account\x12(\n\x05\x61udit\x18\x02 \x01(\x0b\x32\x19.kyma.admin.v1.AuditEntry\"b\n\x17ReinstateAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x33\n\rjustification\x18\x02 \x01(\x0b\x32\x1c.kyma.admin.v1.Justification\"r\n\x18ReinstateAccountResponse\x12,\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1b.kyma.accounting.v1.Account\x12(\n\x05\x61udit\x18\x02 \x01(\x0b\x32\x19.kyma.admin.v1.AuditEntry\"a\n\x16RevokeReferralsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x33\n\rjustification\x18\x02 \x01(\x0b\x32\x1c.kyma.admin.v1.Justification\"C\n\x17RevokeReferralsResponse\x12(\n\x05\x61udit\x18\x01 \x01(\x0b\x32\x19.kyma.admin.v1.AuditEntry\"S\n\x17ListAuditEntriesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x11\n\tbefore_id\x18\x03 \x01(\x03\"F\n\x18ListAuditEntriesResponse\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.kyma.admin.v1.AuditEntry\"\x85\x01\n\x13ListAccountsRequest\x12\x31\n\x06status\x18\x01 \x01(\x0e\x32!.kyma.accounting.v1.AccountStatus\x12\x16\n\x0eshared_signals\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x10\n\x08\x61\x66ter_id\x18\x04 \x01(\t\"\x86\x01\n\x0e\x41\x63\x63ountSummary\x12,\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1b.kyma.accounting.v1.Account\x12\x11\n\tsignup_ip\x18\x02 \x01(\t\x12\x1a\n\x12signup_fingerprint\x18\x03 \x01(\t\x12\x17\n\x0fsharing_signals\x18\x04 \x01(\x05\"G\n\x14ListAccountsResponse\x12/\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x1d.kyma.admin.v1.AccountSummary\".\n\x18GetAccountDetailsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\xca\x02\n\x19GetAccountDetailsResponse\x12.\n\x07summary\x18\x01 \x01(\x0b\x32\x1d.kyma.admin.v1.AccountSummary\x12,\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x1b.kyma.accounting.v1.Balance\x12-\n\x06limits\x18\x03 \x01(\x0b\x32\x1d.kyma.ratelimit.v1.TierLimits\x12(\n\x04keys\x18\x04 \x03(\x0b\x32\x1a.kyma.accounting.v1.ApiKey\x12+\n\x07notices\x18\x05 \x03(\x0b\x32\x1a.kyma.accounting.v1.Notice\x12.\n\x07related\x18\x06 \x03(\x0b\x32\x1d.kyma.admin.v1.AccountSummary\x12\x19\n\x11referrals_revoked\x18\x07 \x01(\x08\x32\x9c\n\n\x0c\x41\x64minService\x12Z\n\rCreateAccount\x12#.kyma.admin.v1.CreateAccountRequest\x1a$.kyma.admin.v1.CreateAccountResponse\x12Z\n\rAdjustCredits\x12#.kyma.admin.v1.AdjustCreditsRequest\x1a$.kyma.admin.v1.AdjustCreditsResponse\x12W\n\x0cVerifyLedger\x12\".kyma.admin.v1.VerifyLedgerRequest\x1a#.kyma.admin.v1.VerifyLedgerResponse\x12\x63\n\x10GetAccountLimits\x12&.kyma.admin.v1.GetAccountLimitsRequest\x1a\'.kyma.admin.v1.GetAccountLimitsResponse\x12H\n\x07PinTier\x12\x1d.kyma.admin.v1.PinTierRequest\x1a\x1e.kyma.admin.v1.PinTierResponse\x12T\n\x0bWarnAccount\x12!.kyma.admin.v1.WarnAccountRequest\x1a\".kyma.admin.v1.WarnAccountResponse\x12W\n\x0cResetCredits\x12\".kyma.admin.v1.ResetCreditsRequest\x1a#.kyma.admin.v1.ResetCreditsResponse\x12]\n\x0eSuspendAccount\x12$.kyma.admin.v1.SuspendAccountRequest\x1a%.kyma.admin.v1.SuspendAccountResponse\x12Q\n\nBanAccount\x12 .kyma.admin.v1.BanAccountRequest\x1a!.kyma.admin.v1.BanAccountResponse\x12\x63\n\x10ReinstateAccount\x12&.kyma.admin.v1.ReinstateAccountRequest\x1a\'.kyma.admin.v1.ReinstateAccountResponse\x12`\n\x0fRevokeReferrals\x12%.kyma.admin.v1.RevokeReferralsRequest\x1a&.kyma.admin.v1.RevokeReferralsResponse\x12\x63\n\x10ListAuditEntries\x12&.kyma.admin.v1.ListAuditEntriesRequest\x1a\'.kyma.admin.v1.ListAuditEntriesResponse\x12W\n\x0cListAccounts\x12\".kyma.admin.v1.ListAccountsRequest\x1a#.kyma.admin.v1.ListAccountsResponse\x12\x66\n\x11GetAccountDetails\x12\'.kyma.admin.v1.GetAccountDetailsRequest\x1a(.kyma.admin.v1.GetAccountDetailsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kyma.admin.v1.admin_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATEACCOUNTREQUEST']._serialized_start=175
-  _globals['_CREATEACCOUNTREQUEST']._serialized_end=230
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=233
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=371
-  _globals['_ADJUSTCREDITSREQUEST']._serialized_start=373
-  _globals['_ADJUSTCREDITSREQUEST']._serialized_end=491
-  _globals['_ADJUSTCREDITSRESPONSE']._serialized_start=494
-  _globals['_ADJUSTCREDITSRESPONSE']._serialized_end=628
-  _globals['_VERIFYLEDGERREQUEST']._serialized_start=630
-  _globals['_VERIFYLEDGERREQUEST']._serialized_end=651
-  _globals['_VERIFYLEDGERRESPONSE']._serialized_start=653
-  _globals['_VERIFYLEDGERRESPONSE']._serialized_end=779
-  _globals['_GETACCOUNTLIMITSREQUEST']._serialized_start=781
-  _globals['_GETACCOUNTLIMITSREQUEST']._serialized_end=841
-  _globals['_GETACCOUNTLIMITSRESPONSE']._serialized_start=844
-  _globals['_GETACCOUNTLIMITSRESPONSE']._serialized_end=1037
-  _globals['_PINTIERREQUEST']._serialized_start=1039
-  _globals['_PINTIERREQUEST']._serialized_end=1103
-  _globals['_PINTIERRESPONSE']._serialized_start=1105
-  _globals['_PINTIERRESPONSE']._serialized_end=1169
-  _globals['_ADMINSERVICE']._serialized_start=1172
-  _globals['_ADMINSERVICE']._serialized_end=1634
+  _globals['_CREATEACCOUNTREQUEST']._serialized_start=208
+  _globals['_CREATEACCOUNTREQUEST']._serialized_end=263
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=266
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=404
+  _globals['_ADJUSTCREDITSREQUEST']._serialized_start=406
+  _globals['_ADJUSTCREDITSREQUEST']._serialized_end=524
+  _globals['_ADJUSTCREDITSRESPONSE']._serialized_start=527
+  _globals['_ADJUSTCREDITSRESPONSE']._serialized_end=661
+  _globals['_VERIFYLEDGERREQUEST']._serialized_start=663
+  _globals['_VERIFYLEDGERREQUEST']._serialized_end=684
+  _globals['_VERIFYLEDGERRESPONSE']._serialized_start=686
+  _globals['_VERIFYLEDGERRESPONSE']._serialized_end=812
+  _globals['_GETACCOUNTLIMITSREQUEST']._serialized_start=814
+  _globals['_GETACCOUNTLIMITSREQUEST']._serialized_end=874
+  _globals['_GETACCOUNTLIMITSRESPONSE']._serialized_start=877
+  _globals['_GETACCOUNTLIMITSRESPONSE']._serialized_end=1070
+  _globals['_PINTIERREQUEST']._serialized_start=1072
+  _globals['_PINTIERREQUEST']._serialized_end=1136
+  _globals['_PINTIERRESPONSE']._serialized_start=1138
+  _globals['_PINTIERRESPONSE']._serialized_end=1202
+  _globals['_JUSTIFICATION']._serialized_start=1204
+  _globals['_JUSTIFICATION']._serialized_end=1250
+  _globals['_AUDITENTRY']._serialized_start=1253
+  _globals['_AUDITENTRY']._serialized_end=1409
+  _globals['_WARNACCOUNTREQUEST']._serialized_start=1411
+  _globals['_WARNACCOUNTREQUEST']._serialized_end=1521
+  _globals['_WARNACCOUNTRESPONSE']._serialized_start=1523
+  _globals['_WARNACCOUNTRESPONSE']._serialized_end=1586
+  _globals['_RESETCREDITSREQUEST']._serialized_start=1588
+  _globals['_RESETCREDITSREQUEST']._serialized_end=1682
+  _globals['_RESETCREDITSRESPONSE']._serialized_start=1684
+  _globals['_RESETCREDITSRESPONSE']._serialized_end=1794
+  _globals['_SUSPENDACCOUNTREQUEST']._serialized_start=1797
+  _globals['_SUSPENDACCOUNTREQUEST']._serialized_end=1936
+  _globals['_SUSPENDACCOUNTRESPONSE']._serialized_start=1938
+  _globals['_SUSPENDACCOUNTRESPONSE']._serialized_end=2050
+  _globals['_BANACCOUNTREQUEST']._serialized_start=2052
+  _globals['_BANACCOUNTREQUEST']._serialized_end=2144
+  _globals['_BANACCOUNTRESPONSE']._serialized_start=2146
+  _globals['_BANACCOUNTRESPONSE']._serialized_end=2254
+  _globals['_REINSTATEACCOUNTREQUEST']._serialized_start=2256
+  _globals['_REINSTATEACCOUNTREQUEST']._serialized_end=2354
+  _globals['_REINSTATEACCOUNTRESPONSE']._serialized_start=2356
+  _globals['_REINSTATEACCOUNTRESPONSE']._serialized_end=2470
+  _globals['_REVOKEREFERRALSREQUEST']._serialized_start=2472
+  _globals['_REVOKEREFERRALSREQUEST']._serialized_end=2569
+  _globals['_REVOKEREFERRALSRESPONSE']._serialized_start=2571
+  _globals['_REVOKEREFERRALSRESPONSE']._serialized_end=2638
+  _globals['_LISTAUDITENTRIESREQUEST']._serialized_start=2640
+  _globals['_LISTAUDITENTRIESREQUEST']._serialized_end=2723
+  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_start=2725
+  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_end=2795
+  _globals['_LISTACCOUNTSREQUEST']._serialized_start=2798
+  _globals['_LISTACCOUNTSREQUEST']._serialized_end=2931
+  _globals['_ACCOUNTSUMMARY']._serialized_start=2934
+  _globals['_ACCOUNTSUMMARY']._serialized_end=3068
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=3070
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=3141
+  _globals['_GETACCOUNTDETAILSREQUEST']._serialized_start=3143
+  _globals['_GETACCOUNTDETAILSREQUEST']._serialized_end=3189
+  _globals['_GETACCOUNTDETAILSRESPONSE']._serialized_start=3192
+  _globals['_GETACCOUNTDETAILSRESPONSE']._serialized_end=3522
+  _globals['_ADMINSERVICE']._serialized_start=3525
+  _globals['_ADMINSERVICE']._serialized_end=4833
 # @@protoc_insertion_point(module_scope)

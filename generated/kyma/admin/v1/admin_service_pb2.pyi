@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from kyma.accounting.v1 import accounting_service_pb2 as _accounting_service_pb2
 from kyma.ratelimit.v1 import ratelimit_pb2 as _ratelimit_pb2
@@ -283,3 +284,544 @@ class PinTierResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PinTierResponse: _TypeAlias = PinTierResponse  # noqa: Y015
+
+@_typing.final
+class Justification(_message.Message):
+    """Who acts and why, on every enforcement action."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    """The operator (e.g. their name); recorded in the audit log."""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Justification: _TypeAlias = Justification  # noqa: Y015
+
+@_typing.final
+class AuditEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    actor: _builtins.str
+    action: _builtins.str
+    account_id: _builtins.str
+    reason: _builtins.str
+    details: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        details: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "action", b"action", "actor", b"actor", "created_at", b"created_at", "details", b"details", "id", b"id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEntry: _TypeAlias = AuditEntry  # noqa: Y015
+
+@_typing.final
+class WarnAccountRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    JUSTIFICATION_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    message: _builtins.str
+    """What the account holder reads in their notices."""
+    @_builtins.property
+    def justification(self) -> Global___Justification: ...
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        message: _builtins.str = ...,
+        justification: Global___Justification | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["justification", b"justification"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "justification", b"justification", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WarnAccountRequest: _TypeAlias = WarnAccountRequest  # noqa: Y015
+
+@_typing.final
+class WarnAccountResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def audit(self) -> Global___AuditEntry: ...
+    def __init__(
+        self,
+        *,
+        audit: Global___AuditEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WarnAccountResponse: _TypeAlias = WarnAccountResponse  # noqa: Y015
+
+@_typing.final
+class ResetCreditsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    JUSTIFICATION_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    @_builtins.property
+    def justification(self) -> Global___Justification: ...
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        justification: Global___Justification | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["justification", b"justification"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "justification", b"justification"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetCreditsRequest: _TypeAlias = ResetCreditsRequest  # noqa: Y015
+
+@_typing.final
+class ResetCreditsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCE_FIELD_NUMBER: _builtins.int
+    AUDIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def balance(self) -> _accounting_service_pb2.Balance: ...
+    @_builtins.property
+    def audit(self) -> Global___AuditEntry: ...
+    def __init__(
+        self,
+        *,
+        balance: _accounting_service_pb2.Balance | None = ...,
+        audit: Global___AuditEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "balance", b"balance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "balance", b"balance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetCreditsResponse: _TypeAlias = ResetCreditsResponse  # noqa: Y015
+
+@_typing.final
+class SuspendAccountRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    JUSTIFICATION_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Must be in the future."""
+
+    @_builtins.property
+    def justification(self) -> Global___Justification: ...
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        justification: Global___Justification | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["justification", b"justification", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "justification", b"justification", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendAccountRequest: _TypeAlias = SuspendAccountRequest  # noqa: Y015
+
+@_typing.final
+class SuspendAccountResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    AUDIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> _accounting_service_pb2.Account: ...
+    @_builtins.property
+    def audit(self) -> Global___AuditEntry: ...
+    def __init__(
+        self,
+        *,
+        account: _accounting_service_pb2.Account | None = ...,
+        audit: Global___AuditEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "audit", b"audit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "audit", b"audit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendAccountResponse: _TypeAlias = SuspendAccountResponse  # noqa: Y015
+
+@_typing.final
+class BanAccountRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    JUSTIFICATION_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    @_builtins.property
+    def justification(self) -> Global___Justification: ...
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        justification: Global___Justification | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["justification", b"justification"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "justification", b"justification"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BanAccountRequest: _TypeAlias = BanAccountRequest  # noqa: Y015
+
+@_typing.final
+class BanAccountResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    AUDIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> _accounting_service_pb2.Account: ...
+    @_builtins.property
+    def audit(self) -> Global___AuditEntry: ...
+    def __init__(
+        self,
+        *,
+        account: _accounting_service_pb2.Account | None = ...,
+        audit: Global___AuditEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "audit", b"audit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "audit", b"audit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BanAccountResponse: _TypeAlias = BanAccountResponse  # noqa: Y015
+
+@_typing.final
+class ReinstateAccountRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    JUSTIFICATION_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    @_builtins.property
+    def justification(self) -> Global___Justification: ...
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        justification: Global___Justification | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["justification", b"justification"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "justification", b"justification"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReinstateAccountRequest: _TypeAlias = ReinstateAccountRequest  # noqa: Y015
+
+@_typing.final
+class ReinstateAccountResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    AUDIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> _accounting_service_pb2.Account: ...
+    @_builtins.property
+    def audit(self) -> Global___AuditEntry: ...
+    def __init__(
+        self,
+        *,
+        account: _accounting_service_pb2.Account | None = ...,
+        audit: Global___AuditEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "audit", b"audit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "audit", b"audit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReinstateAccountResponse: _TypeAlias = ReinstateAccountResponse  # noqa: Y015
+
+@_typing.final
+class RevokeReferralsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    JUSTIFICATION_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    @_builtins.property
+    def justification(self) -> Global___Justification: ...
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        justification: Global___Justification | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["justification", b"justification"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "justification", b"justification"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeReferralsRequest: _TypeAlias = RevokeReferralsRequest  # noqa: Y015
+
+@_typing.final
+class RevokeReferralsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def audit(self) -> Global___AuditEntry: ...
+    def __init__(
+        self,
+        *,
+        audit: Global___AuditEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeReferralsResponse: _TypeAlias = RevokeReferralsResponse  # noqa: Y015
+
+@_typing.final
+class ListAuditEntriesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    BEFORE_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """Empty = every account."""
+    page_size: _builtins.int
+    """1..500; 0 = 100."""
+    before_id: _builtins.int
+    """Entries older than this id; 0 = the newest."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        before_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "before_id", b"before_id", "page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEntriesRequest: _TypeAlias = ListAuditEntriesRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditEntriesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___AuditEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEntriesResponse: _TypeAlias = ListAuditEntriesResponse  # noqa: Y015
+
+@_typing.final
+class ListAccountsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    SHARED_SIGNALS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    AFTER_ID_FIELD_NUMBER: _builtins.int
+    status: _accounting_service_pb2.AccountStatus.ValueType
+    """Empty = any status."""
+    shared_signals: _builtins.bool
+    """Only accounts that share a sign-up IP or client fingerprint with another account."""
+    page_size: _builtins.int
+    """1..500; 0 = 100."""
+    after_id: _builtins.str
+    """Accounts created before this account's id position; empty = the newest."""
+    def __init__(
+        self,
+        *,
+        status: _accounting_service_pb2.AccountStatus.ValueType = ...,
+        shared_signals: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+        after_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_id", b"after_id", "page_size", b"page_size", "shared_signals", b"shared_signals", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccountsRequest: _TypeAlias = ListAccountsRequest  # noqa: Y015
+
+@_typing.final
+class AccountSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    SIGNUP_IP_FIELD_NUMBER: _builtins.int
+    SIGNUP_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    SHARING_SIGNALS_FIELD_NUMBER: _builtins.int
+    signup_ip: _builtins.str
+    signup_fingerprint: _builtins.str
+    sharing_signals: _builtins.int
+    """How many other accounts share its sign-up IP or fingerprint."""
+    @_builtins.property
+    def account(self) -> _accounting_service_pb2.Account: ...
+    def __init__(
+        self,
+        *,
+        account: _accounting_service_pb2.Account | None = ...,
+        signup_ip: _builtins.str = ...,
+        signup_fingerprint: _builtins.str = ...,
+        sharing_signals: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "sharing_signals", b"sharing_signals", "signup_fingerprint", b"signup_fingerprint", "signup_ip", b"signup_ip"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountSummary: _TypeAlias = AccountSummary  # noqa: Y015
+
+@_typing.final
+class ListAccountsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountSummary]: ...
+    def __init__(
+        self,
+        *,
+        accounts: _abc.Iterable[Global___AccountSummary] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccountsResponse: _TypeAlias = ListAccountsResponse  # noqa: Y015
+
+@_typing.final
+class GetAccountDetailsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccountDetailsRequest: _TypeAlias = GetAccountDetailsRequest  # noqa: Y015
+
+@_typing.final
+class GetAccountDetailsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    NOTICES_FIELD_NUMBER: _builtins.int
+    RELATED_FIELD_NUMBER: _builtins.int
+    REFERRALS_REVOKED_FIELD_NUMBER: _builtins.int
+    referrals_revoked: _builtins.bool
+    @_builtins.property
+    def summary(self) -> Global___AccountSummary: ...
+    @_builtins.property
+    def balance(self) -> _accounting_service_pb2.Balance: ...
+    @_builtins.property
+    def limits(self) -> _ratelimit_service_pb2.TierLimits: ...
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[_accounting_service_pb2.ApiKey]: ...
+    @_builtins.property
+    def notices(self) -> _containers.RepeatedCompositeFieldContainer[_accounting_service_pb2.Notice]: ...
+    @_builtins.property
+    def related(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountSummary]:
+        """Other accounts with the same sign-up IP or fingerprint."""
+
+    def __init__(
+        self,
+        *,
+        summary: Global___AccountSummary | None = ...,
+        balance: _accounting_service_pb2.Balance | None = ...,
+        limits: _ratelimit_service_pb2.TierLimits | None = ...,
+        keys: _abc.Iterable[_accounting_service_pb2.ApiKey] | None = ...,
+        notices: _abc.Iterable[_accounting_service_pb2.Notice] | None = ...,
+        related: _abc.Iterable[Global___AccountSummary] | None = ...,
+        referrals_revoked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "limits", b"limits", "summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "keys", b"keys", "limits", b"limits", "notices", b"notices", "referrals_revoked", b"referrals_revoked", "related", b"related", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccountDetailsResponse: _TypeAlias = GetAccountDetailsResponse  # noqa: Y015

@@ -61,6 +61,51 @@ class AdminServiceStub:
                 request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.PinTierRequest.SerializeToString,
                 response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.PinTierResponse.FromString,
                 _registered_method=True)
+        self.WarnAccount = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/WarnAccount',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.WarnAccountRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.WarnAccountResponse.FromString,
+                _registered_method=True)
+        self.ResetCredits = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/ResetCredits',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ResetCreditsRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ResetCreditsResponse.FromString,
+                _registered_method=True)
+        self.SuspendAccount = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/SuspendAccount',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.SuspendAccountRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.SuspendAccountResponse.FromString,
+                _registered_method=True)
+        self.BanAccount = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/BanAccount',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.BanAccountRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.BanAccountResponse.FromString,
+                _registered_method=True)
+        self.ReinstateAccount = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/ReinstateAccount',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReinstateAccountRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReinstateAccountResponse.FromString,
+                _registered_method=True)
+        self.RevokeReferrals = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/RevokeReferrals',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.RevokeReferralsRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.RevokeReferralsResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEntries = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/ListAuditEntries',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAuditEntriesRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAuditEntriesResponse.FromString,
+                _registered_method=True)
+        self.ListAccounts = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/ListAccounts',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAccountsRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAccountsResponse.FromString,
+                _registered_method=True)
+        self.GetAccountDetails = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/GetAccountDetails',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountDetailsRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountDetailsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -102,6 +147,64 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WarnAccount(self, request, context):
+        """Enforcement. Every action needs a reason and is written to the audit log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetCredits(self, request, context):
+        """A ledger entry taking the available balance to zero.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SuspendAccount(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BanAccount(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReinstateAccount(self, request, context):
+        """Lifts a suspension or a ban.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeReferrals(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEntries(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccounts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAccountDetails(self, request, context):
+        """An account with its balance, keys, notices, sign-up signals and the accounts sharing them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +232,51 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.PinTier,
                     request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.PinTierRequest.FromString,
                     response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.PinTierResponse.SerializeToString,
+            ),
+            'WarnAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.WarnAccount,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.WarnAccountRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.WarnAccountResponse.SerializeToString,
+            ),
+            'ResetCredits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetCredits,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ResetCreditsRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ResetCreditsResponse.SerializeToString,
+            ),
+            'SuspendAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.SuspendAccount,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.SuspendAccountRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.SuspendAccountResponse.SerializeToString,
+            ),
+            'BanAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.BanAccount,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.BanAccountRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.BanAccountResponse.SerializeToString,
+            ),
+            'ReinstateAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReinstateAccount,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReinstateAccountRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReinstateAccountResponse.SerializeToString,
+            ),
+            'RevokeReferrals': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeReferrals,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.RevokeReferralsRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.RevokeReferralsResponse.SerializeToString,
+            ),
+            'ListAuditEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEntries,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAuditEntriesRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAuditEntriesResponse.SerializeToString,
+            ),
+            'ListAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccounts,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAccountsRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAccountsResponse.SerializeToString,
+            ),
+            'GetAccountDetails': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccountDetails,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountDetailsRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountDetailsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +416,249 @@ class AdminService:
             '/kyma.admin.v1.AdminService/PinTier',
             kyma_dot_admin_dot_v1_dot_admin__service__pb2.PinTierRequest.SerializeToString,
             kyma_dot_admin_dot_v1_dot_admin__service__pb2.PinTierResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WarnAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/WarnAccount',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.WarnAccountRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.WarnAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetCredits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/ResetCredits',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ResetCreditsRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ResetCreditsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SuspendAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/SuspendAccount',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.SuspendAccountRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.SuspendAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BanAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/BanAccount',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.BanAccountRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.BanAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReinstateAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/ReinstateAccount',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReinstateAccountRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReinstateAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeReferrals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/RevokeReferrals',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.RevokeReferralsRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.RevokeReferralsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/ListAuditEntries',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAuditEntriesRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAuditEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/ListAccounts',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAccountsRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAccountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAccountDetails(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/GetAccountDetails',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountDetailsRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountDetailsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,19 @@ class AdminServiceStub:
     """An account's tier, limits and current usage of them."""
     PinTier: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.PinTierRequest, _admin_service_pb2.PinTierResponse]
     """Holds an account at a tier whatever it purchased, or lets it follow purchases again."""
+    WarnAccount: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.WarnAccountRequest, _admin_service_pb2.WarnAccountResponse]
+    """Enforcement. Every action needs a reason and is written to the audit log."""
+    ResetCredits: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ResetCreditsRequest, _admin_service_pb2.ResetCreditsResponse]
+    """A ledger entry taking the available balance to zero."""
+    SuspendAccount: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SuspendAccountRequest, _admin_service_pb2.SuspendAccountResponse]
+    BanAccount: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.BanAccountRequest, _admin_service_pb2.BanAccountResponse]
+    ReinstateAccount: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ReinstateAccountRequest, _admin_service_pb2.ReinstateAccountResponse]
+    """Lifts a suspension or a ban."""
+    RevokeReferrals: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.RevokeReferralsRequest, _admin_service_pb2.RevokeReferralsResponse]
+    ListAuditEntries: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditEntriesRequest, _admin_service_pb2.ListAuditEntriesResponse]
+    ListAccounts: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAccountsRequest, _admin_service_pb2.ListAccountsResponse]
+    GetAccountDetails: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetAccountDetailsRequest, _admin_service_pb2.GetAccountDetailsResponse]
+    """An account with its balance, keys, notices, sign-up signals and the accounts sharing them."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -61,6 +74,19 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """An account's tier, limits and current usage of them."""
     PinTier: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.PinTierRequest, _admin_service_pb2.PinTierResponse]  # type: ignore[assignment]
     """Holds an account at a tier whatever it purchased, or lets it follow purchases again."""
+    WarnAccount: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.WarnAccountRequest, _admin_service_pb2.WarnAccountResponse]  # type: ignore[assignment]
+    """Enforcement. Every action needs a reason and is written to the audit log."""
+    ResetCredits: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ResetCreditsRequest, _admin_service_pb2.ResetCreditsResponse]  # type: ignore[assignment]
+    """A ledger entry taking the available balance to zero."""
+    SuspendAccount: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SuspendAccountRequest, _admin_service_pb2.SuspendAccountResponse]  # type: ignore[assignment]
+    BanAccount: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.BanAccountRequest, _admin_service_pb2.BanAccountResponse]  # type: ignore[assignment]
+    ReinstateAccount: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ReinstateAccountRequest, _admin_service_pb2.ReinstateAccountResponse]  # type: ignore[assignment]
+    """Lifts a suspension or a ban."""
+    RevokeReferrals: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.RevokeReferralsRequest, _admin_service_pb2.RevokeReferralsResponse]  # type: ignore[assignment]
+    ListAuditEntries: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditEntriesRequest, _admin_service_pb2.ListAuditEntriesResponse]  # type: ignore[assignment]
+    ListAccounts: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAccountsRequest, _admin_service_pb2.ListAccountsResponse]  # type: ignore[assignment]
+    GetAccountDetails: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetAccountDetailsRequest, _admin_service_pb2.GetAccountDetailsResponse]  # type: ignore[assignment]
+    """An account with its balance, keys, notices, sign-up signals and the accounts sharing them."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService holds the operators' actions. It is served on the gRPC port only, never on
@@ -105,5 +131,72 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.PinTierResponse, _abc.Awaitable[_admin_service_pb2.PinTierResponse]]:
         """Holds an account at a tier whatever it purchased, or lets it follow purchases again."""
+
+    @_abc_1.abstractmethod
+    def WarnAccount(
+        self,
+        request: _admin_service_pb2.WarnAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.WarnAccountResponse, _abc.Awaitable[_admin_service_pb2.WarnAccountResponse]]:
+        """Enforcement. Every action needs a reason and is written to the audit log."""
+
+    @_abc_1.abstractmethod
+    def ResetCredits(
+        self,
+        request: _admin_service_pb2.ResetCreditsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ResetCreditsResponse, _abc.Awaitable[_admin_service_pb2.ResetCreditsResponse]]:
+        """A ledger entry taking the available balance to zero."""
+
+    @_abc_1.abstractmethod
+    def SuspendAccount(
+        self,
+        request: _admin_service_pb2.SuspendAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.SuspendAccountResponse, _abc.Awaitable[_admin_service_pb2.SuspendAccountResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def BanAccount(
+        self,
+        request: _admin_service_pb2.BanAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.BanAccountResponse, _abc.Awaitable[_admin_service_pb2.BanAccountResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReinstateAccount(
+        self,
+        request: _admin_service_pb2.ReinstateAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ReinstateAccountResponse, _abc.Awaitable[_admin_service_pb2.ReinstateAccountResponse]]:
+        """Lifts a suspension or a ban."""
+
+    @_abc_1.abstractmethod
+    def RevokeReferrals(
+        self,
+        request: _admin_service_pb2.RevokeReferralsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.RevokeReferralsResponse, _abc.Awaitable[_admin_service_pb2.RevokeReferralsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAuditEntries(
+        self,
+        request: _admin_service_pb2.ListAuditEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListAuditEntriesResponse, _abc.Awaitable[_admin_service_pb2.ListAuditEntriesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAccounts(
+        self,
+        request: _admin_service_pb2.ListAccountsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListAccountsResponse, _abc.Awaitable[_admin_service_pb2.ListAccountsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetAccountDetails(
+        self,
+        request: _admin_service_pb2.GetAccountDetailsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.GetAccountDetailsResponse, _abc.Awaitable[_admin_service_pb2.GetAccountDetailsResponse]]:
+        """An account with its balance, keys, notices, sign-up signals and the accounts sharing them."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
