@@ -13,6 +13,7 @@ import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import grpc
 import httpx
@@ -21,6 +22,7 @@ import stripe
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from kyma.accounting.v1 import accounting_service_pb2, accounting_service_pb2_grpc
+from kyma.accounting.v1 import signup_service_pb2, signup_service_pb2_grpc
 from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from kyma.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 from kyma.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
@@ -31,7 +33,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core_service.accounts.auth import Authenticator
 from core_service.accounts.service import AccountingServicer
+from core_service.accounts.signup import SignupFlow, SignupPolicy
+from core_service.accounts.signup_service import SignupServicer
 from core_service.accounts.store import AccountStore
+from core_service.admin.directory import AccountDirectory
+from core_service.admin.enforcement import Enforcement
+from core_service.mail.factory import mailer_from_url
+from core_service.mail.mailer import Mailer
 from core_service.admin.auth import AdminGuard, resolve_admin_token
 from core_service.admin.service import AdminServicer
 from core_service.billing.checkout import CheckoutSessions
@@ -86,6 +94,7 @@ _SERVICES = [
     inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
     routing_service_pb2.DESCRIPTOR.services_by_name["RoutingService"].full_name,
     accounting_service_pb2.DESCRIPTOR.services_by_name["AccountingService"].full_name,
+    signup_service_pb2.DESCRIPTOR.services_by_name["SignupService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
     RATELIMIT_SERVICE,
@@ -177,6 +186,7 @@ class Core:
     hold_store: HoldStore
     limits_store: RateLimitStore
     limiter: AccountLimiter
+    mailer: Mailer
     ledger: Ledger
     stripe_http: stripe.HTTPXClient | None = None
     port: int = 0
@@ -212,6 +222,7 @@ class Core:
             await self.stripe_http.close_async()
         await self.hold_store.close()
         await self.limits_store.close()
+        await self.mailer.close()
         await self.engine.dispose()
 
     async def _report_limiter(self) -> None:
@@ -273,6 +284,22 @@ async def build_core(
         clock=clock,
     )
     guard = AdminGuard(SecretStr(resolve_admin_token(settings)))
+    enforcement = Enforcement(engine, clock)
+    mailer = mailer_from_url(settings.mail_url, sender=settings.mail_sender, logger=logging.getLogger("kyma.mail"))
+    signup = SignupFlow(
+        engine,
+        store,
+        mailer,
+        limits_store,
+        clock,
+        SignupPolicy(
+            code_ttl=timedelta(seconds=settings.signup_code_ttl_seconds),
+            max_attempts=settings.signup_max_attempts,
+            requests_per_ip_per_minute=settings.signups_per_ip_per_minute,
+            requests_per_email_per_minute=settings.signups_per_email_per_minute,
+            verifications_per_ip_per_minute=settings.verifications_per_ip_per_minute,
+        ),
+    )
     stripe_http, stripe_client = build_stripe_client(settings)
     checkout = CheckoutSessions(
         stripe_client,
@@ -294,12 +321,14 @@ async def build_core(
         RoutingServicer(authenticator, catalog), server
     )
     accounting_service_pb2_grpc.add_AccountingServiceServicer_to_server(
-        AccountingServicer(authenticator, store, ledger, UsageReport(engine, clock)), server
+        AccountingServicer(authenticator, store, ledger, UsageReport(engine, clock), enforcement, clock),
+        server,
     )
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(
             guard, store, ledger, engine, clock,
             authenticator=authenticator, limiter=limiter, tiers=tiers,
+            enforcement=enforcement, directory=AccountDirectory(engine),
         ),
         server,
     )
@@ -309,6 +338,7 @@ async def build_core(
     ratelimit_service_pb2_grpc.add_RateLimitServiceServicer_to_server(
         RateLimitServicer(authenticator, limiter), server
     )
+    signup_service_pb2_grpc.add_SignupServiceServicer_to_server(SignupServicer(signup), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -327,6 +357,7 @@ async def build_core(
         hold_store=hold_store,
         limits_store=limits_store,
         limiter=limiter,
+        mailer=mailer,
         ledger=ledger,
         stripe_http=stripe_http,
         port=port,

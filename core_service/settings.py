@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     mail_url: str | None = Field(
         default=None, description="smtp://host:port or file:///dir; unset = mails go to the log."
     )
+    mail_sender: str = Field(default="Kyma <no-reply@kyma.local>", description="From address of Kyma's mail.")
+    signup_code_ttl_seconds: int = Field(default=900, gt=0, description="How long a sign-up code is valid.")
+    signup_max_attempts: int = Field(default=5, gt=0, description="Wrong guesses that kill a sign-up code.")
+    signups_per_ip_per_minute: int = Field(default=5, gt=0, description="Sign-up code requests per client address.")
+    signups_per_email_per_minute: int = Field(default=3, gt=0, description="Sign-up code requests per person.")
+    verifications_per_ip_per_minute: int = Field(default=20, gt=0, description="Code checks per client address.")
     welcome_bonus_usd: Decimal = Decimal("0.50")
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024, description="Largest request body the bridge accepts."

@@ -31,6 +31,8 @@ def account_message(account: models.Account, *, tier: int) -> pb.Account:
         status=_STATUS.get(account.status, pb.ACCOUNT_STATUS_UNSPECIFIED),
         tier=tier,
         created_at=timestamp(account.created_at),
+        status_reason=account.status_reason or "",
+        suspended_until=timestamp(account.suspended_until),
     )
 
 
@@ -41,4 +43,9 @@ def key_message(key: models.ApiKey) -> pb.ApiKey:
         display_prefix=key.display_prefix,
         created_at=timestamp(key.created_at),
         revoked_at=timestamp(key.revoked_at),
+        last_used_at=timestamp(key.last_used_at),
     )
+
+
+def notice_message(notice: models.AccountNotice) -> pb.Notice:
+    return pb.Notice(message=notice.message, created_at=timestamp(notice.created_at))

@@ -9,12 +9,15 @@ from kyma.accounting.v1 import accounting_service_pb2 as pb
 from kyma.accounting.v1 import accounting_service_pb2_grpc as pb_grpc
 
 from core_service.accounts.auth import Authenticator, Principal
-from core_service.accounts.messages import account_message
+from core_service.accounts.messages import account_message, key_message, notice_message
+from core_service.admin.enforcement import Enforcement
+from core_service.clock import Clock
 from core_service.accounts.store import AccountStore
 from core_service.billing.ledger import Ledger
 from core_service.billing.messages import balance_message, entry_message, money
 from core_service.billing.usage import UsageReport
-from core_service.errors import InvalidRequest, Unauthenticated
+from core_service.errors import InvalidRequest, NotFound, Unauthenticated
+from core_service.accounts.names import key_name
 from core_service.grpc_errors import translated
 from core_service.ratelimit.service import tier_message
 from core_service.grpc_metadata import metadata_value
@@ -39,14 +42,25 @@ def decode_page_token(token: str) -> int | None:
     raise InvalidRequest("The page token is not valid.", param="page_token")
 
 
+MAX_LIVE_KEYS = 25
+
+
 class AccountingServicer(pb_grpc.AccountingServiceServicer):
     def __init__(
-        self, authenticator: Authenticator, store: AccountStore, ledger: Ledger, usage: UsageReport
+        self,
+        authenticator: Authenticator,
+        store: AccountStore,
+        ledger: Ledger,
+        usage: UsageReport,
+        enforcement: Enforcement,
+        clock: Clock,
     ) -> None:
+        self._clock = clock
         self._authenticator = authenticator
         self._store = store
         self._ledger = ledger
         self._usage = usage
+        self._enforcement = enforcement
 
     async def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
         return await self._authenticator.authenticate(metadata_value(context, "authorization"))
@@ -61,11 +75,39 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
         if account is None:
             raise Unauthenticated("Incorrect API key provided. Check it, or create a new one.")
         balance = await self._ledger.balance(account.id)
+        notices = await self._enforcement.notices(account.id)
         return pb.GetAccountResponse(
             account=account_message(account, tier=principal.tier.tier),
             balance=balance_message(balance),
             limits=tier_message(principal),
+            notices=[notice_message(n) for n in notices],
         )
+
+    @translated
+    async def ListApiKeys(self, request: pb.ListApiKeysRequest, context: grpc.aio.ServicerContext) -> pb.ListApiKeysResponse:
+        keys = await self._store.list_keys(await self._account_id(context))
+        return pb.ListApiKeysResponse(keys=[key_message(k) for k in keys])
+
+    @translated
+    async def CreateApiKey(self, request: pb.CreateApiKeyRequest, context: grpc.aio.ServicerContext) -> pb.CreateApiKeyResponse:
+        principal = await self._principal(context)
+        principal.check_in_good_standing(self._clock.now())
+        name = key_name(request.name)
+        if await self._store.count_live_keys(principal.account_id) >= MAX_LIVE_KEYS:
+            raise InvalidRequest(
+                f"An account holds at most {MAX_LIVE_KEYS} live keys; revoke one first.", param="name"
+            )
+        key, secret = await self._store.create_key(principal.account_id, name)
+        return pb.CreateApiKeyResponse(key=key_message(key), secret=secret)
+
+    @translated
+    async def RevokeApiKey(self, request: pb.RevokeApiKeyRequest, context: grpc.aio.ServicerContext) -> pb.RevokeApiKeyResponse:
+        key = await self._store.revoke_key(await self._account_id(context), request.id)
+        if key is None:
+            raise NotFound("The account has no key with that id.", param="id")
+        # This node forgets it at once; the others within their key cache's few seconds.
+        self._authenticator.forget(key.key_hash)
+        return pb.RevokeApiKeyResponse(key=key_message(key))
 
     @translated
     async def GetUsage(self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext) -> pb.GetUsageResponse:

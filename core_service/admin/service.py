@@ -10,9 +10,13 @@ from kyma.admin.v1 import admin_service_pb2 as pb
 from kyma.admin.v1 import admin_service_pb2_grpc as pb_grpc
 
 from core_service.accounts.emails import parse_email
+from core_service.accounts.names import key_name
 from core_service.accounts.messages import account_message, key_message
 from core_service.accounts.store import AccountStore
 from core_service.admin.auth import AdminGuard
+from core_service.admin.directory import AccountDirectory
+from core_service.admin.enforcement import Enforcement
+from core_service.admin.enforcement_rpcs import EnforcementRpcs
 from core_service.billing.ledger import SYSTEM_ADJUSTMENTS, EntryKind, Ledger, Transfer
 from core_service.accounts.auth import Authenticator, Principal
 from core_service.billing.messages import balance_message, entry_message, money
@@ -27,17 +31,9 @@ from core_service.grpc_errors import translated
 from core_service.grpc_metadata import metadata_value
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-MAX_KEY_NAME = 100
 MAX_REASON = 500
 # No single adjustment moves more than this; larger ones are almost surely a typo.
 MAX_ADJUSTMENT_USD = Decimal("100000")
-
-
-def key_name(raw: str) -> str:
-    name = raw.strip() or "default"
-    if len(name) > MAX_KEY_NAME or not name.isprintable():
-        raise InvalidRequest("A key name is up to 100 printable characters.", param="key_name")
-    return name
 
 
 def adjustment_nanos(text: str) -> int:
@@ -55,7 +51,7 @@ def adjustment_nanos(text: str) -> int:
         raise InvalidRequest("amount_usd is finer than a nano-dollar.", param="amount_usd") from None
 
 
-class AdminServicer(pb_grpc.AdminServiceServicer):
+class AdminServicer(EnforcementRpcs, pb_grpc.AdminServiceServicer):
     def __init__(
         self,
         guard: AdminGuard,
@@ -67,7 +63,11 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         authenticator: Authenticator,
         limiter: AccountLimiter,
         tiers: TierTable,
+        enforcement: Enforcement,
+        directory: AccountDirectory,
     ) -> None:
+        self._enforcement = enforcement
+        self._directory = directory
         self._authenticator = authenticator
         self._limiter = limiter
         self._tiers = tiers

@@ -1,0 +1,190 @@
+"""Sign-up by email: a one-time code to the address, then the account and its first key.
+
+Codes are six digits, kept only as a hash, valid for `code_ttl` and for one use; a code dies
+after `max_attempts` wrong guesses. Guessing is also limited per client address, and so are
+code requests (per address and per email), through the rate-limit store every node shares, so
+a code space of a million is never searchable. One account per person: addresses are compared
+in canonical form both when a code is requested and when the account is made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core_service.accounts.emails import Email, parse_email
+from core_service.accounts.store import AccountStore, NewAccount
+from core_service.clock import Clock
+from core_service.db.models import Account, SignupCode
+from core_service.errors import AlreadyExists, InvalidRequest, RateLimited, UpstreamUnavailable
+from core_service.mail.mailer import Mail, Mailer, MailError
+from core_service.ratelimit.store import Limit, RateLimitStore, rate_key
+
+WRONG_CODE = "That code is wrong or has expired. Check the latest mail, or ask for a new code."
+MAX_FINGERPRINT = 200
+MAX_REFERRAL_CODE = 64
+
+
+@dataclass(frozen=True)
+class SignupPolicy:
+    code_ttl: timedelta
+    max_attempts: int
+    requests_per_ip_per_minute: int
+    requests_per_email_per_minute: int
+    verifications_per_ip_per_minute: int
+
+
+def _code_hash(canonical: str, code: str) -> bytes:
+    return hashlib.sha256(f"{canonical}\n{code}".encode()).digest()
+
+
+def clean_signal(value: str | None, limit: int) -> str | None:
+    if not value:
+        return None
+    value = value.strip()[:limit]
+    return value if value.isprintable() and value else None
+
+
+class SignupFlow:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        store: AccountStore,
+        mailer: Mailer,
+        limits: RateLimitStore,
+        clock: Clock,
+        policy: SignupPolicy,
+    ) -> None:
+        self._engine = engine
+        self._store = store
+        self._mailer = mailer
+        self._limits = limits
+        self._clock = clock
+        self._policy = policy
+
+    async def _limit(self, *limits: Limit, message: str) -> None:
+        decision = await self._limits.admit(limits)
+        if not decision.admitted:
+            raise RateLimited(
+                f"{message} Try again in {decision.retry_after_s}s.",
+                retry_after_seconds=decision.retry_after_s,
+            )
+
+    async def _exists(self, email: Email) -> bool:
+        async with self._engine.connect() as conn:
+            found = await conn.scalar(select(Account.id).where(Account.email_canonical == email.canonical))
+        return found is not None
+
+    async def start(
+        self, raw_email: str, *, referral_code: str, ip: str | None, fingerprint: str | None
+    ) -> int:
+        """Mail a code; returns how many seconds it stays valid."""
+        email = parse_email(raw_email)
+        referral = referral_code.strip()
+        if len(referral) > MAX_REFERRAL_CODE or not referral.isprintable():
+            raise InvalidRequest("That referral code is not valid.", param="referral_code")
+        await self._limit(
+            Limit(rate_key("signup", "ip", ip or "unknown"), self._policy.requests_per_ip_per_minute, 1),
+            Limit(rate_key("signup", "email", email.canonical), self._policy.requests_per_email_per_minute, 1),
+            message="Too many sign-up requests.",
+        )
+        if await self._exists(email):
+            raise AlreadyExists(
+                "An account already exists for this email address: Kyma allows one account per "
+                "person. Sign in with that account's API key instead.",
+                param="email",
+            )
+        code = f"{secrets.randbelow(10**6):06d}"
+        now = self._clock.now()
+        values = dict(
+            email_canonical=email.canonical,
+            email=email.address,
+            code_hash=_code_hash(email.canonical, code),
+            expires_at=now + self._policy.code_ttl,
+            failed_attempts=0,
+            referral_code=referral or None,
+            signup_ip=clean_signal(ip, 64),
+            signup_fingerprint=clean_signal(fingerprint, MAX_FINGERPRINT),
+            created_at=now,
+        )
+        async with self._engine.begin() as conn:
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            statement = dialect.insert(SignupCode).values(**values)
+            await conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[SignupCode.email_canonical],
+                    set_={k: statement.excluded[k] for k in values if k != "email_canonical"},
+                )
+            )
+        minutes = int(self._policy.code_ttl.total_seconds() // 60)
+        try:
+            await self._mailer.send(
+                Mail(
+                    to=email.address,
+                    subject=f"Your Kyma sign-up code: {code}",
+                    text=(
+                        f"Your Kyma sign-up code is {code}\n\n"
+                        f"It is valid for {minutes} minutes. If you did not ask for it, ignore this mail.\n"
+                    ),
+                )
+            )
+        except MailError:
+            raise UpstreamUnavailable("We could not send the sign-up mail. Please try again shortly.") from None
+        return int(self._policy.code_ttl.total_seconds())
+
+    async def complete(self, raw_email: str, code: str, *, ip: str | None) -> NewAccount:
+        email = parse_email(raw_email)
+        await self._limit(
+            Limit(rate_key("verify", "ip", ip or "unknown"), self._policy.verifications_per_ip_per_minute, 1),
+            message="Too many verification attempts.",
+        )
+        code = code.strip()
+        if not (len(code) == 6 and code.isdigit() and code.isascii()):
+            raise InvalidRequest(WRONG_CODE, param="code")
+        key = _code_hash(email.canonical, code)
+        async with self._engine.begin() as conn:
+            row = (
+                await conn.execute(select(SignupCode).where(SignupCode.email_canonical == email.canonical))
+            ).one_or_none()
+            live = (
+                row is not None
+                and row.expires_at > self._clock.now()
+                and row.failed_attempts < self._policy.max_attempts
+            )
+            if not live:
+                raise InvalidRequest(WRONG_CODE, param="code")
+            if not hmac.compare_digest(row.code_hash, key):
+                await conn.execute(
+                    update(SignupCode)
+                    .where(SignupCode.email_canonical == email.canonical)
+                    .values(failed_attempts=SignupCode.failed_attempts + 1)
+                )
+                right = False
+            else:
+                # Single use: only one verification can delete the row it matched.
+                used = await conn.execute(
+                    delete(SignupCode).where(
+                        SignupCode.email_canonical == email.canonical, SignupCode.code_hash == key
+                    )
+                )
+                right = used.rowcount == 1
+        if not right:
+            raise InvalidRequest(WRONG_CODE, param="code")
+        try:
+            return await self._store.create_account(
+                Email(address=row.email, canonical=email.canonical),
+                signup_ip=row.signup_ip,
+                signup_fingerprint=row.signup_fingerprint,
+            )
+        except AlreadyExists:
+            raise AlreadyExists(
+                "An account already exists for this email address: Kyma allows one account per person.",
+                param="email",
+            ) from None
