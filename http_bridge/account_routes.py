@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,17 +37,23 @@ _OUTCOME = {
 router = APIRouter()
 
 
-def _unix(value: timestamp_pb2.Timestamp) -> int | None:
+def unix(value: timestamp_pb2.Timestamp) -> int | None:
     return value.seconds if value.seconds or value.nanos else None
 
 
-async def _call(
-    request: Request, rpc: Callable[..., Awaitable[Any]], message: Any
+async def call_core(
+    request: Request,
+    rpc: Callable[..., Awaitable[Any]],
+    message: Any,
+    *,
+    extra: tuple[tuple[str, str], ...] = (),
 ) -> tuple[Any, dict[str, str]]:
+    """One call on the core with the caller's credentials; a failure ends the handler with the
+    OpenAI error response (see `failed_response`)."""
     request_id = new_request_id()
     headers = {"x-request-id": request_id}
     try:
-        return await rpc(message, metadata=call_metadata(request, request_id)), headers
+        return await rpc(message, metadata=call_metadata(request, request_id) + extra), headers
     except grpc.aio.AioRpcError as error:
         raise _Failed(from_grpc(error).response(headers)) from None
 
@@ -56,30 +63,35 @@ class _Failed(Exception):
         self.response = response
 
 
-def _failed_response(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    async def run(request: Request) -> Response:
+def failed_response(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    """Let `call_core` end a handler with the core's error as an OpenAI error response."""
+
+    @functools.wraps(handler)  # FastAPI reads the handler's parameters through this
+    async def run(*args: Any, **kwargs: Any) -> Response:
         try:
-            return await handler(request)
+            return await handler(*args, **kwargs)
         except _Failed as failed:
             return failed.response
 
-    run.__name__ = handler.__name__
     return run
 
 
 @router.get("/v1/account")
-@_failed_response
+@failed_response
 async def get_account(request: Request) -> Response:
-    reply, headers = await _call(request, stubs(request).accounting.GetAccount, accounting_pb.GetAccountRequest())
+    reply, headers = await call_core(request, stubs(request).accounting.GetAccount, accounting_pb.GetAccountRequest())
     account, balance, limits = reply.account, reply.balance, reply.limits
+    notices = [{"message": n.message, "created_at": unix(n.created_at)} for n in reply.notices]
     return json_response(
         {
             "object": "account",
             "id": account.id,
             "email": account.email,
             "status": _STATUS.get(account.status, "unknown"),
+            "status_reason": account.status_reason or None,
+            "suspended_until": unix(account.suspended_until),
             "tier": account.tier,
-            "created_at": _unix(account.created_at),
+            "created_at": unix(account.created_at),
             "balance_usd": balance.balance.usd,
             "held_usd": balance.held.usd,
             "available_usd": balance.available.usd,
@@ -91,19 +103,20 @@ async def get_account(request: Request) -> Response:
                 "tokens_per_minute": limits.tpm,
                 "pinned": limits.pinned,
             },
+            "notices": notices,
         },
         headers,
     )
 
 
 @router.get("/v1/account/usage")
-@_failed_response
+@failed_response
 async def get_usage(request: Request) -> Response:
     message = accounting_pb.GetUsageRequest(
         start_day=request.query_params.get("start_day", ""),
         end_day=request.query_params.get("end_day", ""),
     )
-    reply, headers = await _call(request, stubs(request).accounting.GetUsage, message)
+    reply, headers = await call_core(request, stubs(request).accounting.GetUsage, message)
     rows = [
         {
             "day": row.day,
@@ -120,7 +133,7 @@ async def get_usage(request: Request) -> Response:
 
 
 @router.get("/v1/account/ledger")
-@_failed_response
+@failed_response
 async def get_ledger(request: Request) -> Response:
     limit = request.query_params.get("limit", "50")
     if not limit.isdigit() or not 1 <= int(limit) <= 200:
@@ -130,7 +143,7 @@ async def get_ledger(request: Request) -> Response:
     message = accounting_pb.ListLedgerEntriesRequest(
         page_size=int(limit), page_token=request.query_params.get("page_token", "")
     )
-    reply, headers = await _call(request, stubs(request).accounting.ListLedgerEntries, message)
+    reply, headers = await call_core(request, stubs(request).accounting.ListLedgerEntries, message)
     entries = [
         {
             "id": entry.id,
@@ -139,7 +152,7 @@ async def get_ledger(request: Request) -> Response:
             "amount_usd": entry.amount.usd,
             "reason": entry.reason,
             "reference": entry.reference or None,
-            "created_at": _unix(entry.created_at),
+            "created_at": unix(entry.created_at),
         }
         for entry in reply.entries
     ]
@@ -155,7 +168,7 @@ async def get_ledger(request: Request) -> Response:
 
 
 @router.post("/v1/billing/checkout")
-@_failed_response
+@failed_response
 async def create_checkout(request: Request) -> Response:
     headers = {"x-request-id": new_request_id()}
     try:
@@ -170,12 +183,12 @@ async def create_checkout(request: Request) -> Response:
         return OpenAIError(400, "'amount_usd' is required: a decimal number of USD, e.g. \"25\".", param="amount_usd").response(headers)
     # A JSON number is taken as written (repr keeps 10.5 as "10.5"); the core validates it.
     message = billing_pb.CreateCheckoutSessionRequest(amount_usd=str(amount))
-    reply, headers = await _call(request, stubs(request).billing.CreateCheckoutSession, message)
+    reply, headers = await call_core(request, stubs(request).billing.CreateCheckoutSession, message)
     return json_response({"object": "checkout.session", "id": reply.session_id, "url": reply.url}, headers)
 
 
 @router.post("/v1/billing/stripe/webhook")
-@_failed_response
+@failed_response
 async def stripe_webhook(request: Request) -> Response:
     headers = {"x-request-id": new_request_id()}
     try:
@@ -186,5 +199,5 @@ async def stripe_webhook(request: Request) -> Response:
     if not (signature.isascii() and signature.isprintable()):
         signature = ""
     message = billing_pb.HandleStripeWebhookRequest(payload=payload, signature=signature)
-    reply, headers = await _call(request, stubs(request).billing.HandleStripeWebhook, message)
+    reply, headers = await call_core(request, stubs(request).billing.HandleStripeWebhook, message)
     return json_response({"received": True, "outcome": _OUTCOME.get(reply.outcome, "unknown")}, headers)

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from http_bridge import account_routes, inference_routes
+from http_bridge import account_routes, auth_routes, inference_routes
 from http_bridge.core_client import GRPC_OPTIONS, CoreStubs, new_request_id, stubs
 from http_bridge.errors import OpenAIError
 from http_bridge.settings import BridgeSettings
@@ -45,6 +45,7 @@ def create_app(settings: BridgeSettings, *, channel: grpc.aio.Channel | None = N
     app.state.settings = settings
     app.include_router(inference_routes.router)
     app.include_router(account_routes.router)
+    app.include_router(auth_routes.router)
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -7,7 +7,7 @@ import secrets
 import grpc
 from fastapi import Request
 from grpc_health.v1 import health_pb2_grpc
-from kyma.accounting.v1 import accounting_service_pb2_grpc
+from kyma.accounting.v1 import accounting_service_pb2_grpc, signup_service_pb2_grpc
 from kyma.billing.v1 import billing_service_pb2_grpc
 from kyma.inference.v1 import inference_service_pb2_grpc
 from kyma.routing.v1 import routing_service_pb2_grpc
@@ -30,6 +30,7 @@ class CoreStubs:
         self.routing = routing_service_pb2_grpc.RoutingServiceStub(channel)
         self.accounting = accounting_service_pb2_grpc.AccountingServiceStub(channel)
         self.billing = billing_service_pb2_grpc.BillingServiceStub(channel)
+        self.signup = signup_service_pb2_grpc.SignupServiceStub(channel)
         self.health = health_pb2_grpc.HealthStub(channel)
 
 

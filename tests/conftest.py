@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email
+import email.policy
+import logging
 import os
+import re
 import pathlib
 import secrets
 import socket
@@ -33,6 +37,7 @@ from core_service.app import Core, build_core
 from core_service.billing.ledger import BalanceView
 from core_service.billing.verify import verify_ledger
 from core_service.clock import SystemClock
+from core_service.logging_setup import quiet_libraries
 from core_service.db.models import CreditHold
 from sqlalchemy import func, select
 from core_service.settings import Settings
@@ -40,6 +45,38 @@ from http_bridge.app import create_app
 from http_bridge.settings import BridgeSettings
 
 ADMIN_TOKEN = "kyadm_test_" + secrets.token_hex(8)
+# Every API key the tests were given: none may ever appear in a log line (checked at the end).
+ISSUED_KEYS: set[str] = set()
+UPSTREAM_KEY = "sk-upstream-secret"
+
+
+class _Recorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:  # a record that cannot format is not a leak
+            pass
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_key_in_any_log() -> Iterator[None]:
+    """Record every log line of the session; at the end, no issued key may be in one."""
+    recorder = _Recorder()
+    recorder.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(recorder)
+    root.setLevel(logging.INFO)  # what production runs with, under its library levels
+    quiet_libraries()
+    yield
+    root.removeHandler(recorder)
+    root.setLevel(previous)
+    leaked = {key[:9] for key in ISSUED_KEYS | {UPSTREAM_KEY} for line in recorder.lines if key in line}
+    assert not leaked, f"keys found in log output: {sorted(leaked)}"
 
 
 @dataclass
@@ -167,7 +204,22 @@ class Kyma:
             admin_service_pb2.CreateAccountRequest(email=email),
             metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),),
         )
+        ISSUED_KEYS.add(reply.api_key_secret)
         return reply.account.id, reply.api_key_secret
+
+    def mails_to(self, address: str) -> list[email.message.EmailMessage]:
+        """Mails the file backend wrote to `address`, oldest first."""
+        directory = self.settings.data_dir / "mail"
+        found = []
+        for path in sorted(directory.glob("*.eml")) if directory.exists() else []:
+            message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            if message["To"] == address:
+                found.append(message)
+        return found
+
+    def last_code(self, address: str) -> str:
+        body = self.mails_to(address)[-1].get_content()
+        return re.search(r"code is (\d{6})", body).group(1)  # type: ignore[union-attr]
 
     def client(self, api_key: str, **kwargs: Any) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, **kwargs)
@@ -224,11 +276,15 @@ async def running_kyma(
         catalog=overrides.pop("catalog", None) or write_catalog(tmp / "catalog.yaml", upstream),
         demo_tokens_per_second=0,
         shutdown_grace_seconds=2,
-        **overrides,
+        **{
+            "mail_url": f"file://{tmp / 'mail'}",
+            # Every test signs up from 127.0.0.1: per-address limits get their own tests.
+            "signups_per_ip_per_minute": 10_000,
+            "verifications_per_ip_per_minute": 10_000,
+            **overrides,
+        },
     )
-    core = await build_core(
-        settings, clock=clock, environ={"KYMA_TEST_UPSTREAM_KEY": "sk-upstream-secret"}
-    )
+    core = await build_core(settings, clock=clock, environ={"KYMA_TEST_UPSTREAM_KEY": UPSTREAM_KEY})
     port = await core.start()
     target = f"127.0.0.1:{port}"
     channel = grpc.aio.insecure_channel(target)

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from datetime import UTC, datetime, timedelta
 from collections.abc import Callable
 from typing import Any
 
@@ -136,6 +137,109 @@ def _limits_pin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _justification(args: argparse.Namespace) -> pb.Justification:
+    return pb.Justification(actor=args.actor, reason=args.reason)
+
+
+def _enforce(args: argparse.Namespace) -> int:
+    """warn, reset-credits, suspend, ban, unban, revoke-referrals."""
+    admin = _Admin(Settings())
+    why = _justification(args)
+    action = args.action
+    if action == "warn":
+        reply = admin.call(admin.stub.WarnAccount, pb.WarnAccountRequest(account_id=args.account_id, message=args.message, justification=why))
+        text = f"warned {args.account_id}"
+    elif action == "reset-credits":
+        reply = admin.call(admin.stub.ResetCredits, pb.ResetCreditsRequest(account_id=args.account_id, justification=why))
+        text = f"credits of {args.account_id} reset: balance {reply.balance.balance.usd} USD, available {reply.balance.available.usd} USD"
+    elif action == "suspend":
+        until = _parse_until(args.until)
+        request = pb.SuspendAccountRequest(account_id=args.account_id, justification=why)
+        request.until.FromDatetime(until)
+        reply = admin.call(admin.stub.SuspendAccount, request)
+        text = f"suspended {args.account_id} until {until.isoformat()}"
+    elif action == "ban":
+        reply = admin.call(admin.stub.BanAccount, pb.BanAccountRequest(account_id=args.account_id, justification=why))
+        text = f"banned {args.account_id}"
+    elif action == "unban":
+        reply = admin.call(admin.stub.ReinstateAccount, pb.ReinstateAccountRequest(account_id=args.account_id, justification=why))
+        text = f"reinstated {args.account_id}"
+    else:
+        reply = admin.call(admin.stub.RevokeReferrals, pb.RevokeReferralsRequest(account_id=args.account_id, justification=why))
+        text = f"referral privileges of {args.account_id} revoked"
+    _print(reply, args.json, f"{text} (audit entry {reply.audit.id})")
+    return 0
+
+
+def _parse_until(text: str) -> datetime:
+    """An ISO 8601 time (UTC when no zone is given), or a duration from now: 30m, 12h, 7d."""
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if text[:-1].isdigit() and text[-1:] in units:
+        return datetime.now(UTC) + timedelta(seconds=int(text[:-1]) * units[text[-1]])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit("kyma admin: --until takes an ISO time (2026-12-01T00:00Z) or a duration (30m, 12h, 7d)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+_STATUS_FILTER = {"active": 1, "suspended": 2, "banned": 3}
+
+
+def _accounts_list(args: argparse.Namespace) -> int:
+    admin = _Admin(Settings())
+    reply = admin.call(
+        admin.stub.ListAccounts,
+        pb.ListAccountsRequest(
+            status=_STATUS_FILTER.get(args.status or "", 0), shared_signals=args.shared_signals,
+            page_size=args.limit, after_id=args.after or "",
+        ),
+    )
+    lines = [
+        f"{s.account.id}  {s.account.email}  {_status_name(s.account.status)}"
+        + (f"  shares signals with {s.sharing_signals}" if s.sharing_signals else "")
+        for s in reply.accounts
+    ]
+    _print(reply, args.json, "\n".join(lines) or "no accounts")
+    return 0
+
+
+def _status_name(value: int) -> str:
+    return {1: "active", 2: "suspended", 3: "banned"}.get(value, "unknown")
+
+
+def _accounts_show(args: argparse.Namespace) -> int:
+    admin = _Admin(Settings())
+    reply = admin.call(admin.stub.GetAccountDetails, pb.GetAccountDetailsRequest(account_id=args.account_id))
+    account = reply.summary.account
+    lines = [
+        f"{account.id} <{account.email}> {_status_name(account.status)}"
+        + (f" ({account.status_reason})" if account.status_reason else ""),
+        f"tier {reply.limits.tier}; balance {reply.balance.balance.usd} USD, available {reply.balance.available.usd} USD",
+        f"sign-up ip {reply.summary.signup_ip or '-'}, fingerprint {reply.summary.signup_fingerprint or '-'}",
+        f"keys: " + (", ".join(f"{k.display_prefix}… {k.name}{' (revoked)' if k.HasField('revoked_at') else ''}" for k in reply.keys) or "none"),
+        *(f"notice: {n.message}" for n in reply.notices),
+        *(f"shares signals with {r.account.id} <{r.account.email}>" for r in reply.related),
+    ]
+    _print(reply, args.json, "\n".join(lines))
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    admin = _Admin(Settings())
+    reply = admin.call(
+        admin.stub.ListAuditEntries,
+        pb.ListAuditEntriesRequest(account_id=args.account or "", page_size=args.limit),
+    )
+    lines = [
+        f"{e.id}  {e.created_at.ToDatetime(tzinfo=UTC).isoformat()}  {e.actor}  {e.action}  {e.account_id}  {e.reason}"
+        + (f"  [{e.details}]" if e.details else "")
+        for e in reply.entries
+    ]
+    _print(reply, args.json, "\n".join(lines) or "no audit entries")
+    return 0
+
+
 def _run(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
@@ -158,6 +262,42 @@ def add_commands(commands: Any) -> None:
     create.add_argument("--key-name", default="default")
     create.add_argument("--json", action="store_true", help="print JSON for scripts")
     create.set_defaults(run=_run(_accounts_create))
+
+    def enforcement(name: str, help_text: str) -> argparse.ArgumentParser:
+        command = account_commands.add_parser(name, help=help_text)
+        command.add_argument("account_id")
+        command.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+        command.add_argument("--actor", default=os.environ.get("USER", "admin"), help="who is acting")
+        command.add_argument("--json", action="store_true")
+        command.set_defaults(run=_run(_enforce))
+        return command
+
+    enforcement("warn", "show the account a warning").add_argument("--message", required=True)
+    enforcement("reset-credits", "take the available balance to zero (a ledger entry)")
+    enforcement("suspend", "refuse the account's requests until a time").add_argument(
+        "--until", required=True, help="ISO time, or a duration: 30m, 12h, 7d"
+    )
+    enforcement("ban", "refuse the account's requests for good")
+    enforcement("unban", "lift a suspension or a ban")
+    enforcement("revoke-referrals", "the account earns no more referral rewards")
+
+    listing = account_commands.add_parser("list", help="accounts, newest first")
+    listing.add_argument("--status", choices=sorted(_STATUS_FILTER))
+    listing.add_argument("--shared-signals", action="store_true", help="only accounts sharing a sign-up IP or fingerprint")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--after", help="page on after this account id")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=_run(_accounts_list))
+    show = account_commands.add_parser("show", help="one account: balance, keys, notices, related accounts")
+    show.add_argument("account_id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(run=_run(_accounts_show))
+
+    audit = groups.add_parser("audit", help="the admin audit log, newest first")
+    audit.add_argument("--account", help="only this account's entries")
+    audit.add_argument("--limit", type=int, default=100)
+    audit.add_argument("--json", action="store_true")
+    audit.set_defaults(run=_run(_audit))
 
     credits = groups.add_parser("credits", help="credit balances")
     credit_commands = credits.add_subparsers(dest="action", required=True)

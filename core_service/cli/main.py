@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import subprocess
@@ -14,10 +13,9 @@ from core_service.cli import admin
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from core_service.logging_setup import configure
+
+    configure(level)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -29,13 +29,15 @@ DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+s)?$|^\d+ms$")
 
 
 class ShiftedClock:
-    """The real clock, moved forward on demand (rate-limit windows without waiting)."""
+    """Wall time that stands still until a test moves it (rate-limit windows, and Retry-After
+    to the second, without waiting or racing the real clock); durations run in real time."""
 
     def __init__(self) -> None:
         self.offset = timedelta()
+        self._start = datetime.now(UTC).replace(microsecond=500_000)
 
     def now(self) -> datetime:
-        return datetime.now(UTC) + self.offset
+        return self._start + self.offset
 
     def monotonic(self) -> float:
         return time.monotonic() + self.offset.total_seconds()
