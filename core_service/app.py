@@ -52,11 +52,14 @@ from core_service.billing.service import BillingServicer
 from core_service.billing.stores import open_hold_store
 from core_service.billing.usage import UsageReport
 from core_service.billing.webhooks import StripeWebhooks
-from core_service.catalog import Catalog
+from core_service.catalog import Catalog, CatalogHolder
 from core_service.clock import Clock, SystemClock
 from core_service.db.engine import create_engine, migrate, session_factory
 from core_service.inference.pipeline import InferencePipeline
 from core_service.inference.service import InferenceServicer
+from core_service.routing.budget import RetryBudget
+from core_service.routing.health import BreakerPolicy
+from core_service.routing.prober import Prober
 from core_service.routing.router import Router
 from core_service.routing.service import RoutingServicer
 from core_service.ratelimit.fallback import FallbackRateLimitStore
@@ -187,6 +190,9 @@ class Core:
     limits_store: RateLimitStore
     limiter: AccountLimiter
     mailer: Mailer
+    router: Router
+    catalogue: CatalogHolder
+    prober: Prober
     ledger: Ledger
     stripe_http: stripe.HTTPXClient | None = None
     port: int = 0
@@ -196,6 +202,12 @@ class Core:
     async def start(self) -> int:
         await self.server.start()
         self._chores.append(asyncio.create_task(self._expire_holds(), name="expire holds"))
+        self._chores.append(
+            asyncio.create_task(
+                _periodically(self.settings.probe_interval_seconds, self.prober.probe_due, "probes"),
+                name="probe deployments",
+            )
+        )
         await self.health.set(SHARED_LIMITS_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.settings.redis_url is not None:
             self._chores.append(asyncio.create_task(self._report_limiter(), name="limiter health"))
@@ -251,9 +263,10 @@ async def build_core(
     """Build the core from settings; migrations are applied here, before anything serves."""
     clock = clock or SystemClock()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    environ = os.environ if environ is None else environ
     if catalog is None:
-        environ = os.environ if environ is None else environ
         catalog = Catalog.load(settings.catalog, environ) if settings.catalog else Catalog.builtin()
+    catalogue = CatalogHolder(catalog, path=settings.catalog)
     engine = create_engine(settings.sqlalchemy_url)
     await migrate(engine)
     sessions = session_factory(engine)
@@ -272,11 +285,22 @@ async def build_core(
     holds = Holds(hold_store, engine, clock, ttl_seconds=max(settings.hold_ttl_seconds, longest + 60))
     ledger = Ledger(engine, clock)
     limits_store = await build_rate_limit_store(settings, clock)
+    router = Router(
+        rng or random.Random(),
+        clock,
+        policy=BreakerPolicy(
+            failures_to_open=settings.breaker_failures_to_open,
+            base_cooldown=settings.breaker_cooldown_seconds,
+            max_cooldown=settings.breaker_max_cooldown_seconds,
+        ),
+        budget=RetryBudget(clock, ratio=settings.retry_budget_ratio),
+        max_attempts=settings.max_attempts_per_request,
+    )
     limiter = AccountLimiter(limits_store, tasks, shared=lambda: _shares_limits(limits_store))
     pipeline = InferencePipeline(
         authenticator=authenticator,
-        catalog=catalog,
-        router=Router(rng or random.Random()),
+        catalog=catalogue,
+        router=router,
         upstream=UpstreamClient(upstreams),
         metering=Metering(holds, tasks),
         limiter=limiter,
@@ -318,7 +342,7 @@ async def build_core(
         InferenceServicer(pipeline), server
     )
     routing_service_pb2_grpc.add_RoutingServiceServicer_to_server(
-        RoutingServicer(authenticator, catalog), server
+        RoutingServicer(authenticator, catalogue), server
     )
     accounting_service_pb2_grpc.add_AccountingServiceServicer_to_server(
         AccountingServicer(authenticator, store, ledger, UsageReport(engine, clock), enforcement, clock),
@@ -358,6 +382,9 @@ async def build_core(
         limits_store=limits_store,
         limiter=limiter,
         mailer=mailer,
+        router=router,
+        catalogue=catalogue,
+        prober=Prober(router, catalogue, upstreams),
         ledger=ledger,
         stripe_http=stripe_http,
         port=port,

@@ -97,6 +97,8 @@ class Model(_Strict):
     max_output_tokens: int = Field(default=4096, gt=0)
     price: Price = Price()
     endpoints: tuple[Endpoint, ...] = ALL_ENDPOINTS
+    # How deployments are ordered for a request (see routing/router.py).
+    strategy: Literal["weighted", "least_outstanding", "lowest_latency"] = "weighted"
     deployments: tuple[Deployment, ...] = Field(min_length=1)
 
 
@@ -163,3 +165,26 @@ def _resolve_keys(model: Model, environ: Mapping[str, str]) -> Model:
             key = SecretStr(value)
         deployments.append(deployment.model_copy(update={"name": name, "api_key": key}))
     return model.model_copy(update={"deployments": tuple(deployments)})
+
+
+class CatalogHolder:
+    """The running catalogue, replaced whole by a reload; a bad file leaves it as it was."""
+
+    def __init__(self, catalog: Catalog, *, path: pathlib.Path | None) -> None:
+        self._catalog = catalog
+        self._path = path
+
+    def get(self, name: str) -> Model:
+        return self._catalog.get(name)
+
+    def models(self) -> list[Model]:
+        return self._catalog.models()
+
+    def reload(self, environ: Mapping[str, str]) -> Catalog:
+        """Read the catalogue file again. Raises CatalogError (and keeps the running one) when
+        the file is missing or invalid."""
+        if self._path is None:
+            raise CatalogError("Kyma runs on the built-in catalogue (KYMA_CATALOG is not set)")
+        catalog = Catalog.load(self._path, environ)
+        self._catalog = catalog
+        return catalog

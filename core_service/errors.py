@@ -84,6 +84,12 @@ class UpstreamError(KymaError):
 
     reason = "UPSTREAM_BAD_GATEWAY"
 
+    def __init__(
+        self, message: str, *, param: str | None = None, retry_after_seconds: int | None = None
+    ) -> None:
+        super().__init__(message, param=param)
+        self.retry_after_seconds = retry_after_seconds
+
 
 class UpstreamUnavailable(UpstreamError):
     reason = "UPSTREAM_UNAVAILABLE"

@@ -58,12 +58,13 @@ def to_status(error: errors.KymaError) -> grpc.Status:
     if until is not None:
         info.metadata["until"] = until.isoformat()
     details = [info]
-    if isinstance(error, errors.RateLimited):
-        if error.snapshot is not None:
-            info.metadata.update(error.snapshot.as_metadata())
+    if isinstance(error, errors.RateLimited) and error.snapshot is not None:
+        info.metadata.update(error.snapshot.as_metadata())
+    retry_after = getattr(error, "retry_after_seconds", None)
+    if retry_after:
         details.append(
             error_details_pb2.RetryInfo(
-                retry_delay=duration_pb2.Duration(seconds=error.retry_after_seconds)
+                retry_delay=duration_pb2.Duration(seconds=retry_after)
             )
         )
     packed = []

@@ -125,6 +125,12 @@ class Settings(BaseSettings):
     redis_timeout_ms: float = Field(
         default=50.0, gt=0, description="How long a limiter call waits for Redis before falling back."
     )
+    max_attempts_per_request: int = Field(default=3, ge=1, description="Deployments one request may try.")
+    retry_budget_ratio: float = Field(default=0.2, ge=0, description="Retries allowed per request, node-wide.")
+    breaker_failures_to_open: int = Field(default=3, ge=1, description="Consecutive failures that eject a deployment.")
+    breaker_cooldown_seconds: float = Field(default=5.0, gt=0, description="First ejection; doubles on repeat.")
+    breaker_max_cooldown_seconds: float = Field(default=300.0, gt=0)
+    probe_interval_seconds: float = Field(default=2.0, gt=0, description="How often ejected deployments are probed.")
     log_level: str = "INFO"
 
     @field_validator("welcome_bonus_usd")

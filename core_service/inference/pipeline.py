@@ -20,14 +20,20 @@ from core_service import tokens
 from core_service.accounts.auth import Authenticator, Principal
 from core_service.billing.metering import Charge, Metering, Reservation, charge_for, output_tokens_to_hold
 from core_service.clock import Clock
-from core_service.catalog import Catalog, Deployment, Endpoint, Model
-from core_service.errors import InsufficientCredits, InvalidRequest, RateLimited, UpstreamError
+from core_service.catalog import CatalogHolder, Deployment, Endpoint, Model
+from core_service.errors import (
+    InsufficientCredits,
+    InvalidRequest,
+    RateLimited,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 from core_service.inference.requests import UPSTREAM_PATHS, InferenceRequest, parse_request
 from core_service.inference.streams import StreamRelay
 from core_service.inference.usage import TokenUsage, usage_from_upstream
 from core_service.ratelimit.limiter import AccountLimiter, Admission, DeploymentGate, Ticket
 from core_service.ratelimit.snapshot import RateLimitSnapshot
-from core_service.routing.router import Router
+from core_service.routing.router import Attempt, Router
 from core_service.upstream.client import UpstreamClient, UpstreamFailure, UpstreamStream
 
 
@@ -53,6 +59,14 @@ class StreamEnd:
 
 
 @dataclass(frozen=True)
+class _Try:
+    """One deployment's turn: its place in the upstream limits and its health report."""
+
+    ticket: Ticket
+    attempt: Attempt
+
+
+@dataclass(frozen=True)
 class _Admitted:
     principal: Principal
     request: InferenceRequest
@@ -68,7 +82,7 @@ class InferencePipeline:
         self,
         *,
         authenticator: Authenticator,
-        catalog: Catalog,
+        catalog: CatalogHolder,
         router: Router,
         upstream: UpstreamClient,
         metering: Metering,
@@ -131,21 +145,25 @@ class InferencePipeline:
             body["stream_options"] = options
         return orjson.dumps(body)
 
-    async def _deployments(self, admitted: _Admitted) -> AsyncIterator[Ticket]:
-        """Tickets for the model's deployments in routing order, skipping saturated ones; when
-        every one is saturated, RateLimited with the soonest time one may have room."""
+    async def _tries(self, admitted: _Admitted) -> AsyncIterator[_Try]:
+        """Tries of the model's deployments in routing order: healthy ones only, skipping those
+        at capacity, each after the first paid from the retry budget. When capacity alone
+        stopped every try, RateLimited with the soonest time one may have room."""
+        model = admitted.model
         waits: list[int] = []
-        entered = False
-        for deployment in self._router.candidates(admitted.model):
-            ticket = await self._gate.enter(admitted.model, deployment, admitted.tokens)
+        tried = False
+        for deployment in self._router.plan(model):
+            if tried and not self._router.may_retry():
+                break
+            ticket = await self._gate.enter(model, deployment, admitted.tokens)
             if isinstance(ticket, int):
                 waits.append(ticket)
                 continue
-            entered = True
-            yield ticket
-        if not entered:
+            tried = True
+            yield _Try(ticket, self._router.start(model, deployment))
+        if not tried:
             raise RateLimited(
-                f"Every upstream of '{admitted.model.name}' is at capacity. Retry shortly.",
+                f"Every upstream of '{model.name}' is at capacity. Retry shortly.",
                 retry_after_seconds=max(1, min(waits, default=1)),
             )
 
@@ -170,23 +188,29 @@ class InferencePipeline:
         request = admitted.request
         path = UPSTREAM_PATHS[request.endpoint]
         failure: UpstreamFailure | None = None
-        async with aclosing(self._deployments(admitted)) as tickets:
-            async for ticket in tickets:
+        async with aclosing(self._tries(admitted)) as tries:
+            async for attempt in tries:
+                ticket = attempt.ticket
                 try:
                     reply = await self._upstream.post(
                         ticket.deployment, path, self._upstream_body(request, ticket.deployment)
                     )
                 except UpstreamFailure as exc:
                     self._gate.leave(admitted.model, ticket, 0)
-                    if not exc.retryable:
+                    if not exc.retryable:  # the upstream answered: the request is at fault
+                        attempt.attempt.succeeded()
                         raise exc.error from None
+                    attempt.attempt.failed(exc.error.message, retry_after=exc.retry_after)
                     failure = exc
                     continue
                 except BaseException:
                     self._gate.leave(admitted.model, ticket, 0)
+                    attempt.attempt.abandoned()
                     raise
+                attempt.attempt.succeeded()
                 return reply, ticket
-        assert failure is not None
+        if failure is None:
+            raise UpstreamUnavailable(f"No upstream of '{admitted.model.name}' could be tried.")
         raise failure.error
 
     async def stream(
@@ -234,8 +258,9 @@ class InferencePipeline:
         request = admitted.request
         path = UPSTREAM_PATHS[request.endpoint]
         failure: UpstreamFailure | None = None
-        async with aclosing(self._deployments(admitted)) as tickets:
-            async for ticket in tickets:
+        async with aclosing(self._tries(admitted)) as tries:
+            async for attempt in tries:
+                ticket = attempt.ticket
                 stream: UpstreamStream | None = None
                 try:
                     stream = await self._upstream.open_stream(
@@ -247,15 +272,24 @@ class InferencePipeline:
                         try:
                             batch = await anext(events)
                         except StopAsyncIteration:
+                            attempt.attempt.succeeded()
                             return stream, ticket, events, []
                         chunks = relay.rewrite_all(batch)
                         if chunks:
+                            attempt.attempt.succeeded()  # its latency is the time to first chunk
                             return stream, ticket, events, chunks
                 except UpstreamFailure as exc:
+                    if not exc.retryable and stream is None:  # the upstream refused the request
+                        attempt.attempt.succeeded()
+                        self._gate.leave(admitted.model, ticket, 0)
+                        raise exc.error from None
+                    attempt.attempt.failed(exc.error.message, retry_after=exc.retry_after)
                     failure = exc
                 except UpstreamError as exc:  # an error event or garbage before the first chunk
+                    attempt.attempt.failed(exc.message)
                     failure = UpstreamFailure(exc, retryable=True)
                 except BaseException:
+                    attempt.attempt.abandoned()
                     self._gate.leave(admitted.model, ticket, 0)
                     if stream is not None:
                         await stream.aclose()
@@ -263,7 +297,8 @@ class InferencePipeline:
                 self._gate.leave(admitted.model, ticket, 0)
                 if stream is not None:
                     await stream.aclose()
-        assert failure is not None
+        if failure is None:
+            raise UpstreamUnavailable(f"No upstream of '{admitted.model.name}' could be tried.")
         raise failure.error
 
 

@@ -1,26 +1,157 @@
-"""Choosing deployments for a request: the order in which they are tried.
+"""Choosing deployments for a request: which to try, in what order, and how many.
 
-Weighted random: the first deployment is drawn by weight, the next from the rest by weight,
-and so on, so failover visits every deployment at most once.
+Strategies (per model, in the catalogue): `weighted` (random, by weight), `least_outstanding`
+(fewest requests in flight on this node), `lowest_latency` (lowest moving average of time to
+first byte; deployments not yet measured are tried first). Deployments whose circuit breaker is
+open are left out; when that leaves none, the request fails at once with 503 rather than
+waiting for timeouts. A request tries at most `max_attempts` deployments, and every try after
+the first spends from the node's retry budget.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from core_service.catalog import Deployment, Model
+from core_service.clock import Clock
+from core_service.errors import UpstreamUnavailable
+from core_service.routing.budget import RetryBudget
+from core_service.routing.health import BreakerPolicy, BreakerState, DeploymentHealth
+
+
+@dataclass(frozen=True)
+class DeploymentStatus:
+    model: str
+    deployment: str
+    state: BreakerState
+    retry_in: float
+    in_flight: int
+    latency_ewma: float | None
+    requests: int
+    failures: int
+    last_error: str
+
+
+class Attempt:
+    """One try of one deployment; report how it went exactly once."""
+
+    __slots__ = ("_health", "_clock", "_started", "_done")
+
+    def __init__(self, health: DeploymentHealth, clock: Clock) -> None:
+        self._health = health
+        self._clock = clock
+        self._started = clock.monotonic()
+        self._done = False
+        health.start(self._started)
+
+    def succeeded(self) -> None:
+        if not self._done:
+            self._done = True
+            self._health.succeeded(self._clock.monotonic() - self._started)
+
+    def failed(self, error: str, *, retry_after: float | None = None) -> None:
+        if not self._done:
+            self._done = True
+            self._health.failed(self._clock.monotonic(), error, retry_after=retry_after)
+
+    def abandoned(self) -> None:
+        if not self._done:
+            self._done = True
+            self._health.ended_unjudged()
 
 
 class Router:
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(
+        self,
+        rng: random.Random,
+        clock: Clock,
+        *,
+        policy: BreakerPolicy | None = None,
+        budget: RetryBudget | None = None,
+        max_attempts: int = 3,
+    ) -> None:
         self._rng = rng
+        self._clock = clock
+        self._policy = policy or BreakerPolicy()
+        self._budget = budget or RetryBudget(clock)
+        self._max_attempts = max_attempts
+        self._health: dict[tuple[str, str], DeploymentHealth] = {}
 
-    def candidates(self, model: Model) -> list[Deployment]:
-        remaining = list(model.deployments)
-        if len(remaining) == 1:
-            return remaining
+    def health(self, model: Model, deployment: Deployment) -> DeploymentHealth:
+        key = (model.name, deployment.name)
+        found = self._health.get(key)
+        if found is None:
+            found = self._health[key] = DeploymentHealth(self._policy)
+        return found
+
+    def plan(self, model: Model) -> list[Deployment]:
+        """The deployments to try, in order. Raises UpstreamUnavailable (503, with when to retry)
+        when every deployment's breaker is open."""
+        self._budget.record_request()
+        now = self._clock.monotonic()
+        usable = [d for d in model.deployments if self.health(model, d).admits(now)]
+        if not usable:
+            wait = min(self.health(model, d).retry_in(now) for d in model.deployments)
+            raise UpstreamUnavailable(
+                f"Every upstream of '{model.name}' is failing right now. Retry in {max(1, round(wait))}s.",
+                retry_after_seconds=max(1, round(wait)),
+            )
+        ordered = self._weighted_order(usable)
+        if model.strategy == "least_outstanding":
+            ordered.sort(key=lambda d: self.health(model, d).in_flight)
+        elif model.strategy == "lowest_latency":
+            ordered.sort(key=lambda d: _latency_key(self.health(model, d).latency_ewma))
+        return ordered[: self._max_attempts]
+
+    def may_retry(self) -> bool:
+        return self._budget.try_spend()
+
+    def start(self, model: Model, deployment: Deployment) -> Attempt:
+        return Attempt(self.health(model, deployment), self._clock)
+
+    def _weighted_order(self, deployments: Iterable[Deployment]) -> list[Deployment]:
+        remaining = list(deployments)
         ordered: list[Deployment] = []
-        while remaining:
+        while len(remaining) > 1:
             pick = self._rng.choices(range(len(remaining)), [d.weight for d in remaining])[0]
             ordered.append(remaining.pop(pick))
-        return ordered
+        return ordered + remaining
+
+    def status(self, models: Iterable[Model]) -> list[DeploymentStatus]:
+        now = self._clock.monotonic()
+        result = []
+        for model in models:
+            for deployment in model.deployments:
+                health = self.health(model, deployment)
+                result.append(
+                    DeploymentStatus(
+                        model=model.name,
+                        deployment=deployment.name,
+                        state=health.state(now),
+                        retry_in=health.retry_in(now),
+                        in_flight=health.in_flight,
+                        latency_ewma=health.latency_ewma,
+                        requests=health.requests,
+                        failures=health.failures,
+                        last_error=health.last_error,
+                    )
+                )
+        return result
+
+    def half_open(self, models: Iterable[Model]) -> list[tuple[Model, Deployment]]:
+        """Deployments whose cool-down has passed and that no request is trying yet."""
+        now = self._clock.monotonic()
+        return [
+            (model, deployment)
+            for model in models
+            for deployment in model.deployments
+            if self.health(model, deployment).state(now) is BreakerState.HALF_OPEN
+            and not self.health(model, deployment).probing
+        ]
+
+
+def _latency_key(latency: float | None) -> float:
+    # Unmeasured deployments go first, so every deployment gets measured.
+    return -1.0 if latency is None else latency

@@ -7,7 +7,7 @@ from kyma.routing.v1 import routing_service_pb2 as pb
 from kyma.routing.v1 import routing_service_pb2_grpc as pb_grpc
 
 from core_service.accounts.auth import Authenticator
-from core_service.catalog import Catalog, Model
+from core_service.catalog import CatalogHolder, Model
 from core_service.grpc_errors import translated
 from core_service.grpc_metadata import metadata_value
 
@@ -28,7 +28,7 @@ def model_message(model: Model) -> pb.Model:
 
 
 class RoutingServicer(pb_grpc.RoutingServiceServicer):
-    def __init__(self, authenticator: Authenticator, catalog: Catalog) -> None:
+    def __init__(self, authenticator: Authenticator, catalog: CatalogHolder) -> None:
         self._authenticator = authenticator
         self._catalog = catalog
 

@@ -1,0 +1,192 @@
+"""Routing across several real upstreams: strategies, failover, ejection and re-admission, the
+retry budget, and fast failure when a model has no healthy deployment."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import time
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from tests.conftest import running_kyma, start_upstream  # type: ignore[import-not-found]
+
+pytestmark = pytest.mark.asyncio
+
+CHAT = "/v1/chat/completions"
+GENEROUS = [{"tier": 0, "min_purchased_usd": "0", "rpm": 100_000, "model_rpm": 100_000, "tpm": 10**9}]
+
+
+@pytest.fixture(scope="module")
+def upstreams():
+    servers = [start_upstream() for _ in range(3)]
+    yield servers
+    for server in servers:
+        server.process.terminate()
+        server.process.wait(10)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def catalog_text(a, b, c) -> str:
+    def deployment(name: str, url: str, weight: float = 1, first_token: float = 2) -> str:
+        return (f"      - {{name: {name}, base_url: '{url}', model: up-{name}, weight: {weight}, "
+                f"timeouts: {{connect: 1, first_token: {first_token}, idle: 2, total: 10}}}}\n")
+
+    return (
+        "models:\n"
+        "  - name: weighted\n    deployments:\n"
+        + deployment("a", a.base_url, 3) + deployment("b", b.base_url, 1)
+        + "  - name: least\n    strategy: least_outstanding\n    deployments:\n"
+        + deployment("a", a.base_url) + deployment("b", b.base_url)
+        + "  - name: fastest\n    strategy: lowest_latency\n    deployments:\n"
+        + deployment("a", a.base_url) + deployment("b", b.base_url)
+        + "  - name: pair\n    deployments:\n"
+        + deployment("a", a.base_url) + deployment("c", c.base_url)
+        + "  - name: refused\n    deployments:\n"
+        + deployment("gone", f"http://127.0.0.1:{closed_port()}/v1") + deployment("c", c.base_url)
+        + "  - name: hanging\n    deployments:\n"
+        + deployment("a", a.base_url, first_token=0.5) + deployment("c", c.base_url, first_token=0.5)
+        + "  - name: lonely\n    deployments:\n"
+        + deployment("a", a.base_url)
+        + "  - name: trio\n    deployments:\n"
+        + deployment("a", a.base_url) + deployment("b", b.base_url) + deployment("c", c.base_url)
+    )
+
+
+@pytest_asyncio.fixture
+async def routed(upstreams, upstream, tmp_path):
+    for server in upstreams:
+        await server.reset()
+    path = tmp_path / "routes.yaml"
+    path.write_text(catalog_text(*upstreams))
+    async with running_kyma(
+        tmp_path, None, upstream, "sqlite", catalog=path, tiers=GENEROUS,
+        breaker_cooldown_seconds=0.5, probe_interval_seconds=0.2, welcome_bonus_usd="100",
+    ) as kyma:
+        _, key = await kyma.create_account()
+        kyma.key = key  # type: ignore[attr-defined]
+        yield kyma
+        for server in upstreams:
+            await server.reset()
+
+
+async def send(kyma, model: str, count: int, *, concurrency: int = 16, stream: bool = False) -> list[httpx.Response]:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "stream": stream}
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=kyma.http_url, timeout=30, limits=httpx.Limits(max_connections=concurrency)) as http:
+        async def one() -> httpx.Response:
+            async with gate:
+                return await http.post(CHAT, json=body, headers={"authorization": f"Bearer {kyma.key}"})
+        return await asyncio.gather(*(one() for _ in range(count)))
+
+
+async def served(server) -> int:
+    stats = await server.stats()
+    return stats["requests_by_path"].get("/v1/chat/completions", 0)
+
+
+async def test_weighted_split_within_statistical_bounds(routed, upstreams) -> None:
+    a, b, _ = upstreams
+    replies = await send(routed, "weighted", 1000, concurrency=32)
+    assert all(r.status_code == 200 for r in replies)
+    to_a, to_b = await served(a), await served(b)
+    assert to_a + to_b == 1000
+    # 3:1 weights: 750 expected, standard deviation 13.7; five of them either way.
+    assert 680 <= to_a <= 820
+
+
+async def test_least_outstanding_prefers_the_idle_upstream(routed, upstreams) -> None:
+    a, b, _ = upstreams
+    await a.control(latency_ms=300)
+    replies = await send(routed, "least", 40, concurrency=8)
+    assert all(r.status_code == 200 for r in replies)
+    assert await served(b) >= 3 * await served(a)
+
+
+async def test_lowest_latency_moves_traffic_to_the_fast_upstream(routed, upstreams) -> None:
+    a, b, _ = upstreams
+    await a.control(latency_ms=80)
+    await send(routed, "fastest", 4, concurrency=1)  # both get measured
+    before_a, before_b = await served(a), await served(b)
+    await send(routed, "fastest", 30, concurrency=1)
+    assert (await served(b) - before_b) >= 28 and (await served(a) - before_a) <= 2
+
+
+@pytest.mark.parametrize("fault", ["errors", "refused", "timeouts"])
+async def test_one_bad_upstream_costs_clients_nothing(routed, upstreams, fault: str) -> None:
+    a, _, c = upstreams
+    model = {"errors": "pair", "refused": "refused", "timeouts": "hanging"}[fault]
+    if fault == "errors":
+        await a.control(error_rate=1.0, error_status=500)
+    if fault == "timeouts":
+        await a.control(hang_rate=1.0)
+    replies = await send(routed, model, 30, concurrency=4)
+    assert [r.status_code for r in replies] == [200] * 30
+    if fault != "refused":
+        # Ejected after three failures: the bad upstream saw only a few of the 30.
+        assert await a.stats() and (await a.stats())["requests_total"] <= 6
+    status = {(s.model, s.deployment): s for s in routed.core.router.status(routed.core.catalogue.models())}
+    bad = status[(model, "gone" if fault == "refused" else "a")]
+    assert bad.state.value in ("open", "half_open") and bad.failures >= 3
+
+
+async def test_ejected_upstream_is_probed_back_in(routed, upstreams) -> None:
+    a, _, c = upstreams
+    await a.control(error_rate=1.0, error_status=503)
+    await send(routed, "pair", 10, concurrency=1)
+    await a.control(error_rate=0)
+    deadline = time.monotonic() + 5
+    while True:
+        status = {(s.model, s.deployment): s for s in routed.core.router.status(routed.core.catalogue.models())}
+        if status[("pair", "a")].state.value == "closed":
+            break
+        assert time.monotonic() < deadline, "not re-admitted"
+        await asyncio.sleep(0.1)
+    before = await served(a)
+    await send(routed, "pair", 20, concurrency=1)
+    assert await served(a) > before
+
+
+async def test_only_deployment_down_fails_fast(routed, upstreams) -> None:
+    a = upstreams[0]
+    await a.control(error_rate=1.0, error_status=500)
+    failed = await send(routed, "lonely", 3, concurrency=1)
+    assert [r.status_code for r in failed] == [502, 502, 502]
+    started = time.monotonic()
+    [fast] = await send(routed, "lonely", 1, concurrency=1)
+    elapsed = time.monotonic() - started
+    assert fast.status_code == 503 and int(fast.headers["retry-after"]) >= 1
+    assert fast.json()["error"]["code"] == "upstream_unavailable"
+    assert elapsed < 0.05, f"took {elapsed * 1000:.0f} ms"
+    assert await served(a) == 3
+
+
+async def test_retry_budget_caps_upstream_load_in_an_outage(upstreams, upstream, tmp_path) -> None:
+    for server in upstreams:
+        await server.reset()
+        await server.control(error_rate=1.0, error_status=500)
+    path = tmp_path / "routes.yaml"
+    path.write_text(catalog_text(*upstreams))
+    try:
+        # Breakers that never open: only the budget stands between clients and upstreams.
+        async with running_kyma(tmp_path, None, upstream, "sqlite", catalog=path, tiers=GENEROUS,
+                                breaker_failures_to_open=10_000) as kyma:
+            _, kyma.key = await kyma.create_account()  # type: ignore[attr-defined]
+            started = time.monotonic()
+            replies = await send(kyma, "trio", 200, concurrency=8)
+            elapsed = time.monotonic() - started
+            assert all(r.status_code == 502 for r in replies)
+            total = sum([await served(s) for s in upstreams])
+            # 200 first tries, plus 20% of them, plus the initial 10 and 1 a second of floor.
+            assert 200 <= total <= 200 + 40 + 10 + elapsed + 1, total
+    finally:
+        for server in upstreams:
+            await server.reset()
