@@ -353,6 +353,7 @@ async def build_core(
             guard, store, ledger, engine, clock,
             authenticator=authenticator, limiter=limiter, tiers=tiers,
             enforcement=enforcement, directory=AccountDirectory(engine),
+            router=router, catalogue=catalogue,
         ),
         server,
     )

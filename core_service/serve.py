@@ -6,10 +6,20 @@ import asyncio
 import logging
 import signal
 
-from core_service.app import build_core
+from core_service.admin.routing_rpcs import reload_catalog
+from core_service.app import Core, build_core
+from core_service.errors import KymaError
 from core_service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def _reload(core: Core) -> None:
+    """SIGHUP: read the catalogue file again (a bad file is logged and the running one stays)."""
+    try:
+        reload_catalog(core.catalogue)
+    except KymaError:
+        pass
 
 
 async def run_core(settings: Settings) -> None:
@@ -19,6 +29,7 @@ async def run_core(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, core)
     print(f"kyma core listening on {settings.grpc_host}:{core.port}", flush=True)
     await stop.wait()
     log.info("core shutting down: draining in-flight requests for up to %.0fs", settings.shutdown_grace_seconds)

@@ -17,6 +17,9 @@ from core_service.admin.auth import AdminGuard
 from core_service.admin.directory import AccountDirectory
 from core_service.admin.enforcement import Enforcement
 from core_service.admin.enforcement_rpcs import EnforcementRpcs
+from core_service.admin.routing_rpcs import RoutingRpcs
+from core_service.catalog import CatalogHolder
+from core_service.routing.router import Router
 from core_service.billing.ledger import SYSTEM_ADJUSTMENTS, EntryKind, Ledger, Transfer
 from core_service.accounts.auth import Authenticator, Principal
 from core_service.billing.messages import balance_message, entry_message, money
@@ -51,7 +54,7 @@ def adjustment_nanos(text: str) -> int:
         raise InvalidRequest("amount_usd is finer than a nano-dollar.", param="amount_usd") from None
 
 
-class AdminServicer(EnforcementRpcs, pb_grpc.AdminServiceServicer):
+class AdminServicer(EnforcementRpcs, RoutingRpcs, pb_grpc.AdminServiceServicer):
     def __init__(
         self,
         guard: AdminGuard,
@@ -65,7 +68,11 @@ class AdminServicer(EnforcementRpcs, pb_grpc.AdminServiceServicer):
         tiers: TierTable,
         enforcement: Enforcement,
         directory: AccountDirectory,
+        router: Router,
+        catalogue: CatalogHolder,
     ) -> None:
+        self._router = router
+        self._catalogue = catalogue
         self._enforcement = enforcement
         self._directory = directory
         self._authenticator = authenticator

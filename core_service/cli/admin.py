@@ -240,6 +240,28 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_status(args: argparse.Namespace) -> int:
+    admin = _Admin(Settings())
+    reply = admin.call(admin.stub.ListDeploymentStatus, pb.ListDeploymentStatusRequest())
+    states = {1: "closed", 2: "OPEN", 3: "half-open"}
+    lines = [
+        f"{d.model:<28} {d.deployment:<20} {states.get(d.state, '?'):<9} in flight {d.in_flight:<4} "
+        f"{d.latency_ms:7.1f} ms  {d.failures}/{d.requests} failed"
+        + (f"  retry in {d.retry_in_seconds:.0f}s" if d.retry_in_seconds else "")
+        + (f"  last error: {d.last_error}" if d.last_error else "")
+        for d in reply.deployments
+    ]
+    _print(reply, args.json, "\n".join(lines) or "no deployments")
+    return 0
+
+
+def _models_reload(args: argparse.Namespace) -> int:
+    admin = _Admin(Settings())
+    reply = admin.call(admin.stub.ReloadCatalog, pb.ReloadCatalogRequest())
+    _print(reply, args.json, f"catalogue reloaded: {', '.join(reply.models)}")
+    return 0
+
+
 def _run(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
@@ -292,6 +314,15 @@ def add_commands(commands: Any) -> None:
     show.add_argument("account_id")
     show.add_argument("--json", action="store_true")
     show.set_defaults(run=_run(_accounts_show))
+
+    models = groups.add_parser("models", help="the model catalogue and its deployments")
+    model_commands = models.add_subparsers(dest="action", required=True)
+    status = model_commands.add_parser("status", help="breaker state, load and latency of every deployment (this node)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=_run(_models_status))
+    reload = model_commands.add_parser("reload", help="read the catalogue file again (a bad file changes nothing)")
+    reload.add_argument("--json", action="store_true")
+    reload.set_defaults(run=_run(_models_reload))
 
     audit = groups.add_parser("audit", help="the admin audit log, newest first")
     audit.add_argument("--account", help="only this account's entries")

@@ -190,3 +190,21 @@ async def test_retry_budget_caps_upstream_load_in_an_outage(upstreams, upstream,
     finally:
         for server in upstreams:
             await server.reset()
+
+
+async def test_catalogue_reload_and_status_through_the_cli(routed, upstreams, tmp_path) -> None:
+    from tests.integration.test_cli import kyma_cli  # type: ignore[import-not-found]
+
+    code, out, _ = await kyma_cli(routed, "admin", "models", "status")
+    assert code == 0 and "weighted" in out and "closed" in out
+    path = routed.settings.catalog
+    good = path.read_text() + f"  - name: added-later\n    deployments:\n      - {{base_url: '{upstreams[2].base_url}', model: x}}\n"
+    path.write_text("models: [ {name: broken")
+    code, _, err = await kyma_cli(routed, "admin", "models", "reload")
+    assert code == 1 and "not reloaded" in err
+    assert len(await send(routed, "weighted", 1)) == 1  # the running catalogue stays
+    path.write_text(good)
+    code, out, _ = await kyma_cli(routed, "admin", "models", "reload")
+    assert code == 0 and "added-later" in out
+    [reply] = await send(routed, "added-later", 1)
+    assert reply.status_code == 200 and reply.json()["model"] == "added-later"

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from kyma.accounting.v1 import accounting_service_pb2 as _accounting_service_pb2
 from kyma.ratelimit.v1 import ratelimit_pb2 as _ratelimit_pb2
 from kyma.ratelimit.v1 import ratelimit_service_pb2 as _ratelimit_service_pb2
@@ -21,6 +22,31 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _BreakerState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BreakerStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BreakerState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BREAKER_STATE_UNSPECIFIED: _BreakerState.ValueType  # 0
+    BREAKER_STATE_CLOSED: _BreakerState.ValueType  # 1
+    """Serving."""
+    BREAKER_STATE_OPEN: _BreakerState.ValueType  # 2
+    """Ejected after failures, until its cool-down ends."""
+    BREAKER_STATE_HALF_OPEN: _BreakerState.ValueType  # 3
+    """Cool-down over: the next request or probe decides."""
+
+class BreakerState(_BreakerState, metaclass=_BreakerStateEnumTypeWrapper): ...
+
+BREAKER_STATE_UNSPECIFIED: BreakerState.ValueType  # 0
+BREAKER_STATE_CLOSED: BreakerState.ValueType  # 1
+"""Serving."""
+BREAKER_STATE_OPEN: BreakerState.ValueType  # 2
+"""Ejected after failures, until its cool-down ends."""
+BREAKER_STATE_HALF_OPEN: BreakerState.ValueType  # 3
+"""Cool-down over: the next request or probe decides."""
+Global___BreakerState: _TypeAlias = BreakerState  # noqa: Y015
 
 @_typing.final
 class CreateAccountRequest(_message.Message):
@@ -825,3 +851,118 @@ class GetAccountDetailsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAccountDetailsResponse: _TypeAlias = GetAccountDetailsResponse  # noqa: Y015
+
+@_typing.final
+class DeploymentStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    RETRY_IN_SECONDS_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    deployment: _builtins.str
+    state: Global___BreakerState.ValueType
+    retry_in_seconds: _builtins.float
+    """Seconds until an open breaker's cool-down ends."""
+    in_flight: _builtins.int
+    latency_ms: _builtins.float
+    """Moving average of time to first byte; 0 when not measured yet."""
+    requests: _builtins.int
+    failures: _builtins.int
+    last_error: _builtins.str
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        deployment: _builtins.str = ...,
+        state: Global___BreakerState.ValueType = ...,
+        retry_in_seconds: _builtins.float = ...,
+        in_flight: _builtins.int = ...,
+        latency_ms: _builtins.float = ...,
+        requests: _builtins.int = ...,
+        failures: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "failures", b"failures", "in_flight", b"in_flight", "last_error", b"last_error", "latency_ms", b"latency_ms", "model", b"model", "requests", b"requests", "retry_in_seconds", b"retry_in_seconds", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentStatus: _TypeAlias = DeploymentStatus  # noqa: Y015
+
+@_typing.final
+class ListDeploymentStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeploymentStatusRequest: _TypeAlias = ListDeploymentStatusRequest  # noqa: Y015
+
+@_typing.final
+class ListDeploymentStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeploymentStatus]: ...
+    def __init__(
+        self,
+        *,
+        deployments: _abc.Iterable[Global___DeploymentStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployments", b"deployments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeploymentStatusResponse: _TypeAlias = ListDeploymentStatusResponse  # noqa: Y015
+
+@_typing.final
+class ReloadCatalogRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadCatalogRequest: _TypeAlias = ReloadCatalogRequest  # noqa: Y015
+
+@_typing.final
+class ReloadCatalogResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadCatalogResponse: _TypeAlias = ReloadCatalogResponse  # noqa: Y015

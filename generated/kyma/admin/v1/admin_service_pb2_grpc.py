@@ -96,6 +96,16 @@ class AdminServiceStub:
                 request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAuditEntriesRequest.SerializeToString,
                 response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAuditEntriesResponse.FromString,
                 _registered_method=True)
+        self.ListDeploymentStatus = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/ListDeploymentStatus',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListDeploymentStatusRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListDeploymentStatusResponse.FromString,
+                _registered_method=True)
+        self.ReloadCatalog = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/ReloadCatalog',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReloadCatalogRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReloadCatalogResponse.FromString,
+                _registered_method=True)
         self.ListAccounts = channel.unary_unary(
                 '/kyma.admin.v1.AdminService/ListAccounts',
                 request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAccountsRequest.SerializeToString,
@@ -192,6 +202,20 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeploymentStatus(self, request, context):
+        """The catalogue's deployments as this node sees them: breaker state, load, latency.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadCatalog(self, request, context):
+        """Reads the catalogue file again; a bad file is refused and the running catalogue stays.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAccounts(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -267,6 +291,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEntries,
                     request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAuditEntriesRequest.FromString,
                     response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAuditEntriesResponse.SerializeToString,
+            ),
+            'ListDeploymentStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeploymentStatus,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListDeploymentStatusRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListDeploymentStatusResponse.SerializeToString,
+            ),
+            'ReloadCatalog': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadCatalog,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReloadCatalogRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReloadCatalogResponse.SerializeToString,
             ),
             'ListAccounts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAccounts,
@@ -605,6 +639,60 @@ class AdminService:
             '/kyma.admin.v1.AdminService/ListAuditEntries',
             kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAuditEntriesRequest.SerializeToString,
             kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAuditEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeploymentStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/ListDeploymentStatus',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListDeploymentStatusRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListDeploymentStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadCatalog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/ReloadCatalog',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReloadCatalogRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReloadCatalogResponse.FromString,
             options,
             channel_credentials,
             insecure,

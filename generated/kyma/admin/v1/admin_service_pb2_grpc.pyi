@@ -54,6 +54,10 @@ class AdminServiceStub:
     """Lifts a suspension or a ban."""
     RevokeReferrals: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.RevokeReferralsRequest, _admin_service_pb2.RevokeReferralsResponse]
     ListAuditEntries: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditEntriesRequest, _admin_service_pb2.ListAuditEntriesResponse]
+    ListDeploymentStatus: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListDeploymentStatusRequest, _admin_service_pb2.ListDeploymentStatusResponse]
+    """The catalogue's deployments as this node sees them: breaker state, load, latency."""
+    ReloadCatalog: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ReloadCatalogRequest, _admin_service_pb2.ReloadCatalogResponse]
+    """Reads the catalogue file again; a bad file is refused and the running catalogue stays."""
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAccountsRequest, _admin_service_pb2.ListAccountsResponse]
     GetAccountDetails: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetAccountDetailsRequest, _admin_service_pb2.GetAccountDetailsResponse]
     """An account with its balance, keys, notices, sign-up signals and the accounts sharing them."""
@@ -84,6 +88,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Lifts a suspension or a ban."""
     RevokeReferrals: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.RevokeReferralsRequest, _admin_service_pb2.RevokeReferralsResponse]  # type: ignore[assignment]
     ListAuditEntries: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditEntriesRequest, _admin_service_pb2.ListAuditEntriesResponse]  # type: ignore[assignment]
+    ListDeploymentStatus: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListDeploymentStatusRequest, _admin_service_pb2.ListDeploymentStatusResponse]  # type: ignore[assignment]
+    """The catalogue's deployments as this node sees them: breaker state, load, latency."""
+    ReloadCatalog: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ReloadCatalogRequest, _admin_service_pb2.ReloadCatalogResponse]  # type: ignore[assignment]
+    """Reads the catalogue file again; a bad file is refused and the running catalogue stays."""
     ListAccounts: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAccountsRequest, _admin_service_pb2.ListAccountsResponse]  # type: ignore[assignment]
     GetAccountDetails: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetAccountDetailsRequest, _admin_service_pb2.GetAccountDetailsResponse]  # type: ignore[assignment]
     """An account with its balance, keys, notices, sign-up signals and the accounts sharing them."""
@@ -183,6 +191,22 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.ListAuditEntriesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.ListAuditEntriesResponse, _abc.Awaitable[_admin_service_pb2.ListAuditEntriesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDeploymentStatus(
+        self,
+        request: _admin_service_pb2.ListDeploymentStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListDeploymentStatusResponse, _abc.Awaitable[_admin_service_pb2.ListDeploymentStatusResponse]]:
+        """The catalogue's deployments as this node sees them: breaker state, load, latency."""
+
+    @_abc_1.abstractmethod
+    def ReloadCatalog(
+        self,
+        request: _admin_service_pb2.ReloadCatalogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ReloadCatalogResponse, _abc.Awaitable[_admin_service_pb2.ReloadCatalogResponse]]:
+        """Reads the catalogue file again; a bad file is refused and the running catalogue stays."""
 
     @_abc_1.abstractmethod
     def ListAccounts(
