@@ -182,6 +182,25 @@ def start_stack(procs: Processes, args: argparse.Namespace) -> Stack:
     )
     match = procs.wait_for_line("upstream", upstream, r"test-upstream listening on http://[^:\s]+:(\d+)", 30)
     upstream_port = int(match.group(1))
+    faulty_deployment = ""
+    if args.fault_rate:
+        # A second deployment of the same model that fails a share of its requests with 500s.
+        faulty = procs.start(
+            "faulty-upstream",
+            [*upstream_argv, "--host", HOST, "--port", "0",
+             "--latency-ms", str(args.upstream_latency_ms),
+             "--tokens-per-second", str(args.upstream_tokens_per_second),
+             "--error-rate", str(args.fault_rate), "--error-status", "500", "--seed", "7"],
+            base_env,
+        )
+        faulty_match = procs.wait_for_line(
+            "faulty-upstream", faulty, r"test-upstream listening on http://[^:\s]+:(\d+)", 30
+        )
+        faulty_deployment = (
+            "      - name: upstream-faulty\n"
+            f"        base_url: http://{HOST}:{faulty_match.group(1)}/v1\n"
+            f"        model: {UPSTREAM_MODEL}\n"
+        )
 
     # 2. Kyma core and bridge, as two processes so each one's CPU can be read
     catalog = workdir / "catalog.yaml"
@@ -193,6 +212,7 @@ def start_stack(procs: Processes, args: argparse.Namespace) -> Stack:
         "      - name: upstream-1\n"
         f"        base_url: http://{HOST}:{upstream_port}/v1\n"
         f"        model: {UPSTREAM_MODEL}\n"
+        + faulty_deployment
     )
     grpc_port, http_port = free_port(), free_port()
     env = {
@@ -451,6 +471,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--upstream-tokens-per-second", type=float, default=0.0)
     parser.add_argument("--json", type=pathlib.Path, help="where to write the JSON results "
                         "(default bench-results/<timestamp>.json)")
+    parser.add_argument("--fault-rate", type=float, default=0.0,
+                        help="add a second deployment failing this share of requests with 500s")
     parser.add_argument("--redis-url", help="count rate limits in this Redis (default: in-process)")
     parser.add_argument("--log-level", help="KYMA_LOG_LEVEL of core and bridge (default: Kyma's own)")
     parser.add_argument("--profile", type=pathlib.Path, metavar="DIR",
