@@ -57,6 +57,7 @@ from core_service.clock import Clock, SystemClock
 from core_service.db.engine import create_engine, migrate, session_factory
 from core_service.inference.pipeline import InferencePipeline
 from core_service.inference.service import InferenceServicer
+from core_service.referrals.program import ReferralPolicy, ReferralProgram
 from core_service.routing.budget import RetryBudget
 from core_service.routing.health import BreakerPolicy
 from core_service.routing.prober import Prober
@@ -193,6 +194,7 @@ class Core:
     router: Router
     catalogue: CatalogHolder
     prober: Prober
+    referrals: ReferralProgram
     ledger: Ledger
     stripe_http: stripe.HTTPXClient | None = None
     port: int = 0
@@ -206,6 +208,14 @@ class Core:
             asyncio.create_task(
                 _periodically(self.settings.probe_interval_seconds, self.prober.probe_due, "probes"),
                 name="probe deployments",
+            )
+        )
+        self._chores.append(
+            asyncio.create_task(
+                _periodically(
+                    self.settings.referral_check_interval_seconds, self.referrals.verify_due, "referrals"
+                ),
+                name="verify referrals",
             )
         )
         await self.health.set(SHARED_LIMITS_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -272,8 +282,21 @@ async def build_core(
     sessions = session_factory(engine)
     upstreams = build_upstream_transports(settings, upstream_transport)
 
+    referrals = ReferralProgram(
+        engine,
+        clock,
+        ReferralPolicy(
+            enabled=settings.referrals_enabled,
+            tokens_required=settings.referral_tokens_required,
+            reward_nanos=usd_to_nanos(settings.referral_reward_usd),
+            link_base=settings.public_base_url,
+        ),
+    )
     store = AccountStore(
-        sessions, clock, welcome_bonus_nanos=usd_to_nanos(settings.welcome_bonus_usd)
+        sessions,
+        clock,
+        welcome_bonus_nanos=usd_to_nanos(settings.welcome_bonus_usd),
+        referrals=referrals,
     )
     tiers = TierTable(settings.tiers)
     tasks = BackgroundTasks()
@@ -323,6 +346,7 @@ async def build_core(
             requests_per_email_per_minute=settings.signups_per_email_per_minute,
             verifications_per_ip_per_minute=settings.verifications_per_ip_per_minute,
         ),
+        referrals,
     )
     stripe_http, stripe_client = build_stripe_client(settings)
     checkout = CheckoutSessions(
@@ -345,7 +369,9 @@ async def build_core(
         RoutingServicer(authenticator, catalogue), server
     )
     accounting_service_pb2_grpc.add_AccountingServiceServicer_to_server(
-        AccountingServicer(authenticator, store, ledger, UsageReport(engine, clock), enforcement, clock),
+        AccountingServicer(
+            authenticator, store, ledger, UsageReport(engine, clock), enforcement, clock, referrals
+        ),
         server,
     )
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
@@ -353,7 +379,7 @@ async def build_core(
             guard, store, ledger, engine, clock,
             authenticator=authenticator, limiter=limiter, tiers=tiers,
             enforcement=enforcement, directory=AccountDirectory(engine),
-            router=router, catalogue=catalogue,
+            router=router, catalogue=catalogue, referrals=referrals,
         ),
         server,
     )
@@ -386,6 +412,7 @@ async def build_core(
         router=router,
         catalogue=catalogue,
         prober=Prober(router, catalogue, upstreams),
+        referrals=referrals,
         ledger=ledger,
         stripe_http=stripe_http,
         port=port,

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     signups_per_email_per_minute: int = Field(default=3, gt=0, description="Sign-up code requests per person.")
     verifications_per_ip_per_minute: int = Field(default=20, gt=0, description="Code checks per client address.")
     welcome_bonus_usd: Decimal = Decimal("0.50")
+    referrals_enabled: bool = Field(default=True, description="Switch the referral program on or off.")
+    referral_tokens_required: int = Field(default=1_000_000, gt=0, description="Tokens a referred account uses to verify.")
+    referral_reward_usd: Decimal = Field(default=Decimal("0.50"), ge=0, description="Paid to both accounts.")
+    referral_check_interval_seconds: float = Field(default=5.0, gt=0, description="How often referrals are checked.")
+    public_base_url: str = Field(default="http://127.0.0.1:8000", description="Base of links Kyma gives out.")
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024, description="Largest request body the bridge accepts."
     )

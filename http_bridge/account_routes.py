@@ -104,6 +104,8 @@ async def get_account(request: Request) -> Response:
                 "pinned": limits.pinned,
             },
             "notices": notices,
+            "referral_code": account.referral_code or None,
+            "referral_link": reply.referral_link or None,
         },
         headers,
     )
@@ -201,3 +203,34 @@ async def stripe_webhook(request: Request) -> Response:
     message = billing_pb.HandleStripeWebhookRequest(payload=payload, signature=signature)
     reply, headers = await call_core(request, stubs(request).billing.HandleStripeWebhook, message)
     return json_response({"received": True, "outcome": _OUTCOME.get(reply.outcome, "unknown")}, headers)
+
+
+_REFERRAL_STATUS = {
+    value: name.removeprefix("REFERRAL_STATUS_").lower()
+    for name, value in accounting_pb.ReferralStatus.items()
+}
+
+
+@router.get("/v1/account/referrals")
+@failed_response
+async def get_referrals(request: Request) -> Response:
+    reply, headers = await call_core(request, stubs(request).accounting.ListReferrals, accounting_pb.ListReferralsRequest())
+    referrals = [
+        {
+            "id": r.id,
+            "object": "referral",
+            "referred_email": r.referred_email,
+            "status": _REFERRAL_STATUS.get(r.status, "unknown"),
+            "tokens_used": r.tokens_used,
+            "tokens_required": r.tokens_required,
+            "created_at": unix(r.created_at),
+            "verified_at": unix(r.verified_at),
+            "flagged": r.flagged,
+        }
+        for r in reply.referrals
+    ]
+    return json_response(
+        {"object": "list", "data": referrals, "program_enabled": reply.program_enabled,
+         "reward_usd": reply.reward.usd},
+        headers,
+    )

@@ -18,6 +18,9 @@ def run_bridge(settings: BridgeSettings) -> None:
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=30,
+        # The client's address (a sign-up signal and limit key) comes through trusted proxies.
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     print(f"kyma bridge listening on http://{settings.http_host}:{settings.http_port}", flush=True)
     uvicorn.Server(config).run()

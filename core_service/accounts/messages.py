@@ -33,6 +33,7 @@ def account_message(account: models.Account, *, tier: int) -> pb.Account:
         created_at=timestamp(account.created_at),
         status_reason=account.status_reason or "",
         suspended_until=timestamp(account.suspended_until),
+        referral_code=account.referral_code or "",
     )
 
 

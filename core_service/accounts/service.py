@@ -11,6 +11,8 @@ from kyma.accounting.v1 import accounting_service_pb2_grpc as pb_grpc
 from core_service.accounts.auth import Authenticator, Principal
 from core_service.accounts.messages import account_message, key_message, notice_message
 from core_service.admin.enforcement import Enforcement
+from core_service.referrals.messages import referral_message
+from core_service.referrals.program import ReferralProgram
 from core_service.clock import Clock
 from core_service.accounts.store import AccountStore
 from core_service.billing.ledger import Ledger
@@ -54,7 +56,9 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
         usage: UsageReport,
         enforcement: Enforcement,
         clock: Clock,
+        referrals: ReferralProgram,
     ) -> None:
+        self._referrals = referrals
         self._clock = clock
         self._authenticator = authenticator
         self._store = store
@@ -81,6 +85,7 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
             balance=balance_message(balance),
             limits=tier_message(principal),
             notices=[notice_message(n) for n in notices],
+            referral_link=self._referrals.link(account.referral_code or ""),
         )
 
     @translated
@@ -141,4 +146,15 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
         return pb.ListLedgerEntriesResponse(
             entries=[entry_message(entry, account_id) for entry in page],
             next_page_token=encode_page_token(page[-1].id) if more else "",
+        )
+
+    @translated
+    async def ListReferrals(self, request: pb.ListReferralsRequest, context: grpc.aio.ServicerContext) -> pb.ListReferralsResponse:
+        account_id = await self._account_id(context)
+        policy = self._referrals.policy
+        views = await self._referrals.list(referrer_id=account_id)
+        return pb.ListReferralsResponse(
+            referrals=[referral_message(v, tokens_required=policy.tokens_required) for v in views],
+            program_enabled=policy.enabled,
+            reward=money(policy.reward_nanos),
         )

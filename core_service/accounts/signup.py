@@ -26,6 +26,7 @@ from core_service.db.models import Account, SignupCode
 from core_service.errors import AlreadyExists, InvalidRequest, RateLimited, UpstreamUnavailable
 from core_service.mail.mailer import Mail, Mailer, MailError
 from core_service.ratelimit.store import Limit, RateLimitStore, rate_key
+from core_service.referrals.program import ReferralProgram
 
 WRONG_CODE = "That code is wrong or has expired. Check the latest mail, or ask for a new code."
 MAX_FINGERPRINT = 200
@@ -61,7 +62,9 @@ class SignupFlow:
         limits: RateLimitStore,
         clock: Clock,
         policy: SignupPolicy,
+        referrals: ReferralProgram,
     ) -> None:
+        self._referrals = referrals
         self._engine = engine
         self._store = store
         self._mailer = mailer
@@ -90,6 +93,7 @@ class SignupFlow:
         referral = referral_code.strip()
         if len(referral) > MAX_REFERRAL_CODE or not referral.isprintable():
             raise InvalidRequest("That referral code is not valid.", param="referral_code")
+        await self._referrals.check_code(referral)
         await self._limit(
             Limit(rate_key("signup", "ip", ip or "unknown"), self._policy.requests_per_ip_per_minute, 1),
             Limit(rate_key("signup", "email", email.canonical), self._policy.requests_per_email_per_minute, 1),
@@ -182,6 +186,7 @@ class SignupFlow:
                 Email(address=row.email, canonical=email.canonical),
                 signup_ip=row.signup_ip,
                 signup_fingerprint=row.signup_fingerprint,
+                referred_by=row.referral_code,
             )
         except AlreadyExists:
             raise AlreadyExists(

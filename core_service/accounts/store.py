@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core_service import keys
+from core_service.accounts import referral_codes
 from core_service.accounts.emails import Email
 from core_service.billing.ledger import (
     SYSTEM_WELCOME_BONUS,
@@ -22,6 +23,7 @@ from core_service.clock import Clock
 from core_service.db import models
 from core_service.errors import AlreadyExists
 from core_service.ids import new_id
+from core_service.referrals.program import ReferralProgram
 
 
 @dataclass(frozen=True)
@@ -59,11 +61,17 @@ def welcome_bonus(account_id: str, amount_nanos: int) -> Transfer:
 
 class AccountStore:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], clock: Clock, *, welcome_bonus_nanos: int
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        clock: Clock,
+        *,
+        welcome_bonus_nanos: int,
+        referrals: ReferralProgram | None = None,
     ) -> None:
         self._sessions = sessions
         self._clock = clock
         self._welcome_bonus_nanos = welcome_bonus_nanos
+        self._referrals = referrals
 
     async def create_account(
         self,
@@ -72,6 +80,32 @@ class AccountStore:
         key_name: str = "default",
         signup_ip: str | None = None,
         signup_fingerprint: str | None = None,
+        referred_by: str | None = None,
+    ) -> NewAccount:
+        for _ in range(3):
+            try:
+                return await self._create(email, key_name, signup_ip, signup_fingerprint, referred_by)
+            except IntegrityError:
+                if await self._canonical_taken(email.canonical):
+                    raise AlreadyExists(
+                        "An account already exists for this email address (one account per person).",
+                        param="email",
+                    ) from None
+                # Otherwise two new accounts drew the same referral code: draw again.
+        raise AlreadyExists("Could not create the account; please retry.")
+
+    async def _canonical_taken(self, canonical: str) -> bool:
+        async with self._sessions() as session:
+            found = await session.scalar(select(models.Account.id).where(models.Account.email_canonical == canonical))
+        return found is not None
+
+    async def _create(
+        self,
+        email: Email,
+        key_name: str,
+        signup_ip: str | None,
+        signup_fingerprint: str | None,
+        referred_by: str | None,
     ) -> NewAccount:
         now = self._clock.now()
         account = models.Account(
@@ -83,23 +117,20 @@ class AccountStore:
             referrals_revoked=False,
             signup_ip=signup_ip,
             signup_fingerprint=signup_fingerprint,
+            referral_code=referral_codes.new_code(),
         )
         secret = keys.generate()
         key = self._new_key(account.id, key_name, secret, now)
-        try:
-            async with self._sessions.begin() as session:
-                session.add(account)
-                await session.flush()
-                session.add(key)
-                connection = await session.connection()
-                await open_balance_in(connection, account.id)
-                if self._welcome_bonus_nanos > 0:
-                    await post_in(connection, welcome_bonus(account.id, self._welcome_bonus_nanos), now)
-        except IntegrityError:
-            raise AlreadyExists(
-                "An account already exists for this email address (one account per person).",
-                param="email",
-            ) from None
+        async with self._sessions.begin() as session:
+            session.add(account)
+            await session.flush()
+            session.add(key)
+            connection = await session.connection()
+            await open_balance_in(connection, account.id)
+            if self._welcome_bonus_nanos > 0:
+                await post_in(connection, welcome_bonus(account.id, self._welcome_bonus_nanos), now)
+            if self._referrals is not None and referred_by:
+                await self._referrals.attach_in(connection, account, referred_by)
         return NewAccount(account=account, key=key, secret=secret)
 
     async def create_key(self, account_id: str, name: str) -> tuple[models.ApiKey, str]:

@@ -18,6 +18,7 @@ from core_service.db.models import AuditEntry
 from core_service.errors import InvalidRequest
 from core_service.grpc_errors import translated
 from core_service.ratelimit.service import tier_message
+from core_service.referrals.messages import referral_message
 
 _STATUS_NAMES = {
     accounting_pb.ACCOUNT_STATUS_ACTIVE: "active",
@@ -134,6 +135,17 @@ class EnforcementRpcs:
             request.account_id or None, limit=_page(request.page_size), before_id=request.before_id or None
         )
         return pb.ListAuditEntriesResponse(entries=[audit_message(e) for e in entries])
+
+    @translated
+    async def ListAllReferrals(self, request: pb.ListAllReferralsRequest, context: grpc.aio.ServicerContext) -> pb.ListAllReferralsResponse:
+        self._check(context)  # type: ignore[attr-defined]
+        program = self._referrals  # type: ignore[attr-defined]
+        views = await program.list(flagged_only=request.flagged_only, limit=_page(request.page_size))
+        return pb.ListAllReferralsResponse(
+            referrals=[
+                referral_message(v, tokens_required=program.policy.tokens_required, reveal=True) for v in views
+            ]
+        )
 
     @translated
     async def ListAccounts(self, request: pb.ListAccountsRequest, context: grpc.aio.ServicerContext) -> pb.ListAccountsResponse:

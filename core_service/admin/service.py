@@ -19,6 +19,7 @@ from core_service.admin.enforcement import Enforcement
 from core_service.admin.enforcement_rpcs import EnforcementRpcs
 from core_service.admin.routing_rpcs import RoutingRpcs
 from core_service.catalog import CatalogHolder
+from core_service.referrals.program import ReferralProgram
 from core_service.routing.router import Router
 from core_service.billing.ledger import SYSTEM_ADJUSTMENTS, EntryKind, Ledger, Transfer
 from core_service.accounts.auth import Authenticator, Principal
@@ -70,7 +71,9 @@ class AdminServicer(EnforcementRpcs, RoutingRpcs, pb_grpc.AdminServiceServicer):
         directory: AccountDirectory,
         router: Router,
         catalogue: CatalogHolder,
+        referrals: ReferralProgram,
     ) -> None:
+        self._referrals = referrals
         self._router = router
         self._catalogue = catalogue
         self._enforcement = enforcement

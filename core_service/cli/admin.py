@@ -262,6 +262,21 @@ def _models_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _referrals_list(args: argparse.Namespace) -> int:
+    admin = _Admin(Settings())
+    reply = admin.call(
+        admin.stub.ListAllReferrals, pb.ListAllReferralsRequest(flagged_only=args.flagged, page_size=args.limit)
+    )
+    statuses = {1: "pending", 2: "verified", 3: "rejected"}
+    lines = [
+        f"{r.id}  {r.referrer_id} -> {r.referred_id} <{r.referred_email}>  {statuses.get(r.status, '?')}"
+        f"  {r.tokens_used}/{r.tokens_required} tokens" + (f"  FLAGGED: {r.flag_reason}" if r.flagged else "")
+        for r in reply.referrals
+    ]
+    _print(reply, args.json, "\n".join(lines) or "no referrals")
+    return 0
+
+
 def _run(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
@@ -323,6 +338,14 @@ def add_commands(commands: Any) -> None:
     reload = model_commands.add_parser("reload", help="read the catalogue file again (a bad file changes nothing)")
     reload.add_argument("--json", action="store_true")
     reload.set_defaults(run=_run(_models_reload))
+
+    referrals = groups.add_parser("referrals", help="the referral program")
+    referral_commands = referrals.add_subparsers(dest="action", required=True)
+    referral_list = referral_commands.add_parser("list", help="referrals, newest first")
+    referral_list.add_argument("--flagged", action="store_true", help="only those flagged as abuse")
+    referral_list.add_argument("--limit", type=int, default=100)
+    referral_list.add_argument("--json", action="store_true")
+    referral_list.set_defaults(run=_run(_referrals_list))
 
     audit = groups.add_parser("audit", help="the admin audit log, newest first")
     audit.add_argument("--account", help="only this account's entries")

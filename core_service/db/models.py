@@ -49,6 +49,8 @@ class Account(Base):
     status_reason: Mapped[str | None] = mapped_column(String(2000), default=None)
     suspended_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     referrals_revoked: Mapped[bool] = mapped_column(default=False)
+    # What others sign up with to be referred by this account.
+    referral_code: Mapped[str | None] = mapped_column(String(16), unique=True, default=None)
     # Abuse-review signals recorded at sign-up.
     signup_ip: Mapped[str | None] = mapped_column(String(64), default=None)
     signup_fingerprint: Mapped[str | None] = mapped_column(String(200), default=None)
@@ -197,3 +199,22 @@ class AuditEntry(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (Index("ix_audit_log_account_id", "account_id", "id"),)
+
+
+class Referral(Base):
+    """One account brought in by another's referral code. Pending until the referred account
+    has used enough tokens; then verified (both rewarded, exactly once) — or rejected when the
+    two accounts share sign-up signals or the referrer lost its referral privileges."""
+
+    __tablename__ = "referrals"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    referrer_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    referred_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    flagged: Mapped[bool] = mapped_column(default=False)
+    flag_reason: Mapped[str | None] = mapped_column(String(500), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+    __table_args__ = (Index("ix_referrals_referrer_id", "referrer_id"), Index("ix_referrals_status", "status"))

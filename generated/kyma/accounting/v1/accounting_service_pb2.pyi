@@ -40,6 +40,31 @@ ACCOUNT_STATUS_SUSPENDED: AccountStatus.ValueType  # 2
 ACCOUNT_STATUS_BANNED: AccountStatus.ValueType  # 3
 Global___AccountStatus: _TypeAlias = AccountStatus  # noqa: Y015
 
+class _ReferralStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReferralStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReferralStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REFERRAL_STATUS_UNSPECIFIED: _ReferralStatus.ValueType  # 0
+    REFERRAL_STATUS_PENDING: _ReferralStatus.ValueType  # 1
+    """Waiting for the referred account to use enough tokens."""
+    REFERRAL_STATUS_VERIFIED: _ReferralStatus.ValueType  # 2
+    """Both accounts were rewarded."""
+    REFERRAL_STATUS_REJECTED: _ReferralStatus.ValueType  # 3
+    """Earns nothing (see the flag reason)."""
+
+class ReferralStatus(_ReferralStatus, metaclass=_ReferralStatusEnumTypeWrapper): ...
+
+REFERRAL_STATUS_UNSPECIFIED: ReferralStatus.ValueType  # 0
+REFERRAL_STATUS_PENDING: ReferralStatus.ValueType  # 1
+"""Waiting for the referred account to use enough tokens."""
+REFERRAL_STATUS_VERIFIED: ReferralStatus.ValueType  # 2
+"""Both accounts were rewarded."""
+REFERRAL_STATUS_REJECTED: ReferralStatus.ValueType  # 3
+"""Earns nothing (see the flag reason)."""
+Global___ReferralStatus: _TypeAlias = ReferralStatus  # noqa: Y015
+
 class _LedgerEntryKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -76,12 +101,15 @@ class Account(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     STATUS_REASON_FIELD_NUMBER: _builtins.int
     SUSPENDED_UNTIL_FIELD_NUMBER: _builtins.int
+    REFERRAL_CODE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     email: _builtins.str
     status: Global___AccountStatus.ValueType
     tier: _builtins.int
     status_reason: _builtins.str
     """Why the account is suspended or banned."""
+    referral_code: _builtins.str
+    """What others sign up with to be referred by this account."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -98,14 +126,68 @@ class Account(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         status_reason: _builtins.str = ...,
         suspended_until: _timestamp_pb2.Timestamp | None = ...,
+        referral_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "suspended_until", b"suspended_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "email", b"email", "id", b"id", "status", b"status", "status_reason", b"status_reason", "suspended_until", b"suspended_until", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "email", b"email", "id", b"id", "referral_code", b"referral_code", "status", b"status", "status_reason", b"status_reason", "suspended_until", b"suspended_until", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Account: _TypeAlias = Account  # noqa: Y015
+
+@_typing.final
+class Referral(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    REFERRED_EMAIL_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    TOKENS_USED_FIELD_NUMBER: _builtins.int
+    TOKENS_REQUIRED_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    VERIFIED_AT_FIELD_NUMBER: _builtins.int
+    FLAGGED_FIELD_NUMBER: _builtins.int
+    FLAG_REASON_FIELD_NUMBER: _builtins.int
+    REFERRER_ID_FIELD_NUMBER: _builtins.int
+    REFERRED_ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    referred_email: _builtins.str
+    """The referred account's address, masked (a***@example.com)."""
+    status: Global___ReferralStatus.ValueType
+    tokens_used: _builtins.int
+    """Tokens the referred account has used so far, and how many verify the referral."""
+    tokens_required: _builtins.int
+    flagged: _builtins.bool
+    flag_reason: _builtins.str
+    referrer_id: _builtins.str
+    referred_id: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def verified_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        referred_email: _builtins.str = ...,
+        status: Global___ReferralStatus.ValueType = ...,
+        tokens_used: _builtins.int = ...,
+        tokens_required: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        verified_at: _timestamp_pb2.Timestamp | None = ...,
+        flagged: _builtins.bool = ...,
+        flag_reason: _builtins.str = ...,
+        referrer_id: _builtins.str = ...,
+        referred_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "verified_at", b"verified_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "flag_reason", b"flag_reason", "flagged", b"flagged", "id", b"id", "referred_email", b"referred_email", "referred_id", b"referred_id", "referrer_id", b"referrer_id", "status", b"status", "tokens_required", b"tokens_required", "tokens_used", b"tokens_used", "verified_at", b"verified_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Referral: _TypeAlias = Referral  # noqa: Y015
 
 @_typing.final
 class Notice(_message.Message):
@@ -261,6 +343,9 @@ class GetAccountResponse(_message.Message):
     BALANCE_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     NOTICES_FIELD_NUMBER: _builtins.int
+    REFERRAL_LINK_FIELD_NUMBER: _builtins.int
+    referral_link: _builtins.str
+    """A sign-up link carrying the account's referral code."""
     @_builtins.property
     def account(self) -> Global___Account: ...
     @_builtins.property
@@ -278,10 +363,11 @@ class GetAccountResponse(_message.Message):
         balance: Global___Balance | None = ...,
         limits: _ratelimit_service_pb2.TierLimits | None = ...,
         notices: _abc.Iterable[Global___Notice] | None = ...,
+        referral_link: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "limits", b"limits", "notices", b"notices"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "limits", b"limits", "notices", b"notices", "referral_link", b"referral_link"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -574,3 +660,46 @@ class ListLedgerEntriesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListLedgerEntriesResponse: _TypeAlias = ListLedgerEntriesResponse  # noqa: Y015
+
+@_typing.final
+class ListReferralsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReferralsRequest: _TypeAlias = ListReferralsRequest  # noqa: Y015
+
+@_typing.final
+class ListReferralsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFERRALS_FIELD_NUMBER: _builtins.int
+    PROGRAM_ENABLED_FIELD_NUMBER: _builtins.int
+    REWARD_FIELD_NUMBER: _builtins.int
+    program_enabled: _builtins.bool
+    """Whether the program is running (when it is off, pending referrals stay pending)."""
+    @_builtins.property
+    def referrals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Referral]: ...
+    @_builtins.property
+    def reward(self) -> Global___Money: ...
+    def __init__(
+        self,
+        *,
+        referrals: _abc.Iterable[Global___Referral] | None = ...,
+        program_enabled: _builtins.bool = ...,
+        reward: Global___Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reward", b"reward"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["program_enabled", b"program_enabled", "referrals", b"referrals", "reward", b"reward"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReferralsResponse: _TypeAlias = ListReferralsResponse  # noqa: Y015

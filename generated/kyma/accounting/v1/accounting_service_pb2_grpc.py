@@ -66,6 +66,11 @@ class AccountingServiceStub:
                 request_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.RevokeApiKeyResponse.FromString,
                 _registered_method=True)
+        self.ListReferrals = channel.unary_unary(
+                '/kyma.accounting.v1.AccountingService/ListReferrals',
+                request_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListReferralsRequest.SerializeToString,
+                response_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListReferralsResponse.FromString,
+                _registered_method=True)
 
 
 class AccountingServiceServicer:
@@ -114,6 +119,13 @@ class AccountingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListReferrals(self, request, context):
+        """The accounts this account referred, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +158,11 @@ def add_AccountingServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'ListReferrals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReferrals,
+                    request_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListReferralsRequest.FromString,
+                    response_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListReferralsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +329,33 @@ class AccountingService:
             '/kyma.accounting.v1.AccountingService/RevokeApiKey',
             kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.RevokeApiKeyRequest.SerializeToString,
             kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReferrals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.accounting.v1.AccountingService/ListReferrals',
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListReferralsRequest.SerializeToString,
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListReferralsResponse.FromString,
             options,
             channel_credentials,
             insecure,

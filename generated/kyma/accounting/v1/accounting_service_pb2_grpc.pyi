@@ -46,6 +46,8 @@ class AccountingServiceStub:
     """A new key; its secret is in the response and nowhere else, ever."""
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_accounting_service_pb2.RevokeApiKeyRequest, _accounting_service_pb2.RevokeApiKeyResponse]
     """Revokes a key of the account; every node refuses it within seconds."""
+    ListReferrals: _grpc.UnaryUnaryMultiCallable[_accounting_service_pb2.ListReferralsRequest, _accounting_service_pb2.ListReferralsResponse]
+    """The accounts this account referred, newest first."""
 
 @_typing.type_check_only
 class AccountingServiceAsyncStub(AccountingServiceStub):
@@ -65,6 +67,8 @@ class AccountingServiceAsyncStub(AccountingServiceStub):
     """A new key; its secret is in the response and nowhere else, ever."""
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_accounting_service_pb2.RevokeApiKeyRequest, _accounting_service_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
     """Revokes a key of the account; every node refuses it within seconds."""
+    ListReferrals: _aio.UnaryUnaryMultiCallable[_accounting_service_pb2.ListReferralsRequest, _accounting_service_pb2.ListReferralsResponse]  # type: ignore[assignment]
+    """The accounts this account referred, newest first."""
 
 class AccountingServiceServicer(metaclass=_abc_1.ABCMeta):
     """AccountingService is what an account holder sees of their own account.
@@ -117,5 +121,13 @@ class AccountingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_accounting_service_pb2.RevokeApiKeyResponse, _abc.Awaitable[_accounting_service_pb2.RevokeApiKeyResponse]]:
         """Revokes a key of the account; every node refuses it within seconds."""
+
+    @_abc_1.abstractmethod
+    def ListReferrals(
+        self,
+        request: _accounting_service_pb2.ListReferralsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounting_service_pb2.ListReferralsResponse, _abc.Awaitable[_accounting_service_pb2.ListReferralsResponse]]:
+        """The accounts this account referred, newest first."""
 
 def add_AccountingServiceServicer_to_server(servicer: AccountingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

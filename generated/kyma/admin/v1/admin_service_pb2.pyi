@@ -966,3 +966,46 @@ class ReloadCatalogResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReloadCatalogResponse: _TypeAlias = ReloadCatalogResponse  # noqa: Y015
+
+@_typing.final
+class ListAllReferralsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLAGGED_ONLY_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    flagged_only: _builtins.bool
+    page_size: _builtins.int
+    """1..500; 0 = 100."""
+    def __init__(
+        self,
+        *,
+        flagged_only: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flagged_only", b"flagged_only", "page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAllReferralsRequest: _TypeAlias = ListAllReferralsRequest  # noqa: Y015
+
+@_typing.final
+class ListAllReferralsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFERRALS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def referrals(self) -> _containers.RepeatedCompositeFieldContainer[_accounting_service_pb2.Referral]: ...
+    def __init__(
+        self,
+        *,
+        referrals: _abc.Iterable[_accounting_service_pb2.Referral] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["referrals", b"referrals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAllReferralsResponse: _TypeAlias = ListAllReferralsResponse  # noqa: Y015

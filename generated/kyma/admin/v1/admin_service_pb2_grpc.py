@@ -106,6 +106,11 @@ class AdminServiceStub:
                 request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReloadCatalogRequest.SerializeToString,
                 response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReloadCatalogResponse.FromString,
                 _registered_method=True)
+        self.ListAllReferrals = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/ListAllReferrals',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsResponse.FromString,
+                _registered_method=True)
         self.ListAccounts = channel.unary_unary(
                 '/kyma.admin.v1.AdminService/ListAccounts',
                 request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAccountsRequest.SerializeToString,
@@ -216,6 +221,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAllReferrals(self, request, context):
+        """Referrals across all accounts; `flagged_only` for abuse review.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAccounts(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -301,6 +313,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ReloadCatalog,
                     request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReloadCatalogRequest.FromString,
                     response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReloadCatalogResponse.SerializeToString,
+            ),
+            'ListAllReferrals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAllReferrals,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsResponse.SerializeToString,
             ),
             'ListAccounts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAccounts,
@@ -693,6 +710,33 @@ class AdminService:
             '/kyma.admin.v1.AdminService/ReloadCatalog',
             kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReloadCatalogRequest.SerializeToString,
             kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReloadCatalogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAllReferrals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/ListAllReferrals',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,8 @@ class AdminServiceStub:
     """The catalogue's deployments as this node sees them: breaker state, load, latency."""
     ReloadCatalog: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ReloadCatalogRequest, _admin_service_pb2.ReloadCatalogResponse]
     """Reads the catalogue file again; a bad file is refused and the running catalogue stays."""
+    ListAllReferrals: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAllReferralsRequest, _admin_service_pb2.ListAllReferralsResponse]
+    """Referrals across all accounts; `flagged_only` for abuse review."""
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAccountsRequest, _admin_service_pb2.ListAccountsResponse]
     GetAccountDetails: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetAccountDetailsRequest, _admin_service_pb2.GetAccountDetailsResponse]
     """An account with its balance, keys, notices, sign-up signals and the accounts sharing them."""
@@ -92,6 +94,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """The catalogue's deployments as this node sees them: breaker state, load, latency."""
     ReloadCatalog: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ReloadCatalogRequest, _admin_service_pb2.ReloadCatalogResponse]  # type: ignore[assignment]
     """Reads the catalogue file again; a bad file is refused and the running catalogue stays."""
+    ListAllReferrals: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAllReferralsRequest, _admin_service_pb2.ListAllReferralsResponse]  # type: ignore[assignment]
+    """Referrals across all accounts; `flagged_only` for abuse review."""
     ListAccounts: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAccountsRequest, _admin_service_pb2.ListAccountsResponse]  # type: ignore[assignment]
     GetAccountDetails: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetAccountDetailsRequest, _admin_service_pb2.GetAccountDetailsResponse]  # type: ignore[assignment]
     """An account with its balance, keys, notices, sign-up signals and the accounts sharing them."""
@@ -207,6 +211,14 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.ReloadCatalogResponse, _abc.Awaitable[_admin_service_pb2.ReloadCatalogResponse]]:
         """Reads the catalogue file again; a bad file is refused and the running catalogue stays."""
+
+    @_abc_1.abstractmethod
+    def ListAllReferrals(
+        self,
+        request: _admin_service_pb2.ListAllReferralsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListAllReferralsResponse, _abc.Awaitable[_admin_service_pb2.ListAllReferralsResponse]]:
+        """Referrals across all accounts; `flagged_only` for abuse review."""
 
     @_abc_1.abstractmethod
     def ListAccounts(
