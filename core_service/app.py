@@ -55,7 +55,11 @@ from core_service.billing.webhooks import StripeWebhooks
 from core_service.catalog import Catalog, CatalogHolder
 from core_service.clock import Clock, SystemClock
 from core_service.db.engine import create_engine, migrate, session_factory
+from core_service.inference.observer import RequestObserver
 from core_service.inference.pipeline import InferencePipeline
+from core_service.logs.retention import LogRetention
+from core_service.logs.writer import RequestLogWriter
+from core_service.metrics import CoreMetrics, gauge
 from core_service.inference.service import InferenceServicer
 from core_service.referrals.program import ReferralPolicy, ReferralProgram
 from core_service.routing.budget import RetryBudget
@@ -88,6 +92,7 @@ GRPC_OPTIONS = [
 ]
 
 HOLD_EXPIRY_INTERVAL_SECONDS = 10.0
+LOG_MAINTENANCE_INTERVAL_SECONDS = 3600.0
 LIMITER_REPORT_INTERVAL_SECONDS = 0.5
 RATELIMIT_SERVICE = "kyma.ratelimit.v1.RateLimitService"
 # A health entry of its own: SERVING while limits are shared through Redis, NOT_SERVING while
@@ -195,15 +200,25 @@ class Core:
     catalogue: CatalogHolder
     prober: Prober
     referrals: ReferralProgram
+    metrics: CoreMetrics
+    request_log: RequestLogWriter
+    retention: LogRetention
     ledger: Ledger
     stripe_http: stripe.HTTPXClient | None = None
     port: int = 0
+    metrics_port: int = 0
     _stopped: bool = field(default=False, repr=False)
     _chores: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
 
     async def start(self) -> int:
+        await self.retention.ensure_partitions()
+        await self.request_log.start()
+        self._watch_state()
+        if self.settings.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
         await self.server.start()
         self._chores.append(asyncio.create_task(self._expire_holds(), name="expire holds"))
+        self._chores.append(asyncio.create_task(self._maintain_logs(), name="log retention"))
         self._chores.append(
             asyncio.create_task(
                 _periodically(self.settings.probe_interval_seconds, self.prober.probe_due, "probes"),
@@ -237,8 +252,11 @@ class Core:
             chore.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await chore
-        # Settlements of the requests that just finished must land before the engine closes.
+        # Settlements of the requests that just finished must land before the engine closes,
+        # and so must their log rows.
         await self.tasks.drain(timeout=max(grace, 5.0))
+        await self.request_log.stop(timeout=max(grace, 5.0))
+        self.metrics.stop()
         await self.upstreams.aclose()
         if self.stripe_http is not None:
             await self.stripe_http.close_async()
@@ -256,6 +274,40 @@ class Core:
                 status = health_pb2.HealthCheckResponse.SERVING if shared else health_pb2.HealthCheckResponse.NOT_SERVING
                 await self.health.set(SHARED_LIMITS_HEALTH, status)
             await asyncio.sleep(LIMITER_REPORT_INTERVAL_SECONDS)
+
+    def _watch_state(self) -> None:
+        """Gauges read at scrape time from the parts that own the state."""
+        router, catalogue, log, tasks = self.router, self.catalogue, self.request_log, self.tasks
+        limits = self.limits_store
+        states = {"closed": 0, "half_open": 1, "open": 2}
+
+        def read():  # type: ignore[no-untyped-def]
+            statuses = router.status(catalogue.models())
+            yield gauge("kyma_breaker_state", "0 closed, 1 half-open, 2 open", ["model", "deployment"],
+                        (([s.model, s.deployment], states[s.state.value]) for s in statuses))
+            shared = isinstance(limits, FallbackRateLimitStore) and not limits.degraded
+            yield gauge("kyma_ratelimit_shared", "1 while limits are counted in Redis", [], [([], float(shared))])
+            fallbacks = limits.fallbacks if isinstance(limits, FallbackRateLimitStore) else 0
+            yield gauge("kyma_ratelimit_local_decisions", "Limiter calls served per node (Redis unreachable)", [], [([], fallbacks)])
+            yield gauge("kyma_request_log_pending", "Request-log entries waiting to be written", [], [([], log.pending)])
+            yield gauge("kyma_request_log_dropped", "Request-log entries dropped (buffer full)", [], [([], log.dropped)])
+            yield gauge("kyma_request_log_written", "Request-log entries written", [], [([], log.written)])
+            yield gauge("kyma_background_tasks", "Settlements and other work in flight", [], [([], tasks.pending)])
+
+        self.metrics.watch(read)
+
+    async def _maintain_logs(self) -> None:
+        async def maintain() -> None:
+            await self.retention.ensure_partitions(days_ahead=2)
+            report = await self.retention.purge()
+            if report.rows or report.partitions:
+                log.info("request logs purged before %s: %d rows, partitions %s", report.cutoff, report.rows, report.partitions)
+
+        try:
+            await maintain()
+        except Exception:
+            log.exception("log retention failed; trying again in an hour")
+        await _periodically(LOG_MAINTENANCE_INTERVAL_SECONDS, maintain, "log retention")
 
     async def _expire_holds(self) -> None:
         await _periodically(HOLD_EXPIRY_INTERVAL_SECONDS, self.holds.expire_due, "hold expiry")
@@ -308,6 +360,9 @@ async def build_core(
     holds = Holds(hold_store, engine, clock, ttl_seconds=max(settings.hold_ttl_seconds, longest + 60))
     ledger = Ledger(engine, clock)
     limits_store = await build_rate_limit_store(settings, clock)
+    metrics = CoreMetrics()
+    request_log = RequestLogWriter(engine, clock, capacity=settings.log_buffer_capacity)
+    retention = LogRetention(engine, clock, days=settings.log_retention_days)
     router = Router(
         rng or random.Random(),
         clock,
@@ -329,6 +384,7 @@ async def build_core(
         limiter=limiter,
         gate=DeploymentGate(limits_store, tasks),
         clock=clock,
+        observer=RequestObserver(metrics, clock, request_log),
     )
     guard = AdminGuard(SecretStr(resolve_admin_token(settings)))
     enforcement = Enforcement(engine, clock)
@@ -413,6 +469,9 @@ async def build_core(
         catalogue=catalogue,
         prober=Prober(router, catalogue, upstreams),
         referrals=referrals,
+        metrics=metrics,
+        request_log=request_log,
+        retention=retention,
         ledger=ledger,
         stripe_http=stripe_http,
         port=port,

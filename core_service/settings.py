@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     breaker_cooldown_seconds: float = Field(default=5.0, gt=0, description="First ejection; doubles on repeat.")
     breaker_max_cooldown_seconds: float = Field(default=300.0, gt=0)
     probe_interval_seconds: float = Field(default=2.0, gt=0, description="How often ejected deployments are probed.")
+    log_retention_days: int = Field(default=90, ge=1, description="How long request logs are kept.")
+    log_buffer_capacity: int = Field(default=10_000, ge=100, description="Request-log entries held in memory at most.")
+    metrics_host: str = Field(default="127.0.0.1", description="Where the core serves Prometheus metrics.")
+    metrics_port: int | None = Field(default=9464, description="Core metrics port; unset = no metrics server.")
     log_level: str = "INFO"
 
     @field_validator("welcome_bonus_usd")

@@ -272,6 +272,7 @@ async def running_kyma(
         data_dir=tmp,
         database_url=database_url,
         grpc_port=0,
+        metrics_port=0,
         admin_token=ADMIN_TOKEN,
         catalog=overrides.pop("catalog", None) or write_catalog(tmp / "catalog.yaml", upstream),
         demo_tokens_per_second=0,

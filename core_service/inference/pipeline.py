@@ -8,6 +8,7 @@ exactly the same policy.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -23,12 +24,14 @@ from core_service.clock import Clock
 from core_service.catalog import CatalogHolder, Deployment, Endpoint, Model
 from core_service.errors import (
     InsufficientCredits,
+    KymaError,
     InvalidRequest,
     RateLimited,
     UpstreamError,
     UpstreamUnavailable,
 )
 from core_service.inference.requests import UPSTREAM_PATHS, InferenceRequest, parse_request
+from core_service.inference.observer import Observation, RequestObserver
 from core_service.inference.streams import StreamRelay
 from core_service.inference.usage import TokenUsage, usage_from_upstream
 from core_service.ratelimit.limiter import AccountLimiter, Admission, DeploymentGate, Ticket
@@ -89,8 +92,10 @@ class InferencePipeline:
         limiter: AccountLimiter,
         gate: DeploymentGate,
         clock: Clock,
+        observer: RequestObserver,
     ) -> None:
         self._clock = clock
+        self._observer = observer
         self._authenticator = authenticator
         self._catalog = catalog
         self._router = router
@@ -100,21 +105,28 @@ class InferencePipeline:
         self._gate = gate
 
     async def _admit(
-        self, endpoint: Endpoint, raw: bytes, authorization: str | None, request_id: str, *, stream: bool
+        self, endpoint: Endpoint, raw: bytes, authorization: str | None, observation: Observation
     ) -> _Admitted:
         principal = await self._authenticator.authenticate(authorization)
+        observation.principal = principal
         principal.check_in_good_standing(self._clock.now())
-        request = parse_request(endpoint, raw, stream=stream)
+        request = parse_request(endpoint, raw, stream=observation.stream)
         model = self._catalog.get(request.model)
+        observation.model = model.name
         if endpoint not in model.endpoints:
             raise InvalidRequest(
                 f"The model '{model.name}' does not support the {endpoint} endpoint.",
                 param="model",
             )
         counted = request.prompt_tokens_estimate + output_tokens_to_hold(request, model)
-        admission = await self._limiter.admit(principal, model.name, counted)
         try:
-            reservation = await self._metering.reserve(principal, request, model, request_id)
+            admission = await self._limiter.admit(principal, model.name, counted)
+        except RateLimited:
+            self._observer.limited(False)
+            raise
+        self._observer.limited(True)
+        try:
+            reservation = await self._metering.reserve(principal, request, model, observation.request_id)
         except InsufficientCredits:
             self._limiter.give_back(admission)
             raise
@@ -170,10 +182,25 @@ class InferencePipeline:
     async def complete(
         self, endpoint: Endpoint, raw: bytes, authorization: str | None, request_id: str
     ) -> UnaryResult:
-        admitted = await self._admit(endpoint, raw, authorization, request_id, stream=False)
+        observation = self._observer.begin(endpoint, request_id, raw, stream=False)
+        try:
+            result = await self._complete(endpoint, raw, authorization, observation)
+            observation.response_body = result.body.decode("utf-8", "replace")
+            return result
+        except BaseException as error:
+            observation.status = outcome_of(error)
+            raise
+        finally:
+            self._observer.end(observation)
+
+    async def _complete(
+        self, endpoint: Endpoint, raw: bytes, authorization: str | None, observation: Observation
+    ) -> UnaryResult:
+        admitted = await self._admit(endpoint, raw, authorization, observation)
         request, model = admitted.request, admitted.model
         try:
             reply, ticket = await self._forward(admitted)
+            observation.deployment = ticket.deployment.name
             parsed = _json_object(reply)
         except BaseException as error:
             self._abandon(admitted, error)
@@ -181,6 +208,7 @@ class InferencePipeline:
         parsed["model"] = model.name
         usage = usage_from_upstream(parsed.get("usage")) or _estimate(request, parsed)
         charge = charge_for(model, usage)
+        observation.charge = charge
         self._finish(admitted, ticket, charge)
         return UnaryResult(orjson.dumps(parsed), charge, admitted.admission.snapshot)
 
@@ -201,6 +229,7 @@ class InferencePipeline:
                         attempt.attempt.succeeded()
                         raise exc.error from None
                     attempt.attempt.failed(exc.error.message, retry_after=exc.retry_after)
+                    self._observer.upstream_failed(admitted.model.name, ticket.deployment.name)
                     failure = exc
                     continue
                 except BaseException:
@@ -220,7 +249,22 @@ class InferencePipeline:
         first chunk exists; after that an upstream failure is raised as a KymaError. However the
         stream ends (completed, broken, or the client gone), the hold is settled for what was
         relayed."""
-        admitted = await self._admit(endpoint, raw, authorization, request_id, stream=True)
+        observation = self._observer.begin(endpoint, request_id, raw, stream=True)
+        try:
+            async for event in self._stream(endpoint, raw, authorization, observation):
+                if isinstance(event, StreamChunks):
+                    self._observer.first_chunk(observation)
+                yield event
+        except BaseException as error:
+            observation.status = outcome_of(error)
+            raise
+        finally:
+            self._observer.end(observation)
+
+    async def _stream(
+        self, endpoint: Endpoint, raw: bytes, authorization: str | None, observation: Observation
+    ) -> AsyncIterator[StreamChunks | StreamEnd]:
+        admitted = await self._admit(endpoint, raw, authorization, observation)
         model = admitted.model
         relay = StreamRelay(
             public_model=model.name,
@@ -232,6 +276,7 @@ class InferencePipeline:
         except BaseException as error:
             self._abandon(admitted, error)
             raise
+        observation.deployment = ticket.deployment.name
         limits: RateLimitSnapshot | None = admitted.admission.snapshot
         complete = False
         try:
@@ -249,6 +294,8 @@ class InferencePipeline:
             await stream.aclose()
             # Also reached when the client goes away: usage then is what was relayed.
             charge = charge_for(model, relay.usage(complete=complete))
+            observation.charge = charge
+            observation.response_body = relay.delivered_text()
             self._finish(admitted, ticket, charge)
         yield StreamEnd(charge, limits)
 
@@ -284,9 +331,11 @@ class InferencePipeline:
                         self._gate.leave(admitted.model, ticket, 0)
                         raise exc.error from None
                     attempt.attempt.failed(exc.error.message, retry_after=exc.retry_after)
+                    self._observer.upstream_failed(admitted.model.name, ticket.deployment.name)
                     failure = exc
                 except UpstreamError as exc:  # an error event or garbage before the first chunk
                     attempt.attempt.failed(exc.message)
+                    self._observer.upstream_failed(admitted.model.name, ticket.deployment.name)
                     failure = UpstreamFailure(exc, retryable=True)
                 except BaseException:
                     attempt.attempt.abandoned()
@@ -300,6 +349,15 @@ class InferencePipeline:
         if failure is None:
             raise UpstreamUnavailable(f"No upstream of '{admitted.model.name}' could be tried.")
         raise failure.error
+
+
+def outcome_of(error: BaseException) -> str:
+    """How a request that did not answer ended, for metrics and the request log."""
+    if isinstance(error, KymaError):
+        return error.reason
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        return "CLIENT_GONE"
+    return "INTERNAL"
 
 
 def _json_object(reply: bytes) -> dict[str, Any]:

@@ -1,0 +1,110 @@
+"""What happened to each inference request, recorded once it ends: Prometheus metrics, and a
+row in the request log (written off the request path, in batches).
+
+An `Observation` is filled in as the request goes (who, which model and deployment, what it
+used) and ended exactly once, however the request ends: answered, refused, failed, or the
+client gone. The API key itself never gets here, only its id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from core_service.accounts.auth import Principal
+from core_service.billing.metering import Charge
+from core_service.clock import Clock
+from core_service.logs.entry import RequestLogEntry
+from core_service.metrics import CoreMetrics
+
+
+class LogSink(Protocol):
+    def record(self, entry: RequestLogEntry) -> None: ...
+
+
+@dataclass
+class Observation:
+    request_id: str
+    endpoint: str
+    stream: bool
+    request_body: bytes
+    created_at: datetime
+    started: float
+    principal: Principal | None = None
+    model: str | None = None
+    deployment: str | None = None
+    status: str = "ok"
+    charge: Charge | None = None
+    ttft: float | None = None
+    response_body: str = ""
+    _ended: bool = field(default=False, repr=False)
+
+
+class RequestObserver:
+    def __init__(self, metrics: CoreMetrics, clock: Clock, log: LogSink | None = None) -> None:
+        self._metrics = metrics
+        self._clock = clock
+        self._log = log
+
+    def begin(self, endpoint: str, request_id: str, body: bytes, *, stream: bool) -> Observation:
+        return Observation(
+            request_id=request_id,
+            endpoint=endpoint,
+            stream=stream,
+            request_body=body,
+            created_at=self._clock.now(),
+            started=self._clock.monotonic(),
+        )
+
+    def first_chunk(self, observation: Observation) -> None:
+        if observation.ttft is None:
+            observation.ttft = self._clock.monotonic() - observation.started
+
+    def upstream_failed(self, model: str, deployment: str) -> None:
+        self._metrics.upstream_errors.labels(model, deployment).inc()
+
+    def limited(self, admitted: bool) -> None:
+        self._metrics.limiter.labels("admitted" if admitted else "refused").inc()
+
+    def end(self, observation: Observation) -> None:
+        if observation._ended:
+            return
+        observation._ended = True
+        elapsed = self._clock.monotonic() - observation.started
+        model = observation.model or "-"
+        metrics = self._metrics
+        metrics.requests.labels(observation.endpoint, model, observation.status).inc()
+        metrics.latency.labels(observation.endpoint, model).observe(elapsed)
+        if observation.ttft is not None:
+            metrics.ttft.labels(model).observe(observation.ttft)
+        charge = observation.charge
+        if charge is not None:
+            metrics.tokens.labels(model, "prompt").inc(charge.usage.prompt_tokens)
+            metrics.tokens.labels(model, "completion").inc(charge.usage.completion_tokens)
+            metrics.cost.labels(model).inc(charge.cost_nanos)
+        if self._log is None:
+            return
+        principal = observation.principal
+        self._log.record(
+            RequestLogEntry(
+                id=observation.request_id,
+                created_at=observation.created_at,
+                request_id=observation.request_id,
+                account_id=principal.account_id if principal else None,
+                key_id=principal.key_id if principal else None,
+                endpoint=observation.endpoint,
+                model=observation.model or "",
+                deployment=observation.deployment or "",
+                status=observation.status,
+                latency_ms=elapsed * 1000,
+                ttft_ms=None if observation.ttft is None else observation.ttft * 1000,
+                prompt_tokens=charge.usage.prompt_tokens if charge else 0,
+                completion_tokens=charge.usage.completion_tokens if charge else 0,
+                cost_nanos=charge.cost_nanos if charge else 0,
+                estimated=charge.usage.estimated if charge else False,
+                stream=observation.stream,
+                request_body=observation.request_body.decode("utf-8", "replace"),
+                response_body=observation.response_body,
+            )
+        )
