@@ -29,6 +29,7 @@ from kyma.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from kyma.ratelimit.v1 import ratelimit_service_pb2, ratelimit_service_pb2_grpc
 from kyma.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
 from pydantic import SecretStr
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core_service.accounts.auth import Authenticator
@@ -57,6 +58,7 @@ from core_service.clock import Clock, SystemClock
 from core_service.db.engine import create_engine, migrate, session_factory
 from core_service.inference.observer import RequestObserver
 from core_service.inference.pipeline import InferencePipeline
+from core_service.logs.query import RequestLogQuery
 from core_service.logs.retention import LogRetention
 from core_service.logs.writer import RequestLogWriter
 from core_service.metrics import CoreMetrics, gauge
@@ -93,6 +95,8 @@ GRPC_OPTIONS = [
 
 HOLD_EXPIRY_INTERVAL_SECONDS = 10.0
 LOG_MAINTENANCE_INTERVAL_SECONDS = 3600.0
+DATABASE_CHECK_INTERVAL_SECONDS = 1.0
+DATABASE_CHECK_TIMEOUT_SECONDS = 2.0
 LIMITER_REPORT_INTERVAL_SECONDS = 0.5
 RATELIMIT_SERVICE = "kyma.ratelimit.v1.RateLimitService"
 # A health entry of its own: SERVING while limits are shared through Redis, NOT_SERVING while
@@ -219,6 +223,7 @@ class Core:
         await self.server.start()
         self._chores.append(asyncio.create_task(self._expire_holds(), name="expire holds"))
         self._chores.append(asyncio.create_task(self._maintain_logs(), name="log retention"))
+        self._chores.append(asyncio.create_task(self._watch_database(), name="database health"))
         self._chores.append(
             asyncio.create_task(
                 _periodically(self.settings.probe_interval_seconds, self.prober.probe_due, "probes"),
@@ -295,6 +300,28 @@ class Core:
             yield gauge("kyma_background_tasks", "Settlements and other work in flight", [], [([], tasks.pending)])
 
         self.metrics.watch(read)
+
+    async def _watch_database(self) -> None:
+        """The core is SERVING (overall health, and so the bridge's /readyz) only while its
+        database answers: without it no request can be admitted or billed."""
+        serving: bool | None = None
+        while True:
+            try:
+                async with asyncio.timeout(DATABASE_CHECK_TIMEOUT_SECONDS):
+                    async with self.engine.connect() as conn:
+                        await conn.execute(text("SELECT 1"))
+                ok = True
+            except Exception:
+                ok = False
+            if ok != serving:
+                serving = ok
+                status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+                await self.health.set("", status)
+                if not ok:
+                    log.error("the database does not answer: reporting NOT_SERVING")
+                else:
+                    log.info("the database answers: SERVING")
+            await asyncio.sleep(DATABASE_CHECK_INTERVAL_SECONDS)
 
     async def _maintain_logs(self) -> None:
         async def maintain() -> None:
@@ -436,6 +463,7 @@ async def build_core(
             authenticator=authenticator, limiter=limiter, tiers=tiers,
             enforcement=enforcement, directory=AccountDirectory(engine),
             router=router, catalogue=catalogue, referrals=referrals,
+            log_query=RequestLogQuery(engine), retention=retention,
         ),
         server,
     )

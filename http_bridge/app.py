@@ -65,7 +65,8 @@ def create_app(settings: BridgeSettings, *, channel: grpc.aio.Channel | None = N
             serving = shared = False
         body = {
             "status": "ready" if serving else "unavailable",
-            "core": "serving" if serving else "unreachable",
+            # Not serving: the core is unreachable, or its database does not answer.
+            "core": "serving" if serving else "unavailable",
             # Requests are served either way; "per-node" means Redis is unreachable (or unused).
             "rate_limits": "shared" if shared else "per-node",
         }

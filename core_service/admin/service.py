@@ -17,7 +17,10 @@ from core_service.admin.auth import AdminGuard
 from core_service.admin.directory import AccountDirectory
 from core_service.admin.enforcement import Enforcement
 from core_service.admin.enforcement_rpcs import EnforcementRpcs
+from core_service.admin.logs_rpcs import LogRpcs
 from core_service.admin.routing_rpcs import RoutingRpcs
+from core_service.logs.query import RequestLogQuery
+from core_service.logs.retention import LogRetention
 from core_service.catalog import CatalogHolder
 from core_service.referrals.program import ReferralProgram
 from core_service.routing.router import Router
@@ -55,7 +58,7 @@ def adjustment_nanos(text: str) -> int:
         raise InvalidRequest("amount_usd is finer than a nano-dollar.", param="amount_usd") from None
 
 
-class AdminServicer(EnforcementRpcs, RoutingRpcs, pb_grpc.AdminServiceServicer):
+class AdminServicer(EnforcementRpcs, RoutingRpcs, LogRpcs, pb_grpc.AdminServiceServicer):
     def __init__(
         self,
         guard: AdminGuard,
@@ -72,8 +75,12 @@ class AdminServicer(EnforcementRpcs, RoutingRpcs, pb_grpc.AdminServiceServicer):
         router: Router,
         catalogue: CatalogHolder,
         referrals: ReferralProgram,
+        log_query: RequestLogQuery,
+        retention: LogRetention,
     ) -> None:
         self._referrals = referrals
+        self._log_query = log_query
+        self._retention = retention
         self._router = router
         self._catalogue = catalogue
         self._enforcement = enforcement

@@ -277,6 +277,49 @@ def _referrals_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _logs_list(args: argparse.Namespace) -> int:
+    admin = _Admin(Settings())
+    request = pb.ListRequestLogsRequest(
+        account_id=args.account or "", request_id=args.request_id or "", limit=args.limit
+    )
+    if args.since:
+        request.since.FromDatetime(_parse_moment(args.since))
+    if args.until:
+        request.until.FromDatetime(_parse_moment(args.until))
+    reply = admin.call(admin.stub.ListRequestLogs, request)
+    lines = [
+        f"{e.created_at.ToDatetime(tzinfo=UTC).isoformat()}  {e.request_id}  {e.account_id}  {e.model}"
+        f"@{e.deployment or '-'}  {e.status}  {e.latency_ms:.0f} ms  {e.prompt_tokens}+{e.completion_tokens} tok"
+        f"  {e.cost.usd} USD"
+        + (f"\n  request:  {e.request_body[:500]}\n  response: {e.response_body[:500]}" if args.content else "")
+        for e in reply.logs
+    ]
+    _print(reply, args.json, "\n".join(lines) or "no request logs")
+    return 0
+
+
+def _parse_moment(text: str) -> datetime:
+    """An ISO time (UTC when no zone is given), or a duration back from now: 30m, 12h, 7d."""
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if text[:-1].isdigit() and text[-1:] in units:
+        return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * units[text[-1]])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit("kyma admin: a time is ISO (2026-12-01T00:00Z) or a duration back (30m, 12h, 7d)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _logs_purge(args: argparse.Namespace) -> int:
+    admin = _Admin(Settings())
+    reply = admin.call(admin.stub.PurgeRequestLogs, pb.PurgeRequestLogsRequest(dry_run=args.dry_run))
+    verb = "would remove" if args.dry_run else "removed"
+    cutoff = reply.cutoff.ToDatetime(tzinfo=UTC).isoformat()
+    partitions = f", partitions {', '.join(reply.partitions)}" if reply.partitions else ""
+    _print(reply, args.json, f"{verb} {reply.rows} request logs older than {cutoff}{partitions}")
+    return 0
+
+
 def _run(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
@@ -346,6 +389,22 @@ def add_commands(commands: Any) -> None:
     referral_list.add_argument("--limit", type=int, default=100)
     referral_list.add_argument("--json", action="store_true")
     referral_list.set_defaults(run=_run(_referrals_list))
+
+    logs = groups.add_parser("logs", help="request logs")
+    log_commands = logs.add_subparsers(dest="action", required=True)
+    log_list = log_commands.add_parser("list", help="request logs, newest first")
+    log_list.add_argument("--account")
+    log_list.add_argument("--request-id")
+    log_list.add_argument("--since", help="ISO time or a duration back: 30m, 12h, 7d")
+    log_list.add_argument("--until", help="ISO time or a duration back")
+    log_list.add_argument("--limit", type=int, default=100)
+    log_list.add_argument("--content", action="store_true", help="show request and response content")
+    log_list.add_argument("--json", action="store_true")
+    log_list.set_defaults(run=_run(_logs_list))
+    purge = log_commands.add_parser("purge", help="remove logs older than the retention window now")
+    purge.add_argument("--dry-run", action="store_true", help="only report what would go")
+    purge.add_argument("--json", action="store_true")
+    purge.set_defaults(run=_run(_logs_purge))
 
     audit = groups.add_parser("audit", help="the admin audit log, newest first")
     audit.add_argument("--account", help="only this account's entries")

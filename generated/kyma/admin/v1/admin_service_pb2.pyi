@@ -1009,3 +1009,175 @@ class ListAllReferralsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAllReferralsResponse: _TypeAlias = ListAllReferralsResponse  # noqa: Y015
+
+@_typing.final
+class RequestLog(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    TTFT_MS_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    ESTIMATED_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    REQUEST_BODY_FIELD_NUMBER: _builtins.int
+    RESPONSE_BODY_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    account_id: _builtins.str
+    key_id: _builtins.str
+    """The key's id; Kyma never stores the key."""
+    endpoint: _builtins.str
+    model: _builtins.str
+    deployment: _builtins.str
+    status: _builtins.str
+    """"ok" or the error reason (e.g. RATE_LIMIT_EXCEEDED)."""
+    latency_ms: _builtins.float
+    ttft_ms: _builtins.float
+    prompt_tokens: _builtins.int
+    completion_tokens: _builtins.int
+    estimated: _builtins.bool
+    stream: _builtins.bool
+    request_body: _builtins.str
+    response_body: _builtins.str
+    """The response body, or a stream's assembled text."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def cost(self) -> _accounting_service_pb2.Money: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        account_id: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        endpoint: _builtins.str = ...,
+        model: _builtins.str = ...,
+        deployment: _builtins.str = ...,
+        status: _builtins.str = ...,
+        latency_ms: _builtins.float = ...,
+        ttft_ms: _builtins.float = ...,
+        prompt_tokens: _builtins.int = ...,
+        completion_tokens: _builtins.int = ...,
+        cost: _accounting_service_pb2.Money | None = ...,
+        estimated: _builtins.bool = ...,
+        stream: _builtins.bool = ...,
+        request_body: _builtins.str = ...,
+        response_body: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "completion_tokens", b"completion_tokens", "cost", b"cost", "created_at", b"created_at", "deployment", b"deployment", "endpoint", b"endpoint", "estimated", b"estimated", "key_id", b"key_id", "latency_ms", b"latency_ms", "model", b"model", "prompt_tokens", b"prompt_tokens", "request_body", b"request_body", "request_id", b"request_id", "response_body", b"response_body", "status", b"status", "stream", b"stream", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestLog: _TypeAlias = RequestLog  # noqa: Y015
+
+@_typing.final
+class ListRequestLogsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    request_id: _builtins.str
+    limit: _builtins.int
+    """1..1000; 0 = 100."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "limit", b"limit", "request_id", b"request_id", "since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRequestLogsRequest: _TypeAlias = ListRequestLogsRequest  # noqa: Y015
+
+@_typing.final
+class ListRequestLogsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def logs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RequestLog]: ...
+    def __init__(
+        self,
+        *,
+        logs: _abc.Iterable[Global___RequestLog] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["logs", b"logs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRequestLogsResponse: _TypeAlias = ListRequestLogsResponse  # noqa: Y015
+
+@_typing.final
+class PurgeRequestLogsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    def __init__(
+        self,
+        *,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeRequestLogsRequest: _TypeAlias = PurgeRequestLogsRequest  # noqa: Y015
+
+@_typing.final
+class PurgeRequestLogsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    PARTITIONS_FIELD_NUMBER: _builtins.int
+    CUTOFF_FIELD_NUMBER: _builtins.int
+    rows: _builtins.int
+    @_builtins.property
+    def partitions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def cutoff(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        rows: _builtins.int = ...,
+        partitions: _abc.Iterable[_builtins.str] | None = ...,
+        cutoff: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cutoff", b"cutoff"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cutoff", b"cutoff", "partitions", b"partitions", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeRequestLogsResponse: _TypeAlias = PurgeRequestLogsResponse  # noqa: Y015

@@ -111,6 +111,16 @@ class AdminServiceStub:
                 request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsRequest.SerializeToString,
                 response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsResponse.FromString,
                 _registered_method=True)
+        self.ListRequestLogs = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/ListRequestLogs',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListRequestLogsRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListRequestLogsResponse.FromString,
+                _registered_method=True)
+        self.PurgeRequestLogs = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/PurgeRequestLogs',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.PurgeRequestLogsRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.PurgeRequestLogsResponse.FromString,
+                _registered_method=True)
         self.ListAccounts = channel.unary_unary(
                 '/kyma.admin.v1.AdminService/ListAccounts',
                 request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAccountsRequest.SerializeToString,
@@ -228,6 +238,20 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRequestLogs(self, request, context):
+        """Request logs by account, request id and time, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeRequestLogs(self, request, context):
+        """Removes request logs older than the retention window now (dry_run: only says what would go).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAccounts(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -318,6 +342,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAllReferrals,
                     request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsRequest.FromString,
                     response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsResponse.SerializeToString,
+            ),
+            'ListRequestLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRequestLogs,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListRequestLogsRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListRequestLogsResponse.SerializeToString,
+            ),
+            'PurgeRequestLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeRequestLogs,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.PurgeRequestLogsRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.PurgeRequestLogsResponse.SerializeToString,
             ),
             'ListAccounts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAccounts,
@@ -737,6 +771,60 @@ class AdminService:
             '/kyma.admin.v1.AdminService/ListAllReferrals',
             kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsRequest.SerializeToString,
             kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRequestLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/ListRequestLogs',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListRequestLogsRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListRequestLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeRequestLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/PurgeRequestLogs',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.PurgeRequestLogsRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.PurgeRequestLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

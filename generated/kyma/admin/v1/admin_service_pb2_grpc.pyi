@@ -60,6 +60,10 @@ class AdminServiceStub:
     """Reads the catalogue file again; a bad file is refused and the running catalogue stays."""
     ListAllReferrals: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAllReferralsRequest, _admin_service_pb2.ListAllReferralsResponse]
     """Referrals across all accounts; `flagged_only` for abuse review."""
+    ListRequestLogs: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListRequestLogsRequest, _admin_service_pb2.ListRequestLogsResponse]
+    """Request logs by account, request id and time, newest first."""
+    PurgeRequestLogs: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.PurgeRequestLogsRequest, _admin_service_pb2.PurgeRequestLogsResponse]
+    """Removes request logs older than the retention window now (dry_run: only says what would go)."""
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAccountsRequest, _admin_service_pb2.ListAccountsResponse]
     GetAccountDetails: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetAccountDetailsRequest, _admin_service_pb2.GetAccountDetailsResponse]
     """An account with its balance, keys, notices, sign-up signals and the accounts sharing them."""
@@ -96,6 +100,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Reads the catalogue file again; a bad file is refused and the running catalogue stays."""
     ListAllReferrals: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAllReferralsRequest, _admin_service_pb2.ListAllReferralsResponse]  # type: ignore[assignment]
     """Referrals across all accounts; `flagged_only` for abuse review."""
+    ListRequestLogs: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListRequestLogsRequest, _admin_service_pb2.ListRequestLogsResponse]  # type: ignore[assignment]
+    """Request logs by account, request id and time, newest first."""
+    PurgeRequestLogs: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.PurgeRequestLogsRequest, _admin_service_pb2.PurgeRequestLogsResponse]  # type: ignore[assignment]
+    """Removes request logs older than the retention window now (dry_run: only says what would go)."""
     ListAccounts: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAccountsRequest, _admin_service_pb2.ListAccountsResponse]  # type: ignore[assignment]
     GetAccountDetails: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetAccountDetailsRequest, _admin_service_pb2.GetAccountDetailsResponse]  # type: ignore[assignment]
     """An account with its balance, keys, notices, sign-up signals and the accounts sharing them."""
@@ -219,6 +227,22 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.ListAllReferralsResponse, _abc.Awaitable[_admin_service_pb2.ListAllReferralsResponse]]:
         """Referrals across all accounts; `flagged_only` for abuse review."""
+
+    @_abc_1.abstractmethod
+    def ListRequestLogs(
+        self,
+        request: _admin_service_pb2.ListRequestLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListRequestLogsResponse, _abc.Awaitable[_admin_service_pb2.ListRequestLogsResponse]]:
+        """Request logs by account, request id and time, newest first."""
+
+    @_abc_1.abstractmethod
+    def PurgeRequestLogs(
+        self,
+        request: _admin_service_pb2.PurgeRequestLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.PurgeRequestLogsResponse, _abc.Awaitable[_admin_service_pb2.PurgeRequestLogsResponse]]:
+        """Removes request logs older than the retention window now (dry_run: only says what would go)."""
 
     @_abc_1.abstractmethod
     def ListAccounts(
