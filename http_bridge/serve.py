@@ -5,12 +5,16 @@ from __future__ import annotations
 import uvicorn
 
 from http_bridge.app import create_app
+from http_bridge.metrics import BridgeMetrics
 from http_bridge.settings import BridgeSettings
 
 
 def run_bridge(settings: BridgeSettings) -> None:
+    metrics = BridgeMetrics()
+    if settings.bridge_metrics_port is not None:
+        metrics.serve(settings.bridge_metrics_host, settings.bridge_metrics_port)
     config = uvicorn.Config(
-        create_app(settings),
+        metrics.middleware(create_app(settings)),
         host=settings.http_host,
         port=settings.http_port,
         loop="uvloop",

@@ -18,6 +18,10 @@ class BridgeSettings(BaseSettings):
         default=None, description="Where the core listens; default grpc_host:grpc_port."
     )
     max_body_bytes: int = 8 * 1024 * 1024
+    bridge_metrics_host: str = "127.0.0.1"
+    bridge_metrics_port: int | None = Field(
+        default=9465, description="Where the bridge serves Prometheus metrics; unset = nowhere."
+    )
     forwarded_allow_ips: str = Field(
         default="127.0.0.1",
         description="Proxies whose X-Forwarded-For gives the client's address (comma-separated, '*' = any).",

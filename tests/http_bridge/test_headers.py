@@ -25,3 +25,13 @@ def test_headers_only_when_limits_are_known() -> None:
     assert headers["x-ratelimit-remaining-requests"] == "29"
     assert headers["x-ratelimit-reset-tokens"] == "300ms"
     assert len(headers) == 6
+
+
+def test_metric_routes_are_templates() -> None:
+    from http_bridge.metrics import route_of
+
+    assert route_of("/v1/chat/completions") == "/v1/chat/completions"
+    assert route_of("/v1/models/meta/llama-3") == "/v1/models/{model}"
+    assert route_of("/v1/account/keys/key_123") == "/v1/account/keys/{id}"
+    assert route_of("/v1/account/usage") == "/v1/account/usage"
+    assert route_of("/wp-admin/../../etc/passwd") == "other"

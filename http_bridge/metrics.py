@@ -1,0 +1,74 @@
+"""The bridge's Prometheus metrics: HTTP requests by route and status, and their duration,
+in a registry of the app's own, served on a port of their own (never the public one)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGI = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Routes are counted by template, so ids in paths do not make a label per request.
+_KNOWN = frozenset({
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/account",
+    "/v1/account/keys", "/v1/account/usage", "/v1/account/ledger", "/v1/account/referrals",
+    "/v1/auth/signup", "/v1/auth/verify", "/v1/billing/checkout", "/v1/billing/stripe/webhook",
+    "/healthz", "/readyz",
+})
+
+
+def route_of(path: str) -> str:
+    if path in _KNOWN:
+        return path
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{model}"
+    if path.startswith("/v1/account/keys/"):
+        return "/v1/account/keys/{id}"
+    return "other"
+
+
+class BridgeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("kyma_bridge_requests", "HTTP requests by route and status",
+                                ["route", "status"], registry=self.registry)
+        self.duration = Histogram("kyma_bridge_request_duration_seconds", "Time to the response headers",
+                                  ["route"], buckets=_BUCKETS, registry=self.registry)
+        self._server: Any = None
+
+    def middleware(self, app: ASGI) -> ASGI:
+        requests, duration = self.requests, self.duration
+
+        async def measured(scope: Scope, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            started = time.perf_counter()
+            route = route_of(scope.get("path", ""))
+
+            async def send_measured(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    requests.labels(route, str(message["status"])).inc()
+                    duration.labels(route).observe(time.perf_counter() - started)
+                await send(message)
+
+            await app(scope, receive, send_measured)
+
+        return measured
+
+    def serve(self, host: str, port: int) -> int:
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._server = server
+        return int(server.server_port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
