@@ -407,7 +407,7 @@ async def build_core(
         catalog=catalogue,
         router=router,
         upstream=UpstreamClient(upstreams),
-        metering=Metering(holds, tasks),
+        metering=Metering(holds, tasks, counted=lambda outcome: metrics.holds.labels(outcome).inc()),
         limiter=limiter,
         gate=DeploymentGate(limits_store, tasks),
         clock=clock,

@@ -8,6 +8,7 @@ output the request allows (`max_tokens` × `n`, or the model's output cap) at th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from core_service.accounts.auth import Principal
@@ -72,6 +73,7 @@ class Reservation:
         )
         holds, hold_id = self._metering.holds, self._hold_id
         self._metering.tasks.spawn(f"settle {hold_id}", lambda: holds.settle(hold_id, settlement))
+        self._metering.counted("settled")
 
     def release(self) -> None:
         if self._ended:
@@ -79,12 +81,15 @@ class Reservation:
         self._ended = True
         holds, hold_id = self._metering.holds, self._hold_id
         self._metering.tasks.spawn(f"release {hold_id}", lambda: holds.release(hold_id))
+        self._metering.counted("released")
 
 
 class Metering:
-    def __init__(self, holds: Holds, tasks: BackgroundTasks) -> None:
+    def __init__(self, holds: Holds, tasks: BackgroundTasks, *, counted: Callable[[str], None] = lambda _: None) -> None:
         self.holds = holds
         self.tasks = tasks
+        # Counts hold outcomes for metrics: placed, refused, settled, released.
+        self.counted = counted
 
     async def reserve(
         self, principal: Principal, request: InferenceRequest, model: Model, request_id: str
@@ -96,6 +101,7 @@ class Metering:
         placed = await self.holds.place(
             principal.account_id, amount, request_id=request_id, model=model.name
         )
+        self.counted("refused" if placed.hold_id is None else "placed")
         if placed.hold_id is None:
             affordable = _affordable_max_tokens(placed.available_nanos, prompt_cost, model, request.choices)
             advice = (

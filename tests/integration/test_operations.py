@@ -88,7 +88,8 @@ async def test_metrics_endpoint(kyma, account) -> None:
     body = metrics.text
     for name in ("kyma_requests_total", "kyma_request_duration_seconds_bucket", "kyma_tokens_total",
                  "kyma_cost_nanodollars_total", "kyma_breaker_state", "kyma_ratelimit_decisions_total",
-                 "kyma_request_log_pending", "kyma_request_log_dropped", "kyma_ratelimit_shared"):
+                 "kyma_request_log_pending", "kyma_request_log_dropped", "kyma_ratelimit_shared",
+                 "kyma_holds_total"):
         assert name in body, name
     assert 'status="ok"' in body
 
