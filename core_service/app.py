@@ -21,12 +21,16 @@ import redis.asyncio
 import stripe
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from kyma.accounting.v1 import accounting_service_pb2, accounting_service_pb2_grpc
-from kyma.accounting.v1 import signup_service_pb2, signup_service_pb2_grpc
+from kyma.accounting.v1 import (
+    accounting_service_pb2,
+    accounting_service_pb2_grpc,
+    signup_service_pb2,
+    signup_service_pb2_grpc,
+)
 from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from kyma.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 from kyma.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
-from kyma.ratelimit.v1 import ratelimit_service_pb2, ratelimit_service_pb2_grpc
+from kyma.ratelimit.v1 import ratelimit_service_pb2_grpc
 from kyma.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
 from pydantic import SecretStr
 from sqlalchemy import text
@@ -37,11 +41,9 @@ from core_service.accounts.service import AccountingServicer
 from core_service.accounts.signup import SignupFlow, SignupPolicy
 from core_service.accounts.signup_service import SignupServicer
 from core_service.accounts.store import AccountStore
+from core_service.admin.auth import AdminGuard, resolve_admin_token
 from core_service.admin.directory import AccountDirectory
 from core_service.admin.enforcement import Enforcement
-from core_service.mail.factory import mailer_from_url
-from core_service.mail.mailer import Mailer
-from core_service.admin.auth import AdminGuard, resolve_admin_token
 from core_service.admin.service import AdminServicer
 from core_service.billing.checkout import CheckoutSessions
 from core_service.billing.hold_store import HoldStore
@@ -58,28 +60,30 @@ from core_service.clock import Clock, SystemClock
 from core_service.db.engine import create_engine, migrate, session_factory
 from core_service.inference.observer import RequestObserver
 from core_service.inference.pipeline import InferencePipeline
+from core_service.inference.service import InferenceServicer
 from core_service.logs.query import RequestLogQuery
 from core_service.logs.retention import LogRetention
 from core_service.logs.writer import RequestLogWriter
+from core_service.mail.factory import mailer_from_url
+from core_service.mail.mailer import Mailer
 from core_service.metrics import CoreMetrics, gauge
-from core_service.inference.service import InferenceServicer
+from core_service.ratelimit.fallback import FallbackRateLimitStore
+from core_service.ratelimit.limiter import AccountLimiter, DeploymentGate
+from core_service.ratelimit.local_store import InProcessRateLimitStore
+from core_service.ratelimit.redis_store import RedisRateLimitStore
+from core_service.ratelimit.service import RateLimitServicer
+from core_service.ratelimit.store import RateLimitStore
+from core_service.ratelimit.tiers import TierTable
 from core_service.referrals.program import ReferralPolicy, ReferralProgram
 from core_service.routing.budget import RetryBudget
 from core_service.routing.health import BreakerPolicy
 from core_service.routing.prober import Prober
 from core_service.routing.router import Router
 from core_service.routing.service import RoutingServicer
-from core_service.ratelimit.fallback import FallbackRateLimitStore
-from core_service.ratelimit.limiter import AccountLimiter, DeploymentGate
-from core_service.ratelimit.redis_store import RedisRateLimitStore
-from core_service.ratelimit.local_store import InProcessRateLimitStore
-from core_service.ratelimit.service import RateLimitServicer
-from core_service.ratelimit.store import RateLimitStore
-from core_service.ratelimit.tiers import TierTable
 from core_service.settings import Settings
 from core_service.tasks import BackgroundTasks
-from core_service.upstream.client import UpstreamClient
 from core_service.upstream.aiohttp_transport import AiohttpTransport
+from core_service.upstream.client import UpstreamClient
 from core_service.upstream.demo import DemoTransport
 from core_service.upstream.transports import UpstreamTransports
 

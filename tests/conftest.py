@@ -15,8 +15,8 @@ import email
 import email.policy
 import logging
 import os
-import re
 import pathlib
+import re
 import secrets
 import socket
 import subprocess
@@ -32,14 +32,14 @@ import pytest
 import pytest_asyncio
 import uvicorn
 from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
+from sqlalchemy import func, select
 
 from core_service.app import Core, build_core
 from core_service.billing.ledger import BalanceView
 from core_service.billing.verify import verify_ledger
 from core_service.clock import SystemClock
-from core_service.logging_setup import quiet_libraries
 from core_service.db.models import CreditHold
-from sqlalchemy import func, select
+from core_service.logging_setup import quiet_libraries
 from core_service.settings import Settings
 from http_bridge.app import create_app
 from http_bridge.settings import BridgeSettings

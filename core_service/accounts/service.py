@@ -10,19 +10,19 @@ from kyma.accounting.v1 import accounting_service_pb2_grpc as pb_grpc
 
 from core_service.accounts.auth import Authenticator, Principal
 from core_service.accounts.messages import account_message, key_message, notice_message
-from core_service.admin.enforcement import Enforcement
-from core_service.referrals.messages import referral_message
-from core_service.referrals.program import ReferralProgram
-from core_service.clock import Clock
+from core_service.accounts.names import key_name
 from core_service.accounts.store import AccountStore
+from core_service.admin.enforcement import Enforcement
 from core_service.billing.ledger import Ledger
 from core_service.billing.messages import balance_message, entry_message, money
 from core_service.billing.usage import UsageReport
+from core_service.clock import Clock
 from core_service.errors import InvalidRequest, NotFound, Unauthenticated
-from core_service.accounts.names import key_name
 from core_service.grpc_errors import translated
-from core_service.ratelimit.service import tier_message
 from core_service.grpc_metadata import metadata_value
+from core_service.ratelimit.service import tier_message
+from core_service.referrals.messages import referral_message
+from core_service.referrals.program import ReferralProgram
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200

@@ -8,10 +8,12 @@ from decimal import Decimal, InvalidOperation
 import grpc
 from kyma.admin.v1 import admin_service_pb2 as pb
 from kyma.admin.v1 import admin_service_pb2_grpc as pb_grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core_service.accounts.auth import Authenticator, Principal
 from core_service.accounts.emails import parse_email
-from core_service.accounts.names import key_name
 from core_service.accounts.messages import account_message, key_message
+from core_service.accounts.names import key_name
 from core_service.accounts.store import AccountStore
 from core_service.admin.auth import AdminGuard
 from core_service.admin.directory import AccountDirectory
@@ -19,24 +21,22 @@ from core_service.admin.enforcement import Enforcement
 from core_service.admin.enforcement_rpcs import EnforcementRpcs
 from core_service.admin.logs_rpcs import LogRpcs
 from core_service.admin.routing_rpcs import RoutingRpcs
-from core_service.logs.query import RequestLogQuery
-from core_service.logs.retention import LogRetention
-from core_service.catalog import CatalogHolder
-from core_service.referrals.program import ReferralProgram
-from core_service.routing.router import Router
 from core_service.billing.ledger import SYSTEM_ADJUSTMENTS, EntryKind, Ledger, Transfer
-from core_service.accounts.auth import Authenticator, Principal
 from core_service.billing.messages import balance_message, entry_message, money
-from core_service.ratelimit.limiter import AccountLimiter
-from core_service.ratelimit.service import status_message, tier_message
-from core_service.ratelimit.tiers import TierTable
 from core_service.billing.pricing import usd_to_nanos
 from core_service.billing.verify import verify_ledger
+from core_service.catalog import CatalogHolder
 from core_service.clock import Clock
 from core_service.errors import InvalidRequest, NotFound
 from core_service.grpc_errors import translated
 from core_service.grpc_metadata import metadata_value
-from sqlalchemy.ext.asyncio import AsyncEngine
+from core_service.logs.query import RequestLogQuery
+from core_service.logs.retention import LogRetention
+from core_service.ratelimit.limiter import AccountLimiter
+from core_service.ratelimit.service import status_message, tier_message
+from core_service.ratelimit.tiers import TierTable
+from core_service.referrals.program import ReferralProgram
+from core_service.routing.router import Router
 
 MAX_REASON = 500
 # No single adjustment moves more than this; larger ones are almost surely a typo.

@@ -7,8 +7,8 @@ import argparse
 import json
 import os
 import sys
-from datetime import UTC, datetime, timedelta
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -217,7 +217,7 @@ def _accounts_show(args: argparse.Namespace) -> int:
         + (f" ({account.status_reason})" if account.status_reason else ""),
         f"tier {reply.limits.tier}; balance {reply.balance.balance.usd} USD, available {reply.balance.available.usd} USD",
         f"sign-up ip {reply.summary.signup_ip or '-'}, fingerprint {reply.summary.signup_fingerprint or '-'}",
-        f"keys: " + (", ".join(f"{k.display_prefix}… {k.name}{' (revoked)' if k.HasField('revoked_at') else ''}" for k in reply.keys) or "none"),
+        "keys: " + (", ".join(f"{k.display_prefix}… {k.name}{' (revoked)' if k.HasField('revoked_at') else ''}" for k in reply.keys) or "none"),
         *(f"notice: {n.message}" for n in reply.notices),
         *(f"shares signals with {r.account.id} <{r.account.email}>" for r in reply.related),
     ]

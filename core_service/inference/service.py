@@ -10,11 +10,11 @@ from kyma.inference.v1 import inference_service_pb2 as pb
 from kyma.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from kyma.ratelimit.v1 import ratelimit_pb2
 
+from core_service.billing.metering import Charge
 from core_service.billing.pricing import nanos_to_usd
 from core_service.catalog import Endpoint
 from core_service.grpc_errors import translated
 from core_service.grpc_metadata import metadata_value, request_id
-from core_service.billing.metering import Charge
 from core_service.inference.pipeline import InferencePipeline, StreamChunks
 from core_service.ratelimit.snapshot import RateLimitSnapshot
 

@@ -72,7 +72,7 @@ async def test_rewards_exactly_once_across_two_nodes(upstream, tmp_path, request
             async with first.http() as http:
                 listed = (await http.get("/v1/account/referrals", headers={"authorization": f"Bearer {referrer_key}"})).json()
             [pending] = listed["data"]
-            assert pending["status"] == "pending" and pending["referred_email"] == f"f***@example.com"
+            assert pending["status"] == "pending" and pending["referred_email"] == "f***@example.com"
             assert listed["reward_usd"] == "0.500000000"
             # 50 requests of ~23 tokens each on two nodes at once cross the 60-token threshold together.
             await asyncio.gather(use_tokens(first, referred_key, 25), use_tokens(second, referred_key, 25))

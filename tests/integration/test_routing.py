@@ -4,7 +4,6 @@ retry budget, and fast failure when a model has no healthy deployment."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import socket
 import time
 

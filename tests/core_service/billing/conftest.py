@@ -16,7 +16,6 @@ import stripe
 from kyma.billing.v1 import billing_service_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core_service.ratelimit.tiers import DEFAULT_TIERS, TierTable
 from core_service.accounts.auth import Authenticator
 from core_service.accounts.emails import parse_email
 from core_service.accounts.store import AccountStore
@@ -25,6 +24,7 @@ from core_service.billing.service import BillingServicer
 from core_service.billing.webhooks import StripeWebhooks
 from core_service.clock import SystemClock
 from core_service.db.engine import create_engine, migrate, session_factory
+from core_service.ratelimit.tiers import DEFAULT_TIERS, TierTable
 from tests.fakes.stripe_api import API_KEY, WEBHOOK_SECRET, RunningFakeStripe, running_fake_stripe
 
 NewAccount = Callable[[], Awaitable[tuple[str, str]]]

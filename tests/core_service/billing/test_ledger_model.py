@@ -16,7 +16,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core_service.billing.stores import open_hold_store
 from core_service.billing.holds import Holds, Settlement
 from core_service.billing.ledger import (
     SYSTEM_ADJUSTMENTS,
@@ -28,9 +27,9 @@ from core_service.billing.ledger import (
     Transfer,
     open_balance_in,
 )
+from core_service.billing.stores import open_hold_store
 from core_service.billing.verify import verify_ledger
 from core_service.db.engine import create_engine, migrate
-
 
 
 class FakeClock:

@@ -208,7 +208,7 @@ def test_factory_smtp_forms(
         f"smtp://u:{PASSWORD}@mail.example.com?tls=true",
         f"smtps://u:{PASSWORD}@mail.example.com?starttls=true",
         f"smtp://u:{PASSWORD}@mail.example.com/path",
-        f"smtp://u:hunt/er2@mail.example.com",
+        "smtp://u:hunt/er2@mail.example.com",
         f"smtpx://u:{PASSWORD}@mail.example.com",
         f"smtp://:{PASSWORD}@mail.example.com",
         "smtp://user@mail.example.com",
