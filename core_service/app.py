@@ -472,7 +472,7 @@ async def build_core(
         server,
     )
     billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
-        BillingServicer(authenticator, store, checkout, webhooks), server
+        BillingServicer(authenticator, store, checkout, webhooks, clock=clock), server
     )
     ratelimit_service_pb2_grpc.add_RateLimitServiceServicer_to_server(
         RateLimitServicer(authenticator, limiter), server

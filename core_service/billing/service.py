@@ -8,6 +8,7 @@ from kyma.billing.v1 import billing_service_pb2_grpc as pb_grpc
 
 from core_service.accounts.auth import Authenticator
 from core_service.accounts.store import AccountStore
+from core_service.clock import Clock, SystemClock
 from core_service.billing.checkout import CheckoutSessions
 from core_service.billing.webhooks import StripeWebhooks
 from core_service.errors import Unauthenticated
@@ -22,17 +23,22 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         store: AccountStore,
         checkout: CheckoutSessions,
         webhooks: StripeWebhooks,
+        *,
+        clock: Clock | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._store = store
         self._checkout = checkout
         self._webhooks = webhooks
+        self._clock = clock or SystemClock()
 
     @translated
     async def CreateCheckoutSession(
         self, request: pb.CreateCheckoutSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateCheckoutSessionResponse:
         principal = await self._authenticator.authenticate(metadata_value(context, "authorization"))
+        # A suspended or banned account buys nothing it could not use.
+        principal.check_in_good_standing(self._clock.now())
         account = await self._store.get_account(principal.account_id)
         if account is None:
             # The key was cached on this node moments before its account went away.

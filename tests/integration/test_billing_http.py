@@ -129,3 +129,14 @@ async def test_checkout_needs_a_key(paying_kyma) -> None:
     async with paying_kyma.http() as http:
         reply = await http.post("/v1/billing/checkout", json={"amount_usd": "25"})
     assert reply.status_code == 401
+
+
+async def test_banned_accounts_buy_nothing(paying_kyma) -> None:
+    from kyma.admin.v1 import admin_service_pb2
+
+    account_id, key = await paying_kyma.create_account()
+    await paying_kyma.admin("BanAccount", admin_service_pb2.BanAccountRequest(
+        account_id=account_id, justification=admin_service_pb2.Justification(actor="t", reason="fraud")))
+    await asyncio.sleep(paying_kyma.settings.key_cache_seconds)
+    reply = await checkout(paying_kyma, key, "25")
+    assert reply["status"] == 403 and reply["error"]["code"] == "account_banned"
