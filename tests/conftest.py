@@ -14,7 +14,6 @@ import contextlib
 import email
 import email.policy
 import logging
-import os
 import pathlib
 import re
 import secrets
@@ -43,6 +42,7 @@ from core_service.logging_setup import quiet_libraries
 from core_service.settings import Settings
 from http_bridge.app import create_app
 from http_bridge.settings import BridgeSettings
+from tests.fakes.postgres import fresh_database
 
 ADMIN_TOKEN = "kyadm_test_" + secrets.token_hex(8)
 # Every API key the tests were given: none may ever appear in a log line (checked at the end).
@@ -129,25 +129,11 @@ def upstream() -> Iterator[Upstream]:
     server.process.wait(10)
 
 
-def psql(sql: str) -> None:
-    subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-v", "ON_ERROR_STOP=1",
-         "-q", "-c", sql],
-        check=True,
-        capture_output=True,
-    )
-
-
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A database of its own for this session on the local PostgreSQL, dropped at the end."""
-    name = f"kyma_test_{os.getpid()}_{secrets.token_hex(4)}"
-    try:
-        psql(f"CREATE DATABASE {name}")
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed (./scripts/services starts it): {exc}")
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database("kyma_test") as url:
+        yield url
 
 
 def write_catalog(path: pathlib.Path, upstream: Upstream) -> pathlib.Path:

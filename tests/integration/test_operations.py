@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -19,6 +18,7 @@ from kyma.inference.v1 import inference_service_pb2 as pb
 from kyma.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 from tests.conftest import ISSUED_KEYS, running_kyma, write_catalog  # type: ignore[import-not-found]
+from tests.fakes.postgres import psql
 from tests.integration.test_cli import kyma_cli  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.asyncio
@@ -118,10 +118,6 @@ async def test_log_buffer_overflow_never_fails_requests(upstream, tmp_path, pg_u
 
 async def test_readyz_follows_the_database(upstream, tmp_path, pg_url) -> None:
     database = pg_url.rsplit("/", 1)[1]
-
-    def psql(sql: str) -> None:
-        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-q", "-c", sql], check=True,
-                       capture_output=True)
 
     async with running_kyma(tmp_path, pg_url, upstream, "postgres") as kyma:
         async with kyma.http() as http:

@@ -3,9 +3,7 @@ API served over real HTTP on loopback (`tests/fakes/stripe_api.py`)."""
 
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from decimal import Decimal
 
@@ -25,31 +23,17 @@ from core_service.billing.webhooks import StripeWebhooks
 from core_service.clock import SystemClock
 from core_service.db.engine import create_engine, migrate, session_factory
 from core_service.ratelimit.tiers import DEFAULT_TIERS, TierTable
+from tests.fakes.postgres import asyncpg_url, fresh_database
 from tests.fakes.stripe_api import API_KEY, WEBHOOK_SECRET, RunningFakeStripe, running_fake_stripe
 
 NewAccount = Callable[[], Awaitable[tuple[str, str]]]
 
 
-def _psql(sql: str) -> None:
-    subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-v", "ON_ERROR_STOP=1",
-         "-q", "-c", sql],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-
-
 @pytest.fixture(scope="session")
 def billing_pg_url() -> Iterator[str]:
     """A database of its own on the local PostgreSQL, dropped at the end of the session."""
-    name = f"kyma_billing_{os.getpid()}_{secrets.token_hex(4)}"
-    try:
-        _psql(f"CREATE DATABASE {name}")
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed (./scripts/services starts it): {exc}")
-    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database("kyma_billing") as url:
+        yield asyncpg_url(url)
 
 
 @pytest_asyncio.fixture(scope="session", params=["sqlite", "postgres"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import secrets
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from core_service.billing.ledger import (
 from core_service.billing.stores import open_hold_store
 from core_service.billing.verify import verify_ledger
 from core_service.db.engine import create_engine, migrate
+from tests.fakes.postgres import asyncpg_url, fresh_database
 
 
 class FakeClock:
@@ -143,13 +143,8 @@ async def run(steps: list[tuple[str, int]], url: str) -> None:
 
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
-    name = f"kyma_model_{secrets.token_hex(4)}"
-    subprocess.run(_PSQL + [f"CREATE DATABASE {name}"], check=True, capture_output=True)
-    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    subprocess.run(_PSQL + [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=True, capture_output=True)
-
-
-_PSQL = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-q", "-c"]
+    with fresh_database("kyma_model") as url:
+        yield asyncpg_url(url)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

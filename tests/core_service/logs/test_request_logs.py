@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 import pathlib
 import secrets
 import sqlite3
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -29,6 +27,7 @@ from core_service.logs.entry import RequestLogEntry
 from core_service.logs.query import RequestLogQuery
 from core_service.logs.retention import LogRetention
 from core_service.logs.writer import RequestLogWriter
+from tests.fakes.postgres import asyncpg_url, fresh_database
 
 
 class FakeClock:
@@ -54,24 +53,10 @@ class Db:
         return self.backend == "postgres"
 
 
-def _psql(sql: str) -> None:
-    subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-v", "ON_ERROR_STOP=1", "-q", "-c", sql],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-
-
 @pytest.fixture(scope="module")
 def logs_pg_url() -> Iterator[str]:
-    name = f"kyma_logs_{os.getpid()}_{secrets.token_hex(4)}"
-    try:
-        _psql(f"CREATE DATABASE {name}")
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed (./scripts/services starts it): {exc}")
-    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database("kyma_logs") as url:
+        yield asyncpg_url(url)
 
 
 @pytest_asyncio.fixture(scope="module", params=["sqlite", "postgres"])
