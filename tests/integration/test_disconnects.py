@@ -82,25 +82,29 @@ async def test_upstream_hang_times_out_as_504(kyma, account) -> None:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_disconnect_reaches_the_upstream_promptly(kyma, account, stream: bool) -> None:
+async def test_disconnect_reaches_the_upstream_within_100_ms(kyma, account, stream: bool) -> None:
     await kyma.upstream.control(latency_ms=0 if stream else 5000, tokens_per_second=5 if stream else 0)
     body = {"model": "test-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": 100,
             "stream": stream}
-    async with httpx.AsyncClient(base_url=kyma.http_url, timeout=30) as http:
-        request = asyncio.create_task(
-            http.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {account[1]}"})
-        )
-        async def in_flight() -> bool:
-            return (await kyma.upstream.stats())["in_flight"] == 1
-        await wait_for(in_flight)
-        request.cancel()
-        closed = asyncio.get_running_loop().time()
-    async def cancelled() -> bool:
-        return (await kyma.upstream.stats())["cancelled"] >= 1
-    await wait_for(cancelled, timeout=2.0)
-    elapsed = asyncio.get_running_loop().time() - closed
+    loop = asyncio.get_running_loop()
+    # One client for polling, made beforehand: making an httpx client builds an SSL context,
+    # which alone takes tens of milliseconds and would be measured too.
+    async with httpx.AsyncClient(base_url=kyma.upstream.url, timeout=5) as probe:
+        async def stats() -> dict:
+            return (await probe.get("/_stats")).json()
+
+        async with httpx.AsyncClient(base_url=kyma.http_url, timeout=30) as http:
+            request = asyncio.create_task(
+                http.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {account[1]}"})
+            )
+            while (await stats())["in_flight"] != 1:
+                await asyncio.sleep(0.005)
+            request.cancel()
+            closed = loop.time()
+        while (await stats())["cancelled"] < 1:
+            assert loop.time() - closed < 2, "the upstream request was not cancelled"
+            await asyncio.sleep(0.002)
+    elapsed = loop.time() - closed
     print(f"upstream cancelled {elapsed * 1000:.0f} ms after the client left")
-    # The budget is 100 ms; measured here 65-125 ms (printed above, polling included),
-    # with the core and bridge sharing this test's event loop. The assertion leaves room for a
-    # loaded CI machine; the gap to 100 ms is noted as open work.
-    assert elapsed < 0.25, f"upstream cancelled {elapsed * 1000:.0f} ms after the client left"
+    # The core and bridge share this test's event loop; the bound leaves room for a loaded CI.
+    assert elapsed < 0.1, f"upstream cancelled {elapsed * 1000:.0f} ms after the client left"
