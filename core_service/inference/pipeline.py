@@ -251,10 +251,13 @@ class InferencePipeline:
         relayed."""
         observation = self._observer.begin(endpoint, request_id, raw, stream=True)
         try:
-            async for event in self._stream(endpoint, raw, authorization, observation):
-                if isinstance(event, StreamChunks):
-                    self._observer.first_chunk(observation)
-                yield event
+            # aclosing: if the consumer stops early, the inner stream's settlement runs now,
+            # not whenever the garbage collector finalizes it.
+            async with aclosing(self._stream(endpoint, raw, authorization, observation)) as events:
+                async for event in events:
+                    if isinstance(event, StreamChunks):
+                        self._observer.first_chunk(observation)
+                    yield event
         except BaseException as error:
             observation.status = outcome_of(error)
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import grpc
@@ -54,19 +55,19 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def _stream(self, endpoint: Endpoint, body: bytes, context: grpc.aio.ServicerContext, response_type: Any) -> AsyncIterator[Any]:
         rid = request_id(context)
         first = True
-        async for event in self._pipeline.stream(
-            endpoint, body, metadata_value(context, "authorization"), rid
-        ):
-            if isinstance(event, StreamChunks):
-                message = response_type(chunks=event.data)
-            else:
-                message = response_type(usage=usage_message(event.charge))
-            if event.limits is not None:
-                message.rate_limit.CopyFrom(rate_limit_message(event.limits))
-            if first:
-                message.request_id = rid
-                first = False
-            yield message
+        events = self._pipeline.stream(endpoint, body, metadata_value(context, "authorization"), rid)
+        async with aclosing(events):
+            async for event in events:
+                if isinstance(event, StreamChunks):
+                    message = response_type(chunks=event.data)
+                else:
+                    message = response_type(usage=usage_message(event.charge))
+                if event.limits is not None:
+                    message.rate_limit.CopyFrom(rate_limit_message(event.limits))
+                if first:
+                    message.request_id = rid
+                    first = False
+                yield message
 
     @translated
     async def CreateChatCompletion(self, request: pb.CreateChatCompletionRequest, context: grpc.aio.ServicerContext) -> pb.CreateChatCompletionResponse:
