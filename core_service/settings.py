@@ -14,7 +14,11 @@ from typing import Any
 
 import yaml
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from core_service.ratelimit.tiers import DEFAULT_TIERS, Tier
 

@@ -23,7 +23,12 @@ from core_service.accounts.emails import Email, parse_email
 from core_service.accounts.store import AccountStore, NewAccount
 from core_service.clock import Clock
 from core_service.db.models import Account, SignupCode
-from core_service.errors import AlreadyExists, InvalidRequest, RateLimited, UpstreamUnavailable
+from core_service.errors import (
+    AlreadyExists,
+    InvalidRequest,
+    RateLimited,
+    UpstreamUnavailable,
+)
 from core_service.mail.mailer import Mail, Mailer, MailError
 from core_service.ratelimit.store import Limit, RateLimitStore, rate_key
 from core_service.referrals.program import ReferralProgram

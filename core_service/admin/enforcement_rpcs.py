@@ -8,7 +8,12 @@ import grpc
 from kyma.accounting.v1 import accounting_service_pb2 as accounting_pb
 from kyma.admin.v1 import admin_service_pb2 as pb
 
-from core_service.accounts.messages import account_message, key_message, notice_message, timestamp
+from core_service.accounts.messages import (
+    account_message,
+    key_message,
+    notice_message,
+    timestamp,
+)
 from core_service.accounts.store import AccountStore
 from core_service.admin.directory import AccountDirectory, Listed
 from core_service.admin.enforcement import Enforcement

@@ -7,7 +7,12 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from core_service.billing.hold_store import USAGE_REVENUE, NewHold, SettleOrder, usage_reason
+from core_service.billing.hold_store import (
+    USAGE_REVENUE,
+    NewHold,
+    SettleOrder,
+    usage_reason,
+)
 
 _PLACE = """
 WITH reserved AS (

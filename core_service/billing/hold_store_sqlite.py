@@ -13,7 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from core_service.billing.hold_store import USAGE_REVENUE, NewHold, SettleOrder, usage_reason
+from core_service.billing.hold_store import (
+    USAGE_REVENUE,
+    NewHold,
+    SettleOrder,
+    usage_reason,
+)
 
 T = TypeVar("T")
 

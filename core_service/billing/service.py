@@ -8,9 +8,9 @@ from kyma.billing.v1 import billing_service_pb2_grpc as pb_grpc
 
 from core_service.accounts.auth import Authenticator
 from core_service.accounts.store import AccountStore
-from core_service.clock import Clock, SystemClock
 from core_service.billing.checkout import CheckoutSessions
 from core_service.billing.webhooks import StripeWebhooks
+from core_service.clock import Clock, SystemClock
 from core_service.errors import Unauthenticated
 from core_service.grpc_errors import translated
 from core_service.grpc_metadata import metadata_value

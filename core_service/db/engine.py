@@ -7,7 +7,12 @@ import pathlib
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
 # Any constant: serialises concurrent `kyma serve` start-ups migrating one PostgreSQL database.

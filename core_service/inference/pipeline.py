@@ -19,7 +19,13 @@ import orjson
 
 from core_service import tokens
 from core_service.accounts.auth import Authenticator, Principal
-from core_service.billing.metering import Charge, Metering, Reservation, charge_for, output_tokens_to_hold
+from core_service.billing.metering import (
+    Charge,
+    Metering,
+    Reservation,
+    charge_for,
+    output_tokens_to_hold,
+)
 from core_service.catalog import CatalogHolder, Deployment, Endpoint, Model
 from core_service.clock import Clock
 from core_service.errors import (
@@ -31,10 +37,19 @@ from core_service.errors import (
     UpstreamUnavailable,
 )
 from core_service.inference.observer import Observation, RequestObserver
-from core_service.inference.requests import UPSTREAM_PATHS, InferenceRequest, parse_request
+from core_service.inference.requests import (
+    UPSTREAM_PATHS,
+    InferenceRequest,
+    parse_request,
+)
 from core_service.inference.streams import StreamRelay
 from core_service.inference.usage import TokenUsage, usage_from_upstream
-from core_service.ratelimit.limiter import AccountLimiter, Admission, DeploymentGate, Ticket
+from core_service.ratelimit.limiter import (
+    AccountLimiter,
+    Admission,
+    DeploymentGate,
+    Ticket,
+)
 from core_service.ratelimit.snapshot import RateLimitSnapshot
 from core_service.routing.router import Attempt, Router
 from core_service.upstream.client import UpstreamClient, UpstreamFailure, UpstreamStream

@@ -33,7 +33,13 @@ from typing import TypeVar
 import redis.exceptions
 
 from core_service.clock import Clock
-from core_service.ratelimit.store import Decision, Limit, LimitState, RateLimitStore, window_floor
+from core_service.ratelimit.store import (
+    Decision,
+    Limit,
+    LimitState,
+    RateLimitStore,
+    window_floor,
+)
 
 logger = logging.getLogger(__name__)
 

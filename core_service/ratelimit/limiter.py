@@ -19,7 +19,13 @@ from core_service.accounts.auth import Principal
 from core_service.catalog import Deployment, Model
 from core_service.errors import RateLimited
 from core_service.ratelimit.snapshot import RateLimitSnapshot
-from core_service.ratelimit.store import Decision, Limit, LimitState, RateLimitStore, rate_key
+from core_service.ratelimit.store import (
+    Decision,
+    Limit,
+    LimitState,
+    RateLimitStore,
+    rate_key,
+)
 from core_service.tasks import BackgroundTasks
 
 

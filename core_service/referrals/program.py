@@ -16,7 +16,12 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core_service.accounts import referral_codes
-from core_service.billing.ledger import SYSTEM_REFERRAL_REWARDS, EntryKind, Transfer, post_in
+from core_service.billing.ledger import (
+    SYSTEM_REFERRAL_REWARDS,
+    EntryKind,
+    Transfer,
+    post_in,
+)
 from core_service.clock import Clock
 from core_service.db.models import Account, Referral, UsageDaily
 from core_service.errors import InvalidRequest

@@ -25,16 +25,16 @@ from typing import Any
 import orjson
 import uvicorn
 
-from core_service.upstream.fake_openai import (
+from core_service.upstream.fake_checks import error_body
+from core_service.upstream.fake_http import (
     SSE_DONE,
-    FakeModel,
     JsonReply,
     StreamReply,
     answer,
     encode_sse,
-    error_body,
     is_token_chunk,
 )
+from core_service.upstream.fake_openai import FakeModel
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

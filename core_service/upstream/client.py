@@ -15,7 +15,13 @@ import httpx
 import orjson
 
 from core_service.catalog import Deployment
-from core_service.errors import InvalidRequest, KymaError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from core_service.errors import (
+    InvalidRequest,
+    KymaError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from core_service.upstream.sse import iter_sse_batches
 from core_service.upstream.transports import UpstreamTransports
 

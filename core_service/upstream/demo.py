@@ -14,14 +14,14 @@ from typing import Any
 import httpx
 import orjson
 
-from core_service.upstream.fake_openai import (
+from core_service.upstream.fake_http import (
     SSE_DONE,
-    FakeModel,
     JsonReply,
     encode_sse,
     is_token_chunk,
 )
-from core_service.upstream.fake_openai import answer as answer_request
+from core_service.upstream.fake_http import answer as answer_request
+from core_service.upstream.fake_openai import FakeModel
 
 Sleep = Callable[[float], Awaitable[Any]]
 

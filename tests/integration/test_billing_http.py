@@ -8,7 +8,13 @@ import time
 import pytest
 import pytest_asyncio
 
-from tests.fakes.stripe_api import API_KEY, WEBHOOK_SECRET, running_fake_stripe, signed_delivery, webhook_event
+from tests.fakes.stripe_api import (
+    API_KEY,
+    WEBHOOK_SECRET,
+    running_fake_stripe,
+    signed_delivery,
+    webhook_event,
+)
 
 pytestmark = [
     pytest.mark.asyncio,

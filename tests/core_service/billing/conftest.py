@@ -24,7 +24,12 @@ from core_service.clock import SystemClock
 from core_service.db.engine import create_engine, migrate, session_factory
 from core_service.ratelimit.tiers import DEFAULT_TIERS, TierTable
 from tests.fakes.postgres import asyncpg_url, fresh_database
-from tests.fakes.stripe_api import API_KEY, WEBHOOK_SECRET, RunningFakeStripe, running_fake_stripe
+from tests.fakes.stripe_api import (
+    API_KEY,
+    WEBHOOK_SECRET,
+    RunningFakeStripe,
+    running_fake_stripe,
+)
 
 NewAccount = Callable[[], Awaitable[tuple[str, str]]]
 

@@ -17,7 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core_service.billing.checkout import CheckoutSessions
 from core_service.billing.ledger import SYSTEM_PURCHASES, BalanceView, Ledger
-from core_service.billing.webhooks import ASYNC_PAYMENT_SUCCEEDED, COMPLETED, StripeWebhooks
+from core_service.billing.webhooks import (
+    ASYNC_PAYMENT_SUCCEEDED,
+    COMPLETED,
+    StripeWebhooks,
+)
 from core_service.clock import SystemClock
 from core_service.db.models import LedgerEntry
 from core_service.errors import InvalidRequest, UpstreamUnavailable

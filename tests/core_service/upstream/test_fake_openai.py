@@ -15,11 +15,15 @@ from hypothesis import strategies as st
 from openai.types import Completion, CreateEmbeddingResponse, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from core_service.tokens import count_chat_prompt, count_text_inputs, count_tokens, split_tokens
+from core_service.tokens import (
+    count_chat_prompt,
+    count_text_inputs,
+    count_tokens,
+    split_tokens,
+)
 from core_service.upstream import fake_openai
-from core_service.upstream.fake_openai import (
-    FakeModel,
-    FakeRequestError,
+from core_service.upstream.fake_checks import FakeRequestError
+from core_service.upstream.fake_http import (
     JsonReply,
     StreamReply,
     answer,
@@ -27,6 +31,7 @@ from core_service.upstream.fake_openai import (
     is_token_chunk,
     resolve_endpoint,
 )
+from core_service.upstream.fake_openai import FakeModel
 
 MODEL = FakeModel(clock=lambda: 1_700_000_000.5)
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about rivers."}]
