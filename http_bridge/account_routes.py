@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
-from typing import Any
-
-import grpc
 from fastapi import APIRouter, Request
-from google.protobuf import timestamp_pb2
 from kyma.accounting.v1 import accounting_service_pb2 as accounting_pb
 from kyma.billing.v1 import billing_service_pb2 as billing_pb
 from starlette.responses import Response
 
-from http_bridge.bodies import BodyTooLarge, json_object, json_response, read_body, too_large
-from http_bridge.core_client import call_metadata, new_request_id, stubs
-from http_bridge.errors import OpenAIError, from_grpc
+from http_bridge.bodies import (
+    BodyTooLarge,
+    json_object,
+    json_response,
+    read_body,
+    too_large,
+)
+from http_bridge.calls import call_core, failed_response, unix
+from http_bridge.core_client import new_request_id, stubs
+from http_bridge.errors import OpenAIError
 
 # Stripe's events are small; anything bigger is not Stripe.
 MAX_WEBHOOK_BYTES = 1024 * 1024
@@ -35,45 +36,6 @@ _OUTCOME = {
 }
 
 router = APIRouter()
-
-
-def unix(value: timestamp_pb2.Timestamp) -> int | None:
-    return value.seconds if value.seconds or value.nanos else None
-
-
-async def call_core(
-    request: Request,
-    rpc: Callable[..., Awaitable[Any]],
-    message: Any,
-    *,
-    extra: tuple[tuple[str, str], ...] = (),
-) -> tuple[Any, dict[str, str]]:
-    """One call on the core with the caller's credentials; a failure ends the handler with the
-    OpenAI error response (see `failed_response`)."""
-    request_id = new_request_id()
-    headers = {"x-request-id": request_id}
-    try:
-        return await rpc(message, metadata=call_metadata(request, request_id) + extra), headers
-    except grpc.aio.AioRpcError as error:
-        raise _Failed(from_grpc(error).response(headers)) from None
-
-
-class _Failed(Exception):
-    def __init__(self, response: Response) -> None:
-        self.response = response
-
-
-def failed_response(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
-    """Let `call_core` end a handler with the core's error as an OpenAI error response."""
-
-    @functools.wraps(handler)  # FastAPI reads the handler's parameters through this
-    async def run(*args: Any, **kwargs: Any) -> Response:
-        try:
-            return await handler(*args, **kwargs)
-        except _Failed as failed:
-            return failed.response
-
-    return run
 
 
 @router.get("/v1/account")

@@ -9,8 +9,14 @@ from kyma.accounting.v1 import accounting_service_pb2 as accounting_pb
 from kyma.accounting.v1 import signup_service_pb2 as signup_pb
 from starlette.responses import Response
 
-from http_bridge.account_routes import call_core, failed_response, unix
-from http_bridge.bodies import BodyTooLarge, json_object, json_response, read_body, too_large
+from http_bridge.bodies import (
+    BodyTooLarge,
+    json_object,
+    json_response,
+    read_body,
+    too_large,
+)
+from http_bridge.calls import call_core, failed_response, unix
 from http_bridge.core_client import new_request_id, stubs
 from http_bridge.errors import OpenAIError
 

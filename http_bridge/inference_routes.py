@@ -13,7 +13,13 @@ from kyma.inference.v1 import inference_service_pb2 as inference_pb
 from kyma.routing.v1 import routing_service_pb2 as routing_pb
 from starlette.responses import Response, StreamingResponse
 
-from http_bridge.bodies import BodyTooLarge, json_object, json_response, read_body, too_large
+from http_bridge.bodies import (
+    BodyTooLarge,
+    json_object,
+    json_response,
+    read_body,
+    too_large,
+)
 from http_bridge.core_client import call_metadata, new_request_id, stubs
 from http_bridge.errors import OpenAIError, from_grpc
 from http_bridge.headers import rate_limit_headers
