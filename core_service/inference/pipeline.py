@@ -133,6 +133,14 @@ class InferencePipeline:
                 f"The model '{model.name}' does not support the {endpoint} endpoint.",
                 param="model",
             )
+        if request.choices > MAX_CHOICES:
+            raise InvalidRequest(f"'n' is at most {MAX_CHOICES}.", param="n")
+        if request.max_output_tokens is not None and request.max_output_tokens > model.context_window:
+            raise InvalidRequest(
+                f"max_tokens × n ({request.max_output_tokens}) is more than '{model.name}' can write "
+                f"(its context window is {model.context_window} tokens).",
+                param="max_tokens",
+            )
         counted = request.prompt_tokens_estimate + output_tokens_to_hold(request, model)
         try:
             admission = await self._limiter.admit(principal, model.name, counted)
@@ -367,6 +375,10 @@ class InferencePipeline:
         if failure is None:
             raise UpstreamUnavailable(f"No upstream of '{admitted.model.name}' could be tried.")
         raise failure.error
+
+
+# OpenAI's own limit on `n`.
+MAX_CHOICES = 128
 
 
 def outcome_of(error: BaseException) -> str:

@@ -52,7 +52,12 @@ def snapshot(states: tuple[LimitState, ...]) -> RateLimitSnapshot:
     )
 
 
-def _refusal_message(decision: Decision, principal: Principal, model: str) -> str:
+def _refusal_message(decision: Decision, principal: Principal, model: str, tokens: int) -> str:
+    if tokens > principal.tier.tpm:
+        return (
+            f"Request too large: it may use {tokens} tokens (prompt and max_tokens), more than your "
+            f"tier's limit of {principal.tier.tpm} tokens per minute. Lower max_tokens."
+        )
     names = ("requests per minute", f"requests per minute for {model}", "tokens per minute")
     which = [name for name, state in zip(names, decision.states, strict=True) if state.retry_after_s]
     return (
@@ -88,7 +93,7 @@ class AccountLimiter:
         view = snapshot(decision.states)
         if not decision.admitted:
             raise RateLimited(
-                _refusal_message(decision, principal, model),
+                _refusal_message(decision, principal, model, tokens),
                 retry_after_seconds=decision.retry_after_s,
                 snapshot=view,
             )

@@ -145,3 +145,25 @@ async def test_upstream_server_error_is_a_502(kyma, account) -> None:
 
 def _auth(account) -> dict[str, str]:
     return {"authorization": f"Bearer {account[1]}"}
+
+
+@pytest.mark.parametrize(
+    "extra, param",
+    [({"max_tokens": 10**18}, "max_tokens"), ({"max_tokens": 2**63 + 5}, "max_tokens"), ({"n": 10**6}, "n"),
+     ({"max_tokens": 5000, "n": 100}, "max_tokens")],
+)
+async def test_absurd_output_requests_are_400s(kyma, account, extra: dict, param: str) -> None:
+    body = {"model": "test-model", "messages": [{"role": "user", "content": "x"}], **extra}
+    async with kyma.http() as http:
+        reply = await http.post(CHAT, json=body, headers=_auth(account))
+    error = assert_openai_error(reply, 400)
+    assert error["param"] == param
+
+
+async def test_request_larger_than_the_tpm_limit_says_so(kyma, account) -> None:
+    # About 210,000 prompt tokens: more than tier 0's 200,000 a minute, however long one waits.
+    body = {"model": "kyma-demo", "messages": [{"role": "user", "content": "a " * 210_000}], "max_tokens": 5}
+    async with kyma.http() as http:
+        reply = await http.post(CHAT, json=body, headers=_auth(account))
+    error = assert_openai_error(reply, 429, "rate_limit_exceeded")
+    assert "Request too large" in error["message"]
