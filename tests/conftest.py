@@ -143,6 +143,7 @@ models:
   - name: test-model
     owned_by: kyma-tests
     max_output_tokens: 2048
+    context_window: 131072
     price: {{input_per_million: "1.00", output_per_million: "2.00"}}
     deployments:
       - name: upstream-a
