@@ -223,7 +223,14 @@ class Core:
         await self.request_log.start()
         self._watch_state()
         if self.settings.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
+            try:
+                self.metrics_port = self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
+            except OSError as exc:
+                # Serving requests matters more than being scraped: say so, and go on.
+                log.error(
+                    "no metrics: cannot listen on %s:%s (%s); set KYMA_METRICS_PORT to a free port",
+                    self.settings.metrics_host, self.settings.metrics_port, exc.strerror,
+                )
         await self.server.start()
         self._chores.append(asyncio.create_task(self._expire_holds(), name="expire holds"))
         self._chores.append(asyncio.create_task(self._maintain_logs(), name="log retention"))

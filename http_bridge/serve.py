@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import uvicorn
 
 from http_bridge.app import create_app
@@ -12,7 +14,13 @@ from http_bridge.settings import BridgeSettings
 def run_bridge(settings: BridgeSettings) -> None:
     metrics = BridgeMetrics()
     if settings.bridge_metrics_port is not None:
-        metrics.serve(settings.bridge_metrics_host, settings.bridge_metrics_port)
+        try:
+            metrics.serve(settings.bridge_metrics_host, settings.bridge_metrics_port)
+        except OSError as exc:
+            logging.getLogger(__name__).error(
+                "no metrics: cannot listen on %s:%s (%s); set KYMA_BRIDGE_METRICS_PORT to a free port",
+                settings.bridge_metrics_host, settings.bridge_metrics_port, exc.strerror,
+            )
     config = uvicorn.Config(
         metrics.middleware(create_app(settings)),
         host=settings.http_host,
