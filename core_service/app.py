@@ -21,17 +21,6 @@ import redis.asyncio
 import stripe
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from kyma.accounting.v1 import (
-    accounting_service_pb2,
-    accounting_service_pb2_grpc,
-    signup_service_pb2,
-    signup_service_pb2_grpc,
-)
-from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
-from kyma.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
-from kyma.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
-from kyma.ratelimit.v1 import ratelimit_service_pb2_grpc
-from kyma.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
 from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -86,6 +75,17 @@ from core_service.upstream.aiohttp_transport import AiohttpTransport
 from core_service.upstream.client import UpstreamClient
 from core_service.upstream.demo import DemoTransport
 from core_service.upstream.transports import UpstreamTransports
+from kyma.accounting.v1 import (
+    accounting_service_pb2,
+    accounting_service_pb2_grpc,
+    signup_service_pb2,
+    signup_service_pb2_grpc,
+)
+from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
+from kyma.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
+from kyma.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from kyma.ratelimit.v1 import ratelimit_service_pb2_grpc
+from kyma.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,9 @@ def build_upstream_transports(
         retries=0,
         trust_env=False,
     )
-    return UpstreamTransports(AiohttpTransport(max_connections=2000), streaming=streaming, demo=demo)
+    return UpstreamTransports(
+        AiohttpTransport(max_connections=2000), streaming=streaming, demo=demo
+    )
 
 
 async def _periodically(interval: float, work, name: str) -> None:  # type: ignore[no-untyped-def]
@@ -224,12 +226,16 @@ class Core:
         self._watch_state()
         if self.settings.metrics_port is not None:
             try:
-                self.metrics_port = self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
+                self.metrics_port = self.metrics.serve(
+                    self.settings.metrics_host, self.settings.metrics_port
+                )
             except OSError as exc:
                 # Serving requests matters more than being scraped: say so, and go on.
                 log.error(
                     "no metrics: cannot listen on %s:%s (%s); set KYMA_METRICS_PORT to a free port",
-                    self.settings.metrics_host, self.settings.metrics_port, exc.strerror,
+                    self.settings.metrics_host,
+                    self.settings.metrics_port,
+                    exc.strerror,
                 )
         await self.server.start()
         self._chores.append(asyncio.create_task(self._expire_holds(), name="expire holds"))
@@ -237,14 +243,18 @@ class Core:
         self._chores.append(asyncio.create_task(self._watch_database(), name="database health"))
         self._chores.append(
             asyncio.create_task(
-                _periodically(self.settings.probe_interval_seconds, self.prober.probe_due, "probes"),
+                _periodically(
+                    self.settings.probe_interval_seconds, self.prober.probe_due, "probes"
+                ),
                 name="probe deployments",
             )
         )
         self._chores.append(
             asyncio.create_task(
                 _periodically(
-                    self.settings.referral_check_interval_seconds, self.referrals.verify_due, "referrals"
+                    self.settings.referral_check_interval_seconds,
+                    self.referrals.verify_due,
+                    "referrals",
                 ),
                 name="verify referrals",
             )
@@ -287,7 +297,11 @@ class Core:
         while True:
             if self.limiter.shared != shared:
                 shared = self.limiter.shared
-                status = health_pb2.HealthCheckResponse.SERVING if shared else health_pb2.HealthCheckResponse.NOT_SERVING
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if shared
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
                 await self.health.set(SHARED_LIMITS_HEALTH, status)
             await asyncio.sleep(LIMITER_REPORT_INTERVAL_SECONDS)
 
@@ -299,16 +313,47 @@ class Core:
 
         def read():  # type: ignore[no-untyped-def]
             statuses = router.status(catalogue.models())
-            yield gauge("kyma_breaker_state", "0 closed, 1 half-open, 2 open", ["model", "deployment"],
-                        (([s.model, s.deployment], states[s.state.value]) for s in statuses))
+            yield gauge(
+                "kyma_breaker_state",
+                "0 closed, 1 half-open, 2 open",
+                ["model", "deployment"],
+                (([s.model, s.deployment], states[s.state.value]) for s in statuses),
+            )
             shared = isinstance(limits, FallbackRateLimitStore) and not limits.degraded
-            yield gauge("kyma_ratelimit_shared", "1 while limits are counted in Redis", [], [([], float(shared))])
+            yield gauge(
+                "kyma_ratelimit_shared",
+                "1 while limits are counted in Redis",
+                [],
+                [([], float(shared))],
+            )
             fallbacks = limits.fallbacks if isinstance(limits, FallbackRateLimitStore) else 0
-            yield gauge("kyma_ratelimit_local_decisions", "Limiter calls served per node (Redis unreachable)", [], [([], fallbacks)])
-            yield gauge("kyma_request_log_pending", "Request-log entries waiting to be written", [], [([], log.pending)])
-            yield gauge("kyma_request_log_dropped", "Request-log entries dropped (buffer full)", [], [([], log.dropped)])
-            yield gauge("kyma_request_log_written", "Request-log entries written", [], [([], log.written)])
-            yield gauge("kyma_background_tasks", "Settlements and other work in flight", [], [([], tasks.pending)])
+            yield gauge(
+                "kyma_ratelimit_local_decisions",
+                "Limiter calls served per node (Redis unreachable)",
+                [],
+                [([], fallbacks)],
+            )
+            yield gauge(
+                "kyma_request_log_pending",
+                "Request-log entries waiting to be written",
+                [],
+                [([], log.pending)],
+            )
+            yield gauge(
+                "kyma_request_log_dropped",
+                "Request-log entries dropped (buffer full)",
+                [],
+                [([], log.dropped)],
+            )
+            yield gauge(
+                "kyma_request_log_written", "Request-log entries written", [], [([], log.written)]
+            )
+            yield gauge(
+                "kyma_background_tasks",
+                "Settlements and other work in flight",
+                [],
+                [([], tasks.pending)],
+            )
 
         self.metrics.watch(read)
 
@@ -326,7 +371,11 @@ class Core:
                 ok = False
             if ok != serving:
                 serving = ok
-                status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ok
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
                 await self.health.set("", status)
                 if not ok:
                     log.error("the database does not answer: reporting NOT_SERVING")
@@ -339,7 +388,12 @@ class Core:
             await self.retention.ensure_partitions(days_ahead=2)
             report = await self.retention.purge()
             if report.rows or report.partitions:
-                log.info("request logs purged before %s: %d rows, partitions %s", report.cutoff, report.rows, report.partitions)
+                log.info(
+                    "request logs purged before %s: %d rows, partitions %s",
+                    report.cutoff,
+                    report.rows,
+                    report.partitions,
+                )
 
         try:
             await maintain()
@@ -395,7 +449,9 @@ async def build_core(
     )
     longest = max(d.timeouts.total for m in catalog.models() for d in m.deployments)
     hold_store = await open_hold_store(settings.sqlalchemy_url)
-    holds = Holds(hold_store, engine, clock, ttl_seconds=max(settings.hold_ttl_seconds, longest + 60))
+    holds = Holds(
+        hold_store, engine, clock, ttl_seconds=max(settings.hold_ttl_seconds, longest + 60)
+    )
     ledger = Ledger(engine, clock)
     limits_store = await build_rate_limit_store(settings, clock)
     metrics = CoreMetrics()
@@ -418,7 +474,9 @@ async def build_core(
         catalog=catalogue,
         router=router,
         upstream=UpstreamClient(upstreams),
-        metering=Metering(holds, tasks, counted=lambda outcome: metrics.holds.labels(outcome).inc()),
+        metering=Metering(
+            holds, tasks, counted=lambda outcome: metrics.holds.labels(outcome).inc()
+        ),
         limiter=limiter,
         gate=DeploymentGate(limits_store, tasks),
         clock=clock,
@@ -426,7 +484,9 @@ async def build_core(
     )
     guard = AdminGuard(SecretStr(resolve_admin_token(settings)))
     enforcement = Enforcement(engine, clock)
-    mailer = mailer_from_url(settings.mail_url, sender=settings.mail_sender, logger=logging.getLogger("kyma.mail"))
+    mailer = mailer_from_url(
+        settings.mail_url, sender=settings.mail_sender, logger=logging.getLogger("kyma.mail")
+    )
     signup = SignupFlow(
         engine,
         store,
@@ -470,11 +530,21 @@ async def build_core(
     )
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(
-            guard, store, ledger, engine, clock,
-            authenticator=authenticator, limiter=limiter, tiers=tiers,
-            enforcement=enforcement, directory=AccountDirectory(engine),
-            router=router, catalogue=catalogue, referrals=referrals,
-            log_query=RequestLogQuery(engine), retention=retention,
+            guard,
+            store,
+            ledger,
+            engine,
+            clock,
+            authenticator=authenticator,
+            limiter=limiter,
+            tiers=tiers,
+            enforcement=enforcement,
+            directory=AccountDirectory(engine),
+            router=router,
+            catalogue=catalogue,
+            referrals=referrals,
+            log_query=RequestLogQuery(engine),
+            retention=retention,
         ),
         server,
     )

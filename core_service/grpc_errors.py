@@ -63,9 +63,7 @@ def to_status(error: errors.KymaError) -> grpc.Status:
     retry_after = getattr(error, "retry_after_seconds", None)
     if retry_after:
         details.append(
-            error_details_pb2.RetryInfo(
-                retry_delay=duration_pb2.Duration(seconds=retry_after)
-            )
+            error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_after))
         )
     packed = []
     for detail in details:
@@ -96,7 +94,9 @@ def translated(method: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(method):
 
         @functools.wraps(method)
-        async def stream_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def stream_wrapper(
+            self: Any, request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
             try:
                 async for item in method(self, request, context):
                     yield item

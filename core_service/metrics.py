@@ -29,18 +29,41 @@ class CoreMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("kyma_requests", "Inference requests by endpoint, model and outcome",
-                                ["endpoint", "model", "status"], registry=r)
-        self.latency = Histogram("kyma_request_duration_seconds", "Inference request duration",
-                                 ["endpoint", "model"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("kyma_time_to_first_token_seconds", "Time to a stream's first chunk",
-                              ["model"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.tokens = Counter("kyma_tokens", "Tokens used, by model and kind", ["model", "kind"], registry=r)
-        self.cost = Counter("kyma_cost_nanodollars", "What requests cost, in nano-dollars", ["model"], registry=r)
-        self.upstream_errors = Counter("kyma_upstream_errors", "Failed upstream attempts",
-                                       ["model", "deployment"], registry=r)
-        self.limiter = Counter("kyma_ratelimit_decisions", "Rate-limit decisions", ["decision"], registry=r)
-        self.holds = Counter("kyma_holds", "Credit holds by how they ended", ["outcome"], registry=r)
+        self.requests = Counter(
+            "kyma_requests",
+            "Inference requests by endpoint, model and outcome",
+            ["endpoint", "model", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "kyma_request_duration_seconds",
+            "Inference request duration",
+            ["endpoint", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "kyma_time_to_first_token_seconds",
+            "Time to a stream's first chunk",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "kyma_tokens", "Tokens used, by model and kind", ["model", "kind"], registry=r
+        )
+        self.cost = Counter(
+            "kyma_cost_nanodollars", "What requests cost, in nano-dollars", ["model"], registry=r
+        )
+        self.upstream_errors = Counter(
+            "kyma_upstream_errors", "Failed upstream attempts", ["model", "deployment"], registry=r
+        )
+        self.limiter = Counter(
+            "kyma_ratelimit_decisions", "Rate-limit decisions", ["decision"], registry=r
+        )
+        self.holds = Counter(
+            "kyma_holds", "Credit holds by how they ended", ["outcome"], registry=r
+        )
         self._server: Any = None
 
     def watch(self, read: Callable[[], Iterable[GaugeMetricFamily]]) -> None:
@@ -59,7 +82,9 @@ class CoreMetrics:
             self._server = None
 
 
-def gauge(name: str, documentation: str, labels: list[str], samples: Iterable[tuple[list[str], float]]) -> GaugeMetricFamily:
+def gauge(
+    name: str, documentation: str, labels: list[str], samples: Iterable[tuple[list[str], float]]
+) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, documentation, labels=labels)
     for values, value in samples:
         family.add_metric(values, value)

@@ -32,5 +32,8 @@ async def run_core(settings: Settings) -> None:
     loop.add_signal_handler(signal.SIGHUP, _reload, core)
     print(f"kyma core listening on {settings.grpc_host}:{core.port}", flush=True)
     await stop.wait()
-    log.info("core shutting down: draining in-flight requests for up to %.0fs", settings.shutdown_grace_seconds)
+    log.info(
+        "core shutting down: draining in-flight requests for up to %.0fs",
+        settings.shutdown_grace_seconds,
+    )
     await core.stop()

@@ -76,18 +76,40 @@ class Settings(BaseSettings):
     mail_url: str | None = Field(
         default=None, description="smtp://host:port or file:///dir; unset = mails go to the log."
     )
-    mail_sender: str = Field(default="Kyma <no-reply@kyma.local>", description="From address of Kyma's mail.")
-    signup_code_ttl_seconds: int = Field(default=900, gt=0, description="How long a sign-up code is valid.")
-    signup_max_attempts: int = Field(default=5, gt=0, description="Wrong guesses that kill a sign-up code.")
-    signups_per_ip_per_minute: int = Field(default=5, gt=0, description="Sign-up code requests per client address.")
-    signups_per_email_per_minute: int = Field(default=3, gt=0, description="Sign-up code requests per person.")
-    verifications_per_ip_per_minute: int = Field(default=20, gt=0, description="Code checks per client address.")
+    mail_sender: str = Field(
+        default="Kyma <no-reply@kyma.local>", description="From address of Kyma's mail."
+    )
+    signup_code_ttl_seconds: int = Field(
+        default=900, gt=0, description="How long a sign-up code is valid."
+    )
+    signup_max_attempts: int = Field(
+        default=5, gt=0, description="Wrong guesses that kill a sign-up code."
+    )
+    signups_per_ip_per_minute: int = Field(
+        default=5, gt=0, description="Sign-up code requests per client address."
+    )
+    signups_per_email_per_minute: int = Field(
+        default=3, gt=0, description="Sign-up code requests per person."
+    )
+    verifications_per_ip_per_minute: int = Field(
+        default=20, gt=0, description="Code checks per client address."
+    )
     welcome_bonus_usd: Decimal = Decimal("0.50")
-    referrals_enabled: bool = Field(default=True, description="Switch the referral program on or off.")
-    referral_tokens_required: int = Field(default=1_000_000, gt=0, description="Tokens a referred account uses to verify.")
-    referral_reward_usd: Decimal = Field(default=Decimal("0.50"), ge=0, description="Paid to both accounts.")
-    referral_check_interval_seconds: float = Field(default=5.0, gt=0, description="How often referrals are checked.")
-    public_base_url: str = Field(default="http://127.0.0.1:8000", description="Base of links Kyma gives out.")
+    referrals_enabled: bool = Field(
+        default=True, description="Switch the referral program on or off."
+    )
+    referral_tokens_required: int = Field(
+        default=1_000_000, gt=0, description="Tokens a referred account uses to verify."
+    )
+    referral_reward_usd: Decimal = Field(
+        default=Decimal("0.50"), ge=0, description="Paid to both accounts."
+    )
+    referral_check_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often referrals are checked."
+    )
+    public_base_url: str = Field(
+        default="http://127.0.0.1:8000", description="Base of links Kyma gives out."
+    )
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024, description="Largest request body the bridge accepts."
     )
@@ -113,9 +135,12 @@ class Settings(BaseSettings):
         default=None, description="Signing secret of the Stripe webhook endpoint (whsec_…)."
     )
     stripe_api_base: str = Field(
-        default="https://api.stripe.com", description="Stripe API base URL (tests point it at a fake)."
+        default="https://api.stripe.com",
+        description="Stripe API base URL (tests point it at a fake).",
     )
-    checkout_success_url: str = "http://127.0.0.1:8000/billing/success?session_id={CHECKOUT_SESSION_ID}"
+    checkout_success_url: str = (
+        "http://127.0.0.1:8000/billing/success?session_id={CHECKOUT_SESSION_ID}"
+    )
     checkout_cancel_url: str = "http://127.0.0.1:8000/billing/cancelled"
     checkout_min_usd: Decimal = Decimal("5")
     checkout_max_usd: Decimal = Decimal("10000")
@@ -132,18 +157,36 @@ class Settings(BaseSettings):
         default="kyma:rl:", description="Prefix of Kyma's rate-limit keys in Redis."
     )
     redis_timeout_ms: float = Field(
-        default=50.0, gt=0, description="How long a limiter call waits for Redis before falling back."
+        default=50.0,
+        gt=0,
+        description="How long a limiter call waits for Redis before falling back.",
     )
-    max_attempts_per_request: int = Field(default=3, ge=1, description="Deployments one request may try.")
-    retry_budget_ratio: float = Field(default=0.2, ge=0, description="Retries allowed per request, node-wide.")
-    breaker_failures_to_open: int = Field(default=3, ge=1, description="Consecutive failures that eject a deployment.")
-    breaker_cooldown_seconds: float = Field(default=5.0, gt=0, description="First ejection; doubles on repeat.")
+    max_attempts_per_request: int = Field(
+        default=3, ge=1, description="Deployments one request may try."
+    )
+    retry_budget_ratio: float = Field(
+        default=0.2, ge=0, description="Retries allowed per request, node-wide."
+    )
+    breaker_failures_to_open: int = Field(
+        default=3, ge=1, description="Consecutive failures that eject a deployment."
+    )
+    breaker_cooldown_seconds: float = Field(
+        default=5.0, gt=0, description="First ejection; doubles on repeat."
+    )
     breaker_max_cooldown_seconds: float = Field(default=300.0, gt=0)
-    probe_interval_seconds: float = Field(default=2.0, gt=0, description="How often ejected deployments are probed.")
+    probe_interval_seconds: float = Field(
+        default=2.0, gt=0, description="How often ejected deployments are probed."
+    )
     log_retention_days: int = Field(default=90, ge=1, description="How long request logs are kept.")
-    log_buffer_capacity: int = Field(default=10_000, ge=100, description="Request-log entries held in memory at most.")
-    metrics_host: str = Field(default="127.0.0.1", description="Where the core serves Prometheus metrics.")
-    metrics_port: int | None = Field(default=9464, description="Core metrics port; unset = no metrics server.")
+    log_buffer_capacity: int = Field(
+        default=10_000, ge=100, description="Request-log entries held in memory at most."
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Where the core serves Prometheus metrics."
+    )
+    metrics_port: int | None = Field(
+        default=9464, description="Core metrics port; unset = no metrics server."
+    )
     log_level: str = "INFO"
 
     @field_validator("welcome_bonus_usd")

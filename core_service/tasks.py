@@ -33,7 +33,9 @@ class BackgroundTasks:
                 if attempt == self._attempts:
                     log.exception("background work %s failed %d times; giving up", name, attempt)
                     return
-                log.warning("background work %s failed (attempt %d); retrying", name, attempt, exc_info=True)
+                log.warning(
+                    "background work %s failed (attempt %d); retrying", name, attempt, exc_info=True
+                )
                 await asyncio.sleep(delay)
                 delay *= 2
 

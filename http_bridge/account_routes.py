@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from kyma.accounting.v1 import accounting_service_pb2 as accounting_pb
-from kyma.billing.v1 import billing_service_pb2 as billing_pb
 from starlette.responses import Response
 
 from http_bridge.bodies import (
@@ -17,6 +15,8 @@ from http_bridge.bodies import (
 from http_bridge.calls import call_core, failed_response, unix
 from http_bridge.core_client import new_request_id, stubs
 from http_bridge.errors import OpenAIError
+from kyma.accounting.v1 import accounting_service_pb2 as accounting_pb
+from kyma.billing.v1 import billing_service_pb2 as billing_pb
 
 # Stripe's events are small; anything bigger is not Stripe.
 MAX_WEBHOOK_BYTES = 1024 * 1024
@@ -41,7 +41,9 @@ router = APIRouter()
 @router.get("/v1/account")
 @failed_response
 async def get_account(request: Request) -> Response:
-    reply, headers = await call_core(request, stubs(request).accounting.GetAccount, accounting_pb.GetAccountRequest())
+    reply, headers = await call_core(
+        request, stubs(request).accounting.GetAccount, accounting_pb.GetAccountRequest()
+    )
     account, balance, limits = reply.account, reply.balance, reply.limits
     notices = [{"message": n.message, "created_at": unix(n.created_at)} for n in reply.notices]
     return json_response(
@@ -101,9 +103,9 @@ async def get_usage(request: Request) -> Response:
 async def get_ledger(request: Request) -> Response:
     limit = request.query_params.get("limit", "50")
     if not limit.isdigit() or not 1 <= int(limit) <= 200:
-        return OpenAIError(400, "'limit' must be a whole number from 1 to 200.", param="limit").response(
-            {"x-request-id": new_request_id()}
-        )
+        return OpenAIError(
+            400, "'limit' must be a whole number from 1 to 200.", param="limit"
+        ).response({"x-request-id": new_request_id()})
     message = accounting_pb.ListLedgerEntriesRequest(
         page_size=int(limit), page_token=request.query_params.get("page_token", "")
     )
@@ -144,11 +146,17 @@ async def create_checkout(request: Request) -> Response:
         return parsed.response(headers)
     amount = parsed.get("amount_usd")
     if isinstance(amount, bool) or not isinstance(amount, (str, int, float)):
-        return OpenAIError(400, "'amount_usd' is required: a decimal number of USD, e.g. \"25\".", param="amount_usd").response(headers)
+        return OpenAIError(
+            400,
+            "'amount_usd' is required: a decimal number of USD, e.g. \"25\".",
+            param="amount_usd",
+        ).response(headers)
     # A JSON number is taken as written (repr keeps 10.5 as "10.5"); the core validates it.
     message = billing_pb.CreateCheckoutSessionRequest(amount_usd=str(amount))
     reply, headers = await call_core(request, stubs(request).billing.CreateCheckoutSession, message)
-    return json_response({"object": "checkout.session", "id": reply.session_id, "url": reply.url}, headers)
+    return json_response(
+        {"object": "checkout.session", "id": reply.session_id, "url": reply.url}, headers
+    )
 
 
 @router.post("/v1/billing/stripe/webhook")
@@ -164,7 +172,9 @@ async def stripe_webhook(request: Request) -> Response:
         signature = ""
     message = billing_pb.HandleStripeWebhookRequest(payload=payload, signature=signature)
     reply, headers = await call_core(request, stubs(request).billing.HandleStripeWebhook, message)
-    return json_response({"received": True, "outcome": _OUTCOME.get(reply.outcome, "unknown")}, headers)
+    return json_response(
+        {"received": True, "outcome": _OUTCOME.get(reply.outcome, "unknown")}, headers
+    )
 
 
 _REFERRAL_STATUS = {
@@ -176,7 +186,9 @@ _REFERRAL_STATUS = {
 @router.get("/v1/account/referrals")
 @failed_response
 async def get_referrals(request: Request) -> Response:
-    reply, headers = await call_core(request, stubs(request).accounting.ListReferrals, accounting_pb.ListReferralsRequest())
+    reply, headers = await call_core(
+        request, stubs(request).accounting.ListReferrals, accounting_pb.ListReferralsRequest()
+    )
     referrals = [
         {
             "id": r.id,
@@ -192,7 +204,11 @@ async def get_referrals(request: Request) -> Response:
         for r in reply.referrals
     ]
     return json_response(
-        {"object": "list", "data": referrals, "program_enabled": reply.program_enabled,
-         "reward_usd": reply.reward.usd},
+        {
+            "object": "list",
+            "data": referrals,
+            "program_enabled": reply.program_enabled,
+            "reward_usd": reply.reward.usd,
+        },
         headers,
     )

@@ -33,7 +33,9 @@ def create_app(settings: BridgeSettings, *, channel: grpc.aio.Channel | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = channel is None
-        core = CoreStubs(channel or grpc.aio.insecure_channel(settings.core_target, options=GRPC_OPTIONS))
+        core = CoreStubs(
+            channel or grpc.aio.insecure_channel(settings.core_target, options=GRPC_OPTIONS)
+        )
         app.state.core = core
         try:
             yield
@@ -49,7 +51,9 @@ def create_app(settings: BridgeSettings, *, channel: grpc.aio.Channel | None = N
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        return Response(b'{"status":"ok"}', 200, {"x-request-id": new_request_id()}, media_type=_JSON)
+        return Response(
+            b'{"status":"ok"}', 200, {"x-request-id": new_request_id()}, media_type=_JSON
+        )
 
     @app.get("/readyz")
     async def readyz(request: Request) -> Response:
@@ -71,7 +75,9 @@ def create_app(settings: BridgeSettings, *, channel: grpc.aio.Channel | None = N
             "rate_limits": "shared" if shared else "per-node",
         }
         return Response(
-            orjson.dumps(body), 200 if serving else 503, {"x-request-id": new_request_id()},
+            orjson.dumps(body),
+            200 if serving else 503,
+            {"x-request-id": new_request_id()},
             media_type=_JSON,
         )
 

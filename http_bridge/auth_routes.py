@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from kyma.accounting.v1 import accounting_service_pb2 as accounting_pb
-from kyma.accounting.v1 import signup_service_pb2 as signup_pb
 from starlette.responses import Response
 
 from http_bridge.bodies import (
@@ -19,6 +17,8 @@ from http_bridge.bodies import (
 from http_bridge.calls import call_core, failed_response, unix
 from http_bridge.core_client import new_request_id, stubs
 from http_bridge.errors import OpenAIError
+from kyma.accounting.v1 import accounting_service_pb2 as accounting_pb
+from kyma.accounting.v1 import signup_service_pb2 as signup_pb
 
 MAX_BODY = 16 * 1024
 # Clients may identify their device; Kyma records it as a sign-up signal for abuse review.
@@ -76,11 +76,19 @@ async def signup(request: Request) -> Response:
     fields = await _fields(request, "email", "referral_code")
     if isinstance(fields, Response):
         return fields
-    message = signup_pb.StartSignupRequest(email=fields["email"], referral_code=fields["referral_code"])
-    reply, headers = await call_core(request, stubs(request).signup.StartSignup, message, extra=_signals(request))
+    message = signup_pb.StartSignupRequest(
+        email=fields["email"], referral_code=fields["referral_code"]
+    )
+    reply, headers = await call_core(
+        request, stubs(request).signup.StartSignup, message, extra=_signals(request)
+    )
     return json_response(
-        {"object": "signup", "status": "code_sent", "email": fields["email"].strip(),
-         "expires_in": reply.expires_in_seconds},
+        {
+            "object": "signup",
+            "status": "code_sent",
+            "email": fields["email"].strip(),
+            "expires_in": reply.expires_in_seconds,
+        },
         headers,
     )
 
@@ -92,7 +100,9 @@ async def verify(request: Request) -> Response:
     if isinstance(fields, Response):
         return fields
     message = signup_pb.CompleteSignupRequest(email=fields["email"], code=fields["code"])
-    reply, headers = await call_core(request, stubs(request).signup.CompleteSignup, message, extra=_signals(request))
+    reply, headers = await call_core(
+        request, stubs(request).signup.CompleteSignup, message, extra=_signals(request)
+    )
     return json_response(
         {
             "object": "account",
@@ -109,7 +119,9 @@ async def verify(request: Request) -> Response:
 @router.get("/v1/account/keys")
 @failed_response
 async def list_keys(request: Request) -> Response:
-    reply, headers = await call_core(request, stubs(request).accounting.ListApiKeys, accounting_pb.ListApiKeysRequest())
+    reply, headers = await call_core(
+        request, stubs(request).accounting.ListApiKeys, accounting_pb.ListApiKeysRequest()
+    )
     return json_response({"object": "list", "data": [key_object(k) for k in reply.keys]}, headers)
 
 

@@ -30,7 +30,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def too_large(limit: int) -> OpenAIError:
-    return OpenAIError(413, f"The request body is larger than {limit} bytes.", code="request_too_large")
+    return OpenAIError(
+        413, f"The request body is larger than {limit} bytes.", code="request_too_large"
+    )
 
 
 def json_object(body: bytes) -> dict[str, Any] | OpenAIError:
@@ -38,7 +40,9 @@ def json_object(body: bytes) -> dict[str, Any] | OpenAIError:
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return OpenAIError(400, "We could not parse the JSON body of your request. Send a valid JSON object.")
+        return OpenAIError(
+            400, "We could not parse the JSON body of your request. Send a valid JSON object."
+        )
     if not isinstance(parsed, dict):
         return OpenAIError(400, "The request body must be a JSON object.")
     return parsed

@@ -42,7 +42,9 @@ class _Failed(Exception):
         self.response = response
 
 
-def failed_response(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+def failed_response(
+    handler: Callable[..., Awaitable[Response]],
+) -> Callable[..., Awaitable[Response]]:
     """Let `call_core` end a handler with the core's error as an OpenAI error response."""
 
     @functools.wraps(handler)  # FastAPI reads the handler's parameters through this

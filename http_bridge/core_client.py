@@ -7,6 +7,7 @@ import secrets
 import grpc
 from fastapi import Request
 from grpc_health.v1 import health_pb2_grpc
+
 from kyma.accounting.v1 import accounting_service_pb2_grpc, signup_service_pb2_grpc
 from kyma.billing.v1 import billing_service_pb2_grpc
 from kyma.inference.v1 import inference_service_pb2_grpc

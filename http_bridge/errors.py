@@ -118,13 +118,21 @@ def from_grpc(error: grpc.aio.AioRpcError) -> OpenAIError:
     mapped = _BY_REASON.get(reason or "") or _BY_CODE.get(error.code())
     if mapped is None:
         return OpenAIError(
-            500, "Kyma had an internal error. Please retry; if it persists, contact support.",
-            "api_error", code="internal_error",
+            500,
+            "Kyma had an internal error. Please retry; if it persists, contact support.",
+            "api_error",
+            code="internal_error",
         )
     http_status, type_, code = mapped
     message = error.details() or "Request failed."
     if reason is None and error.code() == grpc.StatusCode.UNAVAILABLE:
         message = "Kyma's core service is unavailable. Please retry shortly."
     return OpenAIError(
-        http_status, message, type_, param=param, code=code, retry_after=retry_after, headers=headers
+        http_status,
+        message,
+        type_,
+        param=param,
+        code=code,
+        retry_after=retry_after,
+        headers=headers,
     )

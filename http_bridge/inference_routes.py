@@ -9,8 +9,6 @@ from typing import Any
 
 import grpc
 from fastapi import APIRouter, Request
-from kyma.inference.v1 import inference_service_pb2 as inference_pb
-from kyma.routing.v1 import routing_service_pb2 as routing_pb
 from starlette.responses import Response, StreamingResponse
 
 from http_bridge.bodies import (
@@ -23,6 +21,8 @@ from http_bridge.bodies import (
 from http_bridge.core_client import call_metadata, new_request_id, stubs
 from http_bridge.errors import OpenAIError, from_grpc
 from http_bridge.headers import rate_limit_headers
+from kyma.inference.v1 import inference_service_pb2 as inference_pb
+from kyma.routing.v1 import routing_service_pb2 as routing_pb
 
 _JSON = "application/json"
 
@@ -109,7 +109,9 @@ async def _stream(request: Request, call: Any, headers: dict[str, str]) -> Respo
         call.cancel()
         raise
     if first is grpc.aio.EOF:
-        return OpenAIError(502, "The model's upstream sent an empty stream.", "api_error").response(headers)
+        return OpenAIError(502, "The model's upstream sent an empty stream.", "api_error").response(
+            headers
+        )
     headers.update(rate_limit_headers(first.rate_limit))
     headers["cache-control"] = "no-cache"
 
@@ -162,7 +164,9 @@ async def list_models(request: Request) -> Response:
         )
     except grpc.aio.AioRpcError as error:
         return from_grpc(error).response(headers)
-    return json_response({"object": "list", "data": [_model_object(m) for m in reply.models]}, headers)
+    return json_response(
+        {"object": "list", "data": [_model_object(m) for m in reply.models]}, headers
+    )
 
 
 @router.get("/v1/models/{model:path}")

@@ -11,16 +11,31 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
-ASGI = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+ASGI = Callable[
+    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]
+]
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # Routes are counted by template, so ids in paths do not make a label per request.
-_KNOWN = frozenset({
-    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/account",
-    "/v1/account/keys", "/v1/account/usage", "/v1/account/ledger", "/v1/account/referrals",
-    "/v1/auth/signup", "/v1/auth/verify", "/v1/billing/checkout", "/v1/billing/stripe/webhook",
-    "/healthz", "/readyz",
-})
+_KNOWN = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/models",
+        "/v1/account",
+        "/v1/account/keys",
+        "/v1/account/usage",
+        "/v1/account/ledger",
+        "/v1/account/referrals",
+        "/v1/auth/signup",
+        "/v1/auth/verify",
+        "/v1/billing/checkout",
+        "/v1/billing/stripe/webhook",
+        "/healthz",
+        "/readyz",
+    }
+)
 
 
 def route_of(path: str) -> str:
@@ -36,16 +51,29 @@ def route_of(path: str) -> str:
 class BridgeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("kyma_bridge_requests", "HTTP requests by route and status",
-                                ["route", "status"], registry=self.registry)
-        self.duration = Histogram("kyma_bridge_request_duration_seconds", "Time to the response headers",
-                                  ["route"], buckets=_BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "kyma_bridge_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "kyma_bridge_request_duration_seconds",
+            "Time to the response headers",
+            ["route"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
         self._server: Any = None
 
     def middleware(self, app: ASGI) -> ASGI:
         requests, duration = self.requests, self.duration
 
-        async def measured(scope: Scope, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]) -> None:
+        async def measured(
+            scope: Scope,
+            receive: Callable[[], Awaitable[Message]],
+            send: Callable[[Message], Awaitable[None]],
+        ) -> None:
             if scope["type"] != "http":
                 await app(scope, receive, send)
                 return

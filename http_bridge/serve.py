@@ -19,7 +19,9 @@ def run_bridge(settings: BridgeSettings) -> None:
         except OSError as exc:
             logging.getLogger(__name__).error(
                 "no metrics: cannot listen on %s:%s (%s); set KYMA_BRIDGE_METRICS_PORT to a free port",
-                settings.bridge_metrics_host, settings.bridge_metrics_port, exc.strerror,
+                settings.bridge_metrics_host,
+                settings.bridge_metrics_port,
+                exc.strerror,
             )
     config = uvicorn.Config(
         metrics.middleware(create_app(settings)),

@@ -97,8 +97,14 @@ class Processes:
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "wb")
         proc = subprocess.Popen(
-            argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+            argv,
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         self.children.append((name, proc))
@@ -108,7 +114,9 @@ class Processes:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def wait_for_line(self, name: str, proc: subprocess.Popen[bytes], pattern: str, timeout: float) -> re.Match[str]:
+    def wait_for_line(
+        self, name: str, proc: subprocess.Popen[bytes], pattern: str, timeout: float
+    ) -> re.Match[str]:
         deadline = time.monotonic() + timeout
         regex = re.compile(pattern)
         while time.monotonic() < deadline:
@@ -118,7 +126,9 @@ class Processes:
             if proc.poll() is not None:
                 break
             time.sleep(0.05)
-        raise RuntimeError(f"{name} did not start (exit {proc.poll()}); its output:\n{self.log(name)[-3000:]}")
+        raise RuntimeError(
+            f"{name} did not start (exit {proc.poll()}); its output:\n{self.log(name)[-3000:]}"
+        )
 
     def stop_all(self) -> None:
         for _name, proc in reversed(self.children):
@@ -175,22 +185,45 @@ def start_stack(procs: Processes, args: argparse.Namespace) -> Stack:
         upstream_argv = [sys.executable, "-m", "core_service.test_upstream.server"]
     upstream = procs.start(
         "upstream",
-        [*upstream_argv, "--host", HOST, "--port", "0",
-         "--latency-ms", str(args.upstream_latency_ms),
-         "--tokens-per-second", str(args.upstream_tokens_per_second)],
+        [
+            *upstream_argv,
+            "--host",
+            HOST,
+            "--port",
+            "0",
+            "--latency-ms",
+            str(args.upstream_latency_ms),
+            "--tokens-per-second",
+            str(args.upstream_tokens_per_second),
+        ],
         base_env,
     )
-    match = procs.wait_for_line("upstream", upstream, r"test-upstream listening on http://[^:\s]+:(\d+)", 30)
+    match = procs.wait_for_line(
+        "upstream", upstream, r"test-upstream listening on http://[^:\s]+:(\d+)", 30
+    )
     upstream_port = int(match.group(1))
     faulty_deployment = ""
     if args.fault_rate:
         # A second deployment of the same model that fails a share of its requests with 500s.
         faulty = procs.start(
             "faulty-upstream",
-            [*upstream_argv, "--host", HOST, "--port", "0",
-             "--latency-ms", str(args.upstream_latency_ms),
-             "--tokens-per-second", str(args.upstream_tokens_per_second),
-             "--error-rate", str(args.fault_rate), "--error-status", "500", "--seed", "7"],
+            [
+                *upstream_argv,
+                "--host",
+                HOST,
+                "--port",
+                "0",
+                "--latency-ms",
+                str(args.upstream_latency_ms),
+                "--tokens-per-second",
+                str(args.upstream_tokens_per_second),
+                "--error-rate",
+                str(args.fault_rate),
+                "--error-status",
+                "500",
+                "--seed",
+                "7",
+            ],
             base_env,
         )
         faulty_match = procs.wait_for_line(
@@ -211,8 +244,7 @@ def start_stack(procs: Processes, args: argparse.Namespace) -> Stack:
         "    deployments:\n"
         "      - name: upstream-1\n"
         f"        base_url: http://{HOST}:{upstream_port}/v1\n"
-        f"        model: {UPSTREAM_MODEL}\n"
-        + faulty_deployment
+        f"        model: {UPSTREAM_MODEL}\n" + faulty_deployment
     )
     grpc_port, http_port = free_port(), free_port()
     env = {
@@ -246,7 +278,11 @@ def start_stack(procs: Processes, args: argparse.Namespace) -> Stack:
     email = f"bench+{uuid.uuid4().hex[:12]}@example.com"
     created = subprocess.run(
         [KYMA, "admin", "accounts", "create", email, "--json"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if created.returncode != 0:
         raise RuntimeError(f"kyma admin accounts create failed:\n{created.stdout}{created.stderr}")
@@ -314,14 +350,18 @@ async def measure(
     await run_load(**load, duration_s=args.warmup, max_requests=10**9)
     profilers = start_profilers(stack, mode, concurrency, args) if target == "kyma" else []
     pids = {"core": stack.core_pid, "bridge": stack.bridge_pid, "upstream": stack.upstream_pid}
-    await quiesce([stack.core_pid, stack.bridge_pid], args.settle)  # warm-up's trailing work stays out
+    await quiesce(
+        [stack.core_pid, stack.bridge_pid], args.settle
+    )  # warm-up's trailing work stays out
     before = {name: cpu_ticks(pid) for name, pid in pids.items()}
     busy_before = machine_busy_ticks()
     window_start = time.monotonic()
     client_before = time.process_time()
     result: Result = await run_load(**load, duration_s=args.duration, max_requests=args.requests)
     client_cpu = time.process_time() - client_before
-    await quiesce([stack.core_pid, stack.bridge_pid], args.settle)  # trailing work is gateway cost too
+    await quiesce(
+        [stack.core_pid, stack.bridge_pid], args.settle
+    )  # trailing work is gateway cost too
     window_s = time.monotonic() - window_start
     after = {name: cpu_ticks(pid) for name, pid in pids.items()}
     busy_after = machine_busy_ticks()
@@ -341,12 +381,19 @@ async def measure(
     lat = sorted(result.latencies_ns)
     fb = sorted(result.first_byte_ns)
     return Row(
-        target=target, mode=mode, concurrency=concurrency,
-        requests=result.requests, errors=result.errors, elapsed_s=result.elapsed_s,
+        target=target,
+        mode=mode,
+        concurrency=concurrency,
+        requests=result.requests,
+        errors=result.errors,
+        elapsed_s=result.elapsed_s,
         rps=result.ok / result.elapsed_s if result.elapsed_s else 0.0,
-        p50_ms=percentile(lat, 50) / 1e6, p99_ms=percentile(lat, 99) / 1e6,
+        p50_ms=percentile(lat, 50) / 1e6,
+        p99_ms=percentile(lat, 99) / 1e6,
         first_byte_p50_ms=percentile(fb, 50) / 1e6,
-        cpu_ms_per_req=cpu, error_samples=result.error_samples, foreign_cpu_cores=foreign_cores,
+        cpu_ms_per_req=cpu,
+        error_samples=result.error_samples,
+        foreign_cpu_cores=foreign_cores,
     )
 
 
@@ -366,7 +413,9 @@ async def quiesce(pids: Sequence[int], settle: float, limit: float = 15.0) -> No
     print(f"bench: Kyma still busy {limit:.0f}s after the load stopped", file=sys.stderr)
 
 
-def start_profilers(stack: Stack, mode: str, concurrency: int, args: argparse.Namespace) -> list[subprocess.Popen[bytes]]:
+def start_profilers(
+    stack: Stack, mode: str, concurrency: int, args: argparse.Namespace
+) -> list[subprocess.Popen[bytes]]:
     """py-spy on the core and the bridge for the measured window (--profile). It samples from
     outside the processes but takes CPU of its own: profiled runs' latencies are not comparable."""
     if not args.profile:
@@ -375,10 +424,26 @@ def start_profilers(stack: Stack, mode: str, concurrency: int, args: argparse.Na
     started = []
     for name, pid in (("core", stack.core_pid), ("bridge", stack.bridge_pid)):
         out = args.profile / f"{mode}-c{concurrency}-{name}.txt"
-        started.append(subprocess.Popen(
-            [args.py_spy, "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o", str(out), "--nonblocking"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        ))
+        started.append(
+            subprocess.Popen(
+                [
+                    args.py_spy,
+                    "record",
+                    "-p",
+                    str(pid),
+                    "-r",
+                    "200",
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(out),
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
     time.sleep(1.0)  # attaching takes a moment
     return started
 
@@ -406,9 +471,13 @@ async def run_all(stack: Stack, args: argparse.Namespace) -> list[Row]:
                 print(
                     f"  {target:6} {mode:9} c={concurrency:<3} {row.requests:6} req  "
                     f"{row.errors} err  {row.rps:8.1f} req/s  p50 {row.p50_ms:7.2f} ms"
-                    + (f"  (other load on the machine: {row.foreign_cpu_cores:.2f} cores)"
-                       if row.foreign_cpu_cores > 0.15 else ""),
-                    file=sys.stderr, flush=True,
+                    + (
+                        f"  (other load on the machine: {row.foreign_cpu_cores:.2f} cores)"
+                        if row.foreign_cpu_cores > 0.15
+                        else ""
+                    ),
+                    file=sys.stderr,
+                    flush=True,
                 )
                 for sample in row.error_samples:
                     print(f"    error: {sample}", file=sys.stderr)
@@ -428,16 +497,43 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 
 def table(rows: Sequence[Row]) -> str:
-    head = ("target", "mode", "conc", "requests", "errors", "req/s", "p50 ms", "p99 ms",
-            "added p50 ms", "kyma/direct rps", "core cpu ms/req", "bridge cpu ms/req",
-            "gateway cpu ms/req", "upstream cpu ms/req")
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if i > 1 else "---" for i in range(len(head))) + "|"]
+    head = (
+        "target",
+        "mode",
+        "conc",
+        "requests",
+        "errors",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "added p50 ms",
+        "kyma/direct rps",
+        "core cpu ms/req",
+        "bridge cpu ms/req",
+        "gateway cpu ms/req",
+        "upstream cpu ms/req",
+    )
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---:" if i > 1 else "---" for i in range(len(head))) + "|",
+    ]
     for r in rows:
         cpu = r.cpu_ms_per_req
         cells = (
-            r.target, r.mode, str(r.concurrency), str(r.requests), str(r.errors), fmt(r.rps, 1),
-            fmt(r.p50_ms), fmt(r.p99_ms), fmt(r.added_p50_ms), fmt(r.rps_ratio),
-            fmt(cpu.get("core")), fmt(cpu.get("bridge")), fmt(cpu.get("gateway")), fmt(cpu.get("upstream")),
+            r.target,
+            r.mode,
+            str(r.concurrency),
+            str(r.requests),
+            str(r.errors),
+            fmt(r.rps, 1),
+            fmt(r.p50_ms),
+            fmt(r.p99_ms),
+            fmt(r.added_p50_ms),
+            fmt(r.rps_ratio),
+            fmt(cpu.get("core")),
+            fmt(cpu.get("bridge")),
+            fmt(cpu.get("gateway")),
+            fmt(cpu.get("upstream")),
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -445,9 +541,17 @@ def table(rows: Sequence[Row]) -> str:
 
 def git_revision() -> str | None:
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
-        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else None
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
+        )
+        return (
+            rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+            if rev.returncode == 0
+            else None
+        )
     except OSError:
         return None
 
@@ -460,24 +564,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="scripts/bench",
         description="Gateway overhead per request: the test upstream directly vs. through Kyma.",
     )
-    parser.add_argument("--quick", action="store_true", help="short run (0.5 s warm-up, 2 s per scenario)")
-    parser.add_argument("--duration", type=float, help="measured seconds per scenario (default 8, quick 2)")
-    parser.add_argument("--warmup", type=float, help="warm-up seconds per scenario (default 2, quick 0.5)")
-    parser.add_argument("--requests", type=int, help="at most this many measured requests per scenario "
-                        "(default 20000, quick 3000)")
+    parser.add_argument(
+        "--quick", action="store_true", help="short run (0.5 s warm-up, 2 s per scenario)"
+    )
+    parser.add_argument(
+        "--duration", type=float, help="measured seconds per scenario (default 8, quick 2)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, help="warm-up seconds per scenario (default 2, quick 0.5)"
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        help="at most this many measured requests per scenario (default 20000, quick 3000)",
+    )
     parser.add_argument("--concurrency", default="1,32", help="comma-separated, e.g. 1,32")
-    parser.add_argument("--modes", default="nonstream,stream", help="comma-separated: nonstream,stream")
+    parser.add_argument(
+        "--modes", default="nonstream,stream", help="comma-separated: nonstream,stream"
+    )
     parser.add_argument("--upstream-latency-ms", type=float, default=0.0)
     parser.add_argument("--upstream-tokens-per-second", type=float, default=0.0)
-    parser.add_argument("--json", type=pathlib.Path, help="where to write the JSON results "
-                        "(default bench-results/<timestamp>.json)")
-    parser.add_argument("--fault-rate", type=float, default=0.0,
-                        help="add a second deployment failing this share of requests with 500s")
+    parser.add_argument(
+        "--json",
+        type=pathlib.Path,
+        help="where to write the JSON results (default bench-results/<timestamp>.json)",
+    )
+    parser.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.0,
+        help="add a second deployment failing this share of requests with 500s",
+    )
     parser.add_argument("--redis-url", help="count rate limits in this Redis (default: in-process)")
-    parser.add_argument("--log-level", help="KYMA_LOG_LEVEL of core and bridge (default: Kyma's own)")
-    parser.add_argument("--profile", type=pathlib.Path, metavar="DIR",
-                        help="record py-spy profiles (collapsed stacks) of core and bridge during Kyma windows into DIR")
-    parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="py-spy executable for --profile")
+    parser.add_argument(
+        "--log-level", help="KYMA_LOG_LEVEL of core and bridge (default: Kyma's own)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=pathlib.Path,
+        metavar="DIR",
+        help="record py-spy profiles (collapsed stacks) of core and bridge during Kyma windows into DIR",
+    )
+    parser.add_argument(
+        "--py-spy",
+        default=shutil.which("py-spy") or "py-spy",
+        help="py-spy executable for --profile",
+    )
     parser.add_argument("--keep-workdir", action="store_true", help="keep the temp dir (logs, db)")
     args = parser.parse_args(argv)
     args.duration = args.duration if args.duration is not None else (2.0 if args.quick else 8.0)
@@ -507,13 +639,18 @@ def main(argv: list[str] | None = None) -> int:
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="kyma-bench-"))
     procs = Processes(workdir)
     try:
-        print(f"bench: starting test upstream, core and bridge (work dir {workdir})", file=sys.stderr, flush=True)
+        print(
+            f"bench: starting test upstream, core and bridge (work dir {workdir})",
+            file=sys.stderr,
+            flush=True,
+        )
         stack = start_stack(procs, args)
         print(
             f"bench: upstream :{stack.upstream_port} (pid {stack.upstream_pid}), core pid {stack.core_pid}, "
             f"bridge :{stack.bridge_port} (pid {stack.bridge_pid}); "
             f"{args.warmup:g}s warm-up + {args.duration:g}s (<= {args.requests} req) per scenario",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
         rows = uvloop.run(run_all(stack, args))
     except KeyboardInterrupt:
@@ -529,20 +666,30 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     out = args.json or ROOT / "bench-results" / f"{now.strftime('%Y%m%dT%H%M%SZ')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "timestamp": now.isoformat(),
         "git": git_revision(),
         "command": "scripts/bench " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": {"cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_at_end": os.getloadavg(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "settings": {
-            "duration_s": args.duration, "warmup_s": args.warmup, "max_requests": args.requests,
-            "concurrency": args.concurrency, "modes": args.modes,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "max_requests": args.requests,
+            "concurrency": args.concurrency,
+            "modes": args.modes,
             "upstream_latency_ms": args.upstream_latency_ms,
             "upstream_tokens_per_second": args.upstream_tokens_per_second,
-            "kyma_log_level": args.log_level, "max_tokens": 16, "clk_tck": CLK_TCK,
+            "kyma_log_level": args.log_level,
+            "max_tokens": 16,
+            "clk_tck": CLK_TCK,
         },
         "rows": [r.__dict__ for r in rows],
     }

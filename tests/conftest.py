@@ -30,7 +30,6 @@ import openai
 import pytest
 import pytest_asyncio
 import uvicorn
-from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from sqlalchemy import func, select
 
 from core_service.app import Core, build_core
@@ -42,6 +41,7 @@ from core_service.logging_setup import quiet_libraries
 from core_service.settings import Settings
 from http_bridge.app import create_app
 from http_bridge.settings import BridgeSettings
+from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from tests.fakes.postgres import fresh_database
 
 ADMIN_TOKEN = "kyadm_test_" + secrets.token_hex(8)
@@ -75,7 +75,9 @@ def no_key_in_any_log() -> Iterator[None]:
     yield
     root.removeHandler(recorder)
     root.setLevel(previous)
-    leaked = {key[:9] for key in ISSUED_KEYS | {UPSTREAM_KEY} for line in recorder.lines if key in line}
+    leaked = {
+        key[:9] for key in ISSUED_KEYS | {UPSTREAM_KEY} for line in recorder.lines if key in line
+    }
     assert not leaked, f"keys found in log output: {sorted(leaked)}"
 
 
@@ -102,8 +104,14 @@ class Upstream:
         async with httpx.AsyncClient() as client:
             await client.post(f"{self.url}/_stats/reset")
         await self.control(
-            latency_ms=0, tokens_per_second=0, error_rate=0, rate_limit_rate=0, hang_rate=0,
-            drop_stream_after=None, error_status=500, require_api_key=None,
+            latency_ms=0,
+            tokens_per_second=0,
+            error_rate=0,
+            rate_limit_rate=0,
+            hang_rate=0,
+            drop_stream_after=None,
+            error_status=500,
+            require_api_key=None,
         )
 
 
@@ -285,7 +293,7 @@ async def running_kyma(
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)
-    http_url = "http://127.0.0.1:%d" % sock.getsockname()[1]
+    http_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
         yield Kyma(core, settings, target, http_url, backend, upstream, channel)
     finally:

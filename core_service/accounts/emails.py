@@ -50,7 +50,9 @@ def parse_email(raw: object) -> Email:
         info = validate_email(raw.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
         raise InvalidRequest(f"That email address is not valid: {exc}", param="email") from None
-    return Email(address=info.normalized, canonical=canonicalize(info.ascii_email or info.normalized))
+    return Email(
+        address=info.normalized, canonical=canonicalize(info.ascii_email or info.normalized)
+    )
 
 
 def canonicalize(address: str) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from google.protobuf import timestamp_pb2
-from kyma.accounting.v1 import accounting_service_pb2 as pb
 
 from core_service.db import models
+from kyma.accounting.v1 import accounting_service_pb2 as pb
 
 _STATUS = {
     "active": pb.ACCOUNT_STATUS_ACTIVE,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 
 import grpc
-from kyma.accounting.v1 import accounting_service_pb2 as pb
-from kyma.accounting.v1 import accounting_service_pb2_grpc as pb_grpc
 
 from core_service.accounts.auth import Authenticator, Principal
 from core_service.accounts.messages import account_message, key_message, notice_message
@@ -23,6 +21,8 @@ from core_service.grpc_metadata import metadata_value
 from core_service.ratelimit.service import tier_message
 from core_service.referrals.messages import referral_message
 from core_service.referrals.program import ReferralProgram
+from kyma.accounting.v1 import accounting_service_pb2 as pb
+from kyma.accounting.v1 import accounting_service_pb2_grpc as pb_grpc
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -73,7 +73,9 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
         return (await self._principal(context)).account_id
 
     @translated
-    async def GetAccount(self, request: pb.GetAccountRequest, context: grpc.aio.ServicerContext) -> pb.GetAccountResponse:
+    async def GetAccount(
+        self, request: pb.GetAccountRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetAccountResponse:
         principal = await self._principal(context)
         account = await self._store.get_account(principal.account_id)
         if account is None:
@@ -89,24 +91,31 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
         )
 
     @translated
-    async def ListApiKeys(self, request: pb.ListApiKeysRequest, context: grpc.aio.ServicerContext) -> pb.ListApiKeysResponse:
+    async def ListApiKeys(
+        self, request: pb.ListApiKeysRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListApiKeysResponse:
         keys = await self._store.list_keys(await self._account_id(context))
         return pb.ListApiKeysResponse(keys=[key_message(k) for k in keys])
 
     @translated
-    async def CreateApiKey(self, request: pb.CreateApiKeyRequest, context: grpc.aio.ServicerContext) -> pb.CreateApiKeyResponse:
+    async def CreateApiKey(
+        self, request: pb.CreateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateApiKeyResponse:
         principal = await self._principal(context)
         principal.check_in_good_standing(self._clock.now())
         name = key_name(request.name)
         if await self._store.count_live_keys(principal.account_id) >= MAX_LIVE_KEYS:
             raise InvalidRequest(
-                f"An account holds at most {MAX_LIVE_KEYS} live keys; revoke one first.", param="name"
+                f"An account holds at most {MAX_LIVE_KEYS} live keys; revoke one first.",
+                param="name",
             )
         key, secret = await self._store.create_key(principal.account_id, name)
         return pb.CreateApiKeyResponse(key=key_message(key), secret=secret)
 
     @translated
-    async def RevokeApiKey(self, request: pb.RevokeApiKeyRequest, context: grpc.aio.ServicerContext) -> pb.RevokeApiKeyResponse:
+    async def RevokeApiKey(
+        self, request: pb.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RevokeApiKeyResponse:
         key = await self._store.revoke_key(await self._account_id(context), request.id)
         if key is None:
             raise NotFound("The account has no key with that id.", param="id")
@@ -115,7 +124,9 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
         return pb.RevokeApiKeyResponse(key=key_message(key))
 
     @translated
-    async def GetUsage(self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext) -> pb.GetUsageResponse:
+    async def GetUsage(
+        self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetUsageResponse:
         account_id = await self._account_id(context)
         first, last = self._usage.period(request.start_day, request.end_day)
         rows = await self._usage.rows(account_id, first, last)
@@ -135,7 +146,9 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
         )
 
     @translated
-    async def ListLedgerEntries(self, request: pb.ListLedgerEntriesRequest, context: grpc.aio.ServicerContext) -> pb.ListLedgerEntriesResponse:
+    async def ListLedgerEntries(
+        self, request: pb.ListLedgerEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListLedgerEntriesResponse:
         account_id = await self._account_id(context)
         size = request.page_size or DEFAULT_PAGE_SIZE
         if not 1 <= size <= MAX_PAGE_SIZE:
@@ -149,7 +162,9 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
         )
 
     @translated
-    async def ListReferrals(self, request: pb.ListReferralsRequest, context: grpc.aio.ServicerContext) -> pb.ListReferralsResponse:
+    async def ListReferrals(
+        self, request: pb.ListReferralsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListReferralsResponse:
         account_id = await self._account_id(context)
         policy = self._referrals.policy
         views = await self._referrals.list(referrer_id=account_id)

@@ -87,7 +87,9 @@ class SignupFlow:
 
     async def _exists(self, email: Email) -> bool:
         async with self._engine.connect() as conn:
-            found = await conn.scalar(select(Account.id).where(Account.email_canonical == email.canonical))
+            found = await conn.scalar(
+                select(Account.id).where(Account.email_canonical == email.canonical)
+            )
         return found is not None
 
     async def start(
@@ -100,8 +102,16 @@ class SignupFlow:
             raise InvalidRequest("That referral code is not valid.", param="referral_code")
         await self._referrals.check_code(referral)
         await self._limit(
-            Limit(rate_key("signup", "ip", ip or "unknown"), self._policy.requests_per_ip_per_minute, 1),
-            Limit(rate_key("signup", "email", email.canonical), self._policy.requests_per_email_per_minute, 1),
+            Limit(
+                rate_key("signup", "ip", ip or "unknown"),
+                self._policy.requests_per_ip_per_minute,
+                1,
+            ),
+            Limit(
+                rate_key("signup", "email", email.canonical),
+                self._policy.requests_per_email_per_minute,
+                1,
+            ),
             message="Too many sign-up requests.",
         )
         if await self._exists(email):
@@ -145,13 +155,19 @@ class SignupFlow:
                 )
             )
         except MailError:
-            raise UpstreamUnavailable("We could not send the sign-up mail. Please try again shortly.") from None
+            raise UpstreamUnavailable(
+                "We could not send the sign-up mail. Please try again shortly."
+            ) from None
         return int(self._policy.code_ttl.total_seconds())
 
     async def complete(self, raw_email: str, code: str, *, ip: str | None) -> NewAccount:
         email = parse_email(raw_email)
         await self._limit(
-            Limit(rate_key("verify", "ip", ip or "unknown"), self._policy.verifications_per_ip_per_minute, 1),
+            Limit(
+                rate_key("verify", "ip", ip or "unknown"),
+                self._policy.verifications_per_ip_per_minute,
+                1,
+            ),
             message="Too many verification attempts.",
         )
         code = code.strip()
@@ -160,7 +176,9 @@ class SignupFlow:
         key = _code_hash(email.canonical, code)
         async with self._engine.begin() as conn:
             row = (
-                await conn.execute(select(SignupCode).where(SignupCode.email_canonical == email.canonical))
+                await conn.execute(
+                    select(SignupCode).where(SignupCode.email_canonical == email.canonical)
+                )
             ).one_or_none()
             live = (
                 row is not None

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import grpc
-from kyma.accounting.v1 import signup_service_pb2 as pb
-from kyma.accounting.v1 import signup_service_pb2_grpc as pb_grpc
 
 from core_service.accounts.messages import account_message, key_message
 from core_service.accounts.signup import SignupFlow
 from core_service.grpc_errors import translated
 from core_service.grpc_metadata import metadata_value
+from kyma.accounting.v1 import signup_service_pb2 as pb
+from kyma.accounting.v1 import signup_service_pb2_grpc as pb_grpc
 
 
 def client_ip(context: grpc.aio.ServicerContext) -> str | None:
@@ -27,7 +27,9 @@ class SignupServicer(pb_grpc.SignupServiceServicer):
         self._flow = flow
 
     @translated
-    async def StartSignup(self, request: pb.StartSignupRequest, context: grpc.aio.ServicerContext) -> pb.StartSignupResponse:
+    async def StartSignup(
+        self, request: pb.StartSignupRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StartSignupResponse:
         seconds = await self._flow.start(
             request.email,
             referral_code=request.referral_code,
@@ -37,7 +39,9 @@ class SignupServicer(pb_grpc.SignupServiceServicer):
         return pb.StartSignupResponse(expires_in_seconds=seconds)
 
     @translated
-    async def CompleteSignup(self, request: pb.CompleteSignupRequest, context: grpc.aio.ServicerContext) -> pb.CompleteSignupResponse:
+    async def CompleteSignup(
+        self, request: pb.CompleteSignupRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CompleteSignupResponse:
         created = await self._flow.complete(request.email, request.code, ip=client_ip(context))
         return pb.CompleteSignupResponse(
             account=account_message(created.account, tier=0),

@@ -84,7 +84,9 @@ class AccountStore:
     ) -> NewAccount:
         for _ in range(3):
             try:
-                return await self._create(email, key_name, signup_ip, signup_fingerprint, referred_by)
+                return await self._create(
+                    email, key_name, signup_ip, signup_fingerprint, referred_by
+                )
             except IntegrityError:
                 if await self._canonical_taken(email.canonical):
                     raise AlreadyExists(
@@ -96,7 +98,9 @@ class AccountStore:
 
     async def _canonical_taken(self, canonical: str) -> bool:
         async with self._sessions() as session:
-            found = await session.scalar(select(models.Account.id).where(models.Account.email_canonical == canonical))
+            found = await session.scalar(
+                select(models.Account.id).where(models.Account.email_canonical == canonical)
+            )
         return found is not None
 
     async def _create(

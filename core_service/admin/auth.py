@@ -35,6 +35,8 @@ class AdminGuard:
         try:
             given = bearer_token(authorization).encode()
         except Unauthenticated:
-            raise AdminUnauthenticated("Admin calls need 'authorization: Bearer <admin token>'.") from None
+            raise AdminUnauthenticated(
+                "Admin calls need 'authorization: Bearer <admin token>'."
+            ) from None
         if not hmac.compare_digest(given, self._token):
             raise AdminUnauthenticated("The admin token is not valid.")

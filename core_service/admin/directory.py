@@ -58,7 +58,9 @@ class AccountDirectory:
         async with self._engine.connect() as conn:
             if after_id:
                 anchor = (
-                    await conn.execute(select(Account.created_at, Account.id).where(Account.id == after_id))
+                    await conn.execute(
+                        select(Account.created_at, Account.id).where(Account.id == after_id)
+                    )
                 ).one_or_none()
                 if anchor is None:
                     raise InvalidRequest("No account with that id to page after.", param="after_id")
@@ -72,7 +74,9 @@ class AccountDirectory:
         """The account and the accounts sharing a sign-up signal with it."""
         sharing = _sharing_count().label("sharing")
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(Account, sharing).where(Account.id == account_id))).one_or_none()
+            row = (
+                await conn.execute(select(Account, sharing).where(Account.id == account_id))
+            ).one_or_none()
             if row is None:
                 raise NotFound(f"No account {account_id}.", param="account_id")
             account = Account(**_account_fields(row))

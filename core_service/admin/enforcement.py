@@ -32,20 +32,36 @@ class Enforcement:
         self._clock = clock
 
     async def _audit(
-        self, conn: AsyncConnection, *, actor: str, action: str, account_id: str, reason: str, details: str = ""
+        self,
+        conn: AsyncConnection,
+        *,
+        actor: str,
+        action: str,
+        account_id: str,
+        reason: str,
+        details: str = "",
     ) -> AuditEntry:
         now = self._clock.now()
         entry_id = await conn.scalar(
             insert(AuditEntry)
             .values(
-                actor=actor[:100], action=action, account_id=account_id, reason=reason,
-                details=details[:MAX_TEXT], created_at=now,
+                actor=actor[:100],
+                action=action,
+                account_id=account_id,
+                reason=reason,
+                details=details[:MAX_TEXT],
+                created_at=now,
             )
             .returning(AuditEntry.id)
         )
         return AuditEntry(
-            id=entry_id, actor=actor[:100], action=action, account_id=account_id, reason=reason,
-            details=details[:MAX_TEXT], created_at=now,
+            id=entry_id,
+            actor=actor[:100],
+            action=action,
+            account_id=account_id,
+            reason=reason,
+            details=details[:MAX_TEXT],
+            created_at=now,
         )
 
     @staticmethod
@@ -59,22 +75,39 @@ class Enforcement:
         async with self._engine.begin() as conn:
             await self._require(conn, account_id)
             await conn.execute(
-                insert(AccountNotice).values(account_id=account_id, message=message, created_at=self._clock.now())
+                insert(AccountNotice).values(
+                    account_id=account_id, message=message, created_at=self._clock.now()
+                )
             )
-            return await self._audit(conn, actor=actor, action="warn", account_id=account_id, reason=reason, details=message)
+            return await self._audit(
+                conn,
+                actor=actor,
+                action="warn",
+                account_id=account_id,
+                reason=reason,
+                details=message,
+            )
 
-    async def reset_credits(self, account_id: str, *, actor: str, reason: str) -> tuple[int, AuditEntry]:
+    async def reset_credits(
+        self, account_id: str, *, actor: str, reason: str
+    ) -> tuple[int, AuditEntry]:
         """Take the available balance to zero (credit held for requests in flight settles as
         usual). Returns the amount removed."""
         reason = _text(reason, "reason", "reason")
         async with self._engine.begin() as conn:
             await self._require(conn, account_id)
             available = await conn.scalar(
-                select(Balance.balance_nanos - Balance.held_nanos).where(Balance.ledger_account == account_id)
+                select(Balance.balance_nanos - Balance.held_nanos).where(
+                    Balance.ledger_account == account_id
+                )
             )
             amount = int(available or 0)
             audit = await self._audit(
-                conn, actor=actor, action="reset_credits", account_id=account_id, reason=reason,
+                conn,
+                actor=actor,
+                action="reset_credits",
+                account_id=account_id,
+                reason=reason,
                 details=f"removed {amount} nano-USD",
             )
             if amount > 0:
@@ -95,7 +128,14 @@ class Enforcement:
             return amount, audit
 
     async def _set_status(
-        self, account_id: str, *, status: str, reason: str, until: datetime | None, actor: str, action: str
+        self,
+        account_id: str,
+        *,
+        status: str,
+        reason: str,
+        until: datetime | None,
+        actor: str,
+        action: str,
     ) -> AuditEntry:
         reason = _text(reason, "reason", "reason")
         async with self._engine.begin() as conn:
@@ -110,29 +150,55 @@ class Enforcement:
                 )
             )
             details = f"until {until.isoformat()}" if until else ""
-            return await self._audit(conn, actor=actor, action=action, account_id=account_id, reason=reason, details=details)
+            return await self._audit(
+                conn,
+                actor=actor,
+                action=action,
+                account_id=account_id,
+                reason=reason,
+                details=details,
+            )
 
-    async def suspend(self, account_id: str, until: datetime, *, actor: str, reason: str) -> AuditEntry:
+    async def suspend(
+        self, account_id: str, until: datetime, *, actor: str, reason: str
+    ) -> AuditEntry:
         if until <= self._clock.now():
             raise InvalidRequest("A suspension must end in the future.", param="until")
-        return await self._set_status(account_id, status="suspended", reason=reason, until=until, actor=actor, action="suspend")
+        return await self._set_status(
+            account_id,
+            status="suspended",
+            reason=reason,
+            until=until,
+            actor=actor,
+            action="suspend",
+        )
 
     async def ban(self, account_id: str, *, actor: str, reason: str) -> AuditEntry:
-        return await self._set_status(account_id, status="banned", reason=reason, until=None, actor=actor, action="ban")
+        return await self._set_status(
+            account_id, status="banned", reason=reason, until=None, actor=actor, action="ban"
+        )
 
     async def reinstate(self, account_id: str, *, actor: str, reason: str) -> AuditEntry:
-        return await self._set_status(account_id, status="active", reason=reason, until=None, actor=actor, action="reinstate")
+        return await self._set_status(
+            account_id, status="active", reason=reason, until=None, actor=actor, action="reinstate"
+        )
 
     async def revoke_referrals(self, account_id: str, *, actor: str, reason: str) -> AuditEntry:
         reason = _text(reason, "reason", "reason")
         async with self._engine.begin() as conn:
             await self._require(conn, account_id)
             await conn.execute(
-                Account.__table__.update().where(Account.id == account_id).values(referrals_revoked=True)
+                Account.__table__.update()
+                .where(Account.id == account_id)
+                .values(referrals_revoked=True)
             )
-            return await self._audit(conn, actor=actor, action="revoke_referrals", account_id=account_id, reason=reason)
+            return await self._audit(
+                conn, actor=actor, action="revoke_referrals", account_id=account_id, reason=reason
+            )
 
-    async def audit_entries(self, account_id: str | None, *, limit: int, before_id: int | None) -> list[AuditEntry]:
+    async def audit_entries(
+        self, account_id: str | None, *, limit: int, before_id: int | None
+    ) -> list[AuditEntry]:
         statement = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
         if account_id:
             statement = statement.where(AuditEntry.account_id == account_id)

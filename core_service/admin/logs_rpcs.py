@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC
 
 import grpc
-from kyma.admin.v1 import admin_service_pb2 as pb
 
 from core_service.accounts.messages import timestamp
 from core_service.billing.messages import money
@@ -13,6 +12,7 @@ from core_service.grpc_errors import translated
 from core_service.logs.entry import RequestLogEntry
 from core_service.logs.query import RequestLogQuery
 from core_service.logs.retention import LogRetention
+from kyma.admin.v1 import admin_service_pb2 as pb
 
 
 def log_message(entry: RequestLogEntry) -> pb.RequestLog:
@@ -44,7 +44,9 @@ class LogRpcs:
     _retention: LogRetention
 
     @translated
-    async def ListRequestLogs(self, request: pb.ListRequestLogsRequest, context: grpc.aio.ServicerContext) -> pb.ListRequestLogsResponse:
+    async def ListRequestLogs(
+        self, request: pb.ListRequestLogsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRequestLogsResponse:
         self._check(context)  # type: ignore[attr-defined]
         entries = await self._log_query.find(
             account_id=request.account_id or None,
@@ -56,7 +58,9 @@ class LogRpcs:
         return pb.ListRequestLogsResponse(logs=[log_message(e) for e in entries])
 
     @translated
-    async def PurgeRequestLogs(self, request: pb.PurgeRequestLogsRequest, context: grpc.aio.ServicerContext) -> pb.PurgeRequestLogsResponse:
+    async def PurgeRequestLogs(
+        self, request: pb.PurgeRequestLogsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PurgeRequestLogsResponse:
         self._check(context)  # type: ignore[attr-defined]
         report = await self._retention.purge(dry_run=request.dry_run)
         return pb.PurgeRequestLogsResponse(

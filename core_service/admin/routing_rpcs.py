@@ -6,13 +6,13 @@ import logging
 import os
 
 import grpc
-from kyma.admin.v1 import admin_service_pb2 as pb
 
 from core_service.catalog import CatalogError, CatalogHolder
 from core_service.errors import InvalidRequest
 from core_service.grpc_errors import translated
 from core_service.routing.health import BreakerState
 from core_service.routing.router import Router
+from kyma.admin.v1 import admin_service_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,9 @@ class RoutingRpcs:
     _catalogue: CatalogHolder
 
     @translated
-    async def ListDeploymentStatus(self, request: pb.ListDeploymentStatusRequest, context: grpc.aio.ServicerContext) -> pb.ListDeploymentStatusResponse:
+    async def ListDeploymentStatus(
+        self, request: pb.ListDeploymentStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListDeploymentStatusResponse:
         self._check(context)  # type: ignore[attr-defined]
         return pb.ListDeploymentStatusResponse(
             deployments=[
@@ -65,6 +67,8 @@ class RoutingRpcs:
         )
 
     @translated
-    async def ReloadCatalog(self, request: pb.ReloadCatalogRequest, context: grpc.aio.ServicerContext) -> pb.ReloadCatalogResponse:
+    async def ReloadCatalog(
+        self, request: pb.ReloadCatalogRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReloadCatalogResponse:
         self._check(context)  # type: ignore[attr-defined]
         return pb.ReloadCatalogResponse(models=reload_catalog(self._catalogue))

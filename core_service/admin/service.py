@@ -6,8 +6,6 @@ import secrets
 from decimal import Decimal, InvalidOperation
 
 import grpc
-from kyma.admin.v1 import admin_service_pb2 as pb
-from kyma.admin.v1 import admin_service_pb2_grpc as pb_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core_service.accounts.auth import Authenticator, Principal
@@ -37,6 +35,8 @@ from core_service.ratelimit.service import status_message, tier_message
 from core_service.ratelimit.tiers import TierTable
 from core_service.referrals.program import ReferralProgram
 from core_service.routing.router import Router
+from kyma.admin.v1 import admin_service_pb2 as pb
+from kyma.admin.v1 import admin_service_pb2_grpc as pb_grpc
 
 MAX_REASON = 500
 # No single adjustment moves more than this; larger ones are almost surely a typo.
@@ -47,15 +47,20 @@ def adjustment_nanos(text: str) -> int:
     try:
         amount = Decimal(text.strip())
     except InvalidOperation:
-        raise InvalidRequest("amount_usd must be a decimal number of USD.", param="amount_usd") from None
+        raise InvalidRequest(
+            "amount_usd must be a decimal number of USD.", param="amount_usd"
+        ) from None
     if not amount.is_finite() or amount == 0 or abs(amount) > MAX_ADJUSTMENT_USD:
         raise InvalidRequest(
-            f"amount_usd must be non-zero and at most {MAX_ADJUSTMENT_USD} either way.", param="amount_usd"
+            f"amount_usd must be non-zero and at most {MAX_ADJUSTMENT_USD} either way.",
+            param="amount_usd",
         )
     try:
         return usd_to_nanos(amount)
     except ValueError:
-        raise InvalidRequest("amount_usd is finer than a nano-dollar.", param="amount_usd") from None
+        raise InvalidRequest(
+            "amount_usd is finer than a nano-dollar.", param="amount_usd"
+        ) from None
 
 
 class AdminServicer(EnforcementRpcs, RoutingRpcs, LogRpcs, pb_grpc.AdminServiceServicer):
@@ -98,7 +103,9 @@ class AdminServicer(EnforcementRpcs, RoutingRpcs, LogRpcs, pb_grpc.AdminServiceS
         self._guard.check(metadata_value(context, "authorization"))
 
     @translated
-    async def CreateAccount(self, request: pb.CreateAccountRequest, context: grpc.aio.ServicerContext) -> pb.CreateAccountResponse:
+    async def CreateAccount(
+        self, request: pb.CreateAccountRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateAccountResponse:
         self._check(context)
         created = await self._store.create_account(
             parse_email(request.email), key_name=key_name(request.key_name)
@@ -110,7 +117,9 @@ class AdminServicer(EnforcementRpcs, RoutingRpcs, LogRpcs, pb_grpc.AdminServiceS
         )
 
     @translated
-    async def AdjustCredits(self, request: pb.AdjustCreditsRequest, context: grpc.aio.ServicerContext) -> pb.AdjustCreditsResponse:
+    async def AdjustCredits(
+        self, request: pb.AdjustCreditsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AdjustCreditsResponse:
         self._check(context)
         reason = request.reason.strip()
         if not reason or len(reason) > MAX_REASON:
@@ -119,7 +128,9 @@ class AdminServicer(EnforcementRpcs, RoutingRpcs, LogRpcs, pb_grpc.AdminServiceS
         if await self._store.get_account(request.account_id) is None:
             raise NotFound(f"No account {request.account_id}.", param="account_id")
         account = request.account_id
-        debit, credit = (SYSTEM_ADJUSTMENTS, account) if amount > 0 else (account, SYSTEM_ADJUSTMENTS)
+        debit, credit = (
+            (SYSTEM_ADJUSTMENTS, account) if amount > 0 else (account, SYSTEM_ADJUSTMENTS)
+        )
         key = request.idempotency_key.strip() or f"generated:{secrets.token_hex(12)}"
         posted = await self._ledger.post(
             Transfer(
@@ -140,7 +151,9 @@ class AdminServicer(EnforcementRpcs, RoutingRpcs, LogRpcs, pb_grpc.AdminServiceS
         )
 
     @translated
-    async def GetAccountLimits(self, request: pb.GetAccountLimitsRequest, context: grpc.aio.ServicerContext) -> pb.GetAccountLimitsResponse:
+    async def GetAccountLimits(
+        self, request: pb.GetAccountLimitsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetAccountLimitsResponse:
         self._check(context)
         principal = await self._principal(request.account_id)
         snapshot = await self._limiter.status(principal, request.model)
@@ -153,7 +166,9 @@ class AdminServicer(EnforcementRpcs, RoutingRpcs, LogRpcs, pb_grpc.AdminServiceS
         )
 
     @translated
-    async def PinTier(self, request: pb.PinTierRequest, context: grpc.aio.ServicerContext) -> pb.PinTierResponse:
+    async def PinTier(
+        self, request: pb.PinTierRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PinTierResponse:
         self._check(context)
         tier = request.tier if request.HasField("tier") else None
         if tier is not None and self._tiers.get(tier) is None:
@@ -170,7 +185,9 @@ class AdminServicer(EnforcementRpcs, RoutingRpcs, LogRpcs, pb_grpc.AdminServiceS
         return self._authenticator.principal_for(owner)
 
     @translated
-    async def VerifyLedger(self, request: pb.VerifyLedgerRequest, context: grpc.aio.ServicerContext) -> pb.VerifyLedgerResponse:
+    async def VerifyLedger(
+        self, request: pb.VerifyLedgerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.VerifyLedgerResponse:
         self._check(context)
         report = await verify_ledger(self._engine, self._clock)
         return pb.VerifyLedgerResponse(

@@ -87,7 +87,9 @@ class PostgresHoldStore:
 
     @classmethod
     async def connect(cls, dsn: str) -> PostgresHoldStore:
-        return cls(await asyncpg.create_pool(dsn, min_size=2, max_size=20, statement_cache_size=100))
+        return cls(
+            await asyncpg.create_pool(dsn, min_size=2, max_size=20, statement_cache_size=100)
+        )
 
     async def place(self, hold: NewHold) -> int | None:
         row = await self._pool.fetchrow(

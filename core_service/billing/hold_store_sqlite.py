@@ -74,8 +74,13 @@ class SqliteHoldStore:
                 "INSERT INTO credit_holds (id, account_id, amount_nanos, request_id, model, status, "
                 "created_at, expires_at) VALUES (?, ?, ?, ?, ?, 'open', ?, ?)",
                 (
-                    hold.hold_id, hold.account_id, hold.amount_nanos, hold.request_id[:128],
-                    hold.model, _stamp(hold.created_at), _stamp(hold.expires_at),
+                    hold.hold_id,
+                    hold.account_id,
+                    hold.amount_nanos,
+                    hold.request_id[:128],
+                    hold.model,
+                    _stamp(hold.created_at),
+                    _stamp(hold.expires_at),
                 ),
             )
             return None
@@ -108,8 +113,14 @@ class SqliteHoldStore:
                     "amount_nanos, created_at, actor, reason, reference) "
                     "VALUES (?, 'usage', ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        f"usage:{order.hold_id}", account_id, USAGE_REVENUE, charged, now,
-                        request_id, usage_reason(model, settlement), order.hold_id,
+                        f"usage:{order.hold_id}",
+                        account_id,
+                        USAGE_REVENUE,
+                        charged,
+                        now,
+                        request_id,
+                        usage_reason(model, settlement),
+                        order.hold_id,
                     ),
                 )
             db.execute(
@@ -121,8 +132,13 @@ class SqliteHoldStore:
                 "cost_nanos = cost_nanos + excluded.cost_nanos, "
                 "estimated_requests = estimated_requests + excluded.estimated_requests",
                 (
-                    account_id, order.day.isoformat(), model, settlement.prompt_tokens,
-                    settlement.completion_tokens, charged, 1 if settlement.estimated else 0,
+                    account_id,
+                    order.day.isoformat(),
+                    model,
+                    settlement.prompt_tokens,
+                    settlement.completion_tokens,
+                    charged,
+                    1 if settlement.estimated else 0,
                 ),
             )
             return int(charged)

@@ -31,13 +31,17 @@ class Placed:
 
 
 class Holds:
-    def __init__(self, store: HoldStore, engine: AsyncEngine, clock: Clock, *, ttl_seconds: float) -> None:
+    def __init__(
+        self, store: HoldStore, engine: AsyncEngine, clock: Clock, *, ttl_seconds: float
+    ) -> None:
         self._store = store
         self._engine = engine
         self._clock = clock
         self._ttl = timedelta(seconds=ttl_seconds)
 
-    async def place(self, account_id: str, amount_nanos: int, *, request_id: str, model: str) -> Placed:
+    async def place(
+        self, account_id: str, amount_nanos: int, *, request_id: str, model: str
+    ) -> Placed:
         now = self._clock.now()
         hold = NewHold(
             hold_id=new_id("hold"),

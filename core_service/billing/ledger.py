@@ -93,7 +93,9 @@ async def _change_balance(conn: AsyncConnection, account: str, delta: int, purch
         statement = statement.where(Balance.balance_nanos - Balance.held_nanos >= -delta)
     result = await conn.execute(statement)
     if result.rowcount != 1:
-        exists = await conn.scalar(select(Balance.ledger_account).where(Balance.ledger_account == account))
+        exists = await conn.scalar(
+            select(Balance.ledger_account).where(Balance.ledger_account == account)
+        )
         if exists is None:
             raise NotFound(f"No ledger account {account}.")
         raise InsufficientCredits("The available balance does not cover this debit.")
@@ -187,7 +189,10 @@ class Ledger:
         """The account's entries, newest first, `limit` at most, older than `before_id`."""
         statement = (
             select(LedgerEntry)
-            .where((LedgerEntry.debit_account == account_id) | (LedgerEntry.credit_account == account_id))
+            .where(
+                (LedgerEntry.debit_account == account_id)
+                | (LedgerEntry.credit_account == account_id)
+            )
             .order_by(LedgerEntry.id.desc())
             .limit(limit)
         )

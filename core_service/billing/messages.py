@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from kyma.accounting.v1 import accounting_service_pb2 as pb
-
 from core_service.accounts.messages import timestamp
 from core_service.billing.ledger import BalanceView, EntryKind
 from core_service.billing.pricing import nanos_to_usd
 from core_service.db.models import LedgerEntry
+from kyma.accounting.v1 import accounting_service_pb2 as pb
 
 _KINDS = {
     EntryKind.WELCOME_BONUS: pb.LEDGER_ENTRY_KIND_WELCOME_BONUS,

@@ -85,7 +85,13 @@ class Reservation:
 
 
 class Metering:
-    def __init__(self, holds: Holds, tasks: BackgroundTasks, *, counted: Callable[[str], None] = lambda _: None) -> None:
+    def __init__(
+        self,
+        holds: Holds,
+        tasks: BackgroundTasks,
+        *,
+        counted: Callable[[str], None] = lambda _: None,
+    ) -> None:
         self.holds = holds
         self.tasks = tasks
         # Counts hold outcomes for metrics: placed, refused, settled, released.
@@ -103,7 +109,9 @@ class Metering:
         )
         self.counted("refused" if placed.hold_id is None else "placed")
         if placed.hold_id is None:
-            affordable = _affordable_max_tokens(placed.available_nanos, prompt_cost, model, request.choices)
+            affordable = _affordable_max_tokens(
+                placed.available_nanos, prompt_cost, model, request.choices
+            )
             advice = (
                 f"With this prompt your balance affords max_tokens={affordable}."
                 if affordable > 0

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import grpc
-from kyma.billing.v1 import billing_service_pb2 as pb
-from kyma.billing.v1 import billing_service_pb2_grpc as pb_grpc
 
 from core_service.accounts.auth import Authenticator
 from core_service.accounts.store import AccountStore
@@ -14,6 +12,8 @@ from core_service.clock import Clock, SystemClock
 from core_service.errors import Unauthenticated
 from core_service.grpc_errors import translated
 from core_service.grpc_metadata import metadata_value
+from kyma.billing.v1 import billing_service_pb2 as pb
+from kyma.billing.v1 import billing_service_pb2_grpc as pb_grpc
 
 
 class BillingServicer(pb_grpc.BillingServiceServicer):

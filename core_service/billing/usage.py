@@ -39,7 +39,9 @@ class UsageReport:
     async def rows(self, account_id: str, first: date, last: date) -> list[UsageDaily]:
         statement = (
             select(UsageDaily)
-            .where(UsageDaily.account_id == account_id, UsageDaily.day >= first, UsageDaily.day <= last)
+            .where(
+                UsageDaily.account_id == account_id, UsageDaily.day >= first, UsageDaily.day <= last
+            )
             .order_by(UsageDaily.day.desc(), UsageDaily.model)
         )
         async with self._engine.connect() as conn:

@@ -34,29 +34,38 @@ class Verification:
         return not self.problems
 
 
-async def verify_ledger(engine: AsyncEngine, clock: Clock, *, expiry_slack_seconds: float = 60) -> Verification:
+async def verify_ledger(
+    engine: AsyncEngine, clock: Clock, *, expiry_slack_seconds: float = 60
+) -> Verification:
     report = Verification()
     async with engine.connect() as conn:
         report.entries = await conn.scalar(select(func.count()).select_from(LedgerEntry)) or 0
         bad = await conn.scalar(
             select(func.count())
             .select_from(LedgerEntry)
-            .where((LedgerEntry.amount_nanos <= 0) | (LedgerEntry.debit_account == LedgerEntry.credit_account))
+            .where(
+                (LedgerEntry.amount_nanos <= 0)
+                | (LedgerEntry.debit_account == LedgerEntry.credit_account)
+            )
         )
         if bad:
-            report.problems.append(f"{bad} entries with a non-positive amount or one account on both sides")
-
-        credits = (
-            select(
-                LedgerEntry.credit_account.label("account"),
-                LedgerEntry.amount_nanos.label("delta"),
-                case((LedgerEntry.kind == "purchase", LedgerEntry.amount_nanos), else_=0).label("purchased"),
+            report.problems.append(
+                f"{bad} entries with a non-positive amount or one account on both sides"
             )
+
+        credits = select(
+            LedgerEntry.credit_account.label("account"),
+            LedgerEntry.amount_nanos.label("delta"),
+            case((LedgerEntry.kind == "purchase", LedgerEntry.amount_nanos), else_=0).label(
+                "purchased"
+            ),
         )
         debits = select(
             LedgerEntry.debit_account.label("account"),
             (-LedgerEntry.amount_nanos).label("delta"),
-            case((LedgerEntry.kind == "purchase", -LedgerEntry.amount_nanos), else_=0).label("purchased"),
+            case((LedgerEntry.kind == "purchase", -LedgerEntry.amount_nanos), else_=0).label(
+                "purchased"
+            ),
         )
         movements = credits.union_all(debits).subquery()
         replay = {
@@ -104,7 +113,11 @@ async def verify_ledger(engine: AsyncEngine, clock: Clock, *, expiry_slack_secon
                 report.problems.append(f"{account}: entries but no balance row")
 
         usage_entries = (
-            select(LedgerEntry.reference, func.count().label("n"), func.sum(LedgerEntry.amount_nanos).label("total"))
+            select(
+                LedgerEntry.reference,
+                func.count().label("n"),
+                func.sum(LedgerEntry.amount_nanos).label("total"),
+            )
             .where(LedgerEntry.kind == "usage")
             .group_by(LedgerEntry.reference)
             .subquery()
@@ -112,8 +125,13 @@ async def verify_ledger(engine: AsyncEngine, clock: Clock, *, expiry_slack_secon
         holds = (
             await conn.execute(
                 select(
-                    CreditHold.id, CreditHold.status, CreditHold.amount_nanos, CreditHold.charged_nanos,
-                    CreditHold.expires_at, usage_entries.c.n, usage_entries.c.total,
+                    CreditHold.id,
+                    CreditHold.status,
+                    CreditHold.amount_nanos,
+                    CreditHold.charged_nanos,
+                    CreditHold.expires_at,
+                    usage_entries.c.n,
+                    usage_entries.c.total,
                 ).outerjoin(usage_entries, usage_entries.c.reference == CreditHold.id)
             )
         ).all()
@@ -124,12 +142,18 @@ async def verify_ledger(engine: AsyncEngine, clock: Clock, *, expiry_slack_secon
         if hold.status == "settled":
             expected = 1 if (hold.charged_nanos or 0) > 0 else 0
             if entries != expected or charged != (hold.charged_nanos or 0):
-                report.problems.append(f"hold {hold.id}: settled for {hold.charged_nanos} but has {entries} usage entries totalling {charged}")
+                report.problems.append(
+                    f"hold {hold.id}: settled for {hold.charged_nanos} but has {entries} usage entries totalling {charged}"
+                )
             if charged > hold.amount_nanos:
-                report.problems.append(f"hold {hold.id}: charged {charged}, more than its {hold.amount_nanos}")
+                report.problems.append(
+                    f"hold {hold.id}: charged {charged}, more than its {hold.amount_nanos}"
+                )
         elif hold.status in ("released", "expired"):
             if entries:
-                report.problems.append(f"hold {hold.id}: {hold.status} but has {entries} usage entries")
+                report.problems.append(
+                    f"hold {hold.id}: {hold.status} but has {entries} usage entries"
+                )
         elif hold.status == "open":
             if entries:
                 report.problems.append(f"hold {hold.id}: open but already has usage entries")

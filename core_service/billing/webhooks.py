@@ -20,7 +20,6 @@ from decimal import Decimal
 from typing import Any
 
 import stripe
-from kyma.billing.v1 import billing_service_pb2 as pb
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core_service.billing.ledger import (
@@ -34,6 +33,7 @@ from core_service.billing.ledger import (
 from core_service.billing.pricing import NANOS_PER_USD
 from core_service.clock import Clock
 from core_service.errors import InvalidRequest, NotFound, UpstreamUnavailable
+from kyma.billing.v1 import billing_service_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,14 @@ def _paid_session(event: dict[str, Any]) -> PaidSession | None:
         return None
     session_id = session.get("id")
     if not isinstance(session_id, str) or not 0 < len(session_id) <= _MAX_SESSION_ID_CHARS:
-        log.warning("Stripe event %s (%s): the session id is missing or malformed", event_id, event_type)
+        log.warning(
+            "Stripe event %s (%s): the session id is missing or malformed", event_id, event_type
+        )
         return None
     if session.get("mode", "payment") != "payment":
-        log.warning("Stripe Checkout Session %s is not a one-off payment; not crediting", session_id)
+        log.warning(
+            "Stripe Checkout Session %s is not a one-off payment; not crediting", session_id
+        )
         return None
     metadata = session.get("metadata")
     account_id = session.get("client_reference_id") or (
@@ -102,12 +106,16 @@ def _paid_session(event: dict[str, Any]) -> PaidSession | None:
     amount = session.get("amount_total")
     # bool is an int in Python; a JSON true is not an amount.
     if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-        log.warning("Stripe Checkout Session %s has no positive amount_total; not crediting", session_id)
+        log.warning(
+            "Stripe Checkout Session %s has no positive amount_total; not crediting", session_id
+        )
         return None
     currency = session.get("currency")
     if not isinstance(currency, str) or currency.lower() != "usd":
         log.warning(
-            "Stripe Checkout Session %s was paid in %r, not usd; not crediting", session_id, currency
+            "Stripe Checkout Session %s was paid in %r, not usd; not crediting",
+            session_id,
+            currency,
         )
         return None
     return PaidSession(session_id=session_id, account_id=account_id, amount_cents=amount)

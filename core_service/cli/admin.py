@@ -13,10 +13,10 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from kyma.admin.v1 import admin_service_pb2 as pb
-from kyma.admin.v1 import admin_service_pb2_grpc as pb_grpc
 
 from core_service.settings import Settings
+from kyma.admin.v1 import admin_service_pb2 as pb
+from kyma.admin.v1 import admin_service_pb2_grpc as pb_grpc
 
 
 class _Admin:
@@ -133,7 +133,11 @@ def _limits_pin(args: argparse.Namespace) -> int:
     reply = admin.call(admin.stub.PinTier, request)
     limits = reply.limits
     state = "pinned to" if limits.pinned else "follows purchases, now"
-    _print(reply, args.json, f"{args.account_id} {state} tier {limits.tier}: {limits.rpm} RPM, {limits.model_rpm} per model, {limits.tpm} TPM")
+    _print(
+        reply,
+        args.json,
+        f"{args.account_id} {state} tier {limits.tier}: {limits.rpm} RPM, {limits.model_rpm} per model, {limits.tpm} TPM",
+    )
     return 0
 
 
@@ -147,10 +151,18 @@ def _enforce(args: argparse.Namespace) -> int:
     why = _justification(args)
     action = args.action
     if action == "warn":
-        reply = admin.call(admin.stub.WarnAccount, pb.WarnAccountRequest(account_id=args.account_id, message=args.message, justification=why))
+        reply = admin.call(
+            admin.stub.WarnAccount,
+            pb.WarnAccountRequest(
+                account_id=args.account_id, message=args.message, justification=why
+            ),
+        )
         text = f"warned {args.account_id}"
     elif action == "reset-credits":
-        reply = admin.call(admin.stub.ResetCredits, pb.ResetCreditsRequest(account_id=args.account_id, justification=why))
+        reply = admin.call(
+            admin.stub.ResetCredits,
+            pb.ResetCreditsRequest(account_id=args.account_id, justification=why),
+        )
         text = f"credits of {args.account_id} reset: balance {reply.balance.balance.usd} USD, available {reply.balance.available.usd} USD"
     elif action == "suspend":
         until = _parse_until(args.until)
@@ -159,13 +171,22 @@ def _enforce(args: argparse.Namespace) -> int:
         reply = admin.call(admin.stub.SuspendAccount, request)
         text = f"suspended {args.account_id} until {until.isoformat()}"
     elif action == "ban":
-        reply = admin.call(admin.stub.BanAccount, pb.BanAccountRequest(account_id=args.account_id, justification=why))
+        reply = admin.call(
+            admin.stub.BanAccount,
+            pb.BanAccountRequest(account_id=args.account_id, justification=why),
+        )
         text = f"banned {args.account_id}"
     elif action == "unban":
-        reply = admin.call(admin.stub.ReinstateAccount, pb.ReinstateAccountRequest(account_id=args.account_id, justification=why))
+        reply = admin.call(
+            admin.stub.ReinstateAccount,
+            pb.ReinstateAccountRequest(account_id=args.account_id, justification=why),
+        )
         text = f"reinstated {args.account_id}"
     else:
-        reply = admin.call(admin.stub.RevokeReferrals, pb.RevokeReferralsRequest(account_id=args.account_id, justification=why))
+        reply = admin.call(
+            admin.stub.RevokeReferrals,
+            pb.RevokeReferralsRequest(account_id=args.account_id, justification=why),
+        )
         text = f"referral privileges of {args.account_id} revoked"
     _print(reply, args.json, f"{text} (audit entry {reply.audit.id})")
     return 0
@@ -179,7 +200,9 @@ def _parse_until(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise SystemExit("kyma admin: --until takes an ISO time (2026-12-01T00:00Z) or a duration (30m, 12h, 7d)") from None
+        raise SystemExit(
+            "kyma admin: --until takes an ISO time (2026-12-01T00:00Z) or a duration (30m, 12h, 7d)"
+        ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -191,8 +214,10 @@ def _accounts_list(args: argparse.Namespace) -> int:
     reply = admin.call(
         admin.stub.ListAccounts,
         pb.ListAccountsRequest(
-            status=_STATUS_FILTER.get(args.status or "", 0), shared_signals=args.shared_signals,
-            page_size=args.limit, after_id=args.after or "",
+            status=_STATUS_FILTER.get(args.status or "", 0),
+            shared_signals=args.shared_signals,
+            page_size=args.limit,
+            after_id=args.after or "",
         ),
     )
     lines = [
@@ -210,14 +235,23 @@ def _status_name(value: int) -> str:
 
 def _accounts_show(args: argparse.Namespace) -> int:
     admin = _Admin(Settings())
-    reply = admin.call(admin.stub.GetAccountDetails, pb.GetAccountDetailsRequest(account_id=args.account_id))
+    reply = admin.call(
+        admin.stub.GetAccountDetails, pb.GetAccountDetailsRequest(account_id=args.account_id)
+    )
     account = reply.summary.account
     lines = [
         f"{account.id} <{account.email}> {_status_name(account.status)}"
         + (f" ({account.status_reason})" if account.status_reason else ""),
         f"tier {reply.limits.tier}; balance {reply.balance.balance.usd} USD, available {reply.balance.available.usd} USD",
         f"sign-up ip {reply.summary.signup_ip or '-'}, fingerprint {reply.summary.signup_fingerprint or '-'}",
-        "keys: " + (", ".join(f"{k.display_prefix}… {k.name}{' (revoked)' if k.HasField('revoked_at') else ''}" for k in reply.keys) or "none"),
+        "keys: "
+        + (
+            ", ".join(
+                f"{k.display_prefix}… {k.name}{' (revoked)' if k.HasField('revoked_at') else ''}"
+                for k in reply.keys
+            )
+            or "none"
+        ),
         *(f"notice: {n.message}" for n in reply.notices),
         *(f"shares signals with {r.account.id} <{r.account.email}>" for r in reply.related),
     ]
@@ -265,12 +299,14 @@ def _models_reload(args: argparse.Namespace) -> int:
 def _referrals_list(args: argparse.Namespace) -> int:
     admin = _Admin(Settings())
     reply = admin.call(
-        admin.stub.ListAllReferrals, pb.ListAllReferralsRequest(flagged_only=args.flagged, page_size=args.limit)
+        admin.stub.ListAllReferrals,
+        pb.ListAllReferralsRequest(flagged_only=args.flagged, page_size=args.limit),
     )
     statuses = {1: "pending", 2: "verified", 3: "rejected"}
     lines = [
         f"{r.id}  {r.referrer_id} -> {r.referred_id} <{r.referred_email}>  {statuses.get(r.status, '?')}"
-        f"  {r.tokens_used}/{r.tokens_required} tokens" + (f"  FLAGGED: {r.flag_reason}" if r.flagged else "")
+        f"  {r.tokens_used}/{r.tokens_required} tokens"
+        + (f"  FLAGGED: {r.flag_reason}" if r.flagged else "")
         for r in reply.referrals
     ]
     _print(reply, args.json, "\n".join(lines) or "no referrals")
@@ -291,7 +327,11 @@ def _logs_list(args: argparse.Namespace) -> int:
         f"{e.created_at.ToDatetime(tzinfo=UTC).isoformat()}  {e.request_id}  {e.account_id}  {e.model}"
         f"@{e.deployment or '-'}  {e.status}  {e.latency_ms:.0f} ms  {e.prompt_tokens}+{e.completion_tokens} tok"
         f"  {e.cost.usd} USD"
-        + (f"\n  request:  {e.request_body[:500]}\n  response: {e.response_body[:500]}" if args.content else "")
+        + (
+            f"\n  request:  {e.request_body[:500]}\n  response: {e.response_body[:500]}"
+            if args.content
+            else ""
+        )
         for e in reply.logs
     ]
     _print(reply, args.json, "\n".join(lines) or "no request logs")
@@ -306,13 +346,17 @@ def _parse_moment(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise SystemExit("kyma admin: a time is ISO (2026-12-01T00:00Z) or a duration back (30m, 12h, 7d)") from None
+        raise SystemExit(
+            "kyma admin: a time is ISO (2026-12-01T00:00Z) or a duration back (30m, 12h, 7d)"
+        ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _logs_purge(args: argparse.Namespace) -> int:
     admin = _Admin(Settings())
-    reply = admin.call(admin.stub.PurgeRequestLogs, pb.PurgeRequestLogsRequest(dry_run=args.dry_run))
+    reply = admin.call(
+        admin.stub.PurgeRequestLogs, pb.PurgeRequestLogsRequest(dry_run=args.dry_run)
+    )
     verb = "would remove" if args.dry_run else "removed"
     cutoff = reply.cutoff.ToDatetime(tzinfo=UTC).isoformat()
     partitions = f", partitions {', '.join(reply.partitions)}" if reply.partitions else ""
@@ -347,7 +391,9 @@ def add_commands(commands: Any) -> None:
         command = account_commands.add_parser(name, help=help_text)
         command.add_argument("account_id")
         command.add_argument("--reason", required=True, help="why (recorded in the audit log)")
-        command.add_argument("--actor", default=os.environ.get("USER", "admin"), help="who is acting")
+        command.add_argument(
+            "--actor", default=os.environ.get("USER", "admin"), help="who is acting"
+        )
         command.add_argument("--json", action="store_true")
         command.set_defaults(run=_run(_enforce))
         return command
@@ -363,22 +409,32 @@ def add_commands(commands: Any) -> None:
 
     listing = account_commands.add_parser("list", help="accounts, newest first")
     listing.add_argument("--status", choices=sorted(_STATUS_FILTER))
-    listing.add_argument("--shared-signals", action="store_true", help="only accounts sharing a sign-up IP or fingerprint")
+    listing.add_argument(
+        "--shared-signals",
+        action="store_true",
+        help="only accounts sharing a sign-up IP or fingerprint",
+    )
     listing.add_argument("--limit", type=int, default=100)
     listing.add_argument("--after", help="page on after this account id")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=_run(_accounts_list))
-    show = account_commands.add_parser("show", help="one account: balance, keys, notices, related accounts")
+    show = account_commands.add_parser(
+        "show", help="one account: balance, keys, notices, related accounts"
+    )
     show.add_argument("account_id")
     show.add_argument("--json", action="store_true")
     show.set_defaults(run=_run(_accounts_show))
 
     models = groups.add_parser("models", help="the model catalogue and its deployments")
     model_commands = models.add_subparsers(dest="action", required=True)
-    status = model_commands.add_parser("status", help="breaker state, load and latency of every deployment (this node)")
+    status = model_commands.add_parser(
+        "status", help="breaker state, load and latency of every deployment (this node)"
+    )
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=_run(_models_status))
-    reload = model_commands.add_parser("reload", help="read the catalogue file again (a bad file changes nothing)")
+    reload = model_commands.add_parser(
+        "reload", help="read the catalogue file again (a bad file changes nothing)"
+    )
     reload.add_argument("--json", action="store_true")
     reload.set_defaults(run=_run(_models_reload))
 
@@ -398,7 +454,9 @@ def add_commands(commands: Any) -> None:
     log_list.add_argument("--since", help="ISO time or a duration back: 30m, 12h, 7d")
     log_list.add_argument("--until", help="ISO time or a duration back")
     log_list.add_argument("--limit", type=int, default=100)
-    log_list.add_argument("--content", action="store_true", help="show request and response content")
+    log_list.add_argument(
+        "--content", action="store_true", help="show request and response content"
+    )
     log_list.add_argument("--json", action="store_true")
     log_list.set_defaults(run=_run(_logs_list))
     purge = log_commands.add_parser("purge", help="remove logs older than the retention window now")
@@ -432,7 +490,9 @@ def add_commands(commands: Any) -> None:
     show.add_argument("--model", help="also count this model's per-model requests")
     show.add_argument("--json", action="store_true")
     show.set_defaults(run=_run(_limits_show))
-    pin = limit_commands.add_parser("pin-tier", help="hold an account at a tier ('none': follow purchases)")
+    pin = limit_commands.add_parser(
+        "pin-tier", help="hold an account at a tier ('none': follow purchases)"
+    )
     pin.add_argument("account_id")
     pin.add_argument("tier")
     pin.add_argument("--json", action="store_true")
@@ -441,7 +501,8 @@ def add_commands(commands: Any) -> None:
     ledger = groups.add_parser("ledger", help="the credit ledger")
     ledger_commands = ledger.add_subparsers(dest="action", required=True)
     verify = ledger_commands.add_parser(
-        "verify", help="prove balances equal their entries and every hold ended once (exit 2 if not)"
+        "verify",
+        help="prove balances equal their entries and every hold ended once (exit 2 if not)",
     )
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(run=_run(_ledger_verify))

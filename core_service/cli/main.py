@@ -73,7 +73,9 @@ def _test_upstream(argv: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kyma", description="Kyma: one OpenAI-compatible endpoint for open-source models.")
+    parser = argparse.ArgumentParser(
+        prog="kyma", description="Kyma: one OpenAI-compatible endpoint for open-source models."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run Kyma (core and bridge, or one of them)")
     serve.add_argument("part", nargs="?", choices=["all", "core", "bridge"], default="all")

@@ -81,7 +81,9 @@ class LedgerEntry(Base):
 
     __tablename__ = "ledger_entries"
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
     kind: Mapped[str] = mapped_column(String(32))
     debit_account: Mapped[str] = mapped_column(String(64))
@@ -177,7 +179,9 @@ class AccountNotice(Base):
 
     __tablename__ = "account_notices"
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     message: Mapped[str] = mapped_column(String(2000))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -190,7 +194,9 @@ class AuditEntry(Base):
 
     __tablename__ = "audit_log"
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     actor: Mapped[str] = mapped_column(String(100))
     action: Mapped[str] = mapped_column(String(40))
     account_id: Mapped[str | None] = mapped_column(String(32), default=None)
@@ -217,4 +223,7 @@ class Referral(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
-    __table_args__ = (Index("ix_referrals_referrer_id", "referrer_id"), Index("ix_referrals_status", "status"))
+    __table_args__ = (
+        Index("ix_referrals_referrer_id", "referrer_id"),
+        Index("ix_referrals_status", "status"),
+    )

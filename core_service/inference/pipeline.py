@@ -135,7 +135,10 @@ class InferencePipeline:
             )
         if request.choices > MAX_CHOICES:
             raise InvalidRequest(f"'n' is at most {MAX_CHOICES}.", param="n")
-        if request.max_output_tokens is not None and request.max_output_tokens > model.context_window:
+        if (
+            request.max_output_tokens is not None
+            and request.max_output_tokens > model.context_window
+        ):
             raise InvalidRequest(
                 f"max_tokens × n ({request.max_output_tokens}) is more than '{model.name}' can write "
                 f"(its context window is {model.context_window} tokens).",
@@ -149,7 +152,9 @@ class InferencePipeline:
             raise
         self._observer.limited(True)
         try:
-            reservation = await self._metering.reserve(principal, request, model, observation.request_id)
+            reservation = await self._metering.reserve(
+                principal, request, model, observation.request_id
+            )
         except InsufficientCredits:
             self._limiter.give_back(admission)
             raise

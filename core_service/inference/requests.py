@@ -55,7 +55,9 @@ def _require(body: dict[str, Any], field: str, what: str) -> Any:
     return value
 
 
-def parse_request(endpoint: Endpoint, raw: bytes, *, stream: bool | None = None) -> InferenceRequest:
+def parse_request(
+    endpoint: Endpoint, raw: bytes, *, stream: bool | None = None
+) -> InferenceRequest:
     """Parse and check `raw`. `stream` forces streaming on or off (the RPC decides, not the body)."""
     try:
         body = orjson.loads(raw)

@@ -65,7 +65,9 @@ class RequestLogQuery:
         if since is not None and until is not None and since > until:
             raise InvalidRequest("'since' must not be after 'until'.", param="since")
         table = _request_logs
-        statement = sa.select(table).order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit)
+        statement = (
+            sa.select(table).order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit)
+        )
         if account_id is not None:
             statement = statement.where(table.c.account_id == account_id)
         if request_id is not None:

@@ -73,11 +73,13 @@ async def ensure_day_partitions(engine: AsyncEngine, days: Iterable[date]) -> li
         for day in sorted(wanted - existing.keys()):
             name = partition_name(day)
             # Names and bounds come from a date, never from input: safe to format in.
-            await conn.execute(text(
-                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF request_logs "
-                f"FOR VALUES FROM ('{day.isoformat()} 00:00:00') "
-                f"TO ('{(day + timedelta(days=1)).isoformat()} 00:00:00')"
-            ))
+            await conn.execute(
+                text(
+                    f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF request_logs "
+                    f"FOR VALUES FROM ('{day.isoformat()} 00:00:00') "
+                    f"TO ('{(day + timedelta(days=1)).isoformat()} 00:00:00')"
+                )
+            )
             created.append(name)
     if created:
         log.info("created request log partitions %s", ", ".join(created))
@@ -123,7 +125,8 @@ class LogRetention:
         async with self._engine.connect() as conn:
             partitions = await _partitions(conn)
         expired = [
-            name for day, name in sorted(partitions.items())
+            name
+            for day, name in sorted(partitions.items())
             if datetime.combine(day + timedelta(days=1), time()) <= naive_cutoff
         ]
         rows = 0
@@ -132,7 +135,9 @@ class LogRetention:
             async with self._engine.begin() as conn:
                 await conn.execute(text(f"SET LOCAL lock_timeout = '{_DDL_LOCK_TIMEOUT}'"))
                 if not dry_run:
-                    await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PARTITION_LOCK_ID})
+                    await conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PARTITION_LOCK_ID}
+                    )
                     if name not in (await _partitions(conn)).values():
                         continue  # another node dropped it first
                 # `name` matched _PARTITION_NAME: safe to format in.
@@ -142,7 +147,12 @@ class LogRetention:
             rows += int(count)
             dropped.append(name)
         if dropped and not dry_run:
-            log.info("purged request logs before %s: dropped %s (%d rows)", cutoff.isoformat(), ", ".join(dropped), rows)
+            log.info(
+                "purged request logs before %s: dropped %s (%d rows)",
+                cutoff.isoformat(),
+                ", ".join(dropped),
+                rows,
+            )
         return PurgeReport(rows=rows, partitions=dropped, cutoff=cutoff)
 
     async def _delete_rows(self, cutoff: datetime, dry_run: bool) -> PurgeReport:

@@ -39,21 +39,47 @@ _NO_PARTITION_SQLSTATE = "23514"
 
 def _postgres_record(entry: RequestLogEntry) -> tuple[Any, ...]:
     return (
-        entry.id, entry.created_at.astimezone(UTC).replace(tzinfo=None), entry.request_id,
-        entry.account_id, entry.key_id, entry.endpoint, entry.model, entry.deployment, entry.status,
-        float(entry.latency_ms), None if entry.ttft_ms is None else float(entry.ttft_ms),
-        int(entry.prompt_tokens), int(entry.completion_tokens), int(entry.cost_nanos),
-        bool(entry.estimated), bool(entry.stream), entry.request_body, entry.response_body,
+        entry.id,
+        entry.created_at.astimezone(UTC).replace(tzinfo=None),
+        entry.request_id,
+        entry.account_id,
+        entry.key_id,
+        entry.endpoint,
+        entry.model,
+        entry.deployment,
+        entry.status,
+        float(entry.latency_ms),
+        None if entry.ttft_ms is None else float(entry.ttft_ms),
+        int(entry.prompt_tokens),
+        int(entry.completion_tokens),
+        int(entry.cost_nanos),
+        bool(entry.estimated),
+        bool(entry.stream),
+        entry.request_body,
+        entry.response_body,
     )
 
 
 def _sqlite_record(entry: RequestLogEntry) -> tuple[Any, ...]:
     return (
-        entry.id, sqlite_timestamp(entry.created_at), entry.request_id,
-        entry.account_id, entry.key_id, entry.endpoint, entry.model, entry.deployment, entry.status,
-        float(entry.latency_ms), None if entry.ttft_ms is None else float(entry.ttft_ms),
-        int(entry.prompt_tokens), int(entry.completion_tokens), int(entry.cost_nanos),
-        1 if entry.estimated else 0, 1 if entry.stream else 0, entry.request_body, entry.response_body,
+        entry.id,
+        sqlite_timestamp(entry.created_at),
+        entry.request_id,
+        entry.account_id,
+        entry.key_id,
+        entry.endpoint,
+        entry.model,
+        entry.deployment,
+        entry.status,
+        float(entry.latency_ms),
+        None if entry.ttft_ms is None else float(entry.ttft_ms),
+        int(entry.prompt_tokens),
+        int(entry.completion_tokens),
+        int(entry.cost_nanos),
+        1 if entry.estimated else 0,
+        1 if entry.stream else 0,
+        entry.request_body,
+        entry.response_body,
     )
 
 
@@ -182,7 +208,9 @@ class RequestLogWriter:
 
     async def start(self) -> None:
         if self._task is None and not self._closed:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="request-log-writer")
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="request-log-writer"
+            )
             self._task.add_done_callback(self._task_ended)
 
     async def stop(self, timeout: float) -> None:
@@ -237,15 +265,20 @@ class RequestLogWriter:
                 if not failing:
                     log.warning(
                         "writing %d request log entries failed (%s); retrying with backoff",
-                        len(self._inflight), _describe(exc),
+                        len(self._inflight),
+                        _describe(exc),
                     )
                     failing = True
-                await asyncio.sleep(min(backoff, _MAX_BACKOFF_STOPPING) if self._stopping else backoff)
+                await asyncio.sleep(
+                    min(backoff, _MAX_BACKOFF_STOPPING) if self._stopping else backoff
+                )
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 self._report_drops()
                 continue
             if failing:
-                log.info("request log writes recovered after %d failed attempts", self._failed_batches)
+                log.info(
+                    "request log writes recovered after %d failed attempts", self._failed_batches
+                )
                 failing = False
             backoff = _FIRST_BACKOFF
 
@@ -271,7 +304,10 @@ class RequestLogWriter:
                         stack.append([clean])
                     else:
                         self._rejected += 1
-                        log.warning("request log entry refused by the database (%s); skipped", _describe(exc))
+                        log.warning(
+                            "request log entry refused by the database (%s); skipped",
+                            _describe(exc),
+                        )
                     continue
                 stack.pop()
                 self._written += len(part)
@@ -321,11 +357,15 @@ class RequestLogWriter:
         if self._dropped == self._dropped_reported:
             return
         now = self._clock.monotonic()
-        if self._dropped_reported_at is not None and now - self._dropped_reported_at < _REPORT_EVERY:
+        if (
+            self._dropped_reported_at is not None
+            and now - self._dropped_reported_at < _REPORT_EVERY
+        ):
             return
         log.warning(
             "request log buffer full: %d entries dropped (%d in all)",
-            self._dropped - self._dropped_reported, self._dropped,
+            self._dropped - self._dropped_reported,
+            self._dropped,
         )
         self._dropped_reported = self._dropped
         self._dropped_reported_at = now

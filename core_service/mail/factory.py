@@ -42,7 +42,9 @@ def mailer_from_url(url: str | None, *, sender: str, logger: logging.Logger) -> 
         return FileMailer(_file_directory(url, parts), sender=sender)
     if scheme in ("smtp", "smtps"):
         return _smtp_mailer(url, parts, sender=sender, logger=logger)
-    raise _invalid(url, "expected log:, file:///absolute/dir, smtp://host[:port] or smtps://host[:port]")
+    raise _invalid(
+        url, "expected log:, file:///absolute/dir, smtp://host[:port] or smtps://host[:port]"
+    )
 
 
 def redact_url(url: str) -> str:
@@ -72,7 +74,9 @@ def _file_directory(url: str, parts: SplitResult) -> pathlib.Path:
     return pathlib.Path(path)
 
 
-def _smtp_mailer(url: str, parts: SplitResult, *, sender: str, logger: logging.Logger) -> SmtpMailer:
+def _smtp_mailer(
+    url: str, parts: SplitResult, *, sender: str, logger: logging.Logger
+) -> SmtpMailer:
     implicit_tls = parts.scheme.lower() == "smtps"
     try:
         host = parts.hostname

@@ -63,8 +63,9 @@ class FileMailer:
                     os.unlink(temp)
                 raise
         except OSError as exc:
-            raise MailError(f"could not write mail to {self._directory}: {exc.strerror or exc}") from None
+            raise MailError(
+                f"could not write mail to {self._directory}: {exc.strerror or exc}"
+            ) from None
 
     async def close(self) -> None:
         pass
-

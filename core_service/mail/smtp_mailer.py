@@ -90,7 +90,8 @@ class SmtpMailer:
             self._fail(f"login as {self._username!r} refused: {_reply(exc)}")
         except smtplib.SMTPRecipientsRefused as exc:
             refused = "; ".join(
-                f"{rcpt}: {_reply_text(code, text)}" for rcpt, (code, text) in exc.recipients.items()
+                f"{rcpt}: {_reply_text(code, text)}"
+                for rcpt, (code, text) in exc.recipients.items()
             )
             self._fail(f"recipient refused: {refused}")
         except smtplib.SMTPSenderRefused as exc:

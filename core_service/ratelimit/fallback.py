@@ -124,7 +124,9 @@ class FallbackRateLimitStore:
     async def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None:
         if self._should_try_primary():
             try:
-                token = await self._on_primary(lambda: self._primary.acquire_slot(key, limit, ttl_s))
+                token = await self._on_primary(
+                    lambda: self._primary.acquire_slot(key, limit, ttl_s)
+                )
             except _PRIMARY_ERRORS as error:
                 self._enter_degraded(error)
             else:
@@ -141,7 +143,9 @@ class FallbackRateLimitStore:
         if self._degraded:
             return  # Redis expires the slot by itself
         try:
-            await self._on_primary(lambda: self._primary.release_slot(key, token.removeprefix(_PRIMARY_TOKEN)))
+            await self._on_primary(
+                lambda: self._primary.release_slot(key, token.removeprefix(_PRIMARY_TOKEN))
+            )
         except _PRIMARY_ERRORS as error:
             self._enter_degraded(error)
 

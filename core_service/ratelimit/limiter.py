@@ -59,7 +59,9 @@ def _refusal_message(decision: Decision, principal: Principal, model: str, token
             f"tier's limit of {principal.tier.tpm} tokens per minute. Lower max_tokens."
         )
     names = ("requests per minute", f"requests per minute for {model}", "tokens per minute")
-    which = [name for name, state in zip(names, decision.states, strict=True) if state.retry_after_s]
+    which = [
+        name for name, state in zip(names, decision.states, strict=True) if state.retry_after_s
+    ]
     return (
         f"Rate limit reached for {' and '.join(which)} (tier {principal.tier.tier}: "
         f"{principal.tier.rpm} RPM, {principal.tier.model_rpm} per model, {principal.tier.tpm} TPM). "
@@ -77,7 +79,9 @@ class Admission:
 
 
 class AccountLimiter:
-    def __init__(self, store: RateLimitStore, tasks: BackgroundTasks, *, shared: Callable[[], bool]) -> None:
+    def __init__(
+        self, store: RateLimitStore, tasks: BackgroundTasks, *, shared: Callable[[], bool]
+    ) -> None:
         self._store = store
         self._tasks = tasks
         self._shared = shared
@@ -173,7 +177,11 @@ class DeploymentGate:
 
     def leave(self, model: Model, ticket: Ticket, actual_tokens: int | None) -> None:
         if ticket.slot is not None:
-            store, key, slot = self._store, self._key(model, ticket.deployment, "slots"), ticket.slot
+            store, key, slot = (
+                self._store,
+                self._key(model, ticket.deployment, "slots"),
+                ticket.slot,
+            )
             self._tasks.spawn(f"release {key}", lambda: store.release_slot(key, slot))
         if ticket.token_limit is not None and actual_tokens is not None:
             delta = actual_tokens - ticket.token_limit.cost

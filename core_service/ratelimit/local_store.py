@@ -114,7 +114,12 @@ class InProcessRateLimitStore:
                     retry = retry_after_s(items, second, excess, totals[limit.key], limit.limit)
             states.append(
                 limit_state(
-                    limit.key, limit.limit, used=used[limit.key], newest=newest, at_ms=at_ms, refused_retry_s=retry
+                    limit.key,
+                    limit.limit,
+                    used=used[limit.key],
+                    newest=newest,
+                    at_ms=at_ms,
+                    refused_retry_s=retry,
                 )
             )
         return Decision(admitted=admitted, second=second, states=tuple(states))
@@ -138,7 +143,11 @@ class InProcessRateLimitStore:
             counter = self._counters.get(limit.key)
             states.append(
                 limit_state(
-                    limit.key, limit.limit, used=used, newest=counter.newest() if counter else None, at_ms=at_ms
+                    limit.key,
+                    limit.limit,
+                    used=used,
+                    newest=counter.newest() if counter else None,
+                    at_ms=at_ms,
                 )
             )
         return tuple(states)
@@ -199,5 +208,7 @@ class InProcessRateLimitStore:
         if now - self._slots_swept_at < WINDOW_S:
             return
         self._slots_swept_at = now
-        for key in [key for key, held in self._slots.items() if all(e <= now for e in held.values())]:
+        for key in [
+            key for key, held in self._slots.items() if all(e <= now for e in held.values())
+        ]:
             del self._slots[key]

@@ -140,7 +140,9 @@ def _escape(key: str) -> str:
 
 
 class RedisRateLimitStore:
-    def __init__(self, redis: redis.asyncio.Redis, clock: Clock, *, key_prefix: str = "kyma:rl:") -> None:
+    def __init__(
+        self, redis: redis.asyncio.Redis, clock: Clock, *, key_prefix: str = "kyma:rl:"
+    ) -> None:
         self._redis = redis
         self._clock = clock
         self._prefix = key_prefix
@@ -200,7 +202,9 @@ class RedisRateLimitStore:
         floor = window_floor(now_ms(self._clock) // 1000)
         if second < floor:
             return
-        await self._adjust(keys=[self._window_key(key)], args=[floor, second, delta, _BUCKETS_TTL_S])
+        await self._adjust(
+            keys=[self._window_key(key)], args=[floor, second, delta, _BUCKETS_TTL_S]
+        )
 
     async def peek(self, limits: Sequence[Limit]) -> tuple[LimitState, ...]:
         at_ms = now_ms(self._clock)
@@ -214,10 +218,18 @@ class RedisRateLimitStore:
             replies = await pipe.execute()
         seen: dict[str, tuple[int, int | None]] = {}
         for key, fields in zip(keys, replies, strict=True):
-            counted = [(int(s), int(c)) for s, c in fields.items() if int(s) >= floor and int(c) > 0]
+            counted = [
+                (int(s), int(c)) for s, c in fields.items() if int(s) >= floor and int(c) > 0
+            ]
             seen[key] = (sum(c for _, c in counted), max((s for s, _ in counted), default=None))
         return tuple(
-            limit_state(limit.key, limit.limit, used=seen[limit.key][0], newest=seen[limit.key][1], at_ms=at_ms)
+            limit_state(
+                limit.key,
+                limit.limit,
+                used=seen[limit.key][0],
+                newest=seen[limit.key][1],
+                at_ms=at_ms,
+            )
             for limit in limits
         )
 

@@ -66,11 +66,15 @@ _MS = timedelta(milliseconds=1)
 class Limit:
     key: str  # a counter, e.g. "acct:<id>:rpm", "acct:<id>:model:<name>:rpm", "dep:<name>:rpm"
     limit: int  # max admitted within any rolling 60 s window
-    cost: int  # what this request adds (1 for request counters, tokens for token counters); may be 0
+    cost: (
+        int  # what this request adds (1 for request counters, tokens for token counters); may be 0
+    )
 
     def __post_init__(self) -> None:
         if self.limit < 0 or self.cost < 0:
-            raise ValueError(f"limit and cost must be >= 0, got limit={self.limit} cost={self.cost}")
+            raise ValueError(
+                f"limit and cost must be >= 0, got limit={self.limit} cost={self.cost}"
+            )
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,9 @@ def reset_ms(newest: int | None, at_ms: int) -> int:
     return max(0, (newest + WINDOW_S) * 1000 - at_ms)
 
 
-def retry_after_s(buckets: Iterable[tuple[int, int]], second: int, excess: int, cost: int, limit: int) -> int:
+def retry_after_s(
+    buckets: Iterable[tuple[int, int]], second: int, excess: int, cost: int, limit: int
+) -> int:
     """Seconds until `excess` (= used + cost - limit > 0) has dropped out of the window.
 
     `buckets` are (second, count) pairs in the window, oldest first. Bucket ``b`` stops counting at

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from kyma.accounting.v1 import accounting_service_pb2 as pb
-
 from core_service.accounts.messages import timestamp
 from core_service.referrals.program import ReferralView, mask_email
+from kyma.accounting.v1 import accounting_service_pb2 as pb
 
 _STATUS = {
     "pending": pb.REFERRAL_STATUS_PENDING,
@@ -14,7 +13,9 @@ _STATUS = {
 }
 
 
-def referral_message(view: ReferralView, *, tokens_required: int, reveal: bool = False) -> pb.Referral:
+def referral_message(
+    view: ReferralView, *, tokens_required: int, reveal: bool = False
+) -> pb.Referral:
     return pb.Referral(
         id=view.id,
         referred_email=view.referred_email if reveal else mask_email(view.referred_email),

@@ -70,7 +70,9 @@ class ReferralProgram:
             return
         normal = referral_codes.normalize(code)
         async with self._engine.connect() as conn:
-            found = normal and await conn.scalar(select(Account.id).where(Account.referral_code == normal))
+            found = normal and await conn.scalar(
+                select(Account.id).where(Account.referral_code == normal)
+            )
         if not found:
             raise InvalidRequest("That referral code does not exist.", param="referral_code")
 
@@ -81,9 +83,13 @@ class ReferralProgram:
             return
         referrer = (
             await conn.execute(
-                select(Account.id, Account.email_canonical, Account.signup_ip,
-                       Account.signup_fingerprint, Account.referrals_revoked)
-                .where(Account.referral_code == normal)
+                select(
+                    Account.id,
+                    Account.email_canonical,
+                    Account.signup_ip,
+                    Account.signup_fingerprint,
+                    Account.referrals_revoked,
+                ).where(Account.referral_code == normal)
             )
         ).one_or_none()
         if referrer is None:
@@ -93,7 +99,10 @@ class ReferralProgram:
             reason = "self-referral"
         elif referred.signup_ip and referrer.signup_ip == referred.signup_ip:
             reason = "same sign-up IP as the referrer"
-        elif referred.signup_fingerprint and referrer.signup_fingerprint == referred.signup_fingerprint:
+        elif (
+            referred.signup_fingerprint
+            and referrer.signup_fingerprint == referred.signup_fingerprint
+        ):
             reason = "same client fingerprint as the referrer"
         elif referrer.referrals_revoked:
             reason = "the referrer's referral privileges are revoked"
@@ -112,7 +121,9 @@ class ReferralProgram:
     @staticmethod
     def _tokens_used():  # type: ignore[no-untyped-def]
         return (
-            select(func.coalesce(func.sum(UsageDaily.prompt_tokens + UsageDaily.completion_tokens), 0))
+            select(
+                func.coalesce(func.sum(UsageDaily.prompt_tokens + UsageDaily.completion_tokens), 0)
+            )
             .where(UsageDaily.account_id == Referral.referred_id)
             .correlate(Referral)
             .scalar_subquery()
@@ -127,7 +138,10 @@ class ReferralProgram:
             due = (
                 await conn.scalars(
                     select(Referral.id)
-                    .where(Referral.status == "pending", self._tokens_used() >= self.policy.tokens_required)
+                    .where(
+                        Referral.status == "pending",
+                        self._tokens_used() >= self.policy.tokens_required,
+                    )
                     .limit(batch)
                 )
             ).all()
@@ -150,11 +164,16 @@ class ReferralProgram:
             ).one_or_none()
             if row is None:
                 return False  # another node got there first
-            revoked = await conn.scalar(select(Account.referrals_revoked).where(Account.id == row.referrer_id))
+            revoked = await conn.scalar(
+                select(Account.referrals_revoked).where(Account.id == row.referrer_id)
+            )
             if revoked:
                 await conn.execute(
-                    update(Referral).where(Referral.id == referral_id).values(
-                        status="rejected", flagged=True,
+                    update(Referral)
+                    .where(Referral.id == referral_id)
+                    .values(
+                        status="rejected",
+                        flagged=True,
                         flag_reason="the referrer's referral privileges are revoked",
                     )
                 )
@@ -176,9 +195,15 @@ class ReferralProgram:
                 )
         return True
 
-    async def list(self, *, referrer_id: str | None = None, flagged_only: bool = False, limit: int = 200) -> list[ReferralView]:
+    async def list(
+        self, *, referrer_id: str | None = None, flagged_only: bool = False, limit: int = 200
+    ) -> list[ReferralView]:
         statement = (
-            select(Referral, Account.email.label("referred_email"), self._tokens_used().label("tokens_used"))
+            select(
+                Referral,
+                Account.email.label("referred_email"),
+                self._tokens_used().label("tokens_used"),
+            )
             .join(Account, Account.id == Referral.referred_id)
             .order_by(Referral.created_at.desc())
             .limit(limit)
@@ -191,9 +216,15 @@ class ReferralProgram:
             rows = (await conn.execute(statement)).all()
         return [
             ReferralView(
-                id=r.id, referrer_id=r.referrer_id, referred_id=r.referred_id,
-                referred_email=r.referred_email, status=r.status, flagged=r.flagged,
-                flag_reason=r.flag_reason, created_at=r.created_at, verified_at=r.verified_at,
+                id=r.id,
+                referrer_id=r.referrer_id,
+                referred_id=r.referred_id,
+                referred_email=r.referred_email,
+                status=r.status,
+                flagged=r.flagged,
+                flag_reason=r.flag_reason,
+                created_at=r.created_at,
+                verified_at=r.verified_at,
                 tokens_used=int(r.tokens_used),
             )
             for r in rows

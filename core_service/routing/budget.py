@@ -9,7 +9,9 @@ from core_service.clock import Clock
 
 
 class RetryBudget:
-    def __init__(self, clock: Clock, *, ratio: float = 0.2, floor_per_second: float = 1.0, cap: float = 100.0) -> None:
+    def __init__(
+        self, clock: Clock, *, ratio: float = 0.2, floor_per_second: float = 1.0, cap: float = 100.0
+    ) -> None:
         self._clock = clock
         self._ratio = ratio
         self._floor = floor_per_second

@@ -69,8 +69,10 @@ class DeploymentHealth:
         self.cooldown = 0.0
         if latency is not None:
             alpha = self.policy.ewma_alpha
-            self.latency_ewma = latency if self.latency_ewma is None else (
-                alpha * latency + (1 - alpha) * self.latency_ewma
+            self.latency_ewma = (
+                latency
+                if self.latency_ewma is None
+                else (alpha * latency + (1 - alpha) * self.latency_ewma)
             )
 
     def failed(self, now: float, error: str, *, retry_after: float | None = None) -> None:

@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 
 
 class Prober:
-    def __init__(self, router: Router, catalog: CatalogHolder, transports: UpstreamTransports) -> None:
+    def __init__(
+        self, router: Router, catalog: CatalogHolder, transports: UpstreamTransports
+    ) -> None:
         self._router = router
         self._catalog = catalog
         self._transports = transports
@@ -35,13 +37,23 @@ class Prober:
             headers["authorization"] = f"Bearer {deployment.api_key.get_secret_value()}"
         timeouts = deployment.timeouts
         request = httpx.Request(
-            "GET", url, headers=headers,
-            extensions={"timeout": {"connect": timeouts.connect, "read": timeouts.first_token,
-                                    "write": timeouts.connect, "pool": timeouts.connect}},
+            "GET",
+            url,
+            headers=headers,
+            extensions={
+                "timeout": {
+                    "connect": timeouts.connect,
+                    "read": timeouts.first_token,
+                    "write": timeouts.connect,
+                    "pool": timeouts.connect,
+                }
+            },
         )
         try:
             async with asyncio.timeout(timeouts.connect + timeouts.first_token):
-                response = await self._transports.for_url(url, stream=False).handle_async_request(request)
+                response = await self._transports.for_url(url, stream=False).handle_async_request(
+                    request
+                )
                 try:
                     await response.aread()
                 finally:

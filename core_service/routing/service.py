@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import grpc
-from kyma.routing.v1 import routing_service_pb2 as pb
-from kyma.routing.v1 import routing_service_pb2_grpc as pb_grpc
 
 from core_service.accounts.auth import Authenticator
 from core_service.catalog import CatalogHolder, Model
 from core_service.grpc_errors import translated
 from core_service.grpc_metadata import metadata_value
+from kyma.routing.v1 import routing_service_pb2 as pb
+from kyma.routing.v1 import routing_service_pb2_grpc as pb_grpc
 
 
 def model_message(model: Model) -> pb.Model:
@@ -33,11 +33,15 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
         self._catalog = catalog
 
     @translated
-    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
         await self._authenticator.authenticate(metadata_value(context, "authorization"))
         return pb.ListModelsResponse(models=[model_message(m) for m in self._catalog.models()])
 
     @translated
-    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.GetModelResponse:
+    async def GetModel(
+        self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelResponse:
         await self._authenticator.authenticate(metadata_value(context, "authorization"))
         return pb.GetModelResponse(model=model_message(self._catalog.get(request.id)))

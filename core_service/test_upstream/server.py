@@ -53,7 +53,8 @@ _SSE_HEADERS = [
 ]
 _MODEL_PATH_PREFIX = f"{API_ROOT}/models/"
 _KNOWN_PATHS = frozenset(
-    f"{API_ROOT}{endpoint}" for endpoint in ("/chat/completions", "/completions", "/embeddings", "/models")
+    f"{API_ROOT}{endpoint}"
+    for endpoint in ("/chat/completions", "/completions", "/embeddings", "/models")
 )
 
 
@@ -405,7 +406,9 @@ def _authorized(scope: Scope, api_key: str) -> bool:
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, token = value.partition(b" ")
-            return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), api_key.encode())
+            return scheme.lower() == b"bearer" and hmac.compare_digest(
+                token.strip(), api_key.encode()
+            )
     return False
 
 
@@ -427,7 +430,9 @@ async def _client_left(work: Awaitable[None], receive: Receive) -> bool:
     return True
 
 
-def build_app(config: UpstreamConfig | None = None, *, model: FakeModel | None = None) -> UpstreamApp:
+def build_app(
+    config: UpstreamConfig | None = None, *, model: FakeModel | None = None
+) -> UpstreamApp:
     return UpstreamApp(config if config is not None else UpstreamConfig(), model=model)
 
 
@@ -442,8 +447,12 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, UpstreamCon
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before response headers")
-    parser.add_argument("--tokens-per-second", type=float, default=0.0, help="stream pacing; 0 = unpaced")
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="delay before response headers"
+    )
+    parser.add_argument(
+        "--tokens-per-second", type=float, default=0.0, help="stream pacing; 0 = unpaced"
+    )
     parser.add_argument("--error-rate", type=float, default=0.0, help="share of requests failing")
     parser.add_argument("--error-status", type=int, default=500, help="status of injected failures")
     parser.add_argument("--rate-limit-rate", type=float, default=0.0, help="share answered 429")
@@ -451,7 +460,9 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, UpstreamCon
     parser.add_argument(
         "--drop-stream-after", type=int, default=None, help="cut streams after this many tokens"
     )
-    parser.add_argument("--require-api-key", default=None, help="demand 'Authorization: Bearer KEY'")
+    parser.add_argument(
+        "--require-api-key", default=None, help="demand 'Authorization: Bearer KEY'"
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault draws")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:

@@ -35,7 +35,7 @@ class _Body(httpx.AsyncByteStream):
         try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _translate(exc, self._request) from exc
 
     async def aclose(self) -> None:
@@ -84,7 +84,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 timeout=timeout,
                 allow_redirects=False,
             )
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _translate(exc, request) from exc
         return httpx.Response(
             response.status,

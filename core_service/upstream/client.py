@@ -67,7 +67,9 @@ def _upstream_message(body: bytes) -> str | None:
     return message if isinstance(message, str) else None
 
 
-def failure_for_status(deployment: Deployment, response: httpx.Response, body: bytes) -> UpstreamFailure:
+def failure_for_status(
+    deployment: Deployment, response: httpx.Response, body: bytes
+) -> UpstreamFailure:
     """Sort an upstream's non-2xx answer. Its own 4xx about the request goes back to the client
     as the user's error; auth or routing trouble with our deployment is ours, never theirs."""
     status = response.status_code

@@ -82,7 +82,10 @@ class DemoTransport(httpx.AsyncBaseTransport):
         reply = answer_request(self._model, request.method, request.url.path, body, api_root=None)
         if isinstance(reply, JsonReply):
             return httpx.Response(
-                reply.status, headers=_JSON_HEADERS, content=orjson.dumps(reply.body), request=request
+                reply.status,
+                headers=_JSON_HEADERS,
+                content=orjson.dumps(reply.body),
+                request=request,
             )
         return httpx.Response(
             200,

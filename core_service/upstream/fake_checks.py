@@ -17,7 +17,6 @@ MAX_EMBEDDING_DIMENSIONS = 4096
 _CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
-
 class FakeRequestError(Exception):
     """A request the fake model refuses, carrying the HTTP status and OpenAI error fields."""
 
@@ -187,7 +186,9 @@ def check_messages(request: Mapping[str, Any]) -> list[Any]:
         if isinstance(content, list):
             for part_index, part in enumerate(content):
                 if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                    raise wrong_type(f"{where}.content[{part_index}]", "an object with a 'type'", part)
+                    raise wrong_type(
+                        f"{where}.content[{part_index}]", "an object with a 'type'", part
+                    )
     return messages
 
 
@@ -236,5 +237,3 @@ def is_token_id(value: Any) -> bool:
 
 
 # --- producing text ---------------------------------------------------------------------------
-
-

@@ -50,7 +50,7 @@ def resolve_endpoint(path: str, api_root: str | None) -> str | None:
     if api_root is not None:
         if not path.startswith(api_root + "/"):
             return None
-        rest = path[len(api_root):]
+        rest = path[len(api_root) :]
         if rest in _POST_ENDPOINTS or rest == MODELS:
             return rest
         if rest.startswith(MODELS + "/") and len(rest) > len(MODELS) + 1:
@@ -88,11 +88,13 @@ def answer(
         return JsonReply(404, error_body(f"Invalid URL ({method} {path})"))
     expected_method = "POST" if endpoint in _POST_ENDPOINTS else "GET"
     if method != expected_method:
-        return JsonReply(405, error_body(f"Method {method} is not allowed for {path}; use {expected_method}."))
+        return JsonReply(
+            405, error_body(f"Method {method} is not allowed for {path}; use {expected_method}.")
+        )
     if endpoint == MODELS:
         return JsonReply(200, fake.list_models())
     if endpoint.startswith(MODELS + "/"):
-        return JsonReply(200, fake.model_object(endpoint[len(MODELS) + 1:]))
+        return JsonReply(200, fake.model_object(endpoint[len(MODELS) + 1 :]))
     try:
         request = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -43,18 +43,75 @@ from core_service.upstream.fake_checks import (
 
 # Every word is at most six word characters, so `split_tokens` counts each as exactly one token.
 _WORDS: tuple[str, ...] = (
-    "river", "stone", "light", "quiet", "garden", "signal", "window", "amber",
-    "cloud", "forest", "harbor", "valley", "copper", "meadow", "silver", "ember",
-    "north", "summer", "winter", "autumn", "spring", "ocean", "desert", "island",
-    "bridge", "tower", "market", "letter", "candle", "mirror", "shadow", "echo",
-    "field", "orbit", "planet", "comet", "thread", "canvas", "marble", "velvet",
-    "lemon", "cedar", "maple", "willow", "falcon", "otter", "heron", "fox",
-    "moves", "holds", "rests", "turns", "glows", "waits", "sings", "drifts",
-    "and", "with", "under", "over", "near", "the", "a", "of",
+    "river",
+    "stone",
+    "light",
+    "quiet",
+    "garden",
+    "signal",
+    "window",
+    "amber",
+    "cloud",
+    "forest",
+    "harbor",
+    "valley",
+    "copper",
+    "meadow",
+    "silver",
+    "ember",
+    "north",
+    "summer",
+    "winter",
+    "autumn",
+    "spring",
+    "ocean",
+    "desert",
+    "island",
+    "bridge",
+    "tower",
+    "market",
+    "letter",
+    "candle",
+    "mirror",
+    "shadow",
+    "echo",
+    "field",
+    "orbit",
+    "planet",
+    "comet",
+    "thread",
+    "canvas",
+    "marble",
+    "velvet",
+    "lemon",
+    "cedar",
+    "maple",
+    "willow",
+    "falcon",
+    "otter",
+    "heron",
+    "fox",
+    "moves",
+    "holds",
+    "rests",
+    "turns",
+    "glows",
+    "waits",
+    "sings",
+    "drifts",
+    "and",
+    "with",
+    "under",
+    "over",
+    "near",
+    "the",
+    "a",
+    "of",
 )
 _PUNCTUATION = frozenset({",", "."})
 _SENTENCE_WORDS = (6, 14)
 _COMMA_CHANCE = 0.1
+
 
 def _fingerprint(*parts: Any) -> bytes:
     """A stable digest of JSON-like values, independent of dict key order."""
@@ -104,7 +161,9 @@ def _fragments(pieces: list[str]) -> list[str]:
     fragments: list[str] = []
     for index, piece in enumerate(pieces):
         following = pieces[index + 1] if index + 1 < len(pieces) else None
-        fragments.append(piece + " " if following is not None and following not in _PUNCTUATION else piece)
+        fragments.append(
+            piece + " " if following is not None and following not in _PUNCTUATION else piece
+        )
     return fragments
 
 
@@ -150,7 +209,11 @@ def _unit_vector(item: str | list[int], dimensions: int) -> list[float]:
     raw = struct.unpack(f"<{dimensions}I", stream)
     values = [(value / 0xFFFFFFFF) * 2.0 - 1.0 for value in raw]
     norm = math.sqrt(sum(value * value for value in values)) or 1.0
-    return list(struct.unpack(f"<{dimensions}f", struct.pack(f"<{dimensions}f", *(v / norm for v in values))))
+    return list(
+        struct.unpack(
+            f"<{dimensions}f", struct.pack(f"<{dimensions}f", *(v / norm for v in values))
+        )
+    )
 
 
 # --- the model --------------------------------------------------------------------------------
@@ -228,7 +291,12 @@ class FakeModel:
             "choices": [
                 {
                     "index": index,
-                    "message": {"role": "assistant", "content": reply.text, "refusal": None, "annotations": []},
+                    "message": {
+                        "role": "assistant",
+                        "content": reply.text,
+                        "refusal": None,
+                        "annotations": [],
+                    },
                     "logprobs": None,
                     "finish_reason": reply.finish_reason,
                 }
@@ -274,7 +342,12 @@ class FakeModel:
             "created": plan.created,
             "model": plan.model,
             "choices": [
-                {"text": reply.text, "index": index, "logprobs": None, "finish_reason": reply.finish_reason}
+                {
+                    "text": reply.text,
+                    "index": index,
+                    "logprobs": None,
+                    "finish_reason": reply.finish_reason,
+                }
                 for index, reply in enumerate(plan.replies)
             ],
             "usage": _plain_usage(plan),
@@ -298,7 +371,10 @@ class FakeModel:
                 "input",
                 code="array_above_max_length",
             )
-        dimensions = optional_int(request, "dimensions", 1, MAX_EMBEDDING_DIMENSIONS) or self.embedding_dimensions
+        dimensions = (
+            optional_int(request, "dimensions", 1, MAX_EMBEDDING_DIMENSIONS)
+            or self.embedding_dimensions
+        )
         if len(items) * dimensions > self.max_embedding_values:
             raise FakeRequestError(
                 400,
@@ -322,7 +398,9 @@ class FakeModel:
             vector = _unit_vector(item, dimensions)
             embedding: list[float] | str
             if encoding == "base64":
-                embedding = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode("ascii")
+                embedding = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode(
+                    "ascii"
+                )
             else:
                 embedding = vector
             data.append({"object": "embedding", "index": index, "embedding": embedding})
@@ -391,9 +469,20 @@ def _chat_chunk_stream(plan: _Plan) -> Iterator[JsonObject]:
         delta = {"role": "assistant", "content": "", "refusal": None}
         yield chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}])
     for index, fragment in _interleaved(plan):
-        yield chunk([{"index": index, "delta": {"content": fragment}, "logprobs": None, "finish_reason": None}])
+        yield chunk(
+            [
+                {
+                    "index": index,
+                    "delta": {"content": fragment},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ]
+        )
     for index, reply in enumerate(plan.replies):
-        yield chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": reply.finish_reason}])
+        yield chunk(
+            [{"index": index, "delta": {}, "logprobs": None, "finish_reason": reply.finish_reason}]
+        )
     if plan.include_usage:
         last = chunk([])
         last["usage"] = _chat_usage(plan)
@@ -416,10 +505,10 @@ def _completion_chunk_stream(plan: _Plan) -> Iterator[JsonObject]:
     for index, fragment in _interleaved(plan):
         yield chunk([{"text": fragment, "index": index, "logprobs": None, "finish_reason": None}])
     for index, reply in enumerate(plan.replies):
-        yield chunk([{"text": "", "index": index, "logprobs": None, "finish_reason": reply.finish_reason}])
+        yield chunk(
+            [{"text": "", "index": index, "logprobs": None, "finish_reason": reply.finish_reason}]
+        )
     if plan.include_usage:
         last = chunk([])
         last["usage"] = _plain_usage(plan)
         yield last
-
-

@@ -40,9 +40,18 @@ def test_loads_and_resolves_keys(tmp_path: pathlib.Path) -> None:
     [
         ("models: [{name: x, deployments: []}]", "deployments"),
         ("models: [{name: x, deployments: [{base_url: 'ftp://x', model: m}]}]", "base_url"),
-        ("models: [{name: x, surprise: 1, deployments: [{base_url: 'http://x', model: m}]}]", "surprise"),
-        ("models: [{name: x, deployments: [{base_url: 'http://x', model: m, api_key_env: MISSING}]}]", "MISSING"),
-        ("models: [{name: x, deployments: [{base_url: 'http://x', model: m}]}, {name: x, deployments: [{base_url: 'http://x', model: m}]}]", "twice"),
+        (
+            "models: [{name: x, surprise: 1, deployments: [{base_url: 'http://x', model: m}]}]",
+            "surprise",
+        ),
+        (
+            "models: [{name: x, deployments: [{base_url: 'http://x', model: m, api_key_env: MISSING}]}]",
+            "MISSING",
+        ),
+        (
+            "models: [{name: x, deployments: [{base_url: 'http://x', model: m}]}, {name: x, deployments: [{base_url: 'http://x', model: m}]}]",
+            "twice",
+        ),
         ("models: [", "cannot read"),
     ],
 )

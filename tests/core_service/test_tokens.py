@@ -12,7 +12,10 @@ def test_counts_words_punctuation_and_long_words() -> None:
 def test_chat_prompt_counts_overheads_and_parts() -> None:
     messages = [
         {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "image_url", "image_url": {}}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Hi"}, {"type": "image_url", "image_url": {}}],
+        },
     ]
     assert tokens.count_chat_prompt(messages) == 3 + (4 + 3) + (4 + 1 + 85)
 

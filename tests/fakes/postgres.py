@@ -13,7 +13,20 @@ import pytest
 
 def psql(sql: str) -> None:
     subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-v", "ON_ERROR_STOP=1", "-q", "-c", sql],
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+            "-c",
+            sql,
+        ],
         check=True,
         capture_output=True,
         timeout=30,

@@ -77,11 +77,15 @@ class FakeStripeApi:
         if headers.get("authorization") != f"Bearer {self.api_key}":
             shown = headers.get("authorization", "").removeprefix("Bearer ")[-4:]
             # Stripe quotes the key's tail in this message: callers must not pass it on.
-            return 401, _error("invalid_request_error", f"Invalid API Key provided: sk_test_****{shown}")
+            return 401, _error(
+                "invalid_request_error", f"Invalid API Key provided: sk_test_****{shown}"
+            )
         if self.fail_with is not None:
             return self.fail_with, _error("api_error", "Something went wrong on Stripe's end.")
         if (method, path) != ("POST", "/v1/checkout/sessions"):
-            return 404, _error("invalid_request_error", f"Unrecognized request URL ({method}: {path}).")
+            return 404, _error(
+                "invalid_request_error", f"Unrecognized request URL ({method}: {path})."
+            )
         missing = [
             name
             for name in ("mode", "line_items[0][price_data][unit_amount]", "success_url")
@@ -156,14 +160,16 @@ async def running_fake_stripe(api: FakeStripeApi | None = None) -> AsyncIterator
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(api, log_level="warning", access_log=False, lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(api, log_level="warning", access_log=False, lifespan="on")
+    )
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if serving.done():
             serving.result()  # raises why it did not start
         await asyncio.sleep(0.005)
     try:
-        yield RunningFakeStripe(api=api, url="http://127.0.0.1:%d" % sock.getsockname()[1])
+        yield RunningFakeStripe(api=api, url=f"http://127.0.0.1:{sock.getsockname()[1]}")
     finally:
         server.should_exit = True
         await serving
@@ -209,7 +215,9 @@ def checkout_session(
     }
 
 
-def webhook_event(event_type: str, session: dict[str, Any], **session_changes: Any) -> dict[str, Any]:
+def webhook_event(
+    event_type: str, session: dict[str, Any], **session_changes: Any
+) -> dict[str, Any]:
     """A Stripe `event` delivering `session` (with `session_changes` applied)."""
     return {
         "id": "evt_" + secrets.token_hex(12),

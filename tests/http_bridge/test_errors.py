@@ -16,7 +16,10 @@ from http_bridge.errors import from_grpc
 class _FakeRpcError(grpc.aio.AioRpcError):
     def __init__(self, status: grpc.Status) -> None:
         super().__init__(
-            status.code, grpc.aio.Metadata(), grpc.aio.Metadata(*status.trailing_metadata), status.details
+            status.code,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(*status.trailing_metadata),
+            status.details,
         )
 
 
@@ -26,7 +29,11 @@ class _FakeRpcError(grpc.aio.AioRpcError):
         (errors.InvalidRequest("bad", param="messages"), 400, None),
         (errors.Unauthenticated("no"), 401, "invalid_api_key"),
         (errors.InsufficientCredits("poor"), 402, "insufficient_quota"),
-        (errors.AccountSuspended("wait", until=datetime(2030, 1, 1, tzinfo=UTC)), 403, "account_suspended"),
+        (
+            errors.AccountSuspended("wait", until=datetime(2030, 1, 1, tzinfo=UTC)),
+            403,
+            "account_suspended",
+        ),
         (errors.AccountBanned("gone"), 403, "account_banned"),
         (errors.ModelNotFound("m"), 404, "model_not_found"),
         (errors.RateLimited("slow", retry_after_seconds=7), 429, "rate_limit_exceeded"),
@@ -46,7 +53,9 @@ def test_reason_to_http(error: errors.KymaError, http_status: int, code: str | N
 
 def test_core_unreachable_is_503_without_internals() -> None:
     error = grpc.aio.AioRpcError(
-        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
         "failed to connect to all addresses; last error: 127.0.0.1:50051",
     )
     mapped = from_grpc(error)
@@ -54,6 +63,8 @@ def test_core_unreachable_is_503_without_internals() -> None:
 
 
 def test_unknown_status_is_a_clean_500() -> None:
-    error = grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata(), "boom")
+    error = grpc.aio.AioRpcError(
+        grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata(), "boom"
+    )
     mapped = from_grpc(error)
     assert mapped.status == 500 and mapped.code == "internal_error"

@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from kyma.ratelimit.v1 import ratelimit_pb2
-
 from http_bridge.headers import format_duration, rate_limit_headers
+from kyma.ratelimit.v1 import ratelimit_pb2
 
 
 def test_durations_in_openai_format() -> None:
@@ -18,8 +17,12 @@ def test_headers_only_when_limits_are_known() -> None:
     assert rate_limit_headers(ratelimit_pb2.RateLimitStatus()) == {}
     headers = rate_limit_headers(
         ratelimit_pb2.RateLimitStatus(
-            limit_requests=30, remaining_requests=29, reset_requests_ms=2000,
-            limit_tokens=200_000, remaining_tokens=199_000, reset_tokens_ms=300,
+            limit_requests=30,
+            remaining_requests=29,
+            reset_requests_ms=2000,
+            limit_tokens=200_000,
+            remaining_tokens=199_000,
+            reset_tokens_ms=300,
         )
     )
     assert headers["x-ratelimit-remaining-requests"] == "29"

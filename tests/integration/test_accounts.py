@@ -18,8 +18,11 @@ pytestmark = pytest.mark.asyncio
 
 async def signup(kyma, address: str, **extra) -> tuple[int, dict]:
     async with kyma.http() as http:
-        reply = await http.post("/v1/auth/signup", json={"email": address, **extra},
-                                headers=extra.pop("headers", {}) if "headers" in extra else {})
+        reply = await http.post(
+            "/v1/auth/signup",
+            json={"email": address, **extra},
+            headers=extra.pop("headers", {}) if "headers" in extra else {},
+        )
     return reply.status_code, reply.json()
 
 
@@ -54,8 +57,12 @@ async def test_signup_verify_and_call_the_model(kyma) -> None:
         )
     assert reply.choices[0].message.content
     async with kyma.http() as http:
-        account = (await http.get("/v1/account", headers={"authorization": f"Bearer {created['api_key']}"})).json()
-    assert account["balance_usd"] == "0.500000000" and account["notices"] == []  # welcome bonus; demo is free here
+        account = (
+            await http.get("/v1/account", headers={"authorization": f"Bearer {created['api_key']}"})
+        ).json()
+    assert (
+        account["balance_usd"] == "0.500000000" and account["notices"] == []
+    )  # welcome bonus; demo is free here
 
 
 async def test_codes_are_single_use_and_wrong_codes_refused(kyma) -> None:
@@ -82,8 +89,11 @@ async def test_a_code_dies_after_five_wrong_guesses(kyma) -> None:
 
 @pytest.mark.parametrize(
     "first, second",
-    [("ab@gmail.com", "A.b+x@googlemail.com"), ("ab@example.com", "Ab@Example.com"),
-     ("c.d+work@outlook.com", "C.D@outlook.com")],
+    [
+        ("ab@gmail.com", "A.b+x@googlemail.com"),
+        ("ab@example.com", "Ab@Example.com"),
+        ("c.d+work@outlook.com", "C.D@outlook.com"),
+    ],
 )
 async def test_one_account_per_person(kyma, first: str, second: str) -> None:
     first, second = f"{kyma.backend}.{first}", f"{kyma.backend}.{second}"
@@ -94,8 +104,16 @@ async def test_one_account_per_person(kyma, first: str, second: str) -> None:
 
 @pytest.mark.parametrize(
     "address",
-    ["not-an-email", "a@b", "x" * 10_000 + "@example.com", "' OR 1=1 --@example.com",
-     "robert'); DROP TABLE accounts;--@example.com", "admin@exam\u0440le.com\u202e", "", "a@@example.com"],
+    [
+        "not-an-email",
+        "a@b",
+        "x" * 10_000 + "@example.com",
+        "' OR 1=1 --@example.com",
+        "robert'); DROP TABLE accounts;--@example.com",
+        "admin@exam\u0440le.com\u202e",
+        "",
+        "a@@example.com",
+    ],
 )
 async def test_bad_addresses_are_refused_and_nothing_is_created(kyma, address: str) -> None:
     status, body = await signup(kyma, address)
@@ -106,7 +124,12 @@ async def test_bad_addresses_are_refused_and_nothing_is_created(kyma, address: s
 
 async def test_wrong_types_are_400(kyma) -> None:
     async with kyma.http() as http:
-        for body in ({"email": 5}, {"email": ["a@example.com"]}, [1], {"email": "a@example.com", "referral_code": {}}):
+        for body in (
+            {"email": 5},
+            {"email": ["a@example.com"]},
+            [1],
+            {"email": "a@example.com", "referral_code": {}},
+        ):
             reply = await http.post("/v1/auth/signup", json=body)
             assert reply.status_code == 400, body
         malformed = await http.post("/v1/auth/verify", content=b"{not json")
@@ -141,7 +164,9 @@ async def test_last_used_is_recorded(kyma, account) -> None:
     async with kyma.http() as http:
         await http.get("/v1/models", headers={"authorization": f"Bearer {key}"})
         await kyma.settled()
-        [listed] = (await http.get("/v1/account/keys", headers={"authorization": f"Bearer {key}"})).json()["data"]
+        [listed] = (
+            await http.get("/v1/account/keys", headers={"authorization": f"Bearer {key}"})
+        ).json()["data"]
     assert listed["last_used_at"] is not None
 
 
@@ -151,10 +176,14 @@ async def test_revocation_reaches_another_core_within_five_seconds(upstream, tmp
             account_id, key = await first.create_account()
             auth = {"authorization": f"Bearer {key}"}
             async with first.http() as one, second.http() as two:
-                extra = (await one.post("/v1/account/keys", json={"name": "doomed"}, headers=auth)).json()
+                extra = (
+                    await one.post("/v1/account/keys", json={"name": "doomed"}, headers=auth)
+                ).json()
                 ISSUED_KEYS.add(extra["key"])
                 doomed = {"authorization": f"Bearer {extra['key']}"}
-                assert (await two.get("/v1/models", headers=doomed)).status_code == 200  # cached there
+                assert (
+                    await two.get("/v1/models", headers=doomed)
+                ).status_code == 200  # cached there
                 await one.delete(f"/v1/account/keys/{extra['id']}", headers=auth)
                 started = time.monotonic()
                 while (await two.get("/v1/models", headers=doomed)).status_code != 401:
@@ -167,15 +196,37 @@ async def test_enforcement_through_the_cli(kyma) -> None:
     auth = {"authorization": f"Bearer {key}"}
     hi = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
-    code, _, _ = await kyma_cli(kyma, "admin", "accounts", "warn", account_id, "--message",
-                                "Please stop sharing your key.", "--reason", "key seen on a forum", "--actor", "ops-ana")
+    code, _, _ = await kyma_cli(
+        kyma,
+        "admin",
+        "accounts",
+        "warn",
+        account_id,
+        "--message",
+        "Please stop sharing your key.",
+        "--reason",
+        "key seen on a forum",
+        "--actor",
+        "ops-ana",
+    )
     assert code == 0
     async with kyma.http() as http:
         account = (await http.get("/v1/account", headers=auth)).json()
     assert [n["message"] for n in account["notices"]] == ["Please stop sharing your key."]
 
-    code, _, _ = await kyma_cli(kyma, "admin", "accounts", "suspend", account_id, "--until", "2h",
-                                "--reason", "abusive prompts", "--actor", "ops-ana")
+    code, _, _ = await kyma_cli(
+        kyma,
+        "admin",
+        "accounts",
+        "suspend",
+        account_id,
+        "--until",
+        "2h",
+        "--reason",
+        "abusive prompts",
+        "--actor",
+        "ops-ana",
+    )
     assert code == 0
     await asyncio.sleep(kyma.settings.key_cache_seconds)
     async with kyma.http() as http:
@@ -183,10 +234,16 @@ async def test_enforcement_through_the_cli(kyma) -> None:
         account = (await http.get("/v1/account", headers=auth)).json()
     assert refused.status_code == 403
     error = refused.json()["error"]
-    assert error["code"] == "account_suspended" and "abusive prompts" in error["message"] and "until" in error["message"]
+    assert (
+        error["code"] == "account_suspended"
+        and "abusive prompts" in error["message"]
+        and "until" in error["message"]
+    )
     assert account["status"] == "suspended" and account["suspended_until"]
 
-    code, _, _ = await kyma_cli(kyma, "admin", "accounts", "ban", account_id, "--reason", "repeat abuse")
+    code, _, _ = await kyma_cli(
+        kyma, "admin", "accounts", "ban", account_id, "--reason", "repeat abuse"
+    )
     assert code == 0
     await asyncio.sleep(kyma.settings.key_cache_seconds)
     async with kyma.client(key) as sdk:
@@ -194,9 +251,13 @@ async def test_enforcement_through_the_cli(kyma) -> None:
             await sdk.chat.completions.create(**hi)
     assert banned.value.code == "account_banned"
 
-    code, _, _ = await kyma_cli(kyma, "admin", "accounts", "unban", account_id, "--reason", "appeal granted")
+    code, _, _ = await kyma_cli(
+        kyma, "admin", "accounts", "unban", account_id, "--reason", "appeal granted"
+    )
     assert code == 0
-    code, out, _ = await kyma_cli(kyma, "admin", "accounts", "reset-credits", account_id, "--reason", "bonus abuse", "--json")
+    code, out, _ = await kyma_cli(
+        kyma, "admin", "accounts", "reset-credits", account_id, "--reason", "bonus abuse", "--json"
+    )
     assert code == 0 and '"available"' in out
     await asyncio.sleep(kyma.settings.key_cache_seconds)
     async with kyma.http() as http:
@@ -218,7 +279,11 @@ async def test_shared_signals_are_visible_to_admins(kyma) -> None:
     addresses = [f"twin-{i}-{kyma.backend}@example.com" for i in range(2)]
     for address in addresses:
         async with kyma.http() as http:
-            await http.post("/v1/auth/signup", json={"email": address}, headers={"x-client-fingerprint": fingerprint})
+            await http.post(
+                "/v1/auth/signup",
+                json={"email": address},
+                headers={"x-client-fingerprint": fingerprint},
+            )
         await verify(kyma, address, kyma.last_code(address))
     code, out, _ = await kyma_cli(kyma, "admin", "accounts", "list", "--shared-signals")
     assert code == 0 and all(address in out for address in addresses)
@@ -230,8 +295,13 @@ async def test_shared_signals_are_visible_to_admins(kyma) -> None:
 @pytest_asyncio.fixture
 async def strict(upstream, tmp_path):
     async with running_kyma(
-        tmp_path, None, upstream, "sqlite",
-        signups_per_ip_per_minute=3, signups_per_email_per_minute=2, verifications_per_ip_per_minute=4,
+        tmp_path,
+        None,
+        upstream,
+        "sqlite",
+        signups_per_ip_per_minute=3,
+        signups_per_email_per_minute=2,
+        verifications_per_ip_per_minute=4,
         signup_code_ttl_seconds=1,
     ) as kyma:
         yield kyma

@@ -41,12 +41,23 @@ async def test_malformed_json(kyma, account) -> None:
         (b'{"model": "test-model", "messages": "hello"}', "messages"),
         (b'{"model": "test-model", "messages": [], "max_tokens": 1}', "messages"),
         (b'{"model": "test-model", "messages": [1, 2]}', "messages"),
-        (b'{"model": "test-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": -5}', "max_tokens"),
-        (b'{"model": "test-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": "ten"}', "max_tokens"),
-        (b'{"model": "test-model", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}', "stream"),
+        (
+            b'{"model": "test-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": -5}',
+            "max_tokens",
+        ),
+        (
+            b'{"model": "test-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": "ten"}',
+            "max_tokens",
+        ),
+        (
+            b'{"model": "test-model", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
+            "stream",
+        ),
     ],
 )
-async def test_wrong_types_and_missing_fields(kyma, account, body: bytes, param: str | None) -> None:
+async def test_wrong_types_and_missing_fields(
+    kyma, account, body: bytes, param: str | None
+) -> None:
     async with kyma.http() as http:
         reply = await http.post(CHAT, content=body, headers=_auth(account))
     error = assert_openai_error(reply, 400)
@@ -54,7 +65,11 @@ async def test_wrong_types_and_missing_fields(kyma, account, body: bytes, param:
 
 
 async def test_huge_body_is_refused_before_the_core(kyma, account) -> None:
-    body = b'{"model": "test-model", "messages": [{"role": "user", "content": "' + b"a" * (10 * 1024 * 1024) + b'"}]}'
+    body = (
+        b'{"model": "test-model", "messages": [{"role": "user", "content": "'
+        + b"a" * (10 * 1024 * 1024)
+        + b'"}]}'
+    )
     async with kyma.http() as http:
         reply = await http.post(CHAT, content=body, headers=_auth(account))
     assert_openai_error(reply, 413, "request_too_large")
@@ -90,7 +105,9 @@ async def test_bad_keys_are_refused(kyma, key: str) -> None:
 async def test_missing_and_malformed_authorization(kyma) -> None:
     non_ascii = b"Bearer ky_" + "\u00e9".encode() * 19
     async with kyma.http() as http:
-        raw = await http.post(CHAT, json={"model": "test-model"}, headers={"authorization": non_ascii})
+        raw = await http.post(
+            CHAT, json={"model": "test-model"}, headers={"authorization": non_ascii}
+        )
         assert_openai_error(raw, 401)
         missing = await http.post(CHAT, json={"model": "test-model", "messages": []})
         basic = await http.post(
@@ -149,8 +166,12 @@ def _auth(account) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     "extra, param",
-    [({"max_tokens": 10**18}, "max_tokens"), ({"max_tokens": 2**63 + 5}, "max_tokens"), ({"n": 10**6}, "n"),
-     ({"max_tokens": 5000, "n": 100}, "max_tokens")],
+    [
+        ({"max_tokens": 10**18}, "max_tokens"),
+        ({"max_tokens": 2**63 + 5}, "max_tokens"),
+        ({"n": 10**6}, "n"),
+        ({"max_tokens": 5000, "n": 100}, "max_tokens"),
+    ],
 )
 async def test_absurd_output_requests_are_400s(kyma, account, extra: dict, param: str) -> None:
     body = {"model": "test-model", "messages": [{"role": "user", "content": "x"}], **extra}
@@ -162,7 +183,11 @@ async def test_absurd_output_requests_are_400s(kyma, account, extra: dict, param
 
 async def test_request_larger_than_the_tpm_limit_says_so(kyma, account) -> None:
     # About 210,000 prompt tokens: more than tier 0's 200,000 a minute, however long one waits.
-    body = {"model": "kyma-demo", "messages": [{"role": "user", "content": "a " * 210_000}], "max_tokens": 5}
+    body = {
+        "model": "kyma-demo",
+        "messages": [{"role": "user", "content": "a " * 210_000}],
+        "max_tokens": 5,
+    }
     async with kyma.http() as http:
         reply = await http.post(CHAT, json=body, headers=_auth(account))
     error = assert_openai_error(reply, 429, "rate_limit_exceeded")

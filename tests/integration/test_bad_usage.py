@@ -10,13 +10,13 @@ import grpc
 import httpx
 import orjson
 import pytest
-from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
-from kyma.inference.v1 import inference_service_pb2 as pb
-from kyma.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 from core_service.app import build_core
 from core_service.catalog import Catalog, Deployment, Model, Price
 from core_service.settings import Settings
+from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
+from kyma.inference.v1 import inference_service_pb2 as pb
+from kyma.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.asyncio
 
@@ -28,9 +28,17 @@ HOLD = 26 * 1_000 + 100 * 2_000
 def upstream_reporting(usage: object) -> httpx.MockTransport:
     def answer(_request: httpx.Request) -> httpx.Response:
         body: dict = {
-            "id": "chatcmpl-x", "object": "chat.completion", "created": 1, "model": "up",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "one two three"},
-                         "finish_reason": "stop"}],
+            "id": "chatcmpl-x",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "up",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "one two three"},
+                    "finish_reason": "stop",
+                }
+            ],
         }
         if usage is not None:
             body["usage"] = usage
@@ -58,7 +66,9 @@ async def test_impossible_usage_never_creates_credit(tmp_path, usage) -> None:
                 name="m",
                 max_output_tokens=100,
                 price=Price(input_per_million=Decimal(1), output_per_million=Decimal(2)),
-                deployments=(Deployment(name="d", base_url="http://upstream.invalid/v1", model="up"),),
+                deployments=(
+                    Deployment(name="d", base_url="http://upstream.invalid/v1", model="up"),
+                ),
             ),
         )
     )

@@ -7,6 +7,7 @@ import asyncio
 import httpx
 import openai
 import pytest
+
 from kyma.admin.v1 import admin_service_pb2
 
 pytestmark = pytest.mark.asyncio
@@ -17,7 +18,11 @@ IN, OUT = 1_000, 2_000
 
 
 def hi(max_tokens: int) -> dict:
-    return {"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
+    return {
+        "model": "test-model",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": max_tokens,
+    }
 
 
 async def set_balance(kyma, account_id: str, nanos: int) -> None:
@@ -26,7 +31,10 @@ async def set_balance(kyma, account_id: str, nanos: int) -> None:
         await kyma.admin(
             "AdjustCredits",
             admin_service_pb2.AdjustCreditsRequest(
-                account_id=account_id, amount_usd=f"{delta / 1e9:.9f}", reason="test setup", actor="tests"
+                account_id=account_id,
+                amount_usd=f"{delta / 1e9:.9f}",
+                reason="test setup",
+                actor="tests",
             ),
         )
 
@@ -34,13 +42,20 @@ async def set_balance(kyma, account_id: str, nanos: int) -> None:
 async def test_new_account_has_the_welcome_bonus(kyma, account) -> None:
     async with kyma.http() as http:
         reply = await http.get("/v1/account", headers={"authorization": f"Bearer {account[1]}"})
-        ledger = await http.get("/v1/account/ledger", headers={"authorization": f"Bearer {account[1]}"})
+        ledger = await http.get(
+            "/v1/account/ledger", headers={"authorization": f"Bearer {account[1]}"}
+        )
     assert reply.status_code == 200
     body = reply.json()
     assert body["balance_usd"] == "0.500000000" and body["available_usd"] == "0.500000000"
     assert body["total_purchased_usd"] == "0.000000000" and body["status"] == "active"
-    assert body["limits"] == {"tier": 0, "requests_per_minute": 30, "requests_per_minute_per_model": 25,
-                              "tokens_per_minute": 200_000, "pinned": False}
+    assert body["limits"] == {
+        "tier": 0,
+        "requests_per_minute": 30,
+        "requests_per_minute_per_model": 25,
+        "tokens_per_minute": 200_000,
+        "pinned": False,
+    }
     entries = ledger.json()["data"]
     assert [(e["kind"], e["amount_usd"]) for e in entries] == [("welcome_bonus", "0.500000000")]
 
@@ -51,13 +66,22 @@ async def test_request_is_charged_exactly_its_usage(kyma, client, account) -> No
     balance = await kyma.balance(account[0])
     assert balance.balance_nanos == WELCOME - cost and balance.held_nanos == 0
     async with kyma.http() as http:
-        usage = (await http.get("/v1/account/usage", headers={"authorization": f"Bearer {account[1]}"})).json()
-        ledger = (await http.get("/v1/account/ledger?limit=1", headers={"authorization": f"Bearer {account[1]}"})).json()
+        usage = (
+            await http.get("/v1/account/usage", headers={"authorization": f"Bearer {account[1]}"})
+        ).json()
+        ledger = (
+            await http.get(
+                "/v1/account/ledger?limit=1", headers={"authorization": f"Bearer {account[1]}"}
+            )
+        ).json()
     [row] = usage["data"]
     assert row["model"] == "test-model" and row["requests"] == 1
     assert row["completion_tokens"] == 20 and row["estimated_requests"] == 0
     assert row["cost_usd"] == f"{cost / 1e9:.9f}"
-    assert ledger["data"][0]["kind"] == "usage" and ledger["data"][0]["amount_usd"] == f"-{cost / 1e9:.9f}"
+    assert (
+        ledger["data"][0]["kind"] == "usage"
+        and ledger["data"][0]["amount_usd"] == f"-{cost / 1e9:.9f}"
+    )
     assert ledger["has_more"] is True
 
 
@@ -74,7 +98,9 @@ async def test_ledger_pages(kyma, client, account) -> None:
             token = page["next_page_token"]
             if not page["has_more"]:
                 break
-        bad = await http.get("/v1/account/ledger?page_token=zzz", headers={"authorization": f"Bearer {account[1]}"})
+        bad = await http.get(
+            "/v1/account/ledger?page_token=zzz", headers={"authorization": f"Bearer {account[1]}"}
+        )
     assert len(seen) == 4 and seen == sorted(seen, reverse=True)
     assert bad.status_code == 400
 
@@ -111,7 +137,11 @@ async def test_concurrent_requests_never_overdraw(kyma, account) -> None:
     async with httpx.AsyncClient(base_url=kyma.http_url, timeout=60, limits=limits) as http:
         replies = await asyncio.gather(
             *(
-                http.post("/v1/chat/completions", json=hi(1000), headers={"authorization": f"Bearer {account[1]}"})
+                http.post(
+                    "/v1/chat/completions",
+                    json=hi(1000),
+                    headers={"authorization": f"Bearer {account[1]}"},
+                )
                 for _ in range(200)
             )
         )
@@ -119,7 +149,10 @@ async def test_concurrent_requests_never_overdraw(kyma, account) -> None:
     admitted = [r for r in replies if r.status_code == 200]
     assert set(statuses) <= {200, 402}
     assert 1 <= len(admitted) <= 10
-    used = sum(r.json()["usage"]["prompt_tokens"] * IN + r.json()["usage"]["completion_tokens"] * OUT for r in admitted)
+    used = sum(
+        r.json()["usage"]["prompt_tokens"] * IN + r.json()["usage"]["completion_tokens"] * OUT
+        for r in admitted
+    )
     balance = await kyma.balance(account[0])
     assert balance.balance_nanos >= 0 and balance.held_nanos == 0
     assert 10 * hold - balance.balance_nanos == used
@@ -130,17 +163,25 @@ async def test_stream_cut_by_client_is_charged_for_what_was_delivered(kyma, acco
     delivered = 0
     async with httpx.AsyncClient(base_url=kyma.http_url, timeout=30) as http:
         async with http.stream(
-            "POST", "/v1/chat/completions", json={**hi(500), "stream": True},
+            "POST",
+            "/v1/chat/completions",
+            json={**hi(500), "stream": True},
             headers={"authorization": f"Bearer {account[1]}"},
         ) as response:
             async for line in response.aiter_lines():
-                if line.startswith("data: ") and '"content":"' in line and '"content":""' not in line:
+                if (
+                    line.startswith("data: ")
+                    and '"content":"' in line
+                    and '"content":""' not in line
+                ):
                     delivered += 1
                     if delivered == 6:
                         break
     await kyma.settled()
     async with kyma.http() as http:
-        [row] = (await http.get("/v1/account/usage", headers={"authorization": f"Bearer {account[1]}"})).json()["data"]
+        [row] = (
+            await http.get("/v1/account/usage", headers={"authorization": f"Bearer {account[1]}"})
+        ).json()["data"]
     assert row["estimated_requests"] == 1
     assert 6 <= row["completion_tokens"] <= 9  # what reached the bridge before the cancel
     assert (await kyma.upstream.stats())["cancelled"] >= 1
@@ -166,7 +207,9 @@ async def test_mid_stream_failure_is_charged_for_delivered_tokens(kyma, account)
                 pass
     await kyma.settled()
     async with kyma.http() as http:
-        [row] = (await http.get("/v1/account/usage", headers={"authorization": f"Bearer {account[1]}"})).json()["data"]
+        [row] = (
+            await http.get("/v1/account/usage", headers={"authorization": f"Bearer {account[1]}"})
+        ).json()["data"]
     assert row["completion_tokens"] == 5 and row["estimated_requests"] == 1
     balance = await kyma.balance(account[0])
     assert WELCOME - balance.balance_nanos == row["prompt_tokens"] * IN + 5 * OUT

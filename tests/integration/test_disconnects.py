@@ -25,16 +25,22 @@ async def test_stream_disconnect_cancels_upstream(kyma, account) -> None:
         async with http.stream(
             "POST",
             "/v1/chat/completions",
-            json={"model": "test-model", "messages": [{"role": "user", "content": "x"}],
-                  "max_tokens": 200, "stream": True},
+            json={
+                "model": "test-model",
+                "messages": [{"role": "user", "content": "x"}],
+                "max_tokens": 200,
+                "stream": True,
+            },
             headers={"authorization": f"Bearer {account[1]}"},
         ) as response:
             assert response.status_code == 200
             lines = response.aiter_lines()
             assert (await anext(lines)).startswith("data: ")
+
     async def cancelled() -> bool:
         stats = await kyma.upstream.stats()
         return stats["cancelled"] >= 1 and stats["in_flight"] == 0
+
     await wait_for(cancelled)
 
 
@@ -45,9 +51,11 @@ async def test_unary_disconnect_cancels_upstream(kyma, account) -> None:
             await sdk.chat.completions.create(
                 model="test-model", messages=[{"role": "user", "content": "x"}], max_tokens=2
             )
+
     async def cancelled() -> bool:
         stats = await kyma.upstream.stats()
         return stats["cancelled"] >= 1 and stats["in_flight"] == 0
+
     await wait_for(cancelled, timeout=2.0)
 
 
@@ -55,7 +63,9 @@ async def test_broken_stream_ends_with_an_error_event(kyma, account) -> None:
     await kyma.upstream.control(drop_stream_after=3)
     async with kyma.client(account[1]) as sdk:
         stream = await sdk.chat.completions.create(
-            model="test-model", messages=[{"role": "user", "content": "x"}], max_tokens=50,
+            model="test-model",
+            messages=[{"role": "user", "content": "x"}],
+            max_tokens=50,
             stream=True,
         )
         received = []
@@ -73,8 +83,10 @@ async def test_upstream_hang_times_out_as_504(kyma, account) -> None:
             # the test catalogue's first-token timeout is 2 s; a total timeout bounds unary calls
             await asyncio.wait_for(
                 sdk.chat.completions.create(
-                    model="test-model", messages=[{"role": "user", "content": "x"}],
-                    max_tokens=2, stream=True,
+                    model="test-model",
+                    messages=[{"role": "user", "content": "x"}],
+                    max_tokens=2,
+                    stream=True,
                 ),
                 timeout=10,
             )
@@ -83,19 +95,30 @@ async def test_upstream_hang_times_out_as_504(kyma, account) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_disconnect_reaches_the_upstream_within_100_ms(kyma, account, stream: bool) -> None:
-    await kyma.upstream.control(latency_ms=0 if stream else 5000, tokens_per_second=5 if stream else 0)
-    body = {"model": "test-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": 100,
-            "stream": stream}
+    await kyma.upstream.control(
+        latency_ms=0 if stream else 5000, tokens_per_second=5 if stream else 0
+    )
+    body = {
+        "model": "test-model",
+        "messages": [{"role": "user", "content": "x"}],
+        "max_tokens": 100,
+        "stream": stream,
+    }
     loop = asyncio.get_running_loop()
     # One client for polling, made beforehand: making an httpx client builds an SSL context,
     # which alone takes tens of milliseconds and would be measured too.
     async with httpx.AsyncClient(base_url=kyma.upstream.url, timeout=5) as probe:
+
         async def stats() -> dict:
             return (await probe.get("/_stats")).json()
 
         async with httpx.AsyncClient(base_url=kyma.http_url, timeout=30) as http:
             request = asyncio.create_task(
-                http.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {account[1]}"})
+                http.post(
+                    "/v1/chat/completions",
+                    json=body,
+                    headers={"authorization": f"Bearer {account[1]}"},
+                )
             )
             while (await stats())["in_flight"] != 1:
                 await asyncio.sleep(0.005)

@@ -8,6 +8,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from kyma.accounting.v1 import accounting_service_pb2, accounting_service_pb2_grpc
 from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from kyma.inference.v1 import inference_service_pb2 as pb
@@ -33,9 +34,12 @@ def auth(key: str) -> tuple[tuple[str, str], ...]:
 
 async def test_unary_chat_over_grpc(kyma, account) -> None:
     stub = pb_grpc.InferenceServiceStub(kyma.channel)
-    body = orjson.dumps({"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    body = orjson.dumps(
+        {"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    )
     reply = await stub.CreateChatCompletion(
-        pb.CreateChatCompletionRequest(body=body), metadata=(*auth(account[1]), ("x-request-id", "req_mine"))
+        pb.CreateChatCompletionRequest(body=body),
+        metadata=(*auth(account[1]), ("x-request-id", "req_mine")),
     )
     assert orjson.loads(reply.body)["model"] == "test-model"
     assert reply.usage.completion_tokens == 4 and not reply.usage.estimated
@@ -45,8 +49,15 @@ async def test_unary_chat_over_grpc(kyma, account) -> None:
 
 async def test_stream_over_grpc_ends_with_usage(kyma, account) -> None:
     stub = pb_grpc.InferenceServiceStub(kyma.channel)
-    body = orjson.dumps({"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
-    messages = [m async for m in stub.StreamChatCompletion(pb.StreamChatCompletionRequest(body=body), metadata=auth(account[1]))]
+    body = orjson.dumps(
+        {"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    )
+    messages = [
+        m
+        async for m in stub.StreamChatCompletion(
+            pb.StreamChatCompletionRequest(body=body), metadata=auth(account[1])
+        )
+    ]
     assert messages[0].request_id.startswith("req_")
     chunks = [orjson.loads(c) for m in messages for c in m.chunks]
     assert all(c["model"] == "test-model" for c in chunks)
@@ -56,13 +67,17 @@ async def test_stream_over_grpc_ends_with_usage(kyma, account) -> None:
 async def test_typed_errors_over_grpc(kyma, account) -> None:
     stub = pb_grpc.InferenceServiceStub(kyma.channel)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.CreateChatCompletion(pb.CreateChatCompletionRequest(body=b"{}"), metadata=auth("ky_nope"))
+        await stub.CreateChatCompletion(
+            pb.CreateChatCompletionRequest(body=b"{}"), metadata=auth("ky_nope")
+        )
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error_info(caught.value).reason == "INVALID_API_KEY"
 
     body = orjson.dumps({"model": "missing", "messages": [{"role": "user", "content": "x"}]})
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.CreateChatCompletion(pb.CreateChatCompletionRequest(body=body), metadata=auth(account[1]))
+        await stub.CreateChatCompletion(
+            pb.CreateChatCompletionRequest(body=body), metadata=auth(account[1])
+        )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     info = error_info(caught.value)
     assert info.reason == "MODEL_NOT_FOUND" and info.metadata["param"] == "model"
@@ -80,7 +95,9 @@ async def test_admin_needs_the_admin_token(kyma) -> None:
     stub = admin_service_pb2_grpc.AdminServiceStub(kyma.channel)
     for metadata in ((), (("authorization", "Bearer wrong"),)):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.CreateAccount(admin_service_pb2.CreateAccountRequest(email="x@example.com"), metadata=metadata)
+            await stub.CreateAccount(
+                admin_service_pb2.CreateAccountRequest(email="x@example.com"), metadata=metadata
+            )
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -104,6 +121,8 @@ async def test_health_and_reflection(kyma) -> None:
         reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
     reflection = reflection_pb2_grpc.ServerReflectionStub(kyma.channel)
-    responses = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    responses = reflection.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
     names = {s.name async for r in responses for s in r.list_services_response.service}
     assert "kyma.inference.v1.InferenceService" in names and "grpc.health.v1.Health" in names

@@ -85,14 +85,19 @@ async def test_demo_model_answers_without_network(client: openai.AsyncOpenAI) ->
     )
     assert reply.model == "kyma-demo" and reply.usage.completion_tokens == 5
     stream = await client.chat.completions.create(
-        model="kyma-demo", messages=[{"role": "user", "content": "Hi"}], max_tokens=5,
-        stream=True, stream_options={"include_usage": True},
+        model="kyma-demo",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=5,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = [chunk async for chunk in stream]
     assert chunks[-1].usage.completion_tokens == 5
 
 
-async def test_unknown_parameters_reach_the_upstream_unchanged(client: openai.AsyncOpenAI, kyma) -> None:
+async def test_unknown_parameters_reach_the_upstream_unchanged(
+    client: openai.AsyncOpenAI, kyma
+) -> None:
     await client.chat.completions.create(
         model="test-model",
         messages=[{"role": "user", "content": "Hi"}],
@@ -114,7 +119,11 @@ async def test_client_cannot_choose_upstream_or_credentials(kyma, account) -> No
             model="test-model",
             messages=[{"role": "user", "content": "Hi"}],
             max_tokens=2,
-            extra_body={"api_base": "http://127.0.0.1:9/v1", "base_url": "http://127.0.0.1:9", "api_key": "sk-evil"},
+            extra_body={
+                "api_base": "http://127.0.0.1:9/v1",
+                "base_url": "http://127.0.0.1:9",
+                "api_key": "sk-evil",
+            },
         )
     last = (await kyma.upstream.stats())["last_request"]
     assert last["headers"]["authorization"] == "Bearer sk-upstream-secret"

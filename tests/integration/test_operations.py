@@ -13,10 +13,10 @@ import grpc
 import httpx
 import orjson
 import pytest
+
 from kyma.admin.v1 import admin_service_pb2
 from kyma.inference.v1 import inference_service_pb2 as pb
 from kyma.inference.v1 import inference_service_pb2_grpc as pb_grpc
-
 from tests.conftest import ISSUED_KEYS, running_kyma, write_catalog  # type: ignore[import-not-found]
 from tests.fakes.postgres import psql
 from tests.integration.test_cli import kyma_cli  # type: ignore[import-not-found]
@@ -29,7 +29,9 @@ CHAT = "/v1/chat/completions"
 async def logged(kyma, request_id: str, timeout: float = 5.0):
     deadline = time.monotonic() + timeout
     while True:
-        reply = await kyma.admin("ListRequestLogs", admin_service_pb2.ListRequestLogsRequest(request_id=request_id))
+        reply = await kyma.admin(
+            "ListRequestLogs", admin_service_pb2.ListRequestLogsRequest(request_id=request_id)
+        )
         if reply.logs:
             return reply.logs[0]
         assert time.monotonic() < deadline, f"no log row for {request_id}"
@@ -39,10 +41,16 @@ async def logged(kyma, request_id: str, timeout: float = 5.0):
 async def test_logs_hold_content_for_plain_and_streamed_requests(kyma, account) -> None:
     account_id, key = account
     auth = {"authorization": f"Bearer {key}"}
-    question = {"model": "test-model", "messages": [{"role": "user", "content": "What is a ledger?"}], "max_tokens": 6}
+    question = {
+        "model": "test-model",
+        "messages": [{"role": "user", "content": "What is a ledger?"}],
+        "max_tokens": 6,
+    }
     async with kyma.http() as http:
         plain = await http.post(CHAT, json=question, headers=auth)
-        async with http.stream("POST", CHAT, json={**question, "stream": True}, headers=auth) as streamed:
+        async with http.stream(
+            "POST", CHAT, json={**question, "stream": True}, headers=auth
+        ) as streamed:
             text_parts = [
                 orjson.loads(line[6:])["choices"][0]["delta"].get("content") or ""
                 async for line in streamed.aiter_lines()
@@ -61,7 +69,9 @@ async def test_logs_hold_content_for_plain_and_streamed_requests(kyma, account) 
     row = await logged(kyma, refused.headers["x-request-id"])
     assert row.status == "MODEL_NOT_FOUND"
 
-    everything = await kyma.admin("ListRequestLogs", admin_service_pb2.ListRequestLogsRequest(limit=1000))
+    everything = await kyma.admin(
+        "ListRequestLogs", admin_service_pb2.ListRequestLogsRequest(limit=1000)
+    )
     dumped = str(everything)
     assert not any(issued in dumped for issued in ISSUED_KEYS)
     assert "sk-upstream-secret" not in dumped
@@ -70,10 +80,19 @@ async def test_logs_hold_content_for_plain_and_streamed_requests(kyma, account) 
 async def test_admin_logs_cli_and_purge_dry_run(kyma, account) -> None:
     _, key = account
     async with kyma.http() as http:
-        reply = await http.post(CHAT, json={"model": "test-model", "messages": [{"role": "user", "content": "hi"}],
-                                            "max_tokens": 2}, headers={"authorization": f"Bearer {key}"})
+        reply = await http.post(
+            CHAT,
+            json={
+                "model": "test-model",
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 2,
+            },
+            headers={"authorization": f"Bearer {key}"},
+        )
     await logged(kyma, reply.headers["x-request-id"])
-    code, out, _ = await kyma_cli(kyma, "admin", "logs", "list", "--request-id", reply.headers["x-request-id"], "--content")
+    code, out, _ = await kyma_cli(
+        kyma, "admin", "logs", "list", "--request-id", reply.headers["x-request-id"], "--content"
+    )
     assert code == 0 and reply.headers["x-request-id"] in out and "request:" in out
     code, out, _ = await kyma_cli(kyma, "admin", "logs", "purge", "--dry-run")
     assert code == 0 and "would remove 0 request logs" in out
@@ -82,32 +101,69 @@ async def test_admin_logs_cli_and_purge_dry_run(kyma, account) -> None:
 async def test_metrics_endpoint(kyma, account) -> None:
     _, key = account
     async with kyma.http() as http:
-        await http.post(CHAT, json={"model": "test-model", "messages": [{"role": "user", "content": "hi"}],
-                                    "max_tokens": 2}, headers={"authorization": f"Bearer {key}"})
+        await http.post(
+            CHAT,
+            json={
+                "model": "test-model",
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 2,
+            },
+            headers={"authorization": f"Bearer {key}"},
+        )
         metrics = await http.get(f"http://127.0.0.1:{kyma.core.metrics_port}/metrics")
     body = metrics.text
-    for name in ("kyma_requests_total", "kyma_request_duration_seconds_bucket", "kyma_tokens_total",
-                 "kyma_cost_nanodollars_total", "kyma_breaker_state", "kyma_ratelimit_decisions_total",
-                 "kyma_request_log_pending", "kyma_request_log_dropped", "kyma_ratelimit_shared",
-                 "kyma_holds_total"):
+    for name in (
+        "kyma_requests_total",
+        "kyma_request_duration_seconds_bucket",
+        "kyma_tokens_total",
+        "kyma_cost_nanodollars_total",
+        "kyma_breaker_state",
+        "kyma_ratelimit_decisions_total",
+        "kyma_request_log_pending",
+        "kyma_request_log_dropped",
+        "kyma_ratelimit_shared",
+        "kyma_holds_total",
+    ):
         assert name in body, name
     assert 'status="ok"' in body
 
 
 async def test_log_buffer_overflow_never_fails_requests(upstream, tmp_path, pg_url) -> None:
-    generous = [{"tier": 0, "min_purchased_usd": "0", "rpm": 10_000, "model_rpm": 10_000, "tpm": 10**9}]
-    async with running_kyma(tmp_path, pg_url, upstream, "postgres", tiers=generous, log_buffer_capacity=100) as kyma:
+    generous = [
+        {"tier": 0, "min_purchased_usd": "0", "rpm": 10_000, "model_rpm": 10_000, "tpm": 10**9}
+    ]
+    async with running_kyma(
+        tmp_path, pg_url, upstream, "postgres", tiers=generous, log_buffer_capacity=100
+    ) as kyma:
         _, key = await kyma.create_account()
         lock = await asyncio.create_subprocess_exec(
-            "psql", "-h", "127.0.0.1", "-U", "postgres", "-d", pg_url.rsplit("/", 1)[1], "-q", "-c",
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            pg_url.rsplit("/", 1)[1],
+            "-q",
+            "-c",
             "BEGIN; LOCK TABLE request_logs IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT;",
             stdout=asyncio.subprocess.DEVNULL,
         )
         await asyncio.sleep(0.5)
-        body = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-        async with httpx.AsyncClient(base_url=kyma.http_url, timeout=30, limits=httpx.Limits(max_connections=20)) as http:
-            replies = await asyncio.gather(*(http.post(CHAT, json=body, headers={"authorization": f"Bearer {key}"})
-                                             for _ in range(300)))
+        body = {
+            "model": "test-model",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 2,
+        }
+        async with httpx.AsyncClient(
+            base_url=kyma.http_url, timeout=30, limits=httpx.Limits(max_connections=20)
+        ) as http:
+            replies = await asyncio.gather(
+                *(
+                    http.post(CHAT, json=body, headers={"authorization": f"Bearer {key}"})
+                    for _ in range(300)
+                )
+            )
         assert all(r.status_code == 200 for r in replies)
         assert kyma.core.request_log.dropped >= 100
         async with httpx.AsyncClient() as http:
@@ -124,11 +180,15 @@ async def test_readyz_follows_the_database(upstream, tmp_path, pg_url) -> None:
             assert (await http.get("/readyz")).status_code == 200
             kyma.core.engine.sync_engine.pool.dispose()
             psql(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
-            psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'")
+            psql(
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
+            )
             try:
                 deadline = time.monotonic() + 6
                 while (reply := await http.get("/readyz")).status_code != 503:
-                    assert time.monotonic() < deadline, "readyz did not notice the database going away"
+                    assert time.monotonic() < deadline, (
+                        "readyz did not notice the database going away"
+                    )
                     await asyncio.sleep(0.2)
                 assert reply.json()["core"] == "unavailable"
             finally:
@@ -154,8 +214,14 @@ async def test_sigterm_drains_streams_settles_holds_and_flushes_logs(upstream, t
         "KYMA_SHUTDOWN_GRACE_SECONDS": "10",
     }
     core = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "core_service.cli.main", "serve", "core", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "core_service.cli.main",
+        "serve",
+        "core",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         line = (await asyncio.wait_for(core.stdout.readline(), 30)).decode()
@@ -166,12 +232,20 @@ async def test_sigterm_drains_streams_settles_holds_and_flushes_logs(upstream, t
                 metadata=(("authorization", "Bearer admin-token"),),
             )
             stub = pb_grpc.InferenceServiceStub(channel)
-            body = orjson.dumps({"model": "test-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": 20})
+            body = orjson.dumps(
+                {
+                    "model": "test-model",
+                    "messages": [{"role": "user", "content": "x"}],
+                    "max_tokens": 20,
+                }
+            )
             metadata = (("authorization", f"Bearer {created.api_key_secret}"),)
 
             async def stream() -> int:
                 chunks = 0
-                async for message in stub.StreamChatCompletion(pb.StreamChatCompletionRequest(body=body), metadata=metadata):
+                async for message in stub.StreamChatCompletion(
+                    pb.StreamChatCompletionRequest(body=body), metadata=metadata
+                ):
                     chunks += len(message.chunks)
                 return chunks
 
@@ -179,7 +253,9 @@ async def test_sigterm_drains_streams_settles_holds_and_flushes_logs(upstream, t
             await asyncio.sleep(0.4)  # every stream is under way (20 tokens at 20 a second)
             core.send_signal(signal.SIGTERM)
             results = await asyncio.wait_for(asyncio.gather(*streams, return_exceptions=True), 15)
-        assert all(isinstance(r, int) and r >= 21 for r in results), results  # role + 20 tokens (+ end)
+        assert all(isinstance(r, int) and r >= 21 for r in results), (
+            results
+        )  # role + 20 tokens (+ end)
         assert await asyncio.wait_for(core.wait(), 15) == 0
     finally:
         if core.returncode is None:
@@ -189,8 +265,13 @@ async def test_sigterm_drains_streams_settles_holds_and_flushes_logs(upstream, t
 
     db = sqlite3.connect(tmp_path / "kyma.db")
     try:
-        assert db.execute("SELECT count(*) FROM credit_holds WHERE status = 'open'").fetchone()[0] == 0
-        assert db.execute("SELECT count(*) FROM credit_holds WHERE status = 'settled'").fetchone()[0] == 20
+        assert (
+            db.execute("SELECT count(*) FROM credit_holds WHERE status = 'open'").fetchone()[0] == 0
+        )
+        assert (
+            db.execute("SELECT count(*) FROM credit_holds WHERE status = 'settled'").fetchone()[0]
+            == 20
+        )
         assert db.execute("SELECT count(*) FROM request_logs WHERE stream").fetchone()[0] == 20
     finally:
         db.close()

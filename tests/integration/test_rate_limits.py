@@ -15,11 +15,11 @@ import httpx
 import orjson
 import pytest
 import pytest_asyncio
+
 from kyma.admin.v1 import admin_service_pb2
 from kyma.inference.v1 import inference_service_pb2 as pb
 from kyma.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from kyma.ratelimit.v1 import ratelimit_service_pb2, ratelimit_service_pb2_grpc
-
 from tests.conftest import running_kyma  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.asyncio
@@ -52,10 +52,18 @@ async def limited(request, upstream, tmp_path_factory):
     extra = {}
     if request.param == "redis":
         # Generous timeout: a 100-request burst on this 2-core machine must not look like an outage.
-        extra = {"redis_url": "redis://127.0.0.1:6379/0", "redis_key_prefix": f"kyma-test:{secrets.token_hex(4)}:",
-                 "redis_timeout_ms": 1000}
+        extra = {
+            "redis_url": "redis://127.0.0.1:6379/0",
+            "redis_key_prefix": f"kyma-test:{secrets.token_hex(4)}:",
+            "redis_timeout_ms": 1000,
+        }
     async with running_kyma(
-        tmp_path_factory.mktemp("limits"), None, upstream, f"sqlite-{request.param}", clock=clock, **extra
+        tmp_path_factory.mktemp("limits"),
+        None,
+        upstream,
+        f"sqlite-{request.param}",
+        clock=clock,
+        **extra,
     ) as kyma:
         kyma.clock = clock  # type: ignore[attr-defined]
         yield kyma
@@ -63,7 +71,11 @@ async def limited(request, upstream, tmp_path_factory):
 
 
 def body(model: str = "test-model", max_tokens: int = 5) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": max_tokens,
+    }
 
 
 async def burst(kyma, key: str, bodies: list[dict]) -> list[httpx.Response]:
@@ -115,8 +127,11 @@ async def test_tokens_per_minute_count_max_tokens_and_true_up(limited) -> None:
     _, key = await limited.create_account()
     # No max_tokens: counted at the model's cap (2,048) and trued up to the 16 it wrote.
     async with limited.http() as http:
-        reply = await http.post(CHAT, json={"model": "test-model", "messages": [{"role": "user", "content": "hi"}]},
-                                headers={"authorization": f"Bearer {key}"})
+        reply = await http.post(
+            CHAT,
+            json={"model": "test-model", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"authorization": f"Bearer {key}"},
+        )
     assert reply.status_code == 200
     assert int(reply.headers["x-ratelimit-remaining-tokens"]) == 200_000 - (8 + 2048)
     used = reply.json()["usage"]["total_tokens"]
@@ -133,8 +148,12 @@ async def test_tokens_per_minute_count_max_tokens_and_true_up(limited) -> None:
 
 async def test_refused_requests_consume_nothing(limited) -> None:
     account_id, key = await limited.create_account()
-    await limited.admin("AdjustCredits", admin_service_pb2.AdjustCreditsRequest(
-        account_id=account_id, amount_usd="-0.499900000", reason="test", actor="tests"))
+    await limited.admin(
+        "AdjustCredits",
+        admin_service_pb2.AdjustCreditsRequest(
+            account_id=account_id, amount_usd="-0.499900000", reason="test", actor="tests"
+        ),
+    )
     replies = await burst(limited, key, [body(max_tokens=1000)] * 5)
     assert {r.status_code for r in replies} == {402}
     async with limited.http() as http:
@@ -152,7 +171,9 @@ async def test_headers_are_monotone_and_in_openai_format(limited) -> None:
             assert reply.status_code == 200
             seen.append(reply.headers)
     remaining = [int(h["x-ratelimit-remaining-requests"]) for h in seen]
-    assert remaining == sorted(remaining, reverse=True) and remaining[0] == 24 and remaining[-1] == 19
+    assert (
+        remaining == sorted(remaining, reverse=True) and remaining[0] == 24 and remaining[-1] == 19
+    )
     tokens = [int(h["x-ratelimit-remaining-tokens"]) for h in seen]
     assert tokens == sorted(tokens, reverse=True)
     for headers in seen:
@@ -165,8 +186,12 @@ async def test_headers_are_monotone_and_in_openai_format(limited) -> None:
 async def test_streams_carry_the_headers_too(limited) -> None:
     _, key = await limited.create_account()
     async with httpx.AsyncClient(base_url=limited.http_url, timeout=30) as http:
-        async with http.stream("POST", CHAT, json={**body(), "stream": True},
-                               headers={"authorization": f"Bearer {key}"}) as reply:
+        async with http.stream(
+            "POST",
+            CHAT,
+            json={**body(), "stream": True},
+            headers={"authorization": f"Bearer {key}"},
+        ) as reply:
             assert reply.headers["x-ratelimit-remaining-requests"] == "24"
             await reply.aread()
 
@@ -174,7 +199,9 @@ async def test_streams_carry_the_headers_too(limited) -> None:
 async def test_pinned_tier_raises_limits(limited) -> None:
     account_id, key = await limited.create_account()
     await limited.admin("PinTier", admin_service_pb2.PinTierRequest(account_id=account_id, tier=1))
-    limits = await limited.admin("GetAccountLimits", admin_service_pb2.GetAccountLimitsRequest(account_id=account_id))
+    limits = await limited.admin(
+        "GetAccountLimits", admin_service_pb2.GetAccountLimitsRequest(account_id=account_id)
+    )
     assert limits.limits.tier == 1 and limits.limits.pinned and limits.limits.model_rpm == 50
     await asyncio.sleep(limited.settings.key_cache_seconds)
     replies = await burst(limited, key, [body()] * 60)
@@ -190,7 +217,11 @@ def free_port() -> int:
 @pytest.mark.asyncio
 async def test_two_cores_share_one_limit_through_redis(upstream, tmp_path) -> None:
     prefix = f"kyma-test:{secrets.token_hex(4)}:"
-    shared = {"redis_url": "redis://127.0.0.1:6379/0", "redis_key_prefix": prefix, "redis_timeout_ms": 1000}
+    shared = {
+        "redis_url": "redis://127.0.0.1:6379/0",
+        "redis_key_prefix": prefix,
+        "redis_timeout_ms": 1000,
+    }
     async with running_kyma(tmp_path, None, upstream, "sqlite", **shared) as first:
         async with running_kyma(tmp_path, None, upstream, "sqlite", **shared) as second:
             _, key = await first.create_account()
@@ -199,7 +230,9 @@ async def test_two_cores_share_one_limit_through_redis(upstream, tmp_path) -> No
 
             async def call(kyma) -> bool:
                 try:
-                    await pb_grpc.InferenceServiceStub(kyma.channel).CreateChatCompletion(request, metadata=metadata)
+                    await pb_grpc.InferenceServiceStub(kyma.channel).CreateChatCompletion(
+                        request, metadata=metadata
+                    )
                     return True
                 except grpc.aio.AioRpcError as error:
                     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -213,19 +246,38 @@ async def test_two_cores_share_one_limit_through_redis(upstream, tmp_path) -> No
 @pytest.mark.asyncio
 async def test_redis_down_serves_on_local_limits_and_recovers(upstream, tmp_path) -> None:
     port = free_port()
-    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    command = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
     redis = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     try:
         await asyncio.sleep(0.3)
-        async with running_kyma(tmp_path, None, upstream, "sqlite", redis_url=f"redis://127.0.0.1:{port}/0",
-                                expected_nodes=5) as kyma:
+        async with running_kyma(
+            tmp_path,
+            None,
+            upstream,
+            "sqlite",
+            redis_url=f"redis://127.0.0.1:{port}/0",
+            expected_nodes=5,
+        ) as kyma:
             _, key = await kyma.create_account()
             async with kyma.http() as http:
+
                 async def ready() -> dict:
                     return (await http.get("/readyz")).json()
 
                 async def chat() -> httpx.Response:
-                    return await http.post(CHAT, json=body(), headers={"authorization": f"Bearer {key}"})
+                    return await http.post(
+                        CHAT, json=body(), headers={"authorization": f"Bearer {key}"}
+                    )
 
                 for _ in range(50):
                     if (await ready())["rate_limits"] == "shared":
@@ -269,7 +321,10 @@ async def test_all_keys_of_an_account_share_its_limits(limited) -> None:
     limits = httpx.Limits(max_connections=60)
     async with httpx.AsyncClient(base_url=limited.http_url, timeout=30, limits=limits) as http:
         replies = await asyncio.gather(
-            *(http.post(CHAT, json=body(), headers={"authorization": f"Bearer {keys[i % 4]}"}) for i in range(60))
+            *(
+                http.post(CHAT, json=body(), headers={"authorization": f"Bearer {keys[i % 4]}"})
+                for i in range(60)
+            )
         )
     assert sum(r.status_code == 200 for r in replies) == 25
 
@@ -297,7 +352,9 @@ models:
         _, key = await kyma.create_account()
         async with kyma.http() as http:
             replies = [
-                await http.post(CHAT, json=body("capped-model"), headers={"authorization": f"Bearer {key}"})
+                await http.post(
+                    CHAT, json=body("capped-model"), headers={"authorization": f"Bearer {key}"}
+                )
                 for _ in range(4)
             ]
         assert [r.status_code for r in replies] == [200, 200, 200, 429]

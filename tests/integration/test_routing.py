@@ -16,7 +16,9 @@ from tests.conftest import running_kyma, start_upstream  # type: ignore[import-n
 pytestmark = pytest.mark.asyncio
 
 CHAT = "/v1/chat/completions"
-GENEROUS = [{"tier": 0, "min_purchased_usd": "0", "rpm": 100_000, "model_rpm": 100_000, "tpm": 10**9}]
+GENEROUS = [
+    {"tier": 0, "min_purchased_usd": "0", "rpm": 100_000, "model_rpm": 100_000, "tpm": 10**9}
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,27 +38,37 @@ def closed_port() -> int:
 
 def catalog_text(a, b, c) -> str:
     def deployment(name: str, url: str, weight: float = 1, first_token: float = 2) -> str:
-        return (f"      - {{name: {name}, base_url: '{url}', model: up-{name}, weight: {weight}, "
-                f"timeouts: {{connect: 1, first_token: {first_token}, idle: 2, total: 10}}}}\n")
+        return (
+            f"      - {{name: {name}, base_url: '{url}', model: up-{name}, weight: {weight}, "
+            f"timeouts: {{connect: 1, first_token: {first_token}, idle: 2, total: 10}}}}\n"
+        )
 
     return (
         "models:\n"
         "  - name: weighted\n    deployments:\n"
-        + deployment("a", a.base_url, 3) + deployment("b", b.base_url, 1)
+        + deployment("a", a.base_url, 3)
+        + deployment("b", b.base_url, 1)
         + "  - name: least\n    strategy: least_outstanding\n    deployments:\n"
-        + deployment("a", a.base_url) + deployment("b", b.base_url)
+        + deployment("a", a.base_url)
+        + deployment("b", b.base_url)
         + "  - name: fastest\n    strategy: lowest_latency\n    deployments:\n"
-        + deployment("a", a.base_url) + deployment("b", b.base_url)
+        + deployment("a", a.base_url)
+        + deployment("b", b.base_url)
         + "  - name: pair\n    deployments:\n"
-        + deployment("a", a.base_url) + deployment("c", c.base_url)
+        + deployment("a", a.base_url)
+        + deployment("c", c.base_url)
         + "  - name: refused\n    deployments:\n"
-        + deployment("gone", f"http://127.0.0.1:{closed_port()}/v1") + deployment("c", c.base_url)
+        + deployment("gone", f"http://127.0.0.1:{closed_port()}/v1")
+        + deployment("c", c.base_url)
         + "  - name: hanging\n    deployments:\n"
-        + deployment("a", a.base_url, first_token=0.5) + deployment("c", c.base_url, first_token=0.5)
+        + deployment("a", a.base_url, first_token=0.5)
+        + deployment("c", c.base_url, first_token=0.5)
         + "  - name: lonely\n    deployments:\n"
         + deployment("a", a.base_url)
         + "  - name: trio\n    deployments:\n"
-        + deployment("a", a.base_url) + deployment("b", b.base_url) + deployment("c", c.base_url)
+        + deployment("a", a.base_url)
+        + deployment("b", b.base_url)
+        + deployment("c", c.base_url)
     )
 
 
@@ -67,8 +79,15 @@ async def routed(upstreams, upstream, tmp_path):
     path = tmp_path / "routes.yaml"
     path.write_text(catalog_text(*upstreams))
     async with running_kyma(
-        tmp_path, None, upstream, "sqlite", catalog=path, tiers=GENEROUS,
-        breaker_cooldown_seconds=0.5, probe_interval_seconds=0.2, welcome_bonus_usd="100",
+        tmp_path,
+        None,
+        upstream,
+        "sqlite",
+        catalog=path,
+        tiers=GENEROUS,
+        breaker_cooldown_seconds=0.5,
+        probe_interval_seconds=0.2,
+        welcome_bonus_usd="100",
     ) as kyma:
         _, key = await kyma.create_account()
         kyma.key = key  # type: ignore[attr-defined]
@@ -77,13 +96,26 @@ async def routed(upstreams, upstream, tmp_path):
             await server.reset()
 
 
-async def send(kyma, model: str, count: int, *, concurrency: int = 16, stream: bool = False) -> list[httpx.Response]:
-    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "stream": stream}
+async def send(
+    kyma, model: str, count: int, *, concurrency: int = 16, stream: bool = False
+) -> list[httpx.Response]:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 2,
+        "stream": stream,
+    }
     gate = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=kyma.http_url, timeout=30, limits=httpx.Limits(max_connections=concurrency)) as http:
+    async with httpx.AsyncClient(
+        base_url=kyma.http_url, timeout=30, limits=httpx.Limits(max_connections=concurrency)
+    ) as http:
+
         async def one() -> httpx.Response:
             async with gate:
-                return await http.post(CHAT, json=body, headers={"authorization": f"Bearer {kyma.key}"})
+                return await http.post(
+                    CHAT, json=body, headers={"authorization": f"Bearer {kyma.key}"}
+                )
+
         return await asyncio.gather(*(one() for _ in range(count)))
 
 
@@ -136,7 +168,10 @@ async def test_one_bad_upstream_costs_clients_nothing(routed, upstreams, fault: 
         replies = await send(routed, model, 30, concurrency=4)
         assert [r.status_code for r in replies] == [200] * 30
         assert await served(a) <= 4
-    status = {(s.model, s.deployment): s for s in routed.core.router.status(routed.core.catalogue.models())}
+    status = {
+        (s.model, s.deployment): s
+        for s in routed.core.router.status(routed.core.catalogue.models())
+    }
     bad = status[(model, "gone" if fault == "refused" else "a")]
     assert bad.state.value in ("open", "half_open") and bad.failures >= 3
 
@@ -148,7 +183,10 @@ async def test_ejected_upstream_is_probed_back_in(routed, upstreams) -> None:
     await a.control(error_rate=0)
     deadline = time.monotonic() + 5
     while True:
-        status = {(s.model, s.deployment): s for s in routed.core.router.status(routed.core.catalogue.models())}
+        status = {
+            (s.model, s.deployment): s
+            for s in routed.core.router.status(routed.core.catalogue.models())
+        }
         if status[("pair", "a")].state.value == "closed":
             break
         assert time.monotonic() < deadline, "not re-admitted"
@@ -164,7 +202,9 @@ async def test_only_deployment_down_fails_fast(routed, upstreams) -> None:
     failed = await send(routed, "lonely", 3, concurrency=1)
     assert [r.status_code for r in failed] == [502, 502, 502]
     body = {"model": "lonely", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-    async with httpx.AsyncClient(base_url=routed.http_url, timeout=30) as http:  # made before the clock starts
+    async with httpx.AsyncClient(
+        base_url=routed.http_url, timeout=30
+    ) as http:  # made before the clock starts
         await http.get("/healthz")
         started = time.monotonic()
         fast = await http.post(CHAT, json=body, headers={"authorization": f"Bearer {routed.key}"})
@@ -183,8 +223,15 @@ async def test_retry_budget_caps_upstream_load_in_an_outage(upstreams, upstream,
     path.write_text(catalog_text(*upstreams))
     try:
         # Breakers that never open: only the budget stands between clients and upstreams.
-        async with running_kyma(tmp_path, None, upstream, "sqlite", catalog=path, tiers=GENEROUS,
-                                breaker_failures_to_open=10_000) as kyma:
+        async with running_kyma(
+            tmp_path,
+            None,
+            upstream,
+            "sqlite",
+            catalog=path,
+            tiers=GENEROUS,
+            breaker_failures_to_open=10_000,
+        ) as kyma:
             _, kyma.key = await kyma.create_account()  # type: ignore[attr-defined]
             started = time.monotonic()
             replies = await send(kyma, "trio", 200, concurrency=8)
@@ -204,7 +251,10 @@ async def test_catalogue_reload_and_status_through_the_cli(routed, upstreams, tm
     code, out, _ = await kyma_cli(routed, "admin", "models", "status")
     assert code == 0 and "weighted" in out and "closed" in out
     path = routed.settings.catalog
-    good = path.read_text() + f"  - name: added-later\n    deployments:\n      - {{base_url: '{upstreams[2].base_url}', model: x}}\n"
+    good = (
+        path.read_text()
+        + f"  - name: added-later\n    deployments:\n      - {{base_url: '{upstreams[2].base_url}', model: x}}\n"
+    )
     path.write_text("models: [ {name: broken")
     code, _, err = await kyma_cli(routed, "admin", "models", "reload")
     assert code == 1 and "not reloaded" in err

@@ -11,7 +11,6 @@ import grpc
 import pytest
 import pytest_asyncio
 import stripe
-from kyma.billing.v1 import billing_service_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core_service.accounts.auth import Authenticator
@@ -23,6 +22,7 @@ from core_service.billing.webhooks import StripeWebhooks
 from core_service.clock import SystemClock
 from core_service.db.engine import create_engine, migrate, session_factory
 from core_service.ratelimit.tiers import DEFAULT_TIERS, TierTable
+from kyma.billing.v1 import billing_service_pb2_grpc
 from tests.fakes.postgres import asyncpg_url, fresh_database
 from tests.fakes.stripe_api import (
     API_KEY,
@@ -67,7 +67,9 @@ def new_account(account_store: AccountStore) -> NewAccount:
     """Creates a real account (with its balance row); returns (account id, API key)."""
 
     async def create() -> tuple[str, str]:
-        made = await account_store.create_account(parse_email(f"buyer-{secrets.token_hex(6)}@example.com"))
+        made = await account_store.create_account(
+            parse_email(f"buyer-{secrets.token_hex(6)}@example.com")
+        )
         return made.account.id, made.secret
 
     return create
@@ -118,7 +120,9 @@ async def billing_stub(
     account_store: AccountStore, checkout: CheckoutSessions, webhooks: StripeWebhooks
 ) -> AsyncIterator[billing_service_pb2_grpc.BillingServiceStub]:
     """BillingService on a real grpc.aio server (port 0), wired as the core wires it."""
-    authenticator = Authenticator(account_store, SystemClock(), TierTable(DEFAULT_TIERS), cache_seconds=0)
+    authenticator = Authenticator(
+        account_store, SystemClock(), TierTable(DEFAULT_TIERS), cache_seconds=0
+    )
     server = grpc.aio.server()
     billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
         BillingServicer(authenticator, account_store, checkout, webhooks), server

@@ -12,11 +12,11 @@ import pytest
 import stripe
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from kyma.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 
 from core_service.accounts.store import AccountStore
 from core_service.billing.checkout import CheckoutSessions, parse_amount_usd
 from core_service.errors import InvalidRequest, UpstreamUnavailable
+from kyma.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 from tests.fakes.stripe_api import RunningFakeStripe
 
 # The stripe library posts its form body as `data=`; httpx 0.28 warns about that.
@@ -71,7 +71,9 @@ async def test_bad_amounts_are_refused_before_stripe(
     amount: str, says: str, stripe_client: stripe.StripeClient, fake_stripe: RunningFakeStripe
 ) -> None:
     with pytest.raises(InvalidRequest) as caught:
-        await sessions(stripe_client).create(account_id="acct_x", email="a@example.com", amount_usd=amount)
+        await sessions(stripe_client).create(
+            account_id="acct_x", email="a@example.com", amount_usd=amount
+        )
     assert caught.value.param == "amount_usd"
     assert says in caught.value.message
     assert len(caught.value.message) < 200  # never echoes a huge input
@@ -80,8 +82,17 @@ async def test_bad_amounts_are_refused_before_stripe(
 
 @pytest.mark.parametrize(
     ("amount", "cents"),
-    [("5", 500), ("25", 2500), ("10.5", 1050), ("10.50", 1050), ("10.500", 1050), (" 42 ", 4200),
-     ("+7.25", 725), ("10000", 1_000_000), ("10000.00", 1_000_000)],
+    [
+        ("5", 500),
+        ("25", 2500),
+        ("10.5", 1050),
+        ("10.50", 1050),
+        ("10.500", 1050),
+        (" 42 ", 4200),
+        ("+7.25", 725),
+        ("10000", 1_000_000),
+        ("10000.00", 1_000_000),
+    ],
 )
 def test_good_amounts_are_whole_cents(amount: str, cents: int) -> None:
     parsed = parse_amount_usd(amount, min_usd=Decimal("5"), max_usd=Decimal("10000"))
@@ -135,7 +146,9 @@ async def test_a_refused_stripe_key_is_unavailable_and_never_quoted(
     caplog.set_level(logging.DEBUG, logger="core_service")
     try:
         with pytest.raises(UpstreamUnavailable) as caught:
-            await sessions(wrong).create(account_id="acct_x", email="a@example.com", amount_usd="25")
+            await sessions(wrong).create(
+                account_id="acct_x", email="a@example.com", amount_usd="25"
+            )
     finally:
         await http.close_async()
     assert "payment provider" in caught.value.message
@@ -149,7 +162,9 @@ async def test_a_stripe_outage_is_unavailable(
 ) -> None:
     fake_stripe.api.fail_with = 500
     with pytest.raises(UpstreamUnavailable):
-        await sessions(stripe_client).create(account_id="acct_x", email="a@example.com", amount_usd="25")
+        await sessions(stripe_client).create(
+            account_id="acct_x", email="a@example.com", amount_usd="25"
+        )
 
 
 async def test_an_unreachable_stripe_is_unavailable() -> None:
@@ -158,12 +173,16 @@ async def test_an_unreachable_stripe_is_unavailable() -> None:
         port = sock.getsockname()[1]
     http = stripe.HTTPXClient(timeout=5)
     client = stripe.StripeClient(
-        "sk_test_x", base_addresses={"api": f"http://127.0.0.1:{port}"}, http_client=http,
+        "sk_test_x",
+        base_addresses={"api": f"http://127.0.0.1:{port}"},
+        http_client=http,
         max_network_retries=0,
     )
     try:
         with pytest.raises(UpstreamUnavailable):
-            await sessions(client).create(account_id="acct_x", email="a@example.com", amount_usd="25")
+            await sessions(client).create(
+                account_id="acct_x", email="a@example.com", amount_usd="25"
+            )
     finally:
         await http.close_async()
 

@@ -59,7 +59,9 @@ operations = st.lists(
     st.one_of(
         st.tuples(st.just("bonus"), amounts),
         st.tuples(st.just("purchase"), amounts),
-        st.tuples(st.just("adjust"), st.integers(min_value=-(10**10), max_value=10**10).filter(bool)),
+        st.tuples(
+            st.just("adjust"), st.integers(min_value=-(10**10), max_value=10**10).filter(bool)
+        ),
         st.tuples(st.just("hold"), st.integers(min_value=0, max_value=10**10)),
         st.tuples(st.just("settle"), st.integers(min_value=0, max_value=2 * 10**10)),
         st.tuples(st.just("release"), st.just(0)),
@@ -86,10 +88,20 @@ async def run(steps: list[tuple[str, int]], url: str) -> None:
     try:
         for number, (op, amount) in enumerate(steps):
             if op in ("bonus", "purchase", "adjust"):
-                source = {"bonus": SYSTEM_WELCOME_BONUS, "purchase": SYSTEM_PURCHASES, "adjust": SYSTEM_ADJUSTMENTS}[op]
-                kind = {"bonus": EntryKind.WELCOME_BONUS, "purchase": EntryKind.PURCHASE, "adjust": EntryKind.ADJUSTMENT}[op]
+                source = {
+                    "bonus": SYSTEM_WELCOME_BONUS,
+                    "purchase": SYSTEM_PURCHASES,
+                    "adjust": SYSTEM_ADJUSTMENTS,
+                }[op]
+                kind = {
+                    "bonus": EntryKind.WELCOME_BONUS,
+                    "purchase": EntryKind.PURCHASE,
+                    "adjust": EntryKind.ADJUSTMENT,
+                }[op]
                 debit, credit = (source, account) if amount > 0 else (account, source)
-                last_transfer = Transfer(f"k{run_id}-{number}", kind, debit, credit, abs(amount), actor="test")
+                last_transfer = Transfer(
+                    f"k{run_id}-{number}", kind, debit, credit, abs(amount), actor="test"
+                )
                 try:
                     await ledger.post(last_transfer)
                 except InsufficientCredits:
@@ -147,14 +159,24 @@ def postgres_url() -> Iterator[str]:
         yield asyncpg_url(url)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(steps=operations)
 def test_ledger_matches_the_model_on_sqlite(steps: list[tuple[str, int]]) -> None:
     with tempfile.TemporaryDirectory() as directory:
         asyncio.run(run(steps, f"sqlite+aiosqlite:///{pathlib.Path(directory) / 'ledger.db'}"))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(steps=operations)
-def test_ledger_matches_the_model_on_postgres(postgres_url: str, steps: list[tuple[str, int]]) -> None:
+def test_ledger_matches_the_model_on_postgres(
+    postgres_url: str, steps: list[tuple[str, int]]
+) -> None:
     asyncio.run(run(steps, postgres_url))

@@ -10,8 +10,6 @@ from typing import Any
 
 import grpc
 import pytest
-from kyma.billing.v1 import billing_service_pb2 as pb
-from kyma.billing.v1 import billing_service_pb2_grpc
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,6 +23,8 @@ from core_service.billing.webhooks import (
 from core_service.clock import SystemClock
 from core_service.db.models import LedgerEntry
 from core_service.errors import InvalidRequest, UpstreamUnavailable
+from kyma.billing.v1 import billing_service_pb2 as pb
+from kyma.billing.v1 import billing_service_pb2_grpc
 from tests.fakes.stripe_api import (
     WEBHOOK_SECRET,
     RunningFakeStripe,
@@ -51,7 +51,9 @@ async def balance(engine: AsyncEngine, account_id: str) -> BalanceView:
 async def entries_for(engine: AsyncEngine, session_id: str) -> list[Any]:
     async with engine.connect() as conn:
         return list(
-            (await conn.execute(select(LedgerEntry).where(LedgerEntry.reference == session_id))).all()
+            (
+                await conn.execute(select(LedgerEntry).where(LedgerEntry.reference == session_id))
+            ).all()
         )
 
 
@@ -74,12 +76,22 @@ async def test_a_paid_session_is_credited_as_a_purchase(
 
     assert outcome == CREDITED
     assert await balance(billing_engine, account_id) == BalanceView(
-        balance_nanos=2500 * NANOS_PER_CENT, held_nanos=0, total_purchased_nanos=2500 * NANOS_PER_CENT
+        balance_nanos=2500 * NANOS_PER_CENT,
+        held_nanos=0,
+        total_purchased_nanos=2500 * NANOS_PER_CENT,
     )
     [entry] = await entries_for(billing_engine, session["id"])
     assert entry.idempotency_key == f"stripe:checkout:{session['id']}"
-    assert (entry.kind, entry.debit_account, entry.credit_account) == ("purchase", SYSTEM_PURCHASES, account_id)
-    assert (entry.amount_nanos, entry.actor, entry.reason) == (25 * 10**9, "stripe", "Stripe purchase $25.00")
+    assert (entry.kind, entry.debit_account, entry.credit_account) == (
+        "purchase",
+        SYSTEM_PURCHASES,
+        account_id,
+    )
+    assert (entry.amount_nanos, entry.actor, entry.reason) == (
+        25 * 10**9,
+        "stripe",
+        "Stripe purchase $25.00",
+    )
 
 
 async def test_the_same_event_twice_credits_once(
@@ -158,7 +170,10 @@ async def test_an_unpaid_session_waits_for_its_async_payment(
     assert await entries_for(billing_engine, session["id"]) == []
     assert (await balance(billing_engine, account_id)).balance_nanos == 0
 
-    assert await webhooks.handle(*delivery(ASYNC_PAYMENT_SUCCEEDED, session, payment_status="paid")) == CREDITED
+    assert (
+        await webhooks.handle(*delivery(ASYNC_PAYMENT_SUCCEEDED, session, payment_status="paid"))
+        == CREDITED
+    )
     view = await balance(billing_engine, account_id)
     assert view.balance_nanos == view.total_purchased_nanos == 3000 * NANOS_PER_CENT
 
@@ -178,11 +193,18 @@ def _not_utf8(body: bytes) -> bytes:
         pytest.param(lambda body, header: (body, ""), id="missing header"),
         pytest.param(lambda body, header: (body, "t=1,v1=abc"), id="garbage signature"),
         pytest.param(lambda body, header: (body, "nonsense"), id="unparsable header"),
-        pytest.param(lambda body, header: (body, sign(body, "whsec_someone_else")), id="wrong secret"),
-        pytest.param(lambda body, header: (_one_byte_changed(body), header), id="body changed by one byte"),
+        pytest.param(
+            lambda body, header: (body, sign(body, "whsec_someone_else")), id="wrong secret"
+        ),
+        pytest.param(
+            lambda body, header: (_one_byte_changed(body), header), id="body changed by one byte"
+        ),
         pytest.param(lambda body, header: (_not_utf8(body), header), id="body not utf-8"),
         pytest.param(
-            lambda body, header: (body, sign(body, WEBHOOK_SECRET, timestamp=int(time.time()) - 301)),
+            lambda body, header: (
+                body,
+                sign(body, WEBHOOK_SECRET, timestamp=int(time.time()) - 301),
+            ),
             id="timestamp 301 s old",
         ),
         pytest.param(
@@ -211,17 +233,25 @@ async def test_bad_or_stale_signatures_change_nothing(
     assert await webhooks.handle(body, header) == CREDITED
 
 
-async def test_a_recent_signature_is_accepted(webhooks: StripeWebhooks, new_account: NewAccount) -> None:
+async def test_a_recent_signature_is_accepted(
+    webhooks: StripeWebhooks, new_account: NewAccount
+) -> None:
     account_id, _ = await new_account()
-    event = webhook_event(COMPLETED, checkout_session(account_id=account_id, amount_total=600), payment_status="paid")
+    event = webhook_event(
+        COMPLETED, checkout_session(account_id=account_id, amount_total=600), payment_status="paid"
+    )
     body, header = signed_delivery(event, WEBHOOK_SECRET, timestamp=int(time.time()) - 240)
     assert await webhooks.handle(body, header) == CREDITED
 
 
 @pytest.mark.parametrize(
     "event_type",
-    ["checkout.session.expired", "checkout.session.async_payment_failed", "payment_intent.succeeded",
-     "charge.refunded"],
+    [
+        "checkout.session.expired",
+        "checkout.session.async_payment_failed",
+        "payment_intent.succeeded",
+        "charge.refunded",
+    ],
 )
 async def test_other_events_are_ignored(
     event_type: str, webhooks: StripeWebhooks, billing_engine: AsyncEngine, new_account: NewAccount
@@ -235,7 +265,10 @@ async def test_other_events_are_ignored(
 @pytest.mark.parametrize(
     "changes",
     [
-        pytest.param({"client_reference_id": "acct_000000000000000000000000", "metadata": {}}, id="unknown account"),
+        pytest.param(
+            {"client_reference_id": "acct_000000000000000000000000", "metadata": {}},
+            id="unknown account",
+        ),
         pytest.param({"client_reference_id": None, "metadata": {}}, id="no account"),
         pytest.param({"client_reference_id": SYSTEM_PURCHASES}, id="system account"),
         pytest.param({"amount_total": None}, id="no amount"),
@@ -269,7 +302,9 @@ async def test_the_account_may_come_from_metadata_alone(
     webhooks: StripeWebhooks, billing_engine: AsyncEngine, new_account: NewAccount
 ) -> None:
     account_id, _ = await new_account()
-    session = checkout_session(account_id=None, amount_total=1234, metadata={"account_id": account_id})
+    session = checkout_session(
+        account_id=None, amount_total=1234, metadata={"account_id": account_id}
+    )
     assert await webhooks.handle(*delivery(ASYNC_PAYMENT_SUCCEEDED, session)) == CREDITED
     assert (await balance(billing_engine, account_id)).balance_nanos == 1234 * NANOS_PER_CENT
 
@@ -280,7 +315,9 @@ async def test_a_signed_body_that_is_not_an_event_is_refused(webhooks: StripeWeb
             await webhooks.handle(body, sign(body, WEBHOOK_SECRET))
 
 
-async def test_without_a_signing_secret_webhooks_are_unavailable(billing_engine: AsyncEngine) -> None:
+async def test_without_a_signing_secret_webhooks_are_unavailable(
+    billing_engine: AsyncEngine,
+) -> None:
     unconfigured = StripeWebhooks(billing_engine, SystemClock(), webhook_secret=None)
     body, header = delivery(COMPLETED, checkout_session(account_id="acct_x", amount_total=100))
     with pytest.raises(UpstreamUnavailable):
@@ -295,11 +332,18 @@ async def test_checkout_then_paid_webhook_credits_the_amount(
     new_account: NewAccount,
 ) -> None:
     account_id, _ = await new_account()
-    session_id, _ = await checkout.create(account_id=account_id, email="b@example.com", amount_usd="12.34")
+    session_id, _ = await checkout.create(
+        account_id=account_id, email="b@example.com", amount_usd="12.34"
+    )
     session = fake_stripe.api.sessions[session_id]
 
     assert await webhooks.handle(*delivery(COMPLETED, session)) == IGNORED  # still "unpaid"
-    assert await webhooks.handle(*delivery(COMPLETED, session, payment_status="paid", status="complete")) == CREDITED
+    assert (
+        await webhooks.handle(
+            *delivery(COMPLETED, session, payment_status="paid", status="complete")
+        )
+        == CREDITED
+    )
 
     view = await balance(billing_engine, account_id)
     assert view.balance_nanos == view.total_purchased_nanos == 1234 * NANOS_PER_CENT
@@ -311,14 +355,22 @@ async def test_grpc_webhook_needs_no_key_but_a_signature(
     new_account: NewAccount,
 ) -> None:
     account_id, _ = await new_account()
-    body, header = delivery(COMPLETED, checkout_session(account_id=account_id, amount_total=800), payment_status="paid")
+    body, header = delivery(
+        COMPLETED, checkout_session(account_id=account_id, amount_total=800), payment_status="paid"
+    )
 
     with pytest.raises(grpc.aio.AioRpcError) as bad:
-        await billing_stub.HandleStripeWebhook(pb.HandleStripeWebhookRequest(payload=body + b" ", signature=header))
+        await billing_stub.HandleStripeWebhook(
+            pb.HandleStripeWebhookRequest(payload=body + b" ", signature=header)
+        )
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (await balance(billing_engine, account_id)).balance_nanos == 0
 
-    reply = await billing_stub.HandleStripeWebhook(pb.HandleStripeWebhookRequest(payload=body, signature=header))
+    reply = await billing_stub.HandleStripeWebhook(
+        pb.HandleStripeWebhookRequest(payload=body, signature=header)
+    )
     assert reply.outcome == CREDITED
-    again = await billing_stub.HandleStripeWebhook(pb.HandleStripeWebhookRequest(payload=body, signature=header))
+    again = await billing_stub.HandleStripeWebhook(
+        pb.HandleStripeWebhookRequest(payload=body, signature=header)
+    )
     assert again.outcome == ALREADY

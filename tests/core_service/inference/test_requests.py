@@ -37,7 +37,7 @@ def test_max_completion_tokens_wins_and_rpc_decides_streaming() -> None:
         ("chat.completions", b'{"model": "m", "messages": [{}], "n": 0}'),
         ("chat.completions", b'{"model": "m", "messages": [{}], "max_tokens": true}'),
         ("chat.completions", b'{"model": "m", "messages": [{}], "stream_options": 1}'),
-        ("chat.completions", b'\xff\xfe'),
+        ("chat.completions", b"\xff\xfe"),
     ],
 )
 def test_invalid(endpoint, body: bytes) -> None:

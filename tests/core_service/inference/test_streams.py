@@ -19,7 +19,10 @@ def test_rewrites_model_and_hides_usage_the_client_did_not_ask_for() -> None:
     relay = StreamRelay(public_model="public", include_usage=False, prompt_estimate=5)
     out = relay.rewrite(chunk("Hello"))
     assert out is not None and orjson.loads(out)["model"] == "public"
-    assert relay.rewrite(chunk(usage={"prompt_tokens": 3, "completion_tokens": 1}, choices=False)) is None
+    assert (
+        relay.rewrite(chunk(usage={"prompt_tokens": 3, "completion_tokens": 1}, choices=False))
+        is None
+    )
     assert relay.usage(complete=True).prompt_tokens == 3
 
 
@@ -32,8 +35,13 @@ def test_broken_stream_is_charged_for_what_was_delivered() -> None:
 
 
 @pytest.mark.parametrize(
-    "usage", [{"prompt_tokens": -1, "completion_tokens": 2}, {"prompt_tokens": 1.5, "completion_tokens": 2},
-              {"prompt_tokens": 10**12, "completion_tokens": 1}, {"prompt_tokens": "3"}]
+    "usage",
+    [
+        {"prompt_tokens": -1, "completion_tokens": 2},
+        {"prompt_tokens": 1.5, "completion_tokens": 2},
+        {"prompt_tokens": 10**12, "completion_tokens": 1},
+        {"prompt_tokens": "3"},
+    ],
 )
 def test_unbelievable_usage_is_estimated_instead(usage: dict) -> None:
     relay = StreamRelay(public_model="p", include_usage=True, prompt_estimate=4)

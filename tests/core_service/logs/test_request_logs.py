@@ -60,7 +60,9 @@ def logs_pg_url() -> Iterator[str]:
 
 
 @pytest_asyncio.fixture(scope="module", params=["sqlite", "postgres"])
-async def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Db]:
+async def db(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Db]:
     path = None
     if request.param == "postgres":
         url = request.getfixturevalue("logs_pg_url")
@@ -73,7 +75,9 @@ async def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     await engine.dispose()
 
 
-def entry(account_id: str = "acct_a", at: datetime | None = None, **changes: object) -> RequestLogEntry:
+def entry(
+    account_id: str = "acct_a", at: datetime | None = None, **changes: object
+) -> RequestLogEntry:
     made = RequestLogEntry(
         id="log_" + secrets.token_hex(8),
         created_at=at or datetime.now(UTC),
@@ -103,15 +107,19 @@ def new_account() -> str:
 
 async def count(engine: AsyncEngine, where: str = "true", **params: object) -> int:
     async with engine.connect() as conn:
-        return (await conn.execute(text(f"SELECT count(*) FROM request_logs WHERE {where}"), params)).scalar_one()
+        return (
+            await conn.execute(text(f"SELECT count(*) FROM request_logs WHERE {where}"), params)
+        ).scalar_one()
 
 
 async def partitions(engine: AsyncEngine) -> set[str]:
     async with engine.connect() as conn:
-        rows = await conn.execute(text(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'request_logs'"
-        ))
+        rows = await conn.execute(
+            text(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'request_logs'"
+            )
+        )
         return {name for (name,) in rows}
 
 
@@ -174,11 +182,15 @@ async def test_stalled_database_bounds_the_buffer_and_recording_stays_instant(db
         assert db.sqlite_path is not None
         sqlite_blocker = sqlite3.connect(db.sqlite_path, isolation_level=None)
         sqlite_blocker.execute("BEGIN IMMEDIATE")  # the write lock
-    writer = RequestLogWriter(db.engine, SystemClock(), capacity=capacity, batch_size=50, flush_interval=0.01)
+    writer = RequestLogWriter(
+        db.engine, SystemClock(), capacity=capacity, batch_size=50, flush_interval=0.01
+    )
     await writer.start()
     try:
         writer.record(entry(account))
-        await wait_until(lambda: len(writer._inflight) == 1)  # the writer is now stuck in the database
+        await wait_until(
+            lambda: len(writer._inflight) == 1
+        )  # the writer is now stuck in the database
         started = time.perf_counter()
         for _ in range(capacity + extra - 1):
             writer.record(entry(account))
@@ -208,7 +220,9 @@ async def test_database_down_retries_with_backoff_and_drops_beyond_capacity(
     else:
         url = f"sqlite+aiosqlite:///{tmp_path / 'missing-dir' / 'kyma.db'}"
     engine = create_engine(url)
-    writer = RequestLogWriter(engine, SystemClock(), capacity=100, batch_size=10, flush_interval=0.01)
+    writer = RequestLogWriter(
+        engine, SystemClock(), capacity=100, batch_size=10, flush_interval=0.01
+    )
     await writer.start()
     for _ in range(130):
         writer.record(entry())
@@ -245,11 +259,18 @@ async def test_entries_round_trip_through_query(db: Db) -> None:
     account, other = new_account(), new_account()
     base = datetime(2024, 3, 10, 9, 30, 15, 123456, tzinfo=UTC)
     mine = [
-        entry(account, base + timedelta(minutes=i), latency_ms=10.0 + i, prompt_tokens=i) for i in range(8)
+        entry(account, base + timedelta(minutes=i), latency_ms=10.0 + i, prompt_tokens=i)
+        for i in range(8)
     ]
     mine[2] = replace(
-        mine[2], key_id=None, ttft_ms=None, status="RATE_LIMIT_EXCEEDED", estimated=True, stream=False,
-        response_body="", cost_nanos=2**40,
+        mine[2],
+        key_id=None,
+        ttft_ms=None,
+        status="RATE_LIMIT_EXCEEDED",
+        estimated=True,
+        stream=False,
+        response_body="",
+        cost_nanos=2**40,
     )
     theirs = [entry(other, base + timedelta(minutes=i, seconds=30)) for i in range(3)]
     writer = RequestLogWriter(db.engine, FakeClock(base), batch_size=4, flush_interval=0.01)
@@ -265,7 +286,9 @@ async def test_entries_round_trip_through_query(db: Db) -> None:
     assert await query.find(account_id=account, limit=3) == newest_first[:3]
     assert await query.find(request_id=mine[2].request_id) == [mine[2]]
     assert await query.find(account_id=other, request_id=mine[2].request_id) == []
-    window = await query.find(account_id=account, since=mine[2].created_at, until=mine[5].created_at)
+    window = await query.find(
+        account_id=account, since=mine[2].created_at, until=mine[5].created_at
+    )
     assert window == [mine[4], mine[3], mine[2]]  # since inclusive, until exclusive
     both = await query.find(since=base, until=base + timedelta(minutes=2))
     assert both == [theirs[1], mine[1], theirs[0], mine[0]]
@@ -274,15 +297,20 @@ async def test_entries_round_trip_through_query(db: Db) -> None:
     assert await query.find(account_id=account, since=east, limit=1) == [mine[7]]
 
     for bad in (
-        dict(limit=0), dict(limit=1001), dict(limit=True),
-        dict(since=datetime(2024, 1, 1)), dict(until=datetime(2024, 1, 1)),
+        dict(limit=0),
+        dict(limit=1001),
+        dict(limit=True),
+        dict(since=datetime(2024, 1, 1)),
+        dict(until=datetime(2024, 1, 1)),
         dict(since=base, until=base - timedelta(seconds=1)),
     ):
         with pytest.raises(InvalidRequest):
             await query.find(**bad)  # type: ignore[arg-type]
 
 
-async def test_writer_creates_a_missing_day_partition_and_recovers_from_a_dropped_one(db: Db) -> None:
+async def test_writer_creates_a_missing_day_partition_and_recovers_from_a_dropped_one(
+    db: Db,
+) -> None:
     if not db.postgres:
         pytest.skip("partitions are PostgreSQL's")
     day = datetime(2029, 12, 25, 8, 0, tzinfo=UTC)
@@ -294,12 +322,16 @@ async def test_writer_creates_a_missing_day_partition_and_recovers_from_a_droppe
     await wait_until(lambda: writer.written == 1)
     assert {"request_logs_p20291225", "request_logs_p20291226"} <= await partitions(db.engine)
 
-    async with db.engine.begin() as conn:  # dropped behind the writer's back (its cache says it exists)
+    async with (
+        db.engine.begin() as conn
+    ):  # dropped behind the writer's back (its cache says it exists)
         await conn.execute(text("DROP TABLE request_logs_p20291225"))
     writer.record(entry(account, day + timedelta(hours=1)))
     await writer.stop(timeout=5)
     assert (writer.written, writer.dropped) == (2, 0)
-    assert await count(db.engine, "account_id = :a", a=account) == 1  # the first row went with its day
+    assert (
+        await count(db.engine, "account_id = :a", a=account) == 1
+    )  # the first row went with its day
     assert "request_logs_p20291225" in await partitions(db.engine)
 
 
@@ -326,14 +358,20 @@ async def test_retention_purges_old_logs_and_nothing_else(db: Db) -> None:
     marker = "purge-" + secrets.token_hex(4)
     long_ago = "2020-01-01 00:00:00"
     async with db.engine.begin() as conn:
-        await conn.execute(text(
-            "INSERT INTO ledger_entries (idempotency_key, kind, debit_account, credit_account, amount_nanos, "
-            "created_at, actor, reason) VALUES (:k, 'adjustment', 'a', 'b', 5, :t, 'test', 'test')"
-        ), {"k": marker, "t": datetime(2020, 1, 1) if db.postgres else long_ago})
-        await conn.execute(text(
-            "INSERT INTO usage_daily (account_id, day, model, requests, prompt_tokens, completion_tokens, "
-            "cost_nanos, estimated_requests) VALUES (:a, :d, 'm', 1, 1, 1, 1, 0)"
-        ), {"a": marker, "d": date(2020, 1, 1) if db.postgres else "2020-01-01"})
+        await conn.execute(
+            text(
+                "INSERT INTO ledger_entries (idempotency_key, kind, debit_account, credit_account, amount_nanos, "
+                "created_at, actor, reason) VALUES (:k, 'adjustment', 'a', 'b', 5, :t, 'test', 'test')"
+            ),
+            {"k": marker, "t": datetime(2020, 1, 1) if db.postgres else long_ago},
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO usage_daily (account_id, day, model, requests, prompt_tokens, completion_tokens, "
+                "cost_nanos, estimated_requests) VALUES (:a, :d, 'm', 1, 1, 1, 1, 0)"
+            ),
+            {"a": marker, "d": date(2020, 1, 1) if db.postgres else "2020-01-01"},
+        )
 
     old_days = ["request_logs_p20240110", "request_logs_p20240131"]
     if db.postgres:
@@ -342,7 +380,11 @@ async def test_retention_purges_old_logs_and_nothing_else(db: Db) -> None:
     expected_partitions = old_days if db.postgres else []
 
     dry = await retention.purge(dry_run=True)
-    assert (dry.rows, dry.partitions, dry.cutoff) == (expected_rows, expected_partitions, now - timedelta(days=90))
+    assert (dry.rows, dry.partitions, dry.cutoff) == (
+        expected_rows,
+        expected_partitions,
+        now - timedelta(days=90),
+    )
     assert await count(db.engine, "account_id = :a", a=account) == 6  # a dry run changes nothing
     if db.postgres:
         assert set(old_days) <= await partitions(db.engine)
@@ -356,11 +398,17 @@ async def test_retention_purges_old_logs_and_nothing_else(db: Db) -> None:
         assert not set(old_days) & remaining
         assert {"request_logs_p20240201", "request_logs_p20240420"} <= remaining
         async with db.engine.connect() as conn:  # gone from the catalog, not just detached
-            gone = await conn.execute(text("SELECT count(*) FROM pg_class WHERE relname = ANY(:n)"), {"n": old_days})
+            gone = await conn.execute(
+                text("SELECT count(*) FROM pg_class WHERE relname = ANY(:n)"), {"n": old_days}
+            )
             assert gone.scalar_one() == 0
     async with db.engine.connect() as conn:
-        ledger = await conn.execute(text("SELECT count(*) FROM ledger_entries WHERE idempotency_key = :k"), {"k": marker})
-        usage = await conn.execute(text("SELECT count(*) FROM usage_daily WHERE account_id = :a"), {"a": marker})
+        ledger = await conn.execute(
+            text("SELECT count(*) FROM ledger_entries WHERE idempotency_key = :k"), {"k": marker}
+        )
+        usage = await conn.execute(
+            text("SELECT count(*) FROM usage_daily WHERE account_id = :a"), {"a": marker}
+        )
         assert (ledger.scalar_one(), usage.scalar_one()) == (1, 1)
 
     again = await retention.purge()
@@ -378,10 +426,15 @@ async def test_ensure_partitions_creates_the_days_ahead(db: Db) -> None:
     assert set(days) <= await partitions(db.engine)
     assert await retention.ensure_partitions(days_ahead=3) == []  # idempotent
     async with db.engine.connect() as conn:
-        bounds = await conn.execute(text(
-            "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = 'request_logs_p20310701'"
-        ))
-        assert bounds.scalar_one() == "FOR VALUES FROM ('2031-07-01 00:00:00') TO ('2031-07-02 00:00:00')"
+        bounds = await conn.execute(
+            text(
+                "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = 'request_logs_p20310701'"
+            )
+        )
+        assert (
+            bounds.scalar_one()
+            == "FOR VALUES FROM ('2031-07-01 00:00:00') TO ('2031-07-02 00:00:00')"
+        )
 
 
 def test_retention_window_must_be_positive() -> None:

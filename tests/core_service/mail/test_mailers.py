@@ -56,7 +56,12 @@ def closed_port() -> int:
 
 
 def smtp_mailer(port: int, **kwargs: object) -> SmtpMailer:
-    options: dict[str, object] = {"starttls": False, "use_tls": False, "sender": SENDER, "timeout": 2}
+    options: dict[str, object] = {
+        "starttls": False,
+        "use_tls": False,
+        "sender": SENDER,
+        "timeout": 2,
+    }
     options.update(kwargs)
     return SmtpMailer("127.0.0.1", port, local_hostname="client.test", **options)  # type: ignore[arg-type]
 
@@ -84,7 +89,9 @@ async def test_log_mailer_logs_recipient_subject_and_text(caplog: pytest.LogCapt
 async def test_file_mailer_writes_a_message_that_parses_back(tmp_path: pathlib.Path) -> None:
     directory = tmp_path / "mail" / "outbox"  # created on demand
     mailer = FileMailer(directory, sender=SENDER)
-    await mailer.send(Mail(to="zoë@example.com", subject="Bienvenue — ½ off", text="Héllo\n.dot line\n"))
+    await mailer.send(
+        Mail(to="zoë@example.com", subject="Bienvenue — ½ off", text="Héllo\n.dot line\n")
+    )
     await mailer.close()
 
     [path] = list(directory.iterdir())
@@ -93,7 +100,9 @@ async def test_file_mailer_writes_a_message_that_parses_back(tmp_path: pathlib.P
     assert message["From"] == SENDER
     assert message["To"] == "zoë@example.com"
     assert message["Subject"] == "Bienvenue — ½ off"
-    assert message["Message-ID"].startswith("<") and message["Message-ID"].endswith("@kyma.example>")
+    assert message["Message-ID"].startswith("<") and message["Message-ID"].endswith(
+        "@kyma.example>"
+    )
     assert abs(message["Date"].datetime - datetime.now(UTC)) < timedelta(minutes=1)
     assert message.get_content() == "Héllo\n.dot line\n"
     assert path.read_bytes().isascii()  # 7-bit safe, whatever the text
@@ -104,13 +113,18 @@ async def test_file_mailer_concurrent_sends_make_distinct_files_and_leave_no_tem
 ) -> None:
     mailer = FileMailer(tmp_path, sender=SENDER)
     await asyncio.gather(
-        *(mailer.send(Mail(to=f"user{i}@example.com", subject=f"n{i}", text=f"body {i}\n")) for i in range(25))
+        *(
+            mailer.send(Mail(to=f"user{i}@example.com", subject=f"n{i}", text=f"body {i}\n"))
+            for i in range(25)
+        )
     )
 
     files = sorted(tmp_path.iterdir())
     assert len(files) == 25
     assert all(path.suffix == ".eml" and not path.name.startswith(".") for path in files)
-    assert sorted(parse_file(path)["Subject"] for path in files) == sorted(f"n{i}" for i in range(25))
+    assert sorted(parse_file(path)["Subject"] for path in files) == sorted(
+        f"n{i}" for i in range(25)
+    )
     assert len({parse_file(path)["Message-ID"] for path in files}) == 25
 
 
@@ -127,7 +141,9 @@ async def test_file_mailer_names_sort_by_time(tmp_path: pathlib.Path) -> None:
 async def test_file_mailer_refuses_header_injection(tmp_path: pathlib.Path) -> None:
     mailer = FileMailer(tmp_path, sender=SENDER)
     with pytest.raises(MailError):
-        await mailer.send(Mail(to="ada@example.com", subject="hi\r\nBcc: eve@example.com", text="x"))
+        await mailer.send(
+            Mail(to="ada@example.com", subject="hi\r\nBcc: eve@example.com", text="x")
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -168,7 +184,14 @@ def test_factory_file_forms(url: str, directory: str) -> None:
         ("smtp://mail.example.com:2525", "mail.example.com", 2525, None, False, False),
         ("smtp://mail.example.com?starttls=true", "mail.example.com", 587, None, True, False),
         ("smtp://mail.example.com:25?starttls=false", "mail.example.com", 25, None, False, False),
-        ("smtp://u%40x.io:p%3Aw%40d@mail.example.com:587?starttls=1", "mail.example.com", 587, "u@x.io", True, False),
+        (
+            "smtp://u%40x.io:p%3Aw%40d@mail.example.com:587?starttls=1",
+            "mail.example.com",
+            587,
+            "u@x.io",
+            True,
+            False,
+        ),
         ("smtps://mail.example.com", "mail.example.com", 465, None, False, True),
         ("SMTPS://apikey:secret@[::1]:1465", "::1", 1465, "apikey", False, True),
     ],
@@ -354,7 +377,9 @@ async def test_fake_smtp_server_speaks_helo_auth_login_rset_and_noop() -> None:
     async with running_fake_smtp(credentials={"bob": "pw"}) as smtp:
 
         def dialogue() -> list[tuple[int, bytes]]:
-            with smtplib.SMTP("127.0.0.1", smtp.port, local_hostname="client.test", timeout=2) as client:
+            with smtplib.SMTP(
+                "127.0.0.1", smtp.port, local_hostname="client.test", timeout=2
+            ) as client:
                 replies = [client.helo("client.test"), client.noop()]
                 client.ehlo("client.test")
                 client.user, client.password = "bob", "pw"

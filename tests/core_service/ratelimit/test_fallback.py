@@ -55,7 +55,17 @@ class RedisServer:
 
     async def start(self) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -100,13 +110,20 @@ def records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRec
 
 
 @pytest.mark.redis
-async def test_redis_lost_and_back(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+async def test_redis_lost_and_back(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     clock = FakeClock()
     client = redis.asyncio.Redis(host="127.0.0.1", port=redis_server.port)
     local = InProcessRateLimitStore(clock)
     store = FallbackRateLimitStore(
-        RedisRateLimitStore(client, clock), local, clock, node_share=4, timeout_s=TIMEOUT_S, retry_interval_s=1.0
+        RedisRateLimitStore(client, clock),
+        local,
+        clock,
+        node_share=4,
+        timeout_s=TIMEOUT_S,
+        retry_interval_s=1.0,
     )
     rpm = Limit("acct:a:rpm", 8, 1)
     tpm = Limit("acct:a:tpm", 4000, 500)
@@ -139,9 +156,13 @@ async def test_redis_lost_and_back(redis_server: RedisServer, caplog: pytest.Log
         await quickly(store.adjust(rpm.key, tokens.second - 1, -1))  # admitted by Redis: dropped
 
         # Slots: per-node share too, released where they were taken.
-        local_slots = [await quickly(store.acquire_slot("dep:d:concurrency", 8, 30)) for _ in range(3)]
+        local_slots = [
+            await quickly(store.acquire_slot("dep:d:concurrency", 8, 30)) for _ in range(3)
+        ]
         assert local_slots[0] and local_slots[1] and local_slots[2] is None
-        await quickly(store.release_slot("dep:d:concurrency", shared_slot))  # Redis is away: its TTL frees it
+        await quickly(
+            store.release_slot("dep:d:concurrency", shared_slot)
+        )  # Redis is away: its TTL frees it
 
         # Redis still down when the retry interval has passed: one probe, still within the timeout.
         clock.advance(1.0)
@@ -160,7 +181,9 @@ async def test_redis_lost_and_back(redis_server: RedisServer, caplog: pytest.Log
         assert decision.admitted and decision.states[0].limit == 8
         assert decision.states[0].remaining == 7  # a fresh redis-server
         assert await client.hlen("kyma:rl:w:acct:a:rpm") == 1
-        assert len(records(caplog, logging.INFO)) == 1 and len(records(caplog, logging.WARNING)) == 1
+        assert (
+            len(records(caplog, logging.INFO)) == 1 and len(records(caplog, logging.WARNING)) == 1
+        )
 
         # After recovery, what was admitted locally is still trued up and released locally.
         await quickly(store.adjust(tpm.key, tokens.second, -200))
@@ -219,9 +242,16 @@ class FakePrimary:
         await self._enter()
 
 
-def fallback_over(primary: FakePrimary, clock: FakeClock, node_share: int = 2) -> FallbackRateLimitStore:
+def fallback_over(
+    primary: FakePrimary, clock: FakeClock, node_share: int = 2
+) -> FallbackRateLimitStore:
     return FallbackRateLimitStore(
-        primary, InProcessRateLimitStore(clock), clock, node_share=node_share, timeout_s=TIMEOUT_S, retry_interval_s=1.0
+        primary,
+        InProcessRateLimitStore(clock),
+        clock,
+        node_share=node_share,
+        timeout_s=TIMEOUT_S,
+        retry_interval_s=1.0,
     )
 
 
@@ -270,7 +300,10 @@ async def test_redis_errors_never_reach_callers(error: BaseException) -> None:
     store = fallback_over(primary, clock, node_share=2)
     limits = [Limit("acct:a:rpm", 3, 1), Limit("acct:a:model:m:rpm", 1, 1)]
     decision = await store.admit(limits)
-    assert decision.admitted and [s.limit for s in decision.states] == [1, 1]  # at least 1 per limit
+    assert decision.admitted and [s.limit for s in decision.states] == [
+        1,
+        1,
+    ]  # at least 1 per limit
     assert not (await store.admit(limits)).admitted
     assert [s.remaining for s in await store.peek(limits)] == [0, 0]
     await store.adjust("acct:a:tpm", decision.second - 5, -10)

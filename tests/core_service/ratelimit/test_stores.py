@@ -90,7 +90,9 @@ async def admit_one(store: RateLimitStore, *limits: Limit) -> Decision:
     return decision
 
 
-async def test_admits_exactly_the_limit_within_a_second(store: RateLimitStore, clock: FakeClock) -> None:
+async def test_admits_exactly_the_limit_within_a_second(
+    store: RateLimitStore, clock: FakeClock
+) -> None:
     rpm = Limit("acct:a:rpm", 5, 1)
     for i in range(5):
         decision = await admit_one(store, rpm)
@@ -137,7 +139,9 @@ async def test_the_window_frees_after_60_seconds(store: RateLimitStore, clock: F
     assert [(await admit_one(store, rpm)).admitted for _ in range(4)] == [True, True, True, False]
 
 
-async def test_the_rolling_window_frees_exactly_the_oldest_bucket(store: RateLimitStore, clock: FakeClock) -> None:
+async def test_the_rolling_window_frees_exactly_the_oldest_bucket(
+    store: RateLimitStore, clock: FakeClock
+) -> None:
     rpm = Limit("acct:a:rpm", 60, 1)
     for _ in range(3):
         assert (await admit_one(store, rpm)).admitted  # second 0 holds 3
@@ -154,7 +158,9 @@ async def test_the_rolling_window_frees_exactly_the_oldest_bucket(store: RateLim
     assert (await store.peek([rpm]))[0].remaining == 0
 
 
-async def test_retry_after_is_accurate_to_the_second(store: RateLimitStore, clock: FakeClock) -> None:
+async def test_retry_after_is_accurate_to_the_second(
+    store: RateLimitStore, clock: FakeClock
+) -> None:
     key = "acct:a:tpm"
     for seconds, cost in [(0, 30), (10, 20), (10, 40)]:
         clock.advance(seconds)
@@ -270,7 +276,10 @@ async def test_two_nodes_share_one_limit(clock: FakeClock, redis_prefix: str) ->
         rpm = [Limit("acct:a:rpm", 25, 1)]
         decisions = await asyncio.gather(*(nodes[i % 2].admit(rpm) for i in range(100)))
         assert sum(d.admitted for d in decisions) == 25
-        assert sum(d.admitted for d in decisions[0::2]) > 0 and sum(d.admitted for d in decisions[1::2]) > 0
+        assert (
+            sum(d.admitted for d in decisions[0::2]) > 0
+            and sum(d.admitted for d in decisions[1::2]) > 0
+        )
     finally:
         for node in nodes:
             await node.close()  # closes its client
@@ -292,7 +301,9 @@ async def test_adjust_returns_tokens_but_never_below_zero(store: RateLimitStore)
     assert not (await store.admit([Limit(tpm.key, 1000, 1)])).admitted
 
 
-async def test_adjust_ignores_buckets_outside_the_window(store: RateLimitStore, clock: FakeClock) -> None:
+async def test_adjust_ignores_buckets_outside_the_window(
+    store: RateLimitStore, clock: FakeClock
+) -> None:
     tpm = Limit("acct:a:tpm", 1000, 100)
     old = await store.admit([tpm])
     clock.advance(60)
@@ -326,9 +337,26 @@ async def test_slots(store: RateLimitStore, clock: FakeClock) -> None:
 
 
 async def test_keys_are_safe_for_any_model_name(store: RateLimitStore) -> None:
-    names = ["a:b", "a", "b:rpm", "a/b", "a b", "a*b?[c]", "ünï ✓", "a%3Ab", "x" * 500, "x" * 501, ""]
+    names = [
+        "a:b",
+        "a",
+        "b:rpm",
+        "a/b",
+        "a b",
+        "a*b?[c]",
+        "ünï ✓",
+        "a%3Ab",
+        "x" * 500,
+        "x" * 501,
+        "",
+    ]
     keys = [rate_key("acct", "1", "model", name, "rpm") for name in names]
-    keys += ["raw:a b", "raw:a%20b", "raw:a:b", "raw:a%3Ab"]  # distinct for the store, escaped or not
+    keys += [
+        "raw:a b",
+        "raw:a%20b",
+        "raw:a:b",
+        "raw:a%3Ab",
+    ]  # distinct for the store, escaped or not
     assert len(set(keys)) == len(keys)
     for key in keys:
         assert (await store.admit([Limit(key, 1, 1)])).admitted, key

@@ -62,7 +62,7 @@ def start_upstream(*flags: str) -> RunningUpstream:
         process.kill()
         _, errors = process.communicate()
         raise RuntimeError(f"test upstream did not start: {line!r} {errors}")
-    return RunningUpstream(process, line[len(LISTENING):].strip())
+    return RunningUpstream(process, line[len(LISTENING) :].strip())
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +119,9 @@ async def http(clean_upstream: RunningUpstream) -> AsyncIterator[httpx.AsyncClie
 
 @pytest.fixture
 async def sdk(clean_upstream: RunningUpstream) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=clean_upstream.api_base, api_key="sk-client", max_retries=0) as client:
+    async with openai.AsyncOpenAI(
+        base_url=clean_upstream.api_base, api_key="sk-client", max_retries=0
+    ) as client:
         yield client
 
 
@@ -133,7 +135,9 @@ async def stats(http: httpx.AsyncClient) -> dict[str, Any]:
     return (await http.get("/_stats")).json()
 
 
-async def wait_for_stats(http: httpx.AsyncClient, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+async def wait_for_stats(
+    http: httpx.AsyncClient, check: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
     """Server-side counters settle a moment after the client gives up."""
     deadline = time.monotonic() + 3
     while True:
@@ -151,7 +155,11 @@ async def test_sdk_chat_completion(sdk: openai.AsyncOpenAI) -> None:
     assert completion.model == "m"
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage is not None
-    assert completion.usage.completion_tokens == count_tokens(completion.choices[0].message.content or "") == 12
+    assert (
+        completion.usage.completion_tokens
+        == count_tokens(completion.choices[0].message.content or "")
+        == 12
+    )
 
 
 async def test_sdk_streaming_with_usage(sdk: openai.AsyncOpenAI) -> None:
@@ -167,7 +175,9 @@ async def test_sdk_streaming_with_usage(sdk: openai.AsyncOpenAI) -> None:
     assert chunks[-1].usage.completion_tokens == count_tokens(text) == 16
 
 
-async def test_sdk_completions_embeddings_and_models(sdk: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
+async def test_sdk_completions_embeddings_and_models(
+    sdk: openai.AsyncOpenAI, http: httpx.AsyncClient
+) -> None:
     completion = await sdk.completions.create(model="m", prompt="Once", max_tokens=4)
     assert count_tokens(completion.choices[0].text) == 4
 
@@ -182,7 +192,9 @@ async def test_sdk_completions_embeddings_and_models(sdk: openai.AsyncOpenAI, ht
 
 
 async def test_raw_sse_framing(http: httpx.AsyncClient) -> None:
-    async with http.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True, "max_tokens": 2}) as response:
+    async with http.stream(
+        "POST", "/v1/chat/completions", json={**CHAT, "stream": True, "max_tokens": 2}
+    ) as response:
         assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
         raw = await response.aread()
     events = raw.split(b"\n\n")
@@ -190,7 +202,9 @@ async def test_raw_sse_framing(http: httpx.AsyncClient) -> None:
     assert all(event.startswith(b"data: {") for event in events[:-2])
 
 
-async def test_bad_requests_get_openai_errors(sdk: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
+async def test_bad_requests_get_openai_errors(
+    sdk: openai.AsyncOpenAI, http: httpx.AsyncClient
+) -> None:
     with pytest.raises(openai.BadRequestError):
         await sdk.chat.completions.create(model="m", messages=[])
     for method, path, content, status in [
@@ -209,7 +223,9 @@ async def test_bad_requests_get_openai_errors(sdk: openai.AsyncOpenAI, http: htt
 # --- control and statistics -------------------------------------------------------------------
 
 
-async def test_stats_show_what_was_forwarded(sdk: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
+async def test_stats_show_what_was_forwarded(
+    sdk: openai.AsyncOpenAI, http: httpx.AsyncClient
+) -> None:
     await sdk.chat.completions.create(
         model="m",
         messages=MESSAGES,  # type: ignore[arg-type]
@@ -226,7 +242,9 @@ async def test_stats_show_what_was_forwarded(sdk: openai.AsyncOpenAI, http: http
     assert last["method"] == "GET" and last["path"] == "/v1/models"
 
     await sdk.chat.completions.create(
-        model="m", messages=MESSAGES, extra_body={"vendor_knob": {"nested": [1, 2]}, "top_k": 5}  # type: ignore[arg-type]
+        model="m",
+        messages=MESSAGES,
+        extra_body={"vendor_knob": {"nested": [1, 2]}, "top_k": 5},  # type: ignore[arg-type]
     )
     last = (await stats(http))["last_request"]
     assert last["body"]["vendor_knob"] == {"nested": [1, 2]} and last["body"]["top_k"] == 5
@@ -240,7 +258,9 @@ async def test_control_reads_updates_and_validates(http: httpx.AsyncClient) -> N
     current = (await http.get("/_control")).json()
     assert current == UpstreamConfig(seed=1).as_json()
     updated = await control(http, latency_ms=5, error_status=503)
-    assert updated["latency_ms"] == 5 and updated["error_status"] == 503 and updated["error_rate"] == 0
+    assert (
+        updated["latency_ms"] == 5 and updated["error_status"] == 503 and updated["error_rate"] == 0
+    )
     for bad in (
         b"{not json",
         b"[1]",
@@ -269,7 +289,9 @@ async def test_latency_delays_the_headers(http: httpx.AsyncClient) -> None:
     assert time.monotonic() - started >= 0.24
 
 
-async def test_error_rate_answers_with_the_error_status(sdk: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
+async def test_error_rate_answers_with_the_error_status(
+    sdk: openai.AsyncOpenAI, http: httpx.AsyncClient
+) -> None:
     await control(http, error_rate=1, error_status=503)
     with pytest.raises(openai.InternalServerError) as caught:
         await sdk.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
@@ -277,7 +299,9 @@ async def test_error_rate_answers_with_the_error_status(sdk: openai.AsyncOpenAI,
     assert (await stats(http))["injected_errors"] == 1
 
 
-async def test_rate_limit_rate_answers_429_with_retry_after(sdk: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
+async def test_rate_limit_rate_answers_429_with_retry_after(
+    sdk: openai.AsyncOpenAI, http: httpx.AsyncClient
+) -> None:
     await control(http, rate_limit_rate=1)
     with pytest.raises(openai.RateLimitError) as caught:
         await sdk.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
@@ -287,7 +311,10 @@ async def test_rate_limit_rate_answers_429_with_retry_after(sdk: openai.AsyncOpe
 
 async def test_fault_shares_are_reproducible_by_seed(http: httpx.AsyncClient) -> None:
     async def statuses() -> list[int]:
-        return [(await http.post("/v1/embeddings", json={"model": "e", "input": "x"})).status_code for _ in range(40)]
+        return [
+            (await http.post("/v1/embeddings", json={"model": "e", "input": "x"})).status_code
+            for _ in range(40)
+        ]
 
     await control(http, error_rate=0.3, rate_limit_rate=0.2, seed=7)
     first = await statuses()
@@ -301,14 +328,18 @@ async def test_hang_rate_never_answers(http: httpx.AsyncClient) -> None:
     with pytest.raises(httpx.ReadTimeout):
         await http.post("/v1/chat/completions", json=CHAT, timeout=0.3)
     current = await wait_for_stats(http, lambda s: s["cancelled"] == 1)
-    assert current["injected_hangs"] == 1 and current["cancelled"] == 1 and current["in_flight"] == 0
+    assert (
+        current["injected_hangs"] == 1 and current["cancelled"] == 1 and current["in_flight"] == 0
+    )
 
 
 async def test_drop_stream_after_breaks_the_connection(http: httpx.AsyncClient) -> None:
     await control(http, drop_stream_after=3)
     received = b""
     with pytest.raises(httpx.RemoteProtocolError):
-        async with http.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+        async with http.stream(
+            "POST", "/v1/chat/completions", json={**CHAT, "stream": True}
+        ) as response:
             assert response.status_code == 200
             async for piece in response.aiter_bytes():
                 received += piece
@@ -320,7 +351,9 @@ async def test_drop_stream_after_breaks_the_connection(http: httpx.AsyncClient) 
     assert (await http.post("/v1/chat/completions", json=CHAT)).status_code == 200
 
 
-async def test_drop_stream_through_the_sdk(sdk: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
+async def test_drop_stream_through_the_sdk(
+    sdk: openai.AsyncOpenAI, http: httpx.AsyncClient
+) -> None:
     await control(http, drop_stream_after=2)
     stream = await sdk.chat.completions.create(model="m", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
     with pytest.raises((httpx.RemoteProtocolError, openai.APIError)):
@@ -331,7 +364,11 @@ async def test_drop_stream_through_the_sdk(sdk: openai.AsyncOpenAI, http: httpx.
 async def test_tokens_per_second_paces_streams(http: httpx.AsyncClient) -> None:
     await control(http, tokens_per_second=50)
     started = time.monotonic()
-    async with http.stream("POST", "/v1/completions", json={"model": "m", "prompt": "x", "stream": True, "max_tokens": 10}) as response:
+    async with http.stream(
+        "POST",
+        "/v1/completions",
+        json={"model": "m", "prompt": "x", "stream": True, "max_tokens": 10},
+    ) as response:
         raw = await response.aread()
     elapsed = time.monotonic() - started
     assert raw.endswith(b"data: [DONE]\n\n")
@@ -352,10 +389,14 @@ async def test_client_disconnect_stops_the_stream(http: httpx.AsyncClient) -> No
 
 async def test_require_api_key(http: httpx.AsyncClient, clean_upstream: RunningUpstream) -> None:
     await control(http, require_api_key="sk-upstream")
-    async with openai.AsyncOpenAI(base_url=clean_upstream.api_base, api_key="wrong", max_retries=0) as wrong:
+    async with openai.AsyncOpenAI(
+        base_url=clean_upstream.api_base, api_key="wrong", max_retries=0
+    ) as wrong:
         with pytest.raises(openai.AuthenticationError):
             await wrong.models.list()
-    async with openai.AsyncOpenAI(base_url=clean_upstream.api_base, api_key="sk-upstream", max_retries=0) as right:
+    async with openai.AsyncOpenAI(
+        base_url=clean_upstream.api_base, api_key="sk-upstream", max_retries=0
+    ) as right:
         assert (await right.models.list()).data
     assert (await http.get("/v1/models")).status_code == 401
 
@@ -365,15 +406,24 @@ async def test_require_api_key(http: httpx.AsyncClient, clean_upstream: RunningU
 
 def test_flags_set_the_initial_faults(upstream_factory: Callable[..., RunningUpstream]) -> None:
     running = upstream_factory(
-        "--latency-ms", "20",
-        "--tokens-per-second", "100",
-        "--error-rate", "0.1",
-        "--error-status", "502",
-        "--rate-limit-rate", "0.2",
-        "--hang-rate", "0.05",
-        "--drop-stream-after", "7",
-        "--require-api-key", "k",
-        "--seed", "3",
+        "--latency-ms",
+        "20",
+        "--tokens-per-second",
+        "100",
+        "--error-rate",
+        "0.1",
+        "--error-status",
+        "502",
+        "--rate-limit-rate",
+        "0.2",
+        "--hang-rate",
+        "0.05",
+        "--drop-stream-after",
+        "7",
+        "--require-api-key",
+        "k",
+        "--seed",
+        "3",
     )
     config = httpx.get(f"{running.url}/_control").json()
     assert config == {
@@ -410,7 +460,9 @@ def test_invalid_flags_are_refused() -> None:
 
 async def test_app_runs_in_process() -> None:
     app = build_app(UpstreamConfig(seed=0))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://upstream") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://upstream"
+    ) as client:
         response = await client.post("/v1/chat/completions", json=CHAT)
         assert response.status_code == 200
         assert response.json()["usage"]["completion_tokens"] == 16

@@ -52,7 +52,7 @@ def sse_events(raw: bytes) -> list[bytes]:
     assert raw.endswith(b"\n\n")
     events = raw.split(b"\n\n")[:-1]
     assert all(event.startswith(b"data: ") for event in events)
-    return [event[len(b"data: "):] for event in events]
+    return [event[len(b"data: ") :] for event in events]
 
 
 async def test_chat_over_http(http: httpx.AsyncClient) -> None:
@@ -61,7 +61,9 @@ async def test_chat_over_http(http: httpx.AsyncClient) -> None:
     assert response.headers["content-type"] == "application/json"
     body = response.json()
     assert body["model"] == "demo"
-    assert body["usage"]["completion_tokens"] == count_tokens(body["choices"][0]["message"]["content"])
+    assert body["usage"]["completion_tokens"] == count_tokens(
+        body["choices"][0]["message"]["content"]
+    )
 
 
 async def test_streaming_over_http_is_sse_ending_with_done(http: httpx.AsyncClient) -> None:
@@ -133,7 +135,9 @@ async def test_bad_requests_get_openai_errors(
 
 
 async def test_sdk_chat(sdk: openai.AsyncOpenAI) -> None:
-    completion = await sdk.chat.completions.create(model="demo-public", messages=MESSAGES, max_tokens=9)  # type: ignore[arg-type]
+    completion = await sdk.chat.completions.create(
+        model="demo-public", messages=MESSAGES, max_tokens=9
+    )  # type: ignore[arg-type]
     assert completion.model == "demo-public"
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage is not None and completion.usage.completion_tokens == 9
@@ -166,7 +170,10 @@ async def test_sdk_completions(sdk: openai.AsyncOpenAI) -> None:
     assert completion.usage is not None and completion.usage.completion_tokens == 6
     stream = await sdk.completions.create(model="demo", prompt="a", max_tokens=3, stream=True)
     texts = [chunk.choices[0].text async for chunk in stream]
-    assert "".join(texts) == (await sdk.completions.create(model="demo", prompt="a", max_tokens=3)).choices[0].text
+    assert (
+        "".join(texts)
+        == (await sdk.completions.create(model="demo", prompt="a", max_tokens=3)).choices[0].text
+    )
 
 
 async def test_sdk_embeddings_in_base64_and_float(sdk: openai.AsyncOpenAI) -> None:

@@ -34,7 +34,10 @@ from core_service.upstream.fake_http import (
 from core_service.upstream.fake_openai import FakeModel
 
 MODEL = FakeModel(clock=lambda: 1_700_000_000.5)
-MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about rivers."}]
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Tell me about rivers."},
+]
 
 
 def chat(**extra: Any) -> dict[str, Any]:
@@ -69,7 +72,9 @@ def test_chat_completion_has_openai_shape_and_exact_usage() -> None:
 def test_text_depends_only_on_the_prompt() -> None:
     first = MODEL.chat_completion(chat(temperature=0.3), model="a")
     second = MODEL.chat_completion(chat(), model="b")
-    other = MODEL.chat_completion(chat(messages=[{"role": "user", "content": "Something else"}]), model="a")
+    other = MODEL.chat_completion(
+        chat(messages=[{"role": "user", "content": "Something else"}]), model="a"
+    )
     reseeded = MODEL.chat_completion(chat(seed=42), model="a")
     text = first["choices"][0]["message"]["content"]
     assert second["choices"][0]["message"]["content"] == text
@@ -90,7 +95,11 @@ def test_max_tokens_sets_the_length_and_finish_reason() -> None:
 @settings(max_examples=60, deadline=None)
 @given(prompt=st.text(max_size=200), limit=st.integers(min_value=1, max_value=300))
 def test_usage_is_exact_for_any_prompt_and_limit(prompt: str, limit: int) -> None:
-    request = {"messages": [{"role": "user", "content": prompt}], "max_tokens": limit, "stream": True}
+    request = {
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": limit,
+        "stream": True,
+    }
     body = MODEL.chat_completion({**request, "stream": False}, model="m")
     content = body["choices"][0]["message"]["content"]
     assert count_tokens(content) == limit == body["usage"]["completion_tokens"]
@@ -113,7 +122,9 @@ def test_several_choices_differ_and_usage_sums_them() -> None:
 
 
 def test_chat_chunks_stream_like_openai() -> None:
-    chunks = list(MODEL.chat_chunks(chat(stream=True, stream_options={"include_usage": True}), model="m"))
+    chunks = list(
+        MODEL.chat_chunks(chat(stream=True, stream_options={"include_usage": True}), model="m")
+    )
     for chunk in chunks:
         ChatCompletionChunk.model_validate(chunk)
     assert len({chunk["id"] for chunk in chunks}) == 1
@@ -157,7 +168,9 @@ def test_chunks_are_produced_lazily() -> None:
 
 
 def test_completion_shape_and_usage() -> None:
-    body = MODEL.completion({"model": "m", "prompt": "Once upon a time", "max_tokens": 6}, model="m")
+    body = MODEL.completion(
+        {"model": "m", "prompt": "Once upon a time", "max_tokens": 6}, model="m"
+    )
     parsed = Completion.model_validate(body)
     assert parsed.object == "text_completion"
     assert parsed.id.startswith("cmpl-")
@@ -203,7 +216,9 @@ def test_embeddings_are_deterministic_unit_vectors() -> None:
     assert [item.index for item in parsed.data] == [0, 1, 2]
     vectors = [item.embedding for item in parsed.data]
     assert all(len(vector) == 256 for vector in vectors)
-    assert all(math.isclose(math.fsum(v * v for v in vector), 1.0, rel_tol=1e-5) for vector in vectors)
+    assert all(
+        math.isclose(math.fsum(v * v for v in vector), 1.0, rel_tol=1e-5) for vector in vectors
+    )
     assert vectors[0] == vectors[2] != vectors[1]
     assert parsed.usage.prompt_tokens == parsed.usage.total_tokens == 3
 
@@ -213,12 +228,19 @@ def test_embedding_dimensions_shorten_like_openai() -> None:
     short = MODEL.embeddings({"input": "text", "dimensions": 8}, model="e")["data"][0]["embedding"]
     assert len(short) == 8
     norm = math.sqrt(math.fsum(v * v for v in full[:8]))
-    assert all(math.isclose(a, b / norm, rel_tol=1e-5, abs_tol=1e-6) for a, b in zip(short, full[:8]))
+    assert all(
+        math.isclose(a, b / norm, rel_tol=1e-5, abs_tol=1e-6)
+        for a, b in zip(short, full[:8], strict=True)
+    )
 
 
 def test_embedding_base64_holds_the_same_float32_values() -> None:
-    floats = MODEL.embeddings({"input": "text", "dimensions": 16}, model="e")["data"][0]["embedding"]
-    encoded = MODEL.embeddings({"input": "text", "dimensions": 16, "encoding_format": "base64"}, model="e")
+    floats = MODEL.embeddings({"input": "text", "dimensions": 16}, model="e")["data"][0][
+        "embedding"
+    ]
+    encoded = MODEL.embeddings(
+        {"input": "text", "dimensions": 16, "encoding_format": "base64"}, model="e"
+    )
     raw = base64.b64decode(encoded["data"][0]["embedding"])
     assert list(struct.unpack("<16f", raw)) == floats
 
@@ -274,7 +296,9 @@ def test_stream_validation_happens_before_the_first_chunk() -> None:
     with pytest.raises(FakeRequestError):
         MODEL.chat_chunks({"messages": [], "stream": True}, model="m")
     with pytest.raises(FakeRequestError):
-        MODEL.chat_chunks({"messages": MESSAGES, "stream": True, "stream_options": "yes"}, model="m")
+        MODEL.chat_chunks(
+            {"messages": MESSAGES, "stream": True, "stream_options": "yes"}, model="m"
+        )
 
 
 def test_assistant_turn_may_hold_only_tool_calls() -> None:
@@ -355,7 +379,13 @@ def test_answer_routes_and_refuses_in_openai_format() -> None:
         ("POST", "/v1/chat/completions", orjson.dumps({"messages": MESSAGES}), 400, "model"),
         ("POST", "/v1/chat/completions", orjson.dumps({**chat(), "model": 7}), 400, "model"),
         ("POST", "/v1/chat/completions", orjson.dumps(chat(stream="yes")), 400, "stream"),
-        ("POST", "/v1/embeddings", orjson.dumps({"model": "e", "input": "a", "stream": True}), 400, "stream"),
+        (
+            "POST",
+            "/v1/embeddings",
+            orjson.dumps({"model": "e", "input": "a", "stream": True}),
+            400,
+            "stream",
+        ),
     ]
     for method, path, body, status, param in cases:
         reply = _json_reply(answer(MODEL, method, path, body))

@@ -21,7 +21,9 @@ def upgrade() -> None:
     with op.batch_alter_table("accounts") as batch:
         batch.add_column(sa.Column("status_reason", sa.String(2000), nullable=True))
         batch.add_column(sa.Column("suspended_until", UTCDateTime(), nullable=True))
-        batch.add_column(sa.Column("referrals_revoked", sa.Boolean(), nullable=False, server_default=sa.false()))
+        batch.add_column(
+            sa.Column("referrals_revoked", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
         batch.add_column(sa.Column("signup_ip", sa.String(64), nullable=True))
         batch.add_column(sa.Column("signup_fingerprint", sa.String(200), nullable=True))
         batch.create_index("ix_accounts_signup_ip", ["signup_ip"])
@@ -47,7 +49,9 @@ def upgrade() -> None:
         sa.Column("message", sa.String(2000), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_account_notices"),
-        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], name="fk_account_notices_account_id_accounts"),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name="fk_account_notices_account_id_accounts"
+        ),
     )
     op.create_index("ix_account_notices_account_id", "account_notices", ["account_id"])
     op.create_table(
@@ -72,5 +76,11 @@ def downgrade() -> None:
         batch.drop_index("ix_accounts_status")
         batch.drop_index("ix_accounts_signup_fingerprint")
         batch.drop_index("ix_accounts_signup_ip")
-        for column in ("signup_fingerprint", "signup_ip", "referrals_revoked", "suspended_until", "status_reason"):
+        for column in (
+            "signup_fingerprint",
+            "signup_ip",
+            "referrals_revoked",
+            "suspended_until",
+            "status_reason",
+        ):
             batch.drop_column(column)

@@ -28,7 +28,8 @@ def upgrade() -> None:
     for (account_id,) in connection.execute(sa.text("SELECT id FROM accounts")).all():
         code = "".join(secrets.choice(_ALPHABET) for _ in range(8))
         connection.execute(
-            sa.text("UPDATE accounts SET referral_code = :code WHERE id = :id"), {"code": code, "id": account_id}
+            sa.text("UPDATE accounts SET referral_code = :code WHERE id = :id"),
+            {"code": code, "id": account_id},
         )
     op.create_table(
         "referrals",
@@ -42,8 +43,12 @@ def upgrade() -> None:
         sa.Column("verified_at", UTCDateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_referrals"),
         sa.UniqueConstraint("referred_id", name="uq_referrals_referred_id"),
-        sa.ForeignKeyConstraint(["referrer_id"], ["accounts.id"], name="fk_referrals_referrer_id_accounts"),
-        sa.ForeignKeyConstraint(["referred_id"], ["accounts.id"], name="fk_referrals_referred_id_accounts"),
+        sa.ForeignKeyConstraint(
+            ["referrer_id"], ["accounts.id"], name="fk_referrals_referrer_id_accounts"
+        ),
+        sa.ForeignKeyConstraint(
+            ["referred_id"], ["accounts.id"], name="fk_referrals_referred_id_accounts"
+        ),
     )
     op.create_index("ix_referrals_referrer_id", "referrals", ["referrer_id"])
     op.create_index("ix_referrals_status", "referrals", ["status"])

@@ -62,7 +62,9 @@ def upgrade() -> None:
         sa.Column("response_body", sa.Text(), nullable=False),
         postgresql_partition_by="RANGE (created_at)",
     )
-    op.create_index("ix_request_logs_account_id_created_at", "request_logs", ["account_id", "created_at"])
+    op.create_index(
+        "ix_request_logs_account_id_created_at", "request_logs", ["account_id", "created_at"]
+    )
     op.create_index("ix_request_logs_request_id", "request_logs", ["request_id"])
     op.create_index("ix_request_logs_created_at", "request_logs", ["created_at"])
     if op.get_bind().dialect.name == "postgresql":
