@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import fields, replace
-from datetime import UTC, date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -37,10 +38,13 @@ _BAD_DATA_SQLSTATE_CLASSES = ("22", "23")
 _NO_PARTITION_SQLSTATE = "23514"
 
 
-def _postgres_record(entry: RequestLogEntry) -> tuple[Any, ...]:
+def _record(
+    entry: RequestLogEntry, *, stamp: Callable[[datetime], Any], flag: Callable[[bool], Any]
+) -> tuple[Any, ...]:
+    """One row in column order; the backends differ only in how times and flags are stored."""
     return (
         entry.id,
-        entry.created_at.astimezone(UTC).replace(tzinfo=None),
+        stamp(entry.created_at),
         entry.request_id,
         entry.account_id,
         entry.key_id,
@@ -53,34 +57,19 @@ def _postgres_record(entry: RequestLogEntry) -> tuple[Any, ...]:
         int(entry.prompt_tokens),
         int(entry.completion_tokens),
         int(entry.cost_nanos),
-        bool(entry.estimated),
-        bool(entry.stream),
+        flag(entry.estimated),
+        flag(entry.stream),
         entry.request_body,
         entry.response_body,
     )
+
+
+def _postgres_record(entry: RequestLogEntry) -> tuple[Any, ...]:
+    return _record(entry, stamp=lambda t: t.astimezone(UTC).replace(tzinfo=None), flag=bool)
 
 
 def _sqlite_record(entry: RequestLogEntry) -> tuple[Any, ...]:
-    return (
-        entry.id,
-        sqlite_timestamp(entry.created_at),
-        entry.request_id,
-        entry.account_id,
-        entry.key_id,
-        entry.endpoint,
-        entry.model,
-        entry.deployment,
-        entry.status,
-        float(entry.latency_ms),
-        None if entry.ttft_ms is None else float(entry.ttft_ms),
-        int(entry.prompt_tokens),
-        int(entry.completion_tokens),
-        int(entry.cost_nanos),
-        1 if entry.estimated else 0,
-        1 if entry.stream else 0,
-        entry.request_body,
-        entry.response_body,
-    )
+    return _record(entry, stamp=sqlite_timestamp, flag=lambda value: 1 if value else 0)
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
