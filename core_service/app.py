@@ -308,7 +308,7 @@ class Core:
     def _watch_state(self) -> None:
         """Gauges read at scrape time from the parts that own the state."""
         router, catalogue, log, tasks = self.router, self.catalogue, self.request_log, self.tasks
-        limits = self.limits_store
+        limits, limiter = self.limits_store, self.limiter
         states = {"closed": 0, "half_open": 1, "open": 2}
 
         def read():  # type: ignore[no-untyped-def]
@@ -319,12 +319,11 @@ class Core:
                 ["model", "deployment"],
                 (([s.model, s.deployment], states[s.state.value]) for s in statuses),
             )
-            shared = isinstance(limits, FallbackRateLimitStore) and not limits.degraded
             yield gauge(
                 "kyma_ratelimit_shared",
                 "1 while limits are counted in Redis",
                 [],
-                [([], float(shared))],
+                [([], float(limiter.shared))],
             )
             fallbacks = limits.fallbacks if isinstance(limits, FallbackRateLimitStore) else 0
             yield gauge(

@@ -18,6 +18,7 @@ from http_bridge.bodies import (
     read_body,
     too_large,
 )
+from http_bridge.calls import call_core, failed_response
 from http_bridge.core_client import call_metadata, new_request_id, stubs
 from http_bridge.errors import OpenAIError, from_grpc
 from http_bridge.headers import rate_limit_headers
@@ -155,28 +156,20 @@ async def embeddings(request: Request) -> Response:
 
 
 @router.get("/v1/models")
+@failed_response
 async def list_models(request: Request) -> Response:
-    request_id = new_request_id()
-    headers = {"x-request-id": request_id}
-    try:
-        reply = await stubs(request).routing.ListModels(
-            routing_pb.ListModelsRequest(), metadata=call_metadata(request, request_id)
-        )
-    except grpc.aio.AioRpcError as error:
-        return from_grpc(error).response(headers)
+    reply, headers = await call_core(
+        request, stubs(request).routing.ListModels, routing_pb.ListModelsRequest()
+    )
     return json_response(
         {"object": "list", "data": [_model_object(m) for m in reply.models]}, headers
     )
 
 
 @router.get("/v1/models/{model:path}")
+@failed_response
 async def get_model(model: str, request: Request) -> Response:
-    request_id = new_request_id()
-    headers = {"x-request-id": request_id}
-    try:
-        reply = await stubs(request).routing.GetModel(
-            routing_pb.GetModelRequest(id=model), metadata=call_metadata(request, request_id)
-        )
-    except grpc.aio.AioRpcError as error:
-        return from_grpc(error).response(headers)
+    reply, headers = await call_core(
+        request, stubs(request).routing.GetModel, routing_pb.GetModelRequest(id=model)
+    )
     return json_response(_model_object(reply.model), headers)

@@ -165,7 +165,7 @@ def _enforce(args: argparse.Namespace) -> int:
         )
         text = f"credits of {args.account_id} reset: balance {reply.balance.balance.usd} USD, available {reply.balance.available.usd} USD"
     elif action == "suspend":
-        until = _parse_until(args.until)
+        until = _parse_time(args.until, direction=1)
         request = pb.SuspendAccountRequest(account_id=args.account_id, justification=why)
         request.until.FromDatetime(until)
         reply = admin.call(admin.stub.SuspendAccount, request)
@@ -192,16 +192,18 @@ def _enforce(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_until(text: str) -> datetime:
-    """An ISO 8601 time (UTC when no zone is given), or a duration from now: 30m, 12h, 7d."""
+def _parse_time(text: str, *, direction: int) -> datetime:
+    """An ISO 8601 time (UTC when no zone is given), or a duration from now (30m, 12h, 7d),
+    counted forward (`direction` 1) or back (-1)."""
     units = {"m": 60, "h": 3600, "d": 86400}
     if text[:-1].isdigit() and text[-1:] in units:
-        return datetime.now(UTC) + timedelta(seconds=int(text[:-1]) * units[text[-1]])
+        seconds = int(text[:-1]) * units[text[-1]]
+        return datetime.now(UTC) + direction * timedelta(seconds=seconds)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise SystemExit(
-            "kyma admin: --until takes an ISO time (2026-12-01T00:00Z) or a duration (30m, 12h, 7d)"
+            "kyma admin: a time is ISO (2026-12-01T00:00Z) or a duration (30m, 12h, 7d)"
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
@@ -319,9 +321,9 @@ def _logs_list(args: argparse.Namespace) -> int:
         account_id=args.account or "", request_id=args.request_id or "", limit=args.limit
     )
     if args.since:
-        request.since.FromDatetime(_parse_moment(args.since))
+        request.since.FromDatetime(_parse_time(args.since, direction=-1))
     if args.until:
-        request.until.FromDatetime(_parse_moment(args.until))
+        request.until.FromDatetime(_parse_time(args.until, direction=-1))
     reply = admin.call(admin.stub.ListRequestLogs, request)
     lines = [
         f"{e.created_at.ToDatetime(tzinfo=UTC).isoformat()}  {e.request_id}  {e.account_id}  {e.model}"
@@ -336,20 +338,6 @@ def _logs_list(args: argparse.Namespace) -> int:
     ]
     _print(reply, args.json, "\n".join(lines) or "no request logs")
     return 0
-
-
-def _parse_moment(text: str) -> datetime:
-    """An ISO time (UTC when no zone is given), or a duration back from now: 30m, 12h, 7d."""
-    units = {"m": 60, "h": 3600, "d": 86400}
-    if text[:-1].isdigit() and text[-1:] in units:
-        return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * units[text[-1]])
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise SystemExit(
-            "kyma admin: a time is ISO (2026-12-01T00:00Z) or a duration back (30m, 12h, 7d)"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _logs_purge(args: argparse.Namespace) -> int:
