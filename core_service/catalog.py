@@ -8,6 +8,7 @@ loaded, so the file itself holds no secrets.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from collections.abc import Mapping
 from decimal import Decimal
@@ -24,10 +25,11 @@ from pydantic import (
 )
 
 from core_service.errors import ModelNotFound
+from core_service.values import ALL_ENDPOINTS, Endpoint
+
+log = logging.getLogger(__name__)
 
 DEMO_BASE_URL = "demo://local/v1"
-Endpoint = Literal["chat.completions", "completions", "embeddings"]
-ALL_ENDPOINTS: tuple[Endpoint, ...] = ("chat.completions", "completions", "embeddings")
 
 
 class CatalogError(ValueError):
@@ -83,6 +85,8 @@ class Deployment(_Strict):
     base_url: str
     model: str
     api_key_env: str | None = None
+    # A file holding the key (read at load and at every reload, so rotation needs no restart).
+    api_key_file: pathlib.Path | None = None
     api_key: SecretStr | None = Field(default=None, exclude=True)
     weight: float = Field(default=1.0, gt=0)
     limits: DeploymentLimits = DeploymentLimits()
@@ -162,6 +166,10 @@ def _resolve_keys(model: Model, environ: Mapping[str, str]) -> Model:
     for index, deployment in enumerate(model.deployments):
         name = deployment.name or f"{model.name}#{index}"
         key = None
+        if deployment.api_key_env and deployment.api_key_file:
+            raise CatalogError(
+                f"model {model.name}, deployment {name}: give api_key_env or api_key_file, not both"
+            )
         if deployment.api_key_env:
             value = environ.get(deployment.api_key_env)
             if not value:
@@ -170,16 +178,38 @@ def _resolve_keys(model: Model, environ: Mapping[str, str]) -> Model:
                     f"{deployment.api_key_env} is not set"
                 )
             key = SecretStr(value)
+        elif deployment.api_key_file:
+            try:
+                value = deployment.api_key_file.read_text().strip()
+            except OSError as exc:
+                raise CatalogError(
+                    f"model {model.name}, deployment {name}: cannot read the key file "
+                    f"{deployment.api_key_file}: {exc.strerror}"
+                ) from None
+            if not value:
+                raise CatalogError(
+                    f"model {model.name}, deployment {name}: the key file "
+                    f"{deployment.api_key_file} is empty"
+                )
+            key = SecretStr(value)
         deployments.append(deployment.model_copy(update={"name": name, "api_key": key}))
     return model.model_copy(update={"deployments": tuple(deployments)})
 
 
 class CatalogHolder:
-    """The running catalogue, replaced whole by a reload; a bad file leaves it as it was."""
+    """The running catalogue, replaced whole by a reload; a bad file leaves it as it was.
 
-    def __init__(self, catalog: Catalog, *, path: pathlib.Path | None) -> None:
+    Upstream keys named by `api_key_env` come from the environment captured at start-up (a
+    running process's environment does not change); keys named by `api_key_file` are read
+    from their files again on every reload, which is how a rotated key is taken up without a
+    restart (a Kubernetes Secret mounted as a file, say)."""
+
+    def __init__(
+        self, catalog: Catalog, *, path: pathlib.Path | None, environ: Mapping[str, str]
+    ) -> None:
         self._catalog = catalog
         self._path = path
+        self._environ = environ
 
     def get(self, name: str) -> Model:
         return self._catalog.get(name)
@@ -187,11 +217,16 @@ class CatalogHolder:
     def models(self) -> list[Model]:
         return self._catalog.models()
 
-    def reload(self, environ: Mapping[str, str]) -> Catalog:
+    def reload(self) -> Catalog:
         """Read the catalogue file again. Raises CatalogError (and keeps the running one) when
         the file is missing or invalid."""
-        if self._path is None:
-            raise CatalogError("Kyma runs on the built-in catalogue (KYMA_CATALOG is not set)")
-        catalog = Catalog.load(self._path, environ)
+        try:
+            if self._path is None:
+                raise CatalogError("Kyma runs on the built-in catalogue (KYMA_CATALOG is not set)")
+            catalog = Catalog.load(self._path, self._environ)
+        except CatalogError as exc:
+            log.error("catalogue not reloaded, the running one stays: %s", exc)
+            raise
         self._catalog = catalog
+        log.info("catalogue reloaded: %d models", len(catalog.models()))
         return catalog

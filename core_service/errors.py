@@ -1,21 +1,23 @@
 """Kyma's domain errors: one tree for everything a caller can get wrong or run into.
 
-Each error carries a stable `reason` (sent to gRPC callers in google.rpc.ErrorInfo) and the
-OpenAI `param` it concerns. They are mapped to gRPC status codes in one place
-(`core_service.grpc_errors`) and from there to OpenAI HTTP errors in one place
-(`http_bridge.errors`). Messages are written for the user: they say what to do, and they
-never contain an API key.
+Each error declares its `reason`, a value of the contract's `ErrorReason` (the enum in
+protos/kyma/contract/v1/contract.proto, shared with the bridge and internal gRPC callers), and
+the OpenAI `param` it concerns. The reason alone decides how the error reaches a caller: the
+gRPC status code (`core_service.edge.errors`) and the HTTP status and error code
+(`http_bridge.errors`), each keyed by it. Messages are written for the user: they say what to
+do, and they never contain an API key.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from core_service.ratelimit.snapshot import RateLimitSnapshot
+from core_service.values import RateLimitSnapshot
+from kyma.contract.v1.constants import ErrorReason
 
 
 class KymaError(Exception):
-    reason: str = "INTERNAL"
+    reason: ErrorReason = ErrorReason.INTERNAL
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -24,19 +26,19 @@ class KymaError(Exception):
 
 
 class InvalidRequest(KymaError):
-    reason = "INVALID_REQUEST"
+    reason = ErrorReason.INVALID_REQUEST
 
 
 class Unauthenticated(KymaError):
-    reason = "INVALID_API_KEY"
+    reason = ErrorReason.INVALID_API_KEY
 
 
 class AdminUnauthenticated(KymaError):
-    reason = "INVALID_ADMIN_TOKEN"
+    reason = ErrorReason.INVALID_ADMIN_TOKEN
 
 
 class AccountSuspended(KymaError):
-    reason = "ACCOUNT_SUSPENDED"
+    reason = ErrorReason.ACCOUNT_SUSPENDED
 
     def __init__(self, message: str, *, until: datetime | None = None) -> None:
         super().__init__(message)
@@ -44,15 +46,15 @@ class AccountSuspended(KymaError):
 
 
 class AccountBanned(KymaError):
-    reason = "ACCOUNT_BANNED"
+    reason = ErrorReason.ACCOUNT_BANNED
 
 
 class InsufficientCredits(KymaError):
-    reason = "INSUFFICIENT_QUOTA"
+    reason = ErrorReason.INSUFFICIENT_QUOTA
 
 
 class ModelNotFound(KymaError):
-    reason = "MODEL_NOT_FOUND"
+    reason = ErrorReason.MODEL_NOT_FOUND
 
     def __init__(self, model: str) -> None:
         super().__init__(
@@ -61,15 +63,15 @@ class ModelNotFound(KymaError):
 
 
 class NotFound(KymaError):
-    reason = "NOT_FOUND"
+    reason = ErrorReason.NOT_FOUND
 
 
 class AlreadyExists(KymaError):
-    reason = "ALREADY_EXISTS"
+    reason = ErrorReason.ALREADY_EXISTS
 
 
 class RateLimited(KymaError):
-    reason = "RATE_LIMIT_EXCEEDED"
+    reason = ErrorReason.RATE_LIMIT_EXCEEDED
 
     def __init__(
         self, message: str, *, retry_after_seconds: int, snapshot: RateLimitSnapshot | None = None
@@ -82,7 +84,7 @@ class RateLimited(KymaError):
 class UpstreamError(KymaError):
     """The model's upstreams could not give an answer (after failover, where there was any)."""
 
-    reason = "UPSTREAM_BAD_GATEWAY"
+    reason = ErrorReason.UPSTREAM_BAD_GATEWAY
 
     def __init__(
         self, message: str, *, param: str | None = None, retry_after_seconds: int | None = None
@@ -92,8 +94,42 @@ class UpstreamError(KymaError):
 
 
 class UpstreamUnavailable(UpstreamError):
-    reason = "UPSTREAM_UNAVAILABLE"
+    reason = ErrorReason.UPSTREAM_UNAVAILABLE
 
 
 class UpstreamTimeout(UpstreamError):
-    reason = "UPSTREAM_TIMEOUT"
+    reason = ErrorReason.UPSTREAM_TIMEOUT
+
+
+class IdempotencyConflict(KymaError):
+    """An idempotency key was used before for a different ledger entry."""
+
+    reason = ErrorReason.IDEMPOTENCY_CONFLICT
+
+
+class BillingNotConfigured(KymaError):
+    """Purchases are switched off on this installation (no Stripe keys)."""
+
+    reason = ErrorReason.BILLING_NOT_CONFIGURED
+
+
+class PaymentProviderError(KymaError):
+    """The payment provider failed or refused; the purchase did not start."""
+
+    reason = ErrorReason.PAYMENT_PROVIDER_ERROR
+
+
+class MailUnavailable(KymaError):
+    """A mail Kyma had to send (a sign-up code) did not go out."""
+
+    reason = ErrorReason.MAIL_UNAVAILABLE
+
+
+class ServiceUnavailable(KymaError):
+    """Kyma cannot serve right now (its database does not answer); retrying later helps."""
+
+    reason = ErrorReason.SERVICE_UNAVAILABLE
+
+    def __init__(self, message: str, *, retry_after_seconds: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds

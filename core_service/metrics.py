@@ -8,9 +8,8 @@ limiter, background work) are read from their owners at scrape time.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -64,22 +63,10 @@ class CoreMetrics:
         self.holds = Counter(
             "kyma_holds", "Credit holds by how they ended", ["outcome"], registry=r
         )
-        self._server: Any = None
 
     def watch(self, read: Callable[[], Iterable[GaugeMetricFamily]]) -> None:
         """Register gauges read at scrape time."""
         self.registry.register(_StateCollector(read))
-
-    def serve(self, host: str, port: int) -> int:
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._server = server
-        return int(server.server_port)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
 
 def gauge(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
-from core_service.admin.routing_rpcs import reload_catalog
-from core_service.app import Core, build_core
-from core_service.errors import KymaError
+from core_service.catalog import CatalogError
+from core_service.composition import Core, build_core
 from core_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -16,24 +16,24 @@ log = logging.getLogger(__name__)
 
 def _reload(core: Core) -> None:
     """SIGHUP: read the catalogue file again (a bad file is logged and the running one stays)."""
-    try:
-        reload_catalog(core.catalogue)
-    except KymaError:
-        pass
+    with contextlib.suppress(CatalogError):
+        core.catalogue.reload()
 
 
 async def run_core(settings: Settings) -> None:
     core = await build_core(settings)
-    await core.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _reload, core)
-    print(f"kyma core listening on {settings.grpc_host}:{core.port}", flush=True)
-    await stop.wait()
-    log.info(
-        "core shutting down: draining in-flight requests for up to %.0fs",
-        settings.shutdown_grace_seconds,
-    )
-    await core.stop()
+    try:
+        await core.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, _reload, core)
+        print(f"kyma core listening on {settings.grpc_host}:{core.port}", flush=True)
+        await stop.wait()
+        log.info(
+            "core shutting down: draining in-flight requests for up to %.0fs",
+            settings.shutdown_grace_seconds,
+        )
+    finally:
+        await core.stop()

@@ -1,8 +1,11 @@
-"""The core's settings: read once at start-up from `KYMA_*` environment variables and an
-optional YAML file named by `KYMA_CONFIG` (environment wins), then passed down explicitly.
-Nothing reads the environment after start-up.
+"""Kyma's settings, one model for every process (core, bridge and CLI): read once at start-up
+from `KYMA_*` environment variables and an optional YAML file named by `KYMA_CONFIG`
+(environment wins), then passed down explicitly. Nothing reads the environment after
+start-up. Each process reads the fields it needs; the README's configuration table says
+which process uses which, and keeps in step with this file.
 
-Every setting is documented in the README's configuration table; keep the two in step.
+This module imports nothing of Kyma's but the shared value types, so the bridge can use it
+without importing the core.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from core_service.ratelimit.tiers import DEFAULT_TIERS, Tier
+from core_service.values import DEFAULT_TIERS, Tier
 
 
 class _YamlFileSource(PydanticBaseSettingsSource):
@@ -43,7 +46,7 @@ class _YamlFileSource(PydanticBaseSettingsSource):
 
 
 class Settings(BaseSettings):
-    """Settings of one Kyma process (core, bridge and CLI read the ones they need)."""
+    """Settings of one Kyma installation; every process reads the ones it needs."""
 
     model_config = SettingsConfigDict(env_prefix="KYMA_", extra="ignore", frozen=True)
 
@@ -187,7 +190,18 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         default=9464, description="Core metrics port; unset = no metrics server."
     )
-    log_level: str = "INFO"
+    bridge_metrics_host: str = Field(
+        default="127.0.0.1", description="Where the bridge serves Prometheus metrics."
+    )
+    bridge_metrics_port: int | None = Field(
+        default=9465, description="Bridge metrics port; unset = no metrics server."
+    )
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description="Proxies whose X-Forwarded-For gives the client's address "
+        "(comma-separated, '*' = any).",
+    )
+    log_level: str = Field(default="INFO", description="Log level of every process.")
 
     @field_validator("welcome_bonus_usd")
     @classmethod
@@ -224,6 +238,11 @@ class Settings(BaseSettings):
     @property
     def core_target(self) -> str:
         return self.core_address or f"{self.grpc_host}:{self.grpc_port}"
+
+    def chosen(self, name: str) -> bool:
+        """Whether setting `name` was given (environment, config file or constructor) rather
+        than left at its default."""
+        return name in self.model_fields_set
 
     @property
     def admin_token_file(self) -> pathlib.Path:

@@ -18,16 +18,17 @@ from grpc_health.v1 import health_pb2
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from core_service.settings import Settings
 from http_bridge import account_routes, auth_routes, inference_routes
 from http_bridge.core_client import GRPC_OPTIONS, CoreStubs, new_request_id, stubs
 from http_bridge.errors import OpenAIError
-from http_bridge.settings import BridgeSettings
+from kyma.contract.v1.constants import SHARED_LIMITS_HEALTH_SERVICE
 
 log = logging.getLogger(__name__)
 _JSON = "application/json"
 
 
-def create_app(settings: BridgeSettings, *, channel: grpc.aio.Channel | None = None) -> FastAPI:
+def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -> FastAPI:
     """The bridge app. Without `channel` it opens one to settings.core_target on start-up."""
 
     @asynccontextmanager
@@ -62,7 +63,7 @@ def create_app(settings: BridgeSettings, *, channel: grpc.aio.Channel | None = N
             reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
             serving = reply.status == health_pb2.HealthCheckResponse.SERVING
             limits = await health.Check(
-                health_pb2.HealthCheckRequest(service="kyma.ratelimit.shared"), timeout=2
+                health_pb2.HealthCheckRequest(service=SHARED_LIMITS_HEALTH_SERVICE), timeout=2
             )
             shared = limits.status == health_pb2.HealthCheckResponse.SERVING
         except grpc.aio.AioRpcError:

@@ -19,6 +19,7 @@ from http_bridge.core_client import new_request_id, stubs
 from http_bridge.errors import OpenAIError
 from kyma.accounting.v1 import accounting_service_pb2 as accounting_pb
 from kyma.accounting.v1 import signup_service_pb2 as signup_pb
+from kyma.contract.v1.constants import MetadataKey
 
 MAX_BODY = 16 * 1024
 # Clients may identify their device; Kyma records it as a sign-up signal for abuse review.
@@ -63,10 +64,10 @@ async def _fields(request: Request, *names: str) -> dict[str, str] | Response:
 def _signals(request: Request) -> tuple[tuple[str, str], ...]:
     extra = []
     if request.client is not None:
-        extra.append(("x-client-ip", request.client.host))
+        extra.append((MetadataKey.CLIENT_IP.value, request.client.host))
     fingerprint = request.headers.get(FINGERPRINT_HEADER)
     if fingerprint and fingerprint.isascii() and fingerprint.isprintable():
-        extra.append(("x-client-fingerprint", fingerprint[:200]))
+        extra.append((MetadataKey.CLIENT_FINGERPRINT.value, fingerprint[:200]))
     return tuple(extra)
 
 

@@ -10,12 +10,13 @@ from grpc_health.v1 import health_pb2_grpc
 
 from kyma.accounting.v1 import accounting_service_pb2_grpc, signup_service_pb2_grpc
 from kyma.billing.v1 import billing_service_pb2_grpc
+from kyma.contract.v1.constants import MAX_MESSAGE_BYTES, REQUEST_ID_PREFIX, MetadataKey
 from kyma.inference.v1 import inference_service_pb2_grpc
 from kyma.routing.v1 import routing_service_pb2_grpc
 
 GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 30_000),
 ]
 
@@ -40,16 +41,16 @@ def stubs(request: Request) -> CoreStubs:
 
 
 def new_request_id() -> str:
-    return f"req_{secrets.token_hex(12)}"
+    return f"{REQUEST_ID_PREFIX}{secrets.token_hex(12)}"
 
 
 def call_metadata(request: Request, request_id: str) -> Metadata:
     """The caller's credentials and the request id, as the core reads them."""
     authorization = request.headers.get("authorization")
     if authorization is None:
-        return (("x-request-id", request_id),)
+        return ((MetadataKey.REQUEST_ID, request_id),)
     if not (authorization.isascii() and authorization.isprintable()):
         # gRPC metadata is printable ASCII; such a header cannot hold a key, so the core is
         # asked about a token that fails its checks, and answers as for any wrong key.
         authorization = "Bearer invalid"
-    return (("authorization", authorization), ("x-request-id", request_id))
+    return ((MetadataKey.AUTHORIZATION, authorization), (MetadataKey.REQUEST_ID, request_id))

@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -64,7 +64,6 @@ class BridgeMetrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
-        self._server: Any = None
 
     def middleware(self, app: ASGI) -> ASGI:
         requests, duration = self.requests, self.duration
@@ -89,14 +88,3 @@ class BridgeMetrics:
             await app(scope, receive, send_measured)
 
         return measured
-
-    def serve(self, host: str, port: int) -> int:
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._server = server
-        return int(server.server_port)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

@@ -32,15 +32,14 @@ import pytest_asyncio
 import uvicorn
 from sqlalchemy import func, select
 
-from core_service.app import Core, build_core
 from core_service.billing.ledger import BalanceView
 from core_service.billing.verify import verify_ledger
 from core_service.clock import SystemClock
+from core_service.composition import Core, build_core
 from core_service.db.models import CreditHold
 from core_service.logging_setup import quiet_libraries
 from core_service.settings import Settings
 from http_bridge.app import create_app
-from http_bridge.settings import BridgeSettings
 from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from tests.fakes.postgres import fresh_database
 
@@ -284,8 +283,7 @@ async def running_kyma(
     port = await core.start()
     target = f"127.0.0.1:{port}"
     channel = grpc.aio.insecure_channel(target)
-    bridge_settings = BridgeSettings(core_address=target)
-    app = create_app(bridge_settings)
+    app = create_app(settings.model_copy(update={"core_address": target}))
     sock = bound_socket()
     server = uvicorn.Server(
         uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")

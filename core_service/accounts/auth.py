@@ -12,45 +12,16 @@ takes says nothing about how much of a secret key a guess got right.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from datetime import datetime
 
 from core_service import keys
 from core_service.accounts.store import AccountStore, KeyOwner
 from core_service.clock import Clock
-from core_service.errors import AccountBanned, AccountSuspended, Unauthenticated
-from core_service.ratelimit.tiers import Tier, TierTable
+from core_service.errors import NotFound, Unauthenticated
+from core_service.ratelimit.tiers import TierTable
 from core_service.tasks import BackgroundTasks
+from core_service.values import Principal
 
 _MAX_CACHED_KEYS = 100_000
-
-
-@dataclass(frozen=True)
-class Principal:
-    """The caller of a request: who pays for it and through which key."""
-
-    account_id: str
-    key_id: str
-    account_status: str
-    tier: Tier
-    # Whether an admin pinned the tier (otherwise it follows total purchases).
-    pinned: bool = False
-    status_reason: str | None = None
-    suspended_until: datetime | None = None
-
-    def check_in_good_standing(self, now: datetime) -> None:
-        """Refuse (403) what a suspended or banned account asks for; a suspension whose end
-        has passed no longer counts."""
-        reason = self.status_reason or "a violation of the terms of service"
-        if self.account_status == "banned":
-            raise AccountBanned(f"This account is permanently banned: {reason}.")
-        if self.account_status == "suspended" and (
-            self.suspended_until is None or self.suspended_until > now
-        ):
-            until = self.suspended_until.isoformat() if self.suspended_until else "further notice"
-            raise AccountSuspended(
-                f"This account is suspended until {until}: {reason}.", until=self.suspended_until
-            )
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -102,6 +73,13 @@ class Authenticator:
             status_reason=owner.status_reason,
             suspended_until=owner.suspended_until,
         )
+
+    async def principal_for_account(self, account_id: str) -> Principal:
+        """The account as its keys' requests see it (for admin views of its tier and limits)."""
+        owner = await self._store.account_owner(account_id)
+        if owner is None:
+            raise NotFound(f"No account {account_id}.", param="account_id")
+        return self.principal_for(owner)
 
     def forget(self, key_hash: bytes) -> None:
         """Drop this node's cached answer (e.g. right after revoking on this node)."""

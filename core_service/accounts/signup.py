@@ -26,8 +26,8 @@ from core_service.db.models import Account, SignupCode
 from core_service.errors import (
     AlreadyExists,
     InvalidRequest,
+    MailUnavailable,
     RateLimited,
-    UpstreamUnavailable,
 )
 from core_service.mail.mailer import Mail, Mailer, MailError
 from core_service.ratelimit.store import Limit, RateLimitStore, rate_key
@@ -155,7 +155,7 @@ class SignupFlow:
                 )
             )
         except MailError:
-            raise UpstreamUnavailable(
+            raise MailUnavailable(
                 "We could not send the sign-up mail. Please try again shortly."
             ) from None
         return int(self._policy.code_ttl.total_seconds())

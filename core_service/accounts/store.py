@@ -10,7 +10,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core_service import keys
-from core_service.accounts import referral_codes
 from core_service.accounts.emails import Email
 from core_service.billing.ledger import (
     SYSTEM_WELCOME_BONUS,
@@ -21,9 +20,13 @@ from core_service.billing.ledger import (
 )
 from core_service.clock import Clock
 from core_service.db import models
-from core_service.errors import AlreadyExists
+from core_service.errors import AlreadyExists, InvalidRequest
 from core_service.ids import new_id
+from core_service.referrals import codes as referral_codes
 from core_service.referrals.program import ReferralProgram
+
+# Live (unrevoked) keys an account may hold at once.
+MAX_LIVE_KEYS = 25
 
 
 @dataclass(frozen=True)
@@ -137,11 +140,28 @@ class AccountStore:
                 await self._referrals.attach_in(connection, account, referred_by)
         return NewAccount(account=account, key=key, secret=secret)
 
-    async def create_key(self, account_id: str, name: str) -> tuple[models.ApiKey, str]:
-        """A new key for the account: (its record, the secret, shown once)."""
+    async def create_key(
+        self, account_id: str, name: str, *, max_live: int = MAX_LIVE_KEYS
+    ) -> tuple[models.ApiKey, str]:
+        """A new key for the account: (its record, the secret, shown once). An account holds at
+        most `max_live` unrevoked keys, exactly however many are created at once: the account
+        row is locked (PostgreSQL) or the write lock held (SQLite) while they are counted."""
         secret = keys.generate()
         key = self._new_key(account_id, name, secret, self._clock.now())
         async with self._sessions.begin() as session:
+            await session.execute(
+                select(models.Account.id).where(models.Account.id == account_id).with_for_update()
+            )
+            live = await session.scalar(
+                select(func.count()).where(
+                    models.ApiKey.account_id == account_id, models.ApiKey.revoked_at.is_(None)
+                )
+            )
+            if (live or 0) >= max_live:
+                raise InvalidRequest(
+                    f"An account holds at most {max_live} live keys; revoke one first.",
+                    param="name",
+                )
             session.add(key)
         return key, secret
 
@@ -231,13 +251,6 @@ class AccountStore:
         )
         async with self._sessions() as session:
             return list((await session.scalars(statement)).all())
-
-    async def count_live_keys(self, account_id: str) -> int:
-        statement = select(func.count()).where(
-            models.ApiKey.account_id == account_id, models.ApiKey.revoked_at.is_(None)
-        )
-        async with self._sessions() as session:
-            return int(await session.scalar(statement) or 0)
 
     async def revoke_key(self, account_id: str, key_id: str) -> models.ApiKey | None:
         """Revoke the account's key (idempotent); None when the account has no such key."""

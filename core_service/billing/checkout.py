@@ -14,7 +14,7 @@ from typing import Any
 
 import stripe
 
-from core_service.errors import InvalidRequest, UpstreamUnavailable
+from core_service.errors import BillingNotConfigured, InvalidRequest, PaymentProviderError
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class CheckoutSessions:
     async def create(self, *, account_id: str, email: str, amount_usd: str) -> tuple[str, str]:
         """Start a purchase of `amount_usd`; returns (Checkout Session id, URL to pay at)."""
         if self._stripe is None:
-            raise UpstreamUnavailable("Purchases are not enabled on this Kyma.")
+            raise BillingNotConfigured("Purchases are not enabled on this Kyma.")
         amount = parse_amount_usd(amount_usd, min_usd=self._min_usd, max_usd=self._max_usd)
         try:
             session = await self._stripe.v1.checkout.sessions.create_async(
@@ -107,12 +107,12 @@ class CheckoutSessions:
                 error.code,
                 error.request_id,
             )
-            raise UpstreamUnavailable(
+            raise PaymentProviderError(
                 "The payment provider could not start the checkout; try again in a minute."
             ) from None
         if not session.id or not session.url:
             log.warning("Stripe returned a Checkout Session without an id or URL")
-            raise UpstreamUnavailable(
+            raise PaymentProviderError(
                 "The payment provider could not start the checkout; try again in a minute."
             )
         return session.id, session.url

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core_service.clock import Clock
 from core_service.db.models import Balance, LedgerEntry
-from core_service.errors import InsufficientCredits, KymaError, NotFound
+from core_service.errors import IdempotencyConflict, InsufficientCredits, NotFound
 
 SYSTEM_WELCOME_BONUS = "system:welcome_bonus"
 SYSTEM_PURCHASES = "system:purchases"
@@ -39,10 +39,6 @@ class EntryKind(StrEnum):
     REFERRAL_REWARD = "referral_reward"
     ADJUSTMENT = "adjustment"
     CREDIT_RESET = "credit_reset"
-
-
-class IdempotencyConflict(KymaError):
-    reason = "IDEMPOTENCY_CONFLICT"
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from core_service.accounts.auth import Principal
 from core_service.billing.holds import Holds, Settlement
 from core_service.billing.pricing import cost_nanos, nanos_to_usd
 from core_service.catalog import Model
 from core_service.errors import InsufficientCredits
-from core_service.inference.requests import InferenceRequest
-from core_service.inference.usage import TokenUsage
 from core_service.tasks import BackgroundTasks
+from core_service.values import InferenceRequest, Principal, TokenUsage
 
 
 def prompt_tokens_to_hold(estimate: int) -> int:

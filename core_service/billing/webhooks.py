@@ -17,6 +17,7 @@ import json
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 import stripe
@@ -25,15 +26,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core_service.billing.ledger import (
     SYSTEM_PURCHASES,
     EntryKind,
-    IdempotencyConflict,
     Transfer,
     is_system,
     post_in,
 )
 from core_service.billing.pricing import NANOS_PER_USD
 from core_service.clock import Clock
-from core_service.errors import InvalidRequest, NotFound, UpstreamUnavailable
-from kyma.billing.v1 import billing_service_pb2 as pb
+from core_service.errors import (
+    BillingNotConfigured,
+    IdempotencyConflict,
+    InvalidRequest,
+    NotFound,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,14 @@ ASYNC_PAYMENT_SUCCEEDED = "checkout.session.async_payment_succeeded"
 _NANOS_PER_CENT = NANOS_PER_USD // 100
 # Stripe's ids are ~70 characters; the ledger's idempotency key holds 200.
 _MAX_SESSION_ID_CHARS = 150
+
+
+class WebhookOutcome(StrEnum):
+    """What a verified delivery did."""
+
+    IGNORED = "ignored"  # nothing to credit (not a paid session of ours)
+    CREDITED = "credited"
+    ALREADY_CREDITED = "already_credited"  # this session was credited before
 
 
 @dataclass(frozen=True)
@@ -138,12 +150,12 @@ class StripeWebhooks:
         self._secret = webhook_secret or None
         self._tolerance = tolerance_seconds
 
-    async def handle(self, payload: bytes, signature: str) -> int:
-        """Verify one delivery and act on it; returns a `WebhookOutcome` value."""
+    async def handle(self, payload: bytes, signature: str) -> WebhookOutcome:
+        """Verify one delivery and act on it."""
         event = self._verified_event(payload, signature)
         paid = _paid_session(event)
         if paid is None:
-            return pb.WEBHOOK_OUTCOME_IGNORED
+            return WebhookOutcome.IGNORED
         transfer = purchase_transfer(paid)
         try:
             async with self._engine.begin() as conn:
@@ -155,29 +167,29 @@ class StripeWebhooks:
                 paid.session_id,
                 paid.account_id,
             )
-            return pb.WEBHOOK_OUTCOME_IGNORED
+            return WebhookOutcome.IGNORED
         except IdempotencyConflict:
             # Credited before with a different amount or account: the first entry stands.
             log.warning(
                 "Stripe Checkout Session %s was credited before with other details; left as is",
                 paid.session_id,
             )
-            return pb.WEBHOOK_OUTCOME_ALREADY_CREDITED
+            return WebhookOutcome.ALREADY_CREDITED
         if not posted.created:
-            return pb.WEBHOOK_OUTCOME_ALREADY_CREDITED
+            return WebhookOutcome.ALREADY_CREDITED
         log.info(
             "credited Stripe Checkout Session %s: %d cents to %s",
             paid.session_id,
             paid.amount_cents,
             paid.account_id,
         )
-        return pb.WEBHOOK_OUTCOME_CREDITED
+        return WebhookOutcome.CREDITED
 
     def _verified_event(self, payload: bytes, signature: str) -> dict[str, Any]:
         if self._secret is None:
             # Answered as unavailable, not as bad input: Stripe keeps retrying, and the events
             # are credited once the operator sets the signing secret.
-            raise UpstreamUnavailable("Stripe webhooks are not configured on this Kyma.")
+            raise BillingNotConfigured("Stripe webhooks are not configured on this Kyma.")
         try:
             # Checks the HMAC over "<timestamp>.<body>" and that the timestamp is no older than
             # the tolerance, so a captured delivery cannot be replayed later.

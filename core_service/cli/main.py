@@ -29,11 +29,12 @@ def _serve(args: argparse.Namespace) -> int:
         uvloop.run(run_core(settings))
         return 0
     if args.part == "bridge":
+        from core_service.settings import Settings
         from http_bridge.serve import run_bridge
-        from http_bridge.settings import BridgeSettings
 
-        _logging(os.environ.get("KYMA_LOG_LEVEL", "INFO"))
-        run_bridge(BridgeSettings())
+        settings = Settings()
+        _logging(settings.log_level)
+        run_bridge(settings)
         return 0
     return _serve_all()
 

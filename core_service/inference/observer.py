@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from core_service.accounts.auth import Principal
 from core_service.billing.metering import Charge
 from core_service.clock import Clock
 from core_service.logs.entry import RequestLogEntry
 from core_service.metrics import CoreMetrics
+from core_service.values import Principal
 
 
 class LogSink(Protocol):

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from core_service import tokens
-from core_service.accounts.auth import Authenticator, Principal
+from core_service.accounts.auth import Authenticator
 from core_service.billing.metering import (
     Charge,
     Metering,
@@ -26,7 +26,7 @@ from core_service.billing.metering import (
     charge_for,
     output_tokens_to_hold,
 )
-from core_service.catalog import CatalogHolder, Deployment, Endpoint, Model
+from core_service.catalog import CatalogHolder, Deployment, Model
 from core_service.clock import Clock
 from core_service.errors import (
     InsufficientCredits,
@@ -37,22 +37,19 @@ from core_service.errors import (
     UpstreamUnavailable,
 )
 from core_service.inference.observer import Observation, RequestObserver
-from core_service.inference.requests import (
-    UPSTREAM_PATHS,
-    InferenceRequest,
-    parse_request,
-)
+from core_service.inference.requests import UPSTREAM_PATHS, parse_request
 from core_service.inference.streams import StreamRelay
-from core_service.inference.usage import TokenUsage, usage_from_upstream
+from core_service.inference.usage import usage_from_upstream
 from core_service.ratelimit.limiter import (
     AccountLimiter,
     Admission,
     DeploymentGate,
     Ticket,
 )
-from core_service.ratelimit.snapshot import RateLimitSnapshot
 from core_service.routing.router import Attempt, Router
+from core_service.standing import check_in_good_standing
 from core_service.upstream.client import UpstreamClient, UpstreamFailure, UpstreamStream
+from core_service.values import Endpoint, InferenceRequest, Principal, RateLimitSnapshot, TokenUsage
 
 
 @dataclass(frozen=True)
@@ -124,7 +121,7 @@ class InferencePipeline:
     ) -> _Admitted:
         principal = await self._authenticator.authenticate(authorization)
         observation.principal = principal
-        principal.check_in_good_standing(self._clock.now())
+        check_in_good_standing(principal, self._clock.now())
         request = parse_request(endpoint, raw, stream=observation.stream)
         model = self._catalog.get(request.model)
         observation.model = model.name

@@ -3,14 +3,13 @@ estimate); the body itself is forwarded as the client sent it, but for `model`."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from core_service import tokens
-from core_service.catalog import Endpoint
 from core_service.errors import InvalidRequest
+from core_service.values import Endpoint, InferenceRequest
 
 # Upstream paths under a deployment's base URL.
 UPSTREAM_PATHS: dict[Endpoint, str] = {
@@ -18,21 +17,6 @@ UPSTREAM_PATHS: dict[Endpoint, str] = {
     "completions": "completions",
     "embeddings": "embeddings",
 }
-
-
-@dataclass
-class InferenceRequest:
-    endpoint: Endpoint
-    body: dict[str, Any]
-    model: str
-    stream: bool
-    # What the client allowed the model to write (None: the model's own cap applies).
-    max_output_tokens: int | None
-    prompt_tokens_estimate: int
-    # Whether the client asked for the usage chunk at the end of a stream.
-    include_usage: bool
-    # How many choices (`n`) the client asked for.
-    choices: int = 1
 
 
 def _positive_int(body: dict[str, Any], field: str) -> int | None:

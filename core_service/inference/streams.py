@@ -9,7 +9,8 @@ import orjson
 
 from core_service import tokens
 from core_service.errors import UpstreamError
-from core_service.inference.usage import TokenUsage, usage_from_upstream
+from core_service.inference.usage import usage_from_upstream
+from core_service.values import TokenUsage
 
 
 class StreamRelay:

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
+
+from core_service.values import TokenUsage
 
 # No single request reports more than this; larger counts are taken as unreported.
 _MAX_TOKENS = 100_000_000
-
-
-@dataclass(frozen=True)
-class TokenUsage:
-    prompt_tokens: int
-    completion_tokens: int
-    # True when Kyma counted the tokens because the upstream did not report them.
-    estimated: bool = False
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
 
 
 def _count(value: Any) -> int | None:

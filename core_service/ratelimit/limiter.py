@@ -15,10 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from core_service.accounts.auth import Principal
 from core_service.catalog import Deployment, Model
 from core_service.errors import RateLimited
-from core_service.ratelimit.snapshot import RateLimitSnapshot
 from core_service.ratelimit.store import (
     Decision,
     Limit,
@@ -27,6 +25,7 @@ from core_service.ratelimit.store import (
     rate_key,
 )
 from core_service.tasks import BackgroundTasks
+from core_service.values import Principal, RateLimitSnapshot
 
 
 def account_limits(principal: Principal, model: str, tokens: int) -> list[Limit]:

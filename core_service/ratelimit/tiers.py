@@ -3,32 +3,9 @@ defaults are the terms of service's). An admin may pin an account to a tier."""
 
 from __future__ import annotations
 
-from decimal import Decimal
+from collections.abc import Iterator
 
-from pydantic import BaseModel, ConfigDict, Field
-
-
-class Tier(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    tier: int = Field(ge=0)
-    min_purchased_usd: Decimal = Field(ge=0)
-    rpm: int = Field(gt=0)
-    model_rpm: int = Field(gt=0)
-    tpm: int = Field(gt=0)
-
-    @property
-    def min_purchased_nanos(self) -> int:
-        return int(self.min_purchased_usd * 10**9)
-
-
-DEFAULT_TIERS: tuple[Tier, ...] = (
-    Tier(tier=0, min_purchased_usd=Decimal(0), rpm=30, model_rpm=25, tpm=200_000),
-    Tier(tier=1, min_purchased_usd=Decimal(10), rpm=60, model_rpm=50, tpm=1_000_000),
-    Tier(tier=2, min_purchased_usd=Decimal(50), rpm=120, model_rpm=100, tpm=2_000_000),
-    Tier(tier=3, min_purchased_usd=Decimal(250), rpm=200, model_rpm=150, tpm=5_000_000),
-    Tier(tier=4, min_purchased_usd=Decimal(1000), rpm=300, model_rpm=200, tpm=10_000_000),
-)
+from core_service.values import Tier
 
 
 class TierTable:
@@ -56,5 +33,5 @@ class TierTable:
     def get(self, number: int) -> Tier | None:
         return self._by_number.get(number)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Tier]:
         return iter(self._tiers)

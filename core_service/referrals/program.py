@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from core_service.accounts import referral_codes
 from core_service.billing.ledger import (
     SYSTEM_REFERRAL_REWARDS,
     EntryKind,
@@ -26,6 +25,7 @@ from core_service.clock import Clock
 from core_service.db.models import Account, Referral, UsageDaily
 from core_service.errors import InvalidRequest
 from core_service.ids import new_id
+from core_service.referrals import codes as referral_codes
 
 
 @dataclass(frozen=True)

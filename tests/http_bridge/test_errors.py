@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from core_service import errors
-from core_service.grpc_errors import to_status
+from core_service.edge.errors import to_status
 from http_bridge.errors import from_grpc
 
 

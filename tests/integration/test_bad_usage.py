@@ -11,8 +11,8 @@ import httpx
 import orjson
 import pytest
 
-from core_service.app import build_core
 from core_service.catalog import Catalog, Deployment, Model, Price
+from core_service.composition import build_core
 from core_service.settings import Settings
 from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from kyma.inference.v1 import inference_service_pb2 as pb

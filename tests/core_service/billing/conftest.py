@@ -17,11 +17,13 @@ from core_service.accounts.auth import Authenticator
 from core_service.accounts.emails import parse_email
 from core_service.accounts.store import AccountStore
 from core_service.billing.checkout import CheckoutSessions
-from core_service.billing.service import BillingServicer
 from core_service.billing.webhooks import StripeWebhooks
 from core_service.clock import SystemClock
 from core_service.db.engine import create_engine, migrate, session_factory
-from core_service.ratelimit.tiers import DEFAULT_TIERS, TierTable
+from core_service.edge.billing import BillingServicer
+from core_service.edge.interceptors import ErrorTranslation
+from core_service.ratelimit.tiers import TierTable
+from core_service.values import DEFAULT_TIERS
 from kyma.billing.v1 import billing_service_pb2_grpc
 from tests.fakes.postgres import asyncpg_url, fresh_database
 from tests.fakes.stripe_api import (
@@ -123,7 +125,7 @@ async def billing_stub(
     authenticator = Authenticator(
         account_store, SystemClock(), TierTable(DEFAULT_TIERS), cache_seconds=0
     )
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[ErrorTranslation()])
     billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
         BillingServicer(authenticator, account_store, checkout, webhooks), server
     )

@@ -15,7 +15,7 @@ from grpc_status import rpc_status
 
 from core_service.accounts.store import AccountStore
 from core_service.billing.checkout import CheckoutSessions, parse_amount_usd
-from core_service.errors import InvalidRequest, UpstreamUnavailable
+from core_service.errors import BillingNotConfigured, InvalidRequest, PaymentProviderError
 from kyma.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 from tests.fakes.stripe_api import RunningFakeStripe
 
@@ -132,7 +132,7 @@ async def test_creates_a_payment_session_for_the_account(
 
 
 async def test_purchases_switched_off_without_a_stripe_key() -> None:
-    with pytest.raises(UpstreamUnavailable, match="Purchases are not enabled on this Kyma"):
+    with pytest.raises(BillingNotConfigured, match="Purchases are not enabled on this Kyma"):
         await sessions(None).create(account_id="acct_x", email="a@example.com", amount_usd="25")
 
 
@@ -145,7 +145,7 @@ async def test_a_refused_stripe_key_is_unavailable_and_never_quoted(
     )
     caplog.set_level(logging.DEBUG, logger="core_service")
     try:
-        with pytest.raises(UpstreamUnavailable) as caught:
+        with pytest.raises(PaymentProviderError) as caught:
             await sessions(wrong).create(
                 account_id="acct_x", email="a@example.com", amount_usd="25"
             )
@@ -161,7 +161,7 @@ async def test_a_stripe_outage_is_unavailable(
     stripe_client: stripe.StripeClient, fake_stripe: RunningFakeStripe
 ) -> None:
     fake_stripe.api.fail_with = 500
-    with pytest.raises(UpstreamUnavailable):
+    with pytest.raises(PaymentProviderError):
         await sessions(stripe_client).create(
             account_id="acct_x", email="a@example.com", amount_usd="25"
         )
@@ -179,7 +179,7 @@ async def test_an_unreachable_stripe_is_unavailable() -> None:
         max_network_retries=0,
     )
     try:
-        with pytest.raises(UpstreamUnavailable):
+        with pytest.raises(PaymentProviderError):
             await sessions(client).create(
                 account_id="acct_x", email="a@example.com", amount_usd="25"
             )

@@ -19,10 +19,11 @@ from core_service.billing.webhooks import (
     ASYNC_PAYMENT_SUCCEEDED,
     COMPLETED,
     StripeWebhooks,
+    WebhookOutcome,
 )
 from core_service.clock import SystemClock
 from core_service.db.models import LedgerEntry
-from core_service.errors import InvalidRequest, UpstreamUnavailable
+from core_service.errors import BillingNotConfigured, InvalidRequest
 from kyma.billing.v1 import billing_service_pb2 as pb
 from kyma.billing.v1 import billing_service_pb2_grpc
 from tests.fakes.stripe_api import (
@@ -38,9 +39,9 @@ from tests.fakes.stripe_api import (
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
 NewAccount = Callable[[], Awaitable[tuple[str, str]]]  # the conftest fixture
-CREDITED = pb.WEBHOOK_OUTCOME_CREDITED
-ALREADY = pb.WEBHOOK_OUTCOME_ALREADY_CREDITED
-IGNORED = pb.WEBHOOK_OUTCOME_IGNORED
+CREDITED = WebhookOutcome.CREDITED
+ALREADY = WebhookOutcome.ALREADY_CREDITED
+IGNORED = WebhookOutcome.IGNORED
 NANOS_PER_CENT = 10**7
 
 
@@ -320,7 +321,7 @@ async def test_without_a_signing_secret_webhooks_are_unavailable(
 ) -> None:
     unconfigured = StripeWebhooks(billing_engine, SystemClock(), webhook_secret=None)
     body, header = delivery(COMPLETED, checkout_session(account_id="acct_x", amount_total=100))
-    with pytest.raises(UpstreamUnavailable):
+    with pytest.raises(BillingNotConfigured):
         await unconfigured.handle(body, header)
 
 
@@ -369,8 +370,8 @@ async def test_grpc_webhook_needs_no_key_but_a_signature(
     reply = await billing_stub.HandleStripeWebhook(
         pb.HandleStripeWebhookRequest(payload=body, signature=header)
     )
-    assert reply.outcome == CREDITED
+    assert reply.outcome == pb.WEBHOOK_OUTCOME_CREDITED
     again = await billing_stub.HandleStripeWebhook(
         pb.HandleStripeWebhookRequest(payload=body, signature=header)
     )
-    assert again.outcome == ALREADY
+    assert again.outcome == pb.WEBHOOK_OUTCOME_ALREADY_CREDITED

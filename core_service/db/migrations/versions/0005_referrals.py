@@ -16,7 +16,7 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-# Kept in step with core_service/accounts/referral_codes.py (a migration must not change later).
+# Kept in step with core_service/referrals/codes.py (a migration must not change later).
 _ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
 

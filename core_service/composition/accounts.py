@@ -1,0 +1,93 @@
+"""Accounts: the account store, key authentication, sign-up by mail, referrals and
+enforcement."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core_service.accounts.auth import Authenticator
+from core_service.accounts.signup import SignupFlow, SignupPolicy
+from core_service.accounts.store import AccountStore
+from core_service.admin.directory import AccountDirectory
+from core_service.admin.enforcement import Enforcement
+from core_service.billing.pricing import usd_to_nanos
+from core_service.clock import Clock
+from core_service.db.engine import session_factory
+from core_service.mail.factory import mailer_from_url
+from core_service.ratelimit.store import RateLimitStore
+from core_service.ratelimit.tiers import TierTable
+from core_service.referrals.program import ReferralPolicy, ReferralProgram
+from core_service.settings import Settings
+from core_service.tasks import BackgroundTasks
+
+
+@dataclass(frozen=True)
+class Accounts:
+    store: AccountStore
+    authenticator: Authenticator
+    signup: SignupFlow
+    referrals: ReferralProgram
+    enforcement: Enforcement
+    directory: AccountDirectory
+
+
+def open_accounts(
+    settings: Settings,
+    clock: Clock,
+    stack: contextlib.AsyncExitStack,
+    *,
+    engine: AsyncEngine,
+    tasks: BackgroundTasks,
+    tiers: TierTable,
+    limits_store: RateLimitStore,
+) -> Accounts:
+    referrals = ReferralProgram(
+        engine,
+        clock,
+        ReferralPolicy(
+            enabled=settings.referrals_enabled,
+            tokens_required=settings.referral_tokens_required,
+            reward_nanos=usd_to_nanos(settings.referral_reward_usd),
+            link_base=settings.public_base_url,
+        ),
+    )
+    store = AccountStore(
+        session_factory(engine),
+        clock,
+        welcome_bonus_nanos=usd_to_nanos(settings.welcome_bonus_usd),
+        referrals=referrals,
+    )
+    mailer = mailer_from_url(
+        settings.mail_url, sender=settings.mail_sender, logger=logging.getLogger("kyma.mail")
+    )
+    stack.push_async_callback(mailer.close)
+    signup = SignupFlow(
+        engine,
+        store,
+        mailer,
+        limits_store,
+        clock,
+        SignupPolicy(
+            code_ttl=timedelta(seconds=settings.signup_code_ttl_seconds),
+            max_attempts=settings.signup_max_attempts,
+            requests_per_ip_per_minute=settings.signups_per_ip_per_minute,
+            requests_per_email_per_minute=settings.signups_per_email_per_minute,
+            verifications_per_ip_per_minute=settings.verifications_per_ip_per_minute,
+        ),
+        referrals,
+    )
+    return Accounts(
+        store=store,
+        authenticator=Authenticator(
+            store, clock, tiers, cache_seconds=settings.key_cache_seconds, tasks=tasks
+        ),
+        signup=signup,
+        referrals=referrals,
+        enforcement=Enforcement(engine, clock),
+        directory=AccountDirectory(engine),
+    )

@@ -1,0 +1,80 @@
+"""Billing: holds and metering on the request path, usage reports, and purchases through
+Stripe (Checkout Sessions and the signed webhook)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import stripe
+
+from core_service.billing.checkout import CheckoutSessions
+from core_service.billing.holds import Holds
+from core_service.billing.metering import Metering
+from core_service.billing.usage import UsageReport
+from core_service.billing.webhooks import StripeWebhooks
+from core_service.clock import Clock
+from core_service.composition.storage import Storage
+from core_service.settings import Settings
+from core_service.tasks import BackgroundTasks
+
+
+@dataclass(frozen=True)
+class Billing:
+    holds: Holds
+    metering: Metering
+    usage: UsageReport
+    checkout: CheckoutSessions
+    webhooks: StripeWebhooks
+
+
+def _stripe_client(
+    settings: Settings, stack: contextlib.AsyncExitStack
+) -> stripe.StripeClient | None:
+    """The Stripe client (async, on its own HTTP client), or none when purchases are off."""
+    if settings.stripe_secret_key is None:
+        return None
+    http = stripe.HTTPXClient(timeout=20)
+    stack.push_async_callback(http.close_async)
+    return stripe.StripeClient(
+        settings.stripe_secret_key.get_secret_value(),
+        base_addresses={"api": settings.stripe_api_base},
+        http_client=http,
+        max_network_retries=2,
+    )
+
+
+def open_billing(
+    settings: Settings,
+    clock: Clock,
+    stack: contextlib.AsyncExitStack,
+    *,
+    storage: Storage,
+    tasks: BackgroundTasks,
+    longest_request_seconds: float,
+    counted: Callable[[str], None],
+) -> Billing:
+    holds = Holds(
+        storage.hold_store,
+        storage.engine,
+        clock,
+        # A hold must outlive the longest request it may cover.
+        ttl_seconds=max(settings.hold_ttl_seconds, longest_request_seconds + 60),
+    )
+    secret = settings.stripe_webhook_secret
+    return Billing(
+        holds=holds,
+        metering=Metering(holds, tasks, counted=counted),
+        usage=UsageReport(storage.engine, clock),
+        checkout=CheckoutSessions(
+            _stripe_client(settings, stack),
+            success_url=settings.checkout_success_url,
+            cancel_url=settings.checkout_cancel_url,
+            min_usd=settings.checkout_min_usd,
+            max_usd=settings.checkout_max_usd,
+        ),
+        webhooks=StripeWebhooks(
+            storage.engine, clock, webhook_secret=secret.get_secret_value() if secret else None
+        ),
+    )

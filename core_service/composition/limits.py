@@ -1,0 +1,76 @@
+"""Rate limits: the store (in process, or Redis with per-node fallback), the account limiter
+and the deployment gate."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import redis.asyncio
+
+from core_service.clock import Clock
+from core_service.ratelimit.fallback import FallbackRateLimitStore
+from core_service.ratelimit.limiter import AccountLimiter, DeploymentGate
+from core_service.ratelimit.local_store import InProcessRateLimitStore
+from core_service.ratelimit.redis_store import RedisRateLimitStore
+from core_service.ratelimit.store import RateLimitStore
+from core_service.ratelimit.tiers import TierTable
+from core_service.settings import Settings
+from core_service.tasks import BackgroundTasks
+
+
+@dataclass(frozen=True)
+class Limits:
+    store: RateLimitStore
+    limiter: AccountLimiter
+    gate: DeploymentGate
+    tiers: TierTable
+
+    @property
+    def fallbacks(self) -> int:
+        """Limiter calls served per node because Redis was unreachable."""
+        return self.store.fallbacks if isinstance(self.store, FallbackRateLimitStore) else 0
+
+
+def _rate_limit_store(settings: Settings, clock: Clock) -> RateLimitStore:
+    """In-process on one node; with Redis, shared by every node and falling back to per-node
+    limits (limit ÷ expected nodes) while Redis is unreachable."""
+    local = InProcessRateLimitStore(clock)
+    if settings.redis_url is None:
+        return local
+    timeout = settings.redis_timeout_ms / 1000
+    # A full pool waits (within the timeout) instead of failing, so a burst is not mistaken
+    # for Redis being down.
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=200,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
+    return FallbackRateLimitStore(
+        RedisRateLimitStore(
+            redis.asyncio.Redis(connection_pool=pool), clock, key_prefix=settings.redis_key_prefix
+        ),
+        local,
+        clock,
+        node_share=settings.expected_nodes,
+        timeout_s=timeout,
+    )
+
+
+def open_limits(
+    settings: Settings, clock: Clock, tasks: BackgroundTasks, stack: contextlib.AsyncExitStack
+) -> Limits:
+    store = _rate_limit_store(settings, clock)
+    stack.push_async_callback(store.close)
+
+    def shared() -> bool:
+        return isinstance(store, FallbackRateLimitStore) and not store.degraded
+
+    return Limits(
+        store=store,
+        limiter=AccountLimiter(store, tasks, shared=shared),
+        gate=DeploymentGate(store, tasks),
+        tiers=TierTable(settings.tiers),
+    )

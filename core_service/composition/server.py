@@ -1,0 +1,145 @@
+"""The gRPC server: every servicer of the edge, the interceptors every call goes through,
+health checking and reflection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pydantic import SecretStr
+
+from core_service.clock import Clock
+from core_service.composition.accounts import Accounts
+from core_service.composition.billing import Billing
+from core_service.composition.limits import Limits
+from core_service.composition.routing import Routing
+from core_service.composition.storage import Storage
+from core_service.edge.accounting import AccountingServicer
+from core_service.edge.admin.accounts import AccountAdmin
+from core_service.edge.admin.catalogue import CatalogueAdmin
+from core_service.edge.admin.credits import CreditAdmin
+from core_service.edge.admin.enforcement import EnforcementAdmin
+from core_service.edge.admin.limits import LimitAdmin
+from core_service.edge.admin.logs import LogAdmin
+from core_service.edge.admin.referrals import ReferralAdmin
+from core_service.edge.admin.service import SERVICE as ADMIN_SERVICE
+from core_service.edge.admin.service import AdminServicer
+from core_service.edge.billing import BillingServicer
+from core_service.edge.inference import InferenceServicer
+from core_service.edge.interceptors import AdminToken, ErrorTranslation
+from core_service.edge.ratelimit import RateLimitServicer
+from core_service.edge.routing import RoutingServicer
+from core_service.edge.signup import SignupServicer
+from core_service.inference.pipeline import InferencePipeline
+from core_service.logs.query import RequestLogQuery
+from kyma.accounting.v1 import (
+    accounting_service_pb2,
+    accounting_service_pb2_grpc,
+    signup_service_pb2,
+    signup_service_pb2_grpc,
+)
+from kyma.admin.v1 import admin_service_pb2_grpc
+from kyma.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
+from kyma.contract.v1.constants import MAX_MESSAGE_BYTES
+from kyma.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from kyma.ratelimit.v1 import ratelimit_service_pb2, ratelimit_service_pb2_grpc
+from kyma.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
+
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+
+# Every service the core serves (health and reflection aside), by full name.
+SERVICES = [
+    inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
+    routing_service_pb2.DESCRIPTOR.services_by_name["RoutingService"].full_name,
+    accounting_service_pb2.DESCRIPTOR.services_by_name["AccountingService"].full_name,
+    signup_service_pb2.DESCRIPTOR.services_by_name["SignupService"].full_name,
+    ADMIN_SERVICE.full_name,
+    billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
+    ratelimit_service_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name,
+]
+
+
+@dataclass(frozen=True)
+class Server:
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+
+
+def build_server(
+    host: str,
+    port: int,
+    clock: Clock,
+    *,
+    admin_token: str,
+    pipeline: InferencePipeline,
+    storage: Storage,
+    limits: Limits,
+    routing: Routing,
+    accounts: Accounts,
+    billing: Billing,
+) -> Server:
+    server = grpc.aio.server(
+        options=GRPC_OPTIONS,
+        # Outermost first: the admin token before anything runs, then error translation.
+        interceptors=[
+            AdminToken(SecretStr(admin_token), [ADMIN_SERVICE.full_name]),
+            ErrorTranslation(),
+        ],
+    )
+    authenticator = accounts.authenticator
+    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
+        InferenceServicer(pipeline), server
+    )
+    routing_service_pb2_grpc.add_RoutingServiceServicer_to_server(
+        RoutingServicer(authenticator, routing.catalogue), server
+    )
+    accounting_service_pb2_grpc.add_AccountingServiceServicer_to_server(
+        AccountingServicer(
+            authenticator,
+            accounts.store,
+            storage.ledger,
+            billing.usage,
+            accounts.enforcement,
+            clock,
+            accounts.referrals,
+        ),
+        server,
+    )
+    admin = AdminServicer(
+        AccountAdmin(
+            accounts.store, authenticator, accounts.directory, accounts.enforcement, storage.ledger
+        ),
+        CreditAdmin(storage.ledger, storage.engine, clock),
+        LimitAdmin(accounts.store, authenticator, limits.limiter, limits.tiers, storage.ledger),
+        EnforcementAdmin(accounts.enforcement, accounts.store, authenticator, storage.ledger),
+        CatalogueAdmin(routing.router, routing.catalogue),
+        ReferralAdmin(accounts.referrals),
+        LogAdmin(RequestLogQuery(storage.engine), storage.retention),
+    )
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)  # type: ignore[arg-type]
+    billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
+        BillingServicer(
+            authenticator, accounts.store, billing.checkout, billing.webhooks, clock=clock
+        ),
+        server,
+    )
+    ratelimit_service_pb2_grpc.add_RateLimitServiceServicer_to_server(
+        RateLimitServicer(authenticator, limits.limiter), server
+    )
+    signup_service_pb2_grpc.add_SignupServiceServicer_to_server(
+        SignupServicer(accounts.signup), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    return Server(server=server, health=health_servicer, port=bound)

@@ -1,0 +1,157 @@
+"""What every call on the core goes through, whatever its service: the admin-token check on
+AdminService, and the translation of domain errors into gRPC status.
+
+Servicers therefore neither check the admin token nor catch errors: a KymaError raised
+anywhere below a servicer ends its call with the status of the error's reason, and anything
+unexpected ends it as INTERNAL (logged here with its traceback, never sent).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from pydantic import SecretStr
+
+from core_service import errors
+from core_service.accounts.auth import bearer_token
+from core_service.edge.errors import internal_status, to_status
+from core_service.edge.metadata import request_id, value_in
+from kyma.contract.v1.constants import MetadataKey
+
+log = logging.getLogger(__name__)
+
+Handler = grpc.RpcMethodHandler
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
+
+
+def _rewrap(handler: Handler, unary: Any, stream: Any) -> Handler:
+    """The same handler (kind, serializers) with its behaviour replaced: `unary(inner)` for a
+    unary-response method, `stream(inner)` for a streaming one."""
+    if handler.unary_unary is not None:
+        return handler._replace(unary_unary=unary(handler.unary_unary))  # type: ignore[attr-defined, no-any-return]
+    if handler.unary_stream is not None:
+        return handler._replace(unary_stream=stream(handler.unary_stream))  # type: ignore[attr-defined, no-any-return]
+    if handler.stream_unary is not None:
+        return handler._replace(stream_unary=unary(handler.stream_unary))  # type: ignore[attr-defined, no-any-return]
+    return handler._replace(stream_stream=stream(handler.stream_stream))  # type: ignore[attr-defined, no-any-return]
+
+
+class ErrorTranslation(grpc.aio.ServerInterceptor):
+    """KymaError → its status; anything unexpected → INTERNAL with the request id."""
+
+    def __init__(self) -> None:
+        # The wrapped handler of each method, made once: the registered handlers never change.
+        self._wrapped: dict[str, Handler] = {}
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return None
+            wrapped = self._wrapped[method] = _rewrap(
+                handler, self._unary(method), self._stream(method)
+            )
+        return wrapped
+
+    @staticmethod
+    async def _fail(error: Exception, method: str, context: grpc.aio.ServicerContext) -> None:
+        if isinstance(error, errors.KymaError):
+            await context.abort_with_status(to_status(error))
+        log.error("unexpected error in %s", method, exc_info=error)
+        await context.abort_with_status(internal_status(request_id(context)))
+
+    def _unary(self, method: str) -> Callable[[Any], Any]:
+        def wrap(inner: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await inner(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as error:
+                    await self._fail(error, method, context)
+
+            return behaviour
+
+        return wrap
+
+    def _stream(self, method: str) -> Callable[[Any], Any]:
+        def wrap(inner: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+            async def behaviour(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                try:
+                    async for message in inner(request, context):
+                        yield message
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as error:
+                    await self._fail(error, method, context)
+
+            return behaviour
+
+        return wrap
+
+
+class AdminToken(grpc.aio.ServerInterceptor):
+    """Every method of the admin services needs `authorization: Bearer <admin token>`, checked
+    in constant time before the servicer runs. The methods are found by service name, so an
+    RPC added to AdminService is covered without anyone remembering to check."""
+
+    def __init__(self, token: SecretStr, services: Iterable[str]) -> None:
+        self._token = token.get_secret_value().encode()
+        self._prefixes = tuple(f"/{service}/" for service in services)
+
+    def authorized(self, authorization: str | None) -> bool:
+        try:
+            given = bearer_token(authorization).encode()
+        except errors.Unauthenticated:
+            return False
+        return hmac.compare_digest(given, self._token)
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith(self._prefixes):
+            return handler
+        authorization = value_in(
+            handler_call_details.invocation_metadata, MetadataKey.AUTHORIZATION
+        )
+        if self.authorized(authorization):
+            return handler
+        message = (
+            "Admin calls need 'authorization: Bearer <admin token>'."
+            if not authorization
+            else "The admin token is not valid."
+        )
+        status = to_status(errors.AdminUnauthenticated(message))
+        return _rewrap(handler, _refusing_unary(status), _refusing_stream(status))
+
+
+def _refusing_unary(status: grpc.Status) -> Callable[[Any], Any]:
+    def wrap(_inner: Any) -> Callable[..., Awaitable[Any]]:
+        async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await context.abort_with_status(status)
+
+        return refuse
+
+    return wrap
+
+
+def _refusing_stream(status: grpc.Status) -> Callable[[Any], Any]:
+    def wrap(_inner: Any) -> Callable[..., AsyncIterator[Any]]:
+        async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await context.abort_with_status(status)
+            yield  # never reached: the abort ends the call
+
+        return refuse
+
+    return wrap

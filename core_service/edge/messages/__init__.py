@@ -1,0 +1,1 @@
+"""Domain values as protobuf messages (and back), one module per area."""

@@ -1,0 +1,105 @@
+"""The value types the domain packages share: who is calling (principal and tier), what they
+asked for (the parsed inference request), what it used (token usage) and what their limits
+say (the rate-limit snapshot).
+
+They live here, apart from the packages that produce them, so that accounts, billing, rate
+limits and inference can all speak of them without importing one another. This module
+imports nothing of Kyma's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Endpoint = Literal["chat.completions", "completions", "embeddings"]
+ALL_ENDPOINTS: tuple[Endpoint, ...] = ("chat.completions", "completions", "embeddings")
+
+
+class Tier(BaseModel):
+    """One row of the tier table: the limits an account gets once its purchases reach
+    `min_purchased_usd`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tier: int = Field(ge=0)
+    min_purchased_usd: Decimal = Field(ge=0)
+    rpm: int = Field(gt=0)
+    model_rpm: int = Field(gt=0)
+    tpm: int = Field(gt=0)
+
+    @property
+    def min_purchased_nanos(self) -> int:
+        return int(self.min_purchased_usd * 10**9)
+
+
+# The terms of service's table (SPEC §5); the running table is configuration.
+DEFAULT_TIERS: tuple[Tier, ...] = (
+    Tier(tier=0, min_purchased_usd=Decimal(0), rpm=30, model_rpm=25, tpm=200_000),
+    Tier(tier=1, min_purchased_usd=Decimal(10), rpm=60, model_rpm=50, tpm=1_000_000),
+    Tier(tier=2, min_purchased_usd=Decimal(50), rpm=120, model_rpm=100, tpm=2_000_000),
+    Tier(tier=3, min_purchased_usd=Decimal(250), rpm=200, model_rpm=150, tpm=5_000_000),
+    Tier(tier=4, min_purchased_usd=Decimal(1000), rpm=300, model_rpm=200, tpm=10_000_000),
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller of a request: who pays for it and through which key."""
+
+    account_id: str
+    key_id: str
+    account_status: str
+    tier: Tier
+    # Whether an admin pinned the tier (otherwise it follows total purchases).
+    pinned: bool = False
+    status_reason: str | None = None
+    suspended_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RateLimitSnapshot:
+    """What a caller is told about its limits (OpenAI's `x-ratelimit-*` facts)."""
+
+    limit_requests: int
+    remaining_requests: int
+    reset_requests_ms: int
+    limit_tokens: int
+    remaining_tokens: int
+    reset_tokens_ms: int
+
+    def as_metadata(self) -> dict[str, str]:
+        return {name: str(value) for name, value in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    prompt_tokens: int
+    completion_tokens: int
+    # True when Kyma counted the tokens because the upstream did not report them.
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class InferenceRequest:
+    """An inference request as policy reads it; `body` is forwarded as the client sent it."""
+
+    endpoint: Endpoint
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    # What the client allowed the model to write (None: the model's own cap applies).
+    max_output_tokens: int | None
+    prompt_tokens_estimate: int
+    # Whether the client asked for the usage chunk at the end of a stream.
+    include_usage: bool
+    # How many choices (`n`) the client asked for.
+    choices: int = 1
