@@ -13,24 +13,32 @@ from google.rpc import error_details_pb2, status_pb2
 from starlette.responses import Response
 
 from http_bridge.headers import limit_headers
+from kyma.contract.v1.constants import ErrorReason
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_REASONS = frozenset(ErrorReason)
 
-# reason → (HTTP status, OpenAI type, OpenAI code)
-_BY_REASON: dict[str, tuple[int, str, str | None]] = {
-    "INVALID_REQUEST": (400, "invalid_request_error", None),
-    "INVALID_API_KEY": (401, "invalid_request_error", "invalid_api_key"),
-    "INVALID_ADMIN_TOKEN": (401, "invalid_request_error", "invalid_api_key"),
-    "INSUFFICIENT_QUOTA": (402, "insufficient_quota", "insufficient_quota"),
-    "ACCOUNT_SUSPENDED": (403, "permission_error", "account_suspended"),
-    "ACCOUNT_BANNED": (403, "permission_error", "account_banned"),
-    "MODEL_NOT_FOUND": (404, "invalid_request_error", "model_not_found"),
-    "NOT_FOUND": (404, "invalid_request_error", "not_found"),
-    "ALREADY_EXISTS": (409, "invalid_request_error", "already_exists"),
-    "RATE_LIMIT_EXCEEDED": (429, "requests", "rate_limit_exceeded"),
-    "UPSTREAM_BAD_GATEWAY": (502, "api_error", "upstream_error"),
-    "UPSTREAM_UNAVAILABLE": (503, "api_error", "upstream_unavailable"),
-    "UPSTREAM_TIMEOUT": (504, "api_error", "upstream_timeout"),
+# Every reason of the contract → (HTTP status, OpenAI type, OpenAI code).
+BY_REASON: dict[ErrorReason, tuple[int, str, str | None]] = {
+    ErrorReason.INTERNAL: (500, "api_error", "internal_error"),
+    ErrorReason.INVALID_REQUEST: (400, "invalid_request_error", None),
+    ErrorReason.INVALID_API_KEY: (401, "invalid_request_error", "invalid_api_key"),
+    ErrorReason.INVALID_ADMIN_TOKEN: (401, "invalid_request_error", "invalid_api_key"),
+    ErrorReason.INSUFFICIENT_QUOTA: (402, "insufficient_quota", "insufficient_quota"),
+    ErrorReason.ACCOUNT_SUSPENDED: (403, "permission_error", "account_suspended"),
+    ErrorReason.ACCOUNT_BANNED: (403, "permission_error", "account_banned"),
+    ErrorReason.MODEL_NOT_FOUND: (404, "invalid_request_error", "model_not_found"),
+    ErrorReason.NOT_FOUND: (404, "invalid_request_error", "not_found"),
+    ErrorReason.ALREADY_EXISTS: (409, "invalid_request_error", "already_exists"),
+    ErrorReason.IDEMPOTENCY_CONFLICT: (409, "invalid_request_error", "idempotency_conflict"),
+    ErrorReason.RATE_LIMIT_EXCEEDED: (429, "requests", "rate_limit_exceeded"),
+    ErrorReason.UPSTREAM_BAD_GATEWAY: (502, "api_error", "upstream_error"),
+    ErrorReason.UPSTREAM_UNAVAILABLE: (503, "api_error", "upstream_unavailable"),
+    ErrorReason.UPSTREAM_TIMEOUT: (504, "api_error", "upstream_timeout"),
+    ErrorReason.BILLING_NOT_CONFIGURED: (503, "api_error", "billing_not_configured"),
+    ErrorReason.PAYMENT_PROVIDER_ERROR: (502, "api_error", "payment_provider_error"),
+    ErrorReason.MAIL_UNAVAILABLE: (503, "api_error", "mail_unavailable"),
+    ErrorReason.SERVICE_UNAVAILABLE: (503, "api_error", "service_unavailable"),
 }
 
 _BY_CODE: dict[grpc.StatusCode, tuple[int, str, str | None]] = {
@@ -115,7 +123,8 @@ def from_grpc(error: grpc.aio.AioRpcError) -> OpenAIError:
                 retry = error_details_pb2.RetryInfo()
                 detail.Unpack(retry)
                 retry_after = max(1, retry.retry_delay.seconds + (retry.retry_delay.nanos > 0))
-    mapped = _BY_REASON.get(reason or "") or _BY_CODE.get(error.code())
+    known = reason in _REASONS
+    mapped = BY_REASON[ErrorReason(reason)] if known else _BY_CODE.get(error.code())
     if mapped is None:
         return OpenAIError(
             500,
@@ -125,7 +134,7 @@ def from_grpc(error: grpc.aio.AioRpcError) -> OpenAIError:
         )
     http_status, type_, code = mapped
     message = error.details() or "Request failed."
-    if reason is None and error.code() == grpc.StatusCode.UNAVAILABLE:
+    if not known and error.code() == grpc.StatusCode.UNAVAILABLE:
         message = "Kyma's core service is unavailable. Please retry shortly."
     return OpenAIError(
         http_status,

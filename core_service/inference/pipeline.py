@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -51,6 +51,8 @@ from core_service.standing import check_in_good_standing
 from core_service.upstream.client import UpstreamClient, UpstreamFailure, UpstreamStream
 from core_service.values import Endpoint, InferenceRequest, Principal, RateLimitSnapshot, TokenUsage
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class UnaryResult:
@@ -79,6 +81,15 @@ class _Try:
 
     ticket: Ticket
     attempt: Attempt
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """An upstream stream that has produced its first chunks (or ended without any)."""
+
+    stream: UpstreamStream
+    events: AsyncIterator[list[bytes]]
+    first: list[bytes]
 
 
 @dataclass(frozen=True)
@@ -237,35 +248,51 @@ class InferencePipeline:
         self._finish(admitted, ticket, charge)
         return UnaryResult(orjson.dumps(parsed), charge, admitted.admission.snapshot)
 
-    async def _forward(self, admitted: _Admitted) -> tuple[bytes, Ticket]:
-        request = admitted.request
-        path = UPSTREAM_PATHS[request.endpoint]
+    async def _failover(
+        self, admitted: _Admitted, attempt: Callable[[Deployment], Awaitable[T]]
+    ) -> tuple[T, Ticket]:
+        """The one failover loop, for unary and streaming calls alike: `attempt` each
+        deployment in routing order until one gives an answer. A retryable UpstreamFailure
+        moves on to the next deployment (and counts against the failing one's health); one
+        that is not retryable means the upstream refused the request itself, so it goes back
+        to the client and the deployment counts as healthy."""
+        model = admitted.model
         failure: UpstreamFailure | None = None
         async with aclosing(self._tries(admitted)) as tries:
-            async for attempt in tries:
-                ticket = attempt.ticket
+            async for tried in tries:
+                ticket, health = tried.ticket, tried.attempt
                 try:
-                    reply = await self._upstream.post(
-                        ticket.deployment, path, self._upstream_body(request, ticket.deployment)
-                    )
+                    result = await attempt(ticket.deployment)
                 except UpstreamFailure as exc:
-                    self._gate.leave(admitted.model, ticket, 0)
-                    if not exc.retryable:  # the upstream answered: the request is at fault
-                        attempt.attempt.succeeded()
+                    self._gate.leave(model, ticket, 0)
+                    if not exc.retryable:
+                        health.succeeded()
                         raise exc.error from None
-                    attempt.attempt.failed(exc.error.message, retry_after=exc.retry_after)
-                    self._observer.upstream_failed(admitted.model.name, ticket.deployment.name)
+                    health.failed(exc.error.message, retry_after=exc.retry_after)
+                    self._observer.upstream_failed(model.name, ticket.deployment.name)
                     failure = exc
                     continue
                 except BaseException:
-                    self._gate.leave(admitted.model, ticket, 0)
-                    attempt.attempt.abandoned()
+                    self._gate.leave(model, ticket, 0)
+                    health.abandoned()
                     raise
-                attempt.attempt.succeeded()
-                return reply, ticket
+                # Its latency is the time to the answer (a stream's: to its first chunk).
+                health.succeeded()
+                return result, ticket
         if failure is None:
-            raise UpstreamUnavailable(f"No upstream of '{admitted.model.name}' could be tried.")
+            raise UpstreamUnavailable(f"No upstream of '{model.name}' could be tried.")
         raise failure.error
+
+    async def _forward(self, admitted: _Admitted) -> tuple[bytes, Ticket]:
+        request = admitted.request
+        path = UPSTREAM_PATHS[request.endpoint]
+
+        async def post(deployment: Deployment) -> bytes:
+            return await self._upstream.post(
+                deployment, path, self._upstream_body(request, deployment)
+            )
+
+        return await self._failover(admitted, post)
 
     async def stream(
         self, endpoint: Endpoint, raw: bytes, authorization: str | None, request_id: str
@@ -300,7 +327,7 @@ class InferencePipeline:
             prompt_estimate=admitted.request.prompt_tokens_estimate,
         )
         try:
-            stream, ticket, events, first = await self._open_with_failover(admitted, relay)
+            opened, ticket = await self._open_with_failover(admitted, relay)
         except BaseException as error:
             self._abandon(admitted, error)
             raise
@@ -308,10 +335,10 @@ class InferencePipeline:
         limits: RateLimitSnapshot | None = admitted.admission.snapshot
         complete = False
         try:
-            if first:
-                yield StreamChunks(first, limits)
+            if opened.first:
+                yield StreamChunks(opened.first, limits)
                 limits = None
-            async for batch in events:
+            async for batch in opened.events:
                 chunks = relay.rewrite_all(batch)
                 if chunks:
                     yield StreamChunks(chunks)
@@ -319,7 +346,7 @@ class InferencePipeline:
         except UpstreamFailure as exc:
             raise exc.error from None
         finally:
-            await stream.aclose()
+            await opened.stream.aclose()
             # Also reached when the client goes away: usage then is what was relayed.
             charge = charge_for(model, relay.usage(complete=complete))
             observation.charge = charge
@@ -329,54 +356,37 @@ class InferencePipeline:
 
     async def _open_with_failover(
         self, admitted: _Admitted, relay: StreamRelay
-    ) -> tuple[UpstreamStream, Ticket, AsyncIterator[list[bytes]], list[bytes]]:
+    ) -> tuple[_Opened, Ticket]:
         request = admitted.request
         path = UPSTREAM_PATHS[request.endpoint]
-        failure: UpstreamFailure | None = None
-        async with aclosing(self._tries(admitted)) as tries:
-            async for attempt in tries:
-                ticket = attempt.ticket
-                stream: UpstreamStream | None = None
-                try:
-                    stream = await self._upstream.open_stream(
-                        ticket.deployment, path, self._upstream_body(request, ticket.deployment)
-                    )
-                    events = stream.events().__aiter__()
-                    # Nothing has reached the client until the first chunk: until then, fail over.
-                    while True:
-                        try:
-                            batch = await anext(events)
-                        except StopAsyncIteration:
-                            attempt.attempt.succeeded()
-                            return stream, ticket, events, []
-                        chunks = relay.rewrite_all(batch)
-                        if chunks:
-                            attempt.attempt.succeeded()  # its latency is the time to first chunk
-                            return stream, ticket, events, chunks
-                except UpstreamFailure as exc:
-                    if not exc.retryable and stream is None:  # the upstream refused the request
-                        attempt.attempt.succeeded()
-                        self._gate.leave(admitted.model, ticket, 0)
-                        raise exc.error from None
-                    attempt.attempt.failed(exc.error.message, retry_after=exc.retry_after)
-                    self._observer.upstream_failed(admitted.model.name, ticket.deployment.name)
-                    failure = exc
-                except UpstreamError as exc:  # an error event or garbage before the first chunk
-                    attempt.attempt.failed(exc.message)
-                    self._observer.upstream_failed(admitted.model.name, ticket.deployment.name)
-                    failure = UpstreamFailure(exc, retryable=True)
-                except BaseException:
-                    attempt.attempt.abandoned()
-                    self._gate.leave(admitted.model, ticket, 0)
-                    if stream is not None:
-                        await stream.aclose()
-                    raise
-                self._gate.leave(admitted.model, ticket, 0)
-                if stream is not None:
-                    await stream.aclose()
-        if failure is None:
-            raise UpstreamUnavailable(f"No upstream of '{admitted.model.name}' could be tried.")
-        raise failure.error
+
+        async def open_until_first_chunk(deployment: Deployment) -> _Opened:
+            stream = await self._upstream.open_stream(
+                deployment, path, self._upstream_body(request, deployment)
+            )
+            events = stream.events().__aiter__()
+            # Nothing has reached the client until the first chunk: until then, whatever
+            # breaks (the connection, an error event, garbage) may be tried elsewhere.
+            try:
+                while True:
+                    try:
+                        batch = await anext(events)
+                    except StopAsyncIteration:
+                        return _Opened(stream, events, [])
+                    chunks = relay.rewrite_all(batch)
+                    if chunks:
+                        return _Opened(stream, events, chunks)
+            except UpstreamFailure as exc:
+                await stream.aclose()
+                raise UpstreamFailure(exc.error, retryable=True) from exc
+            except UpstreamError as exc:
+                await stream.aclose()
+                raise UpstreamFailure(exc, retryable=True) from exc
+            except BaseException:
+                await stream.aclose()
+                raise
+
+        return await self._failover(admitted, open_until_first_chunk)
 
 
 # OpenAI's own limit on `n`.

@@ -28,23 +28,39 @@ from core_service.tasks import BackgroundTasks
 from core_service.values import Principal, RateLimitSnapshot
 
 
-def account_limits(principal: Principal, model: str, tokens: int) -> list[Limit]:
-    tier, account = principal.tier, principal.account_id
-    return [
-        Limit(rate_key("acct", account, "rpm"), tier.rpm, 1),
-        Limit(rate_key("acct", account, "model", model, "rpm"), tier.model_rpm, 1),
-        Limit(rate_key("acct", account, "tpm"), tier.tpm, tokens),
-    ]
+@dataclass(frozen=True)
+class AccountLimits:
+    """The three counters every request of an account draws on."""
+
+    requests: Limit  # requests per minute, over all models
+    model_requests: Limit  # requests per minute for this model
+    tokens: Limit  # tokens per minute (prompt estimate + allowed output, trued up later)
+
+    @classmethod
+    def of(cls, principal: Principal, model: str, tokens: int) -> AccountLimits:
+        tier, account = principal.tier, principal.account_id
+        return cls(
+            requests=Limit(rate_key("acct", account, "rpm"), tier.rpm, 1),
+            model_requests=Limit(
+                rate_key("acct", account, "model", model, "rpm"), tier.model_rpm, 1
+            ),
+            tokens=Limit(rate_key("acct", account, "tpm"), tier.tpm, tokens),
+        )
+
+    def all(self) -> tuple[Limit, Limit, Limit]:
+        """In the order the store answers in (`Decision.states`)."""
+        return (self.requests, self.model_requests, self.tokens)
 
 
-def snapshot(states: tuple[LimitState, ...]) -> RateLimitSnapshot:
+def snapshot(
+    requests: LimitState, model_requests: LimitState, tokens: LimitState
+) -> RateLimitSnapshot:
     """Requests: the tighter of the overall and the per-model counter; tokens: the TPM counter."""
-    overall, per_model, tokens = states
-    requests = min((overall, per_model), key=lambda s: (s.remaining, -s.reset_ms))
+    tighter = min((requests, model_requests), key=lambda s: (s.remaining, -s.reset_ms))
     return RateLimitSnapshot(
-        limit_requests=requests.limit,
-        remaining_requests=requests.remaining,
-        reset_requests_ms=requests.reset_ms,
+        limit_requests=tighter.limit,
+        remaining_requests=tighter.remaining,
+        reset_requests_ms=tighter.reset_ms,
         limit_tokens=tokens.limit,
         remaining_tokens=tokens.remaining,
         reset_tokens_ms=tokens.reset_ms,
@@ -72,7 +88,7 @@ def _refusal_message(decision: Decision, principal: Principal, model: str, token
 class Admission:
     """One admitted request's draw on its account's counters."""
 
-    limits: list[Limit]
+    limits: AccountLimits
     decision: Decision
     snapshot: RateLimitSnapshot
 
@@ -91,9 +107,9 @@ class AccountLimiter:
         return self._shared()
 
     async def admit(self, principal: Principal, model: str, tokens: int) -> Admission:
-        limits = account_limits(principal, model, tokens)
-        decision = await self._store.admit(limits)
-        view = snapshot(decision.states)
+        limits = AccountLimits.of(principal, model, tokens)
+        decision = await self._store.admit(limits.all())
+        view = snapshot(*decision.states)
         if not decision.admitted:
             raise RateLimited(
                 _refusal_message(decision, principal, model, tokens),
@@ -104,12 +120,12 @@ class AccountLimiter:
 
     def give_back(self, admission: Admission) -> None:
         """The request was refused after admission (no credit, no capacity): it consumes nothing."""
-        for limit in admission.limits:
+        for limit in admission.limits.all():
             if limit.cost:
                 self._adjust(limit.key, admission.decision.second, -limit.cost)
 
     def true_up(self, admission: Admission, actual_tokens: int) -> None:
-        tokens = admission.limits[2]
+        tokens = admission.limits.tokens
         if actual_tokens != tokens.cost:
             self._adjust(tokens.key, admission.decision.second, actual_tokens - tokens.cost)
 
@@ -119,8 +135,10 @@ class AccountLimiter:
 
     async def status(self, principal: Principal, model: str) -> RateLimitSnapshot:
         """The account's limits now, without counting anything (per model when one is named)."""
-        overall, per_model, tokens = await self._store.peek(account_limits(principal, model, 0))
-        return snapshot((overall, per_model if model else overall, tokens))
+        overall, per_model, tokens = await self._store.peek(
+            AccountLimits.of(principal, model, 0).all()
+        )
+        return snapshot(overall, per_model if model else overall, tokens)
 
 
 @dataclass
