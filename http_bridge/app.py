@@ -58,11 +58,11 @@ def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -
 
     @app.get("/readyz")
     async def readyz(request: Request) -> Response:
-        health = stubs(request).health
+        check = stubs(request).health_check
         try:
-            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+            reply = await check(health_pb2.HealthCheckRequest(), timeout=2)
             serving = reply.status == health_pb2.HealthCheckResponse.SERVING
-            limits = await health.Check(
+            limits = await check(
                 health_pb2.HealthCheckRequest(service=SHARED_LIMITS_HEALTH_SERVICE), timeout=2
             )
             shared = limits.status == health_pb2.HealthCheckResponse.SERVING

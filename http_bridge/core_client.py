@@ -6,7 +6,7 @@ import secrets
 
 import grpc
 from fastapi import Request
-from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from kyma.accounting.v1 import accounting_service_pb2_grpc, signup_service_pb2_grpc
 from kyma.billing.v1 import billing_service_pb2_grpc
@@ -33,7 +33,12 @@ class CoreStubs:
         self.accounting = accounting_service_pb2_grpc.AccountingServiceStub(channel)
         self.billing = billing_service_pb2_grpc.BillingServiceStub(channel)
         self.signup = signup_service_pb2_grpc.SignupServiceStub(channel)
-        self.health = health_pb2_grpc.HealthStub(channel)
+        # Health's Check, called directly (the published stubs do not type HealthStub's methods).
+        self.health_check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
 
 
 def stubs(request: Request) -> CoreStubs:

@@ -123,8 +123,12 @@ def from_grpc(error: grpc.aio.AioRpcError) -> OpenAIError:
                 retry = error_details_pb2.RetryInfo()
                 detail.Unpack(retry)
                 retry_after = max(1, retry.retry_delay.seconds + (retry.retry_delay.nanos > 0))
-    known = reason in _REASONS
-    mapped = BY_REASON[ErrorReason(reason)] if known else _BY_CODE.get(error.code())
+    known = reason is not None and reason in _REASONS
+    mapped = (
+        BY_REASON[ErrorReason(reason)]
+        if reason is not None and known
+        else _BY_CODE.get(error.code())
+    )
     if mapped is None:
         return OpenAIError(
             500,

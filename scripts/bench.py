@@ -182,7 +182,7 @@ def start_stack(procs: Processes, args: argparse.Namespace) -> Stack:
     # 1. the test upstream
     upstream_argv = [KYMA, "test-upstream"]
     if subprocess.run([KYMA, "test-upstream", "--help"], capture_output=True).returncode != 0:
-        upstream_argv = [sys.executable, "-m", "core_service.test_upstream.server"]
+        upstream_argv = [sys.executable, "-m", "core_service.simulators.test_upstream.server"]
     upstream = procs.start(
         "upstream",
         [

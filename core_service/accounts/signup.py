@@ -185,7 +185,7 @@ class SignupFlow:
                 and row.expires_at > self._clock.now()
                 and row.failed_attempts < self._policy.max_attempts
             )
-            if not live:
+            if row is None or not live:
                 raise InvalidRequest(WRONG_CODE, param="code")
             if not hmac.compare_digest(row.code_hash, key):
                 await conn.execute(

@@ -42,7 +42,7 @@ class AccountDirectory:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def list(
+    async def search(
         self, *, status: str | None, shared_signals: bool, limit: int, after_id: str | None
     ) -> list[Listed]:
         sharing = _sharing_count().label("sharing")

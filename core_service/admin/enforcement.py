@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core_service.billing.ledger import SYSTEM_ADJUSTMENTS, EntryKind, Transfer, post_in
@@ -141,7 +141,7 @@ class Enforcement:
         async with self._engine.begin() as conn:
             await self._require(conn, account_id)
             await conn.execute(
-                Account.__table__.update()
+                update(Account)
                 .where(Account.id == account_id)
                 .values(
                     status=status,
@@ -188,9 +188,7 @@ class Enforcement:
         async with self._engine.begin() as conn:
             await self._require(conn, account_id)
             await conn.execute(
-                Account.__table__.update()
-                .where(Account.id == account_id)
-                .values(referrals_revoked=True)
+                update(Account).where(Account.id == account_id).values(referrals_revoked=True)
             )
             return await self._audit(
                 conn, actor=actor, action="revoke_referrals", account_id=account_id, reason=reason

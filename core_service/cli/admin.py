@@ -15,6 +15,7 @@ import grpc
 from google.protobuf import json_format
 
 from core_service.settings import Settings
+from kyma.accounting.v1 import accounting_service_pb2 as accounting_pb
 from kyma.admin.v1 import admin_service_pb2 as pb
 from kyma.admin.v1 import admin_service_pb2_grpc as pb_grpc
 
@@ -208,7 +209,11 @@ def _parse_time(text: str, *, direction: int) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-_STATUS_FILTER = {"active": 1, "suspended": 2, "banned": 3}
+_STATUS_FILTER = {
+    "active": accounting_pb.ACCOUNT_STATUS_ACTIVE,
+    "suspended": accounting_pb.ACCOUNT_STATUS_SUSPENDED,
+    "banned": accounting_pb.ACCOUNT_STATUS_BANNED,
+}
 
 
 def _accounts_list(args: argparse.Namespace) -> int:
@@ -216,7 +221,7 @@ def _accounts_list(args: argparse.Namespace) -> int:
     reply = admin.call(
         admin.stub.ListAccounts,
         pb.ListAccountsRequest(
-            status=_STATUS_FILTER.get(args.status or "", 0),
+            status=_STATUS_FILTER.get(args.status or "", accounting_pb.ACCOUNT_STATUS_UNSPECIFIED),
             shared_signals=args.shared_signals,
             page_size=args.limit,
             after_id=args.after or "",
@@ -363,7 +368,7 @@ def _run(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
     return run
 
 
-def add_commands(commands: Any) -> None:
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     admin = commands.add_parser("admin", help="operators' commands (need the admin token)")
     groups = admin.add_subparsers(dest="group", required=True)
 

@@ -67,7 +67,7 @@ def _serve_all() -> int:
 
 
 def _test_upstream(argv: list[str]) -> int:
-    from core_service.test_upstream.server import main as upstream_main
+    from core_service.simulators.test_upstream.server import main as upstream_main
 
     upstream_main(argv)
     return 0

@@ -153,7 +153,7 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
     ) -> pb.ListReferralsResponse:
         account_id = await self._account_id(context)
         policy = self._referrals.policy
-        views = await self._referrals.list(referrer_id=account_id)
+        views = await self._referrals.search(referrer_id=account_id)
         return pb.ListReferralsResponse(
             referrals=[referral_message(v, tokens_required=policy.tokens_required) for v in views],
             program_enabled=policy.enabled,

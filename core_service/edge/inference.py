@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -16,14 +16,20 @@ from core_service.values import Endpoint
 from kyma.inference.v1 import inference_service_pb2 as pb
 from kyma.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
+R = TypeVar("R")
+
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
     def __init__(self, pipeline: InferencePipeline) -> None:
         self._pipeline = pipeline
 
     async def _unary(
-        self, endpoint: Endpoint, body: bytes, context: grpc.aio.ServicerContext, response_type: Any
-    ) -> Any:
+        self,
+        endpoint: Endpoint,
+        body: bytes,
+        context: grpc.aio.ServicerContext,
+        response_type: Callable[..., R],
+    ) -> R:
         rid = request_id(context)
         result = await self._pipeline.complete(endpoint, body, authorization(context), rid)
         return response_type(

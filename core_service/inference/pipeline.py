@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -193,7 +193,7 @@ class InferencePipeline:
             body["stream_options"] = options
         return orjson.dumps(body)
 
-    async def _tries(self, admitted: _Admitted) -> AsyncIterator[_Try]:
+    async def _tries(self, admitted: _Admitted) -> AsyncGenerator[_Try, None]:
         """Tries of the model's deployments in routing order: healthy ones only, skipping those
         at capacity, each after the first paid from the retry budget. When capacity alone
         stopped every try, RateLimited with the soonest time one may have room."""
@@ -296,7 +296,7 @@ class InferencePipeline:
 
     async def stream(
         self, endpoint: Endpoint, raw: bytes, authorization: str | None, request_id: str
-    ) -> AsyncIterator[StreamChunks | StreamEnd]:
+    ) -> AsyncGenerator[StreamChunks | StreamEnd, None]:
         """Chunks as the client should get them, then one StreamEnd. Failover happens until the
         first chunk exists; after that an upstream failure is raised as a KymaError. However the
         stream ends (completed, broken, or the client gone), the hold is settled for what was
@@ -318,7 +318,7 @@ class InferencePipeline:
 
     async def _stream(
         self, endpoint: Endpoint, raw: bytes, authorization: str | None, observation: Observation
-    ) -> AsyncIterator[StreamChunks | StreamEnd]:
+    ) -> AsyncGenerator[StreamChunks | StreamEnd, None]:
         admitted = await self._admit(endpoint, raw, authorization, observation)
         model = admitted.model
         relay = StreamRelay(

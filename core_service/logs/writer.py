@@ -115,7 +115,7 @@ def _describe(exc: BaseException) -> str:
 def _sanitised(entry: RequestLogEntry) -> RequestLogEntry:
     """The entry with what no database can hold replaced: NUL (PostgreSQL text) and lone
     surrogates (not UTF-8)."""
-    changes = {}
+    changes: dict[str, Any] = {}
     for name in _COLUMNS:
         value = getattr(entry, name)
         if isinstance(value, str):

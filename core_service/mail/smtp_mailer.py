@@ -108,7 +108,7 @@ class SmtpMailer:
             self._fail(f"timed out after {self._timeout:g} s")
         except OSError as exc:
             self._fail(f"connection failed: {exc.strerror or exc}")
-        except UnicodeError as exc:
+        except UnicodeEncodeError as exc:
             # smtplib sends commands (and AUTH secrets) as ASCII only.
             self._fail(f"cannot encode the SMTP dialogue as ASCII: {exc.reason}")
 

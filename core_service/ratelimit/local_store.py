@@ -104,13 +104,13 @@ class InProcessRateLimitStore:
 
         states = []
         for limit in limits:
-            counter = self._counters.get(limit.key)
-            newest = counter.newest() if counter else None
+            found = self._counters.get(limit.key)
+            newest = found.newest() if found else None
             retry = 0
             if not admitted:
                 excess = used[limit.key] + totals[limit.key] - limit.limit
                 if excess > 0:
-                    items = counter.items() if counter else iter(())
+                    items = found.items() if found else iter(())
                     retry = retry_after_s(items, second, excess, totals[limit.key], limit.limit)
             states.append(
                 limit_state(

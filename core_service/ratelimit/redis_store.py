@@ -237,7 +237,13 @@ class RedisRateLimitStore:
         at_ms = now_ms(self._clock)
         token = secrets.token_urlsafe(12)
         ttl_ms = max(1, round(ttl_s * 1000))
-        args = [repr(at_ms / 1000), repr((at_ms + ttl_ms) / 1000), limit, token, ttl_ms]
+        args: list[str | int] = [
+            repr(at_ms / 1000),
+            repr((at_ms + ttl_ms) / 1000),
+            limit,
+            token,
+            ttl_ms,
+        ]
         acquired = await self._acquire(keys=[self._slots_key(key)], args=args)
         return token if acquired else None
 

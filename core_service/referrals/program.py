@@ -195,7 +195,7 @@ class ReferralProgram:
                 )
         return True
 
-    async def list(
+    async def search(
         self, *, referrer_id: str | None = None, flagged_only: bool = False, limit: int = 200
     ) -> list[ReferralView]:
         statement = (

@@ -14,14 +14,9 @@ from typing import Any
 import httpx
 import orjson
 
-from core_service.upstream.fake_http import (
-    SSE_DONE,
-    JsonReply,
-    encode_sse,
-    is_token_chunk,
-)
-from core_service.upstream.fake_http import answer as answer_request
-from core_service.upstream.fake_openai import FakeModel
+from core_service.simulators.fake_model.http import SSE_DONE, JsonReply, encode_sse, is_token_chunk
+from core_service.simulators.fake_model.http import answer as answer_request
+from core_service.simulators.fake_model.model import FakeModel
 
 Sleep = Callable[[float], Awaitable[Any]]
 

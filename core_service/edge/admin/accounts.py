@@ -65,7 +65,7 @@ class AccountAdmin:
     async def ListAccounts(
         self, request: pb.ListAccountsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAccountsResponse:
-        listed = await self._directory.list(
+        listed = await self._directory.search(
             status=_STATUS_NAMES.get(request.status),
             shared_signals=request.shared_signals,
             limit=page_size(request.page_size),

@@ -18,7 +18,7 @@ class ReferralAdmin:
         self, request: pb.ListAllReferralsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAllReferralsResponse:
         program = self._referrals
-        views = await program.list(
+        views = await program.search(
             flagged_only=request.flagged_only, limit=page_size(request.page_size)
         )
         required = program.policy.tokens_required

@@ -29,7 +29,8 @@ class AdminServicer:
     def __getattr__(self, name: str) -> Callable[..., Any]:
         # Only reached for names the class itself lacks: the RPCs, as the generated
         # add_AdminServiceServicer_to_server looks them up.
+        methods: dict[str, Callable[..., Any]] = self.__dict__["_methods"]
         try:
-            return self.__dict__["_methods"][name]
+            return methods[name]
         except KeyError:
             raise AttributeError(name) from None

@@ -26,8 +26,7 @@ from typing import Any
 
 import orjson
 
-from core_service.tokens import count_chat_prompt, count_text_inputs
-from core_service.upstream.fake_checks import (
+from core_service.simulators.fake_model.checks import (
     MAX_CHOICES,
     MAX_EMBEDDING_DIMENSIONS,
     MAX_EMBEDDING_INPUTS,
@@ -40,6 +39,7 @@ from core_service.upstream.fake_checks import (
     text_inputs,
     wants_usage,
 )
+from core_service.tokens import count_chat_prompt, count_text_inputs
 
 # Every word is at most six word characters, so `split_tokens` counts each as exactly one token.
 _WORDS: tuple[str, ...] = (

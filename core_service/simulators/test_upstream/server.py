@@ -25,8 +25,8 @@ from typing import Any
 import orjson
 import uvicorn
 
-from core_service.upstream.fake_checks import error_body
-from core_service.upstream.fake_http import (
+from core_service.simulators.fake_model.checks import error_body
+from core_service.simulators.fake_model.http import (
     SSE_DONE,
     JsonReply,
     StreamReply,
@@ -34,7 +34,7 @@ from core_service.upstream.fake_http import (
     encode_sse,
     is_token_chunk,
 )
-from core_service.upstream.fake_openai import FakeModel
+from core_service.simulators.fake_model.model import FakeModel
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -44,7 +44,7 @@ Send = Callable[[Message], Awaitable[None]]
 API_ROOT = "/v1"
 DEFAULT_PORT = 8100
 # A hung or slowly paced request must not keep a stopping server alive for long.
-GRACEFUL_SHUTDOWN_SECONDS = 3.0
+GRACEFUL_SHUTDOWN_SECONDS = 3
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _SSE_HEADERS = [

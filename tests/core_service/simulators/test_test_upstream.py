@@ -18,7 +18,7 @@ import openai
 import orjson
 import pytest
 
-from core_service.test_upstream.server import UpstreamConfig, build_app
+from core_service.simulators.test_upstream.server import UpstreamConfig, build_app
 from core_service.tokens import count_tokens
 
 LISTENING = "test-upstream listening on "
@@ -46,7 +46,14 @@ class RunningUpstream:
 
 def start_upstream(*flags: str) -> RunningUpstream:
     process = subprocess.Popen(
-        [sys.executable, "-m", "core_service.test_upstream.server", "--port", "0", *flags],
+        [
+            sys.executable,
+            "-m",
+            "core_service.simulators.test_upstream.server",
+            "--port",
+            "0",
+            *flags,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -449,7 +456,13 @@ def test_sigint_stops_cleanly(upstream_factory: Callable[..., RunningUpstream]) 
 
 def test_invalid_flags_are_refused() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "core_service.test_upstream.server", "--error-rate", "1.5"],
+        [
+            sys.executable,
+            "-m",
+            "core_service.simulators.test_upstream.server",
+            "--error-rate",
+            "1.5",
+        ],
         capture_output=True,
         text=True,
         timeout=15,

@@ -9,13 +9,13 @@ from typing import Any
 
 import orjson
 
-from core_service.upstream.fake_checks import (
+from core_service.simulators.fake_model.checks import (
     FakeRequestError,
     error_body,
     optional_bool,
     requested_model,
 )
-from core_service.upstream.fake_openai import FakeModel, JsonObject
+from core_service.simulators.fake_model.model import FakeModel, JsonObject
 
 SSE_DONE = b"data: [DONE]\n\n"
 

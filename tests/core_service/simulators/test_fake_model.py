@@ -15,15 +15,9 @@ from hypothesis import strategies as st
 from openai.types import Completion, CreateEmbeddingResponse, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from core_service.tokens import (
-    count_chat_prompt,
-    count_text_inputs,
-    count_tokens,
-    split_tokens,
-)
-from core_service.upstream import fake_openai
-from core_service.upstream.fake_checks import FakeRequestError
-from core_service.upstream.fake_http import (
+from core_service.simulators.fake_model import model as fake_openai
+from core_service.simulators.fake_model.checks import FakeRequestError
+from core_service.simulators.fake_model.http import (
     JsonReply,
     StreamReply,
     answer,
@@ -31,7 +25,13 @@ from core_service.upstream.fake_http import (
     is_token_chunk,
     resolve_endpoint,
 )
-from core_service.upstream.fake_openai import FakeModel
+from core_service.simulators.fake_model.model import FakeModel
+from core_service.tokens import (
+    count_chat_prompt,
+    count_text_inputs,
+    count_tokens,
+    split_tokens,
+)
 
 MODEL = FakeModel(clock=lambda: 1_700_000_000.5)
 MESSAGES = [

@@ -1,0 +1,1 @@
+"""A deterministic OpenAI-compatible model: request checks, generation, and its HTTP shape."""

@@ -1,0 +1,1 @@
+"""`kyma test-upstream`: the fake model behind a real HTTP server with fault injection."""
