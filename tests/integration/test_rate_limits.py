@@ -208,7 +208,10 @@ async def test_pinned_tier_raises_limits(limited) -> None:
     assert limits.limits.tier == 1 and limits.limits.pinned and limits.limits.model_rpm == 50
     await asyncio.sleep(limited.settings.key_cache_seconds)
     replies = await burst(limited, key, [body()] * 60)
-    assert sum(r.status_code == 200 for r in replies) == 50
+    statuses = sorted(r.status_code for r in replies)
+    # Seen once on a loaded machine as 49: say what the others were if it happens again.
+    unexpected = [r.text for r in replies if r.status_code not in (200, 429)]
+    assert statuses.count(200) == 50, (statuses, unexpected)
 
 
 def free_port() -> int:
