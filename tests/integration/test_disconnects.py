@@ -110,7 +110,7 @@ async def test_upstream_hang_times_out_as_504(kyma, account) -> None:
                     max_tokens=2,
                     stream=True,
                 ),
-                timeout=10,
+                timeout=LIVENESS_S,
             )
     assert caught.value.status_code == 504
 
