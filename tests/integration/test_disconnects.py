@@ -12,14 +12,31 @@ import pytest
 pytestmark = pytest.mark.asyncio
 
 
-async def wait_for(predicate, timeout: float = 3.0) -> None:
+# Liveness only (a hung test fails rather than hangs): what each test proves is in its events
+# and counters, never in how long it took.
+LIVENESS_S = 30.0
+
+
+async def wait_for(predicate, timeout: float = LIVENESS_S) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not await predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
         await asyncio.sleep(0.005)
 
 
+def failures(kyma) -> int:
+    """Failures the router has judged against the test upstream: a timeout counts, a client
+    that left does not."""
+    [status] = [
+        s
+        for s in kyma.core.router.status(kyma.core.catalogue.models())
+        if (s.model, s.deployment) == ("test-model", "upstream-a")
+    ]
+    return status.failures
+
+
 async def test_stream_disconnect_cancels_upstream(kyma, account) -> None:
+    # 200 tokens at 20 a second: left alone the upstream would finish the stream, uncancelled.
     await kyma.upstream.control(tokens_per_second=20)
     async with httpx.AsyncClient(base_url=kyma.http_url, timeout=10) as http:
         async with http.stream(
@@ -46,6 +63,7 @@ async def test_stream_disconnect_cancels_upstream(kyma, account) -> None:
 
 async def test_unary_disconnect_cancels_upstream(kyma, account) -> None:
     await kyma.upstream.control(latency_ms=3000)
+    before = failures(kyma)
     async with kyma.client(account[1], timeout=0.3) as sdk:
         with pytest.raises(openai.APITimeoutError):
             await sdk.chat.completions.create(
@@ -56,7 +74,11 @@ async def test_unary_disconnect_cancels_upstream(kyma, account) -> None:
         stats = await kyma.upstream.stats()
         return stats["cancelled"] >= 1 and stats["in_flight"] == 0
 
-    await wait_for(cancelled, timeout=2.0)
+    await wait_for(cancelled)
+    # The client's leaving cancelled it, not the core's own first-token timeout (2 s in the
+    # test catalogue), which would have counted as a failure of the deployment.
+    await kyma.settled()
+    assert failures(kyma) == before
 
 
 async def test_broken_stream_ends_with_an_error_event(kyma, account) -> None:
@@ -88,13 +110,16 @@ async def test_upstream_hang_times_out_as_504(kyma, account) -> None:
                     max_tokens=2,
                     stream=True,
                 ),
-                timeout=10,
+                timeout=LIVENESS_S,
             )
     assert caught.value.status_code == 504
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_disconnect_reaches_the_upstream_within_100_ms(kyma, account, stream: bool) -> None:
+async def test_disconnect_reaches_the_upstream(kyma, account, stream: bool) -> None:
+    """Cancelled by the client's leaving, seen by the upstream while it was still working on the
+    request. How fast that happens is the benchmark's to measure (`scripts/bench`)."""
+    # Left alone, the upstream would answer after 5 s, or stream for 20 s.
     await kyma.upstream.control(
         latency_ms=0 if stream else 5000, tokens_per_second=5 if stream else 0
     )
@@ -104,13 +129,18 @@ async def test_disconnect_reaches_the_upstream_within_100_ms(kyma, account, stre
         "max_tokens": 100,
         "stream": stream,
     }
-    loop = asyncio.get_running_loop()
-    # One client for polling, made beforehand: making an httpx client builds an SSL context,
-    # which alone takes tens of milliseconds and would be measured too.
+    before = failures(kyma)
     async with httpx.AsyncClient(base_url=kyma.upstream.url, timeout=5) as probe:
 
         async def stats() -> dict:
             return (await probe.get("/_stats")).json()
+
+        async def working() -> bool:
+            return (await stats())["in_flight"] == 1
+
+        async def cancelled() -> bool:
+            current = await stats()
+            return current["cancelled"] >= 1 and current["in_flight"] == 0
 
         async with httpx.AsyncClient(base_url=kyma.http_url, timeout=30) as http:
             request = asyncio.create_task(
@@ -120,14 +150,11 @@ async def test_disconnect_reaches_the_upstream_within_100_ms(kyma, account, stre
                     headers={"authorization": f"Bearer {account[1]}"},
                 )
             )
-            while (await stats())["in_flight"] != 1:
-                await asyncio.sleep(0.005)
+            await wait_for(working)
             request.cancel()
-            closed = loop.time()
-        while (await stats())["cancelled"] < 1:
-            assert loop.time() - closed < 2, "the upstream request was not cancelled"
-            await asyncio.sleep(0.002)
-    elapsed = loop.time() - closed
-    print(f"upstream cancelled {elapsed * 1000:.0f} ms after the client left")
-    # The core and bridge share this test's event loop; the bound leaves room for a loaded CI.
-    assert elapsed < 0.1, f"upstream cancelled {elapsed * 1000:.0f} ms after the client left"
+        await wait_for(cancelled)
+        current = await stats()
+    assert current["cancelled"] == 1 and current["responses_by_status"] == {"499": 1}
+    # Not the core's own timeout (first token 2 s, idle 5 s): that would count as a failure.
+    await kyma.settled()
+    assert failures(kyma) == before

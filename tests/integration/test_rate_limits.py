@@ -15,12 +15,15 @@ import httpx
 import orjson
 import pytest
 import pytest_asyncio
+import redis.asyncio
+import redis.exceptions
 
 from kyma.admin.v1 import admin_service_pb2
 from kyma.inference.v1 import inference_service_pb2 as pb
 from kyma.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from kyma.ratelimit.v1 import ratelimit_service_pb2, ratelimit_service_pb2_grpc
 from tests.conftest import running_kyma  # type: ignore[import-not-found]
+from tests.fakes.clock import FrozenClock
 
 pytestmark = pytest.mark.asyncio
 
@@ -205,7 +208,10 @@ async def test_pinned_tier_raises_limits(limited) -> None:
     assert limits.limits.tier == 1 and limits.limits.pinned and limits.limits.model_rpm == 50
     await asyncio.sleep(limited.settings.key_cache_seconds)
     replies = await burst(limited, key, [body()] * 60)
-    assert sum(r.status_code == 200 for r in replies) == 50
+    statuses = sorted(r.status_code for r in replies)
+    # Seen once on a loaded machine as 49: say what the others were if it happens again.
+    unexpected = [r.text for r in replies if r.status_code not in (200, 429)]
+    assert statuses.count(200) == 50, (statuses, unexpected)
 
 
 def free_port() -> int:
@@ -243,6 +249,31 @@ async def test_two_cores_share_one_limit_through_redis(upstream, tmp_path) -> No
             await second.verify_ledger()
 
 
+async def redis_answers(port: int) -> None:
+    """Until a redis-server on `port` answers PING (liveness bound: 30 s)."""
+    client = redis.asyncio.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if await client.ping():
+                    return
+            except (redis.exceptions.ConnectionError, OSError):
+                pass
+            assert time.monotonic() < deadline, f"redis-server on {port} did not start"
+            await asyncio.sleep(0.02)
+    finally:
+        await client.aclose()
+
+
+async def until_ready_says(http: httpx.AsyncClient, rate_limits: str) -> None:
+    """/readyz follows the limiter through a background report: wait for it (liveness: 30 s)."""
+    deadline = time.monotonic() + 30
+    while (await http.get("/readyz")).json()["rate_limits"] != rate_limits:
+        assert time.monotonic() < deadline, f"/readyz never said rate_limits={rate_limits}"
+        await asyncio.sleep(0.05)
+
+
 @pytest.mark.asyncio
 async def test_redis_down_serves_on_local_limits_and_recovers(upstream, tmp_path) -> None:
     port = free_port()
@@ -257,56 +288,60 @@ async def test_redis_down_serves_on_local_limits_and_recovers(upstream, tmp_path
         "--appendonly",
         "no",
     ]
-    redis = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    redis_process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    # The core's clock stands still: after Redis fails, it is tried again only when the test
+    # moves the clock past the retry interval (1 s), however slowly the requests run.
+    clock = FrozenClock()
     try:
-        await asyncio.sleep(0.3)
+        await redis_answers(port)
         async with running_kyma(
             tmp_path,
             None,
             upstream,
             "sqlite",
+            clock=clock,
             redis_url=f"redis://127.0.0.1:{port}/0",
+            # Far above a loaded machine's round trip, so a slow reply is not taken for an
+            # outage; a dead server is refused at once, whatever the timeout.
+            redis_timeout_ms=2000,
             expected_nodes=5,
         ) as kyma:
+            store = kyma.core.limits_store
             _, key = await kyma.create_account()
             async with kyma.http() as http:
-
-                async def ready() -> dict:
-                    return (await http.get("/readyz")).json()
 
                 async def chat() -> httpx.Response:
                     return await http.post(
                         CHAT, json=body(), headers={"authorization": f"Bearer {key}"}
                     )
 
-                for _ in range(50):
-                    if (await ready())["rate_limits"] == "shared":
-                        break
-                    await asyncio.sleep(0.05)
-                assert (await ready())["rate_limits"] == "shared"
+                await until_ready_says(http, "shared")
                 assert (await chat()).status_code == 200
+                assert not store.degraded and store.fallbacks == 0
 
-                redis.kill()
-                redis.wait()
-                started = time.monotonic()
-                # Per-node limits: 25 per model ÷ 5 expected nodes = 5 on this node.
+                redis_process.kill()
+                redis_process.wait()
+                # Per-node limits: 25 per model ÷ 5 expected nodes = 5 on this node, every
+                # request served locally (not one waits on Redis) until the retry interval.
                 statuses = [(await chat()).status_code for _ in range(8)]
-                assert time.monotonic() - started < 8 * 0.5
                 assert statuses.count(200) == 5 and statuses.count(429) == 3
-                await asyncio.sleep(0.6)
-                assert (await ready())["rate_limits"] == "per-node"
+                assert store.degraded and store.fallbacks >= 8
+                await until_ready_says(http, "per-node")
 
-                redis = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-                await asyncio.sleep(1.5)
-                assert (await chat()).status_code == 200  # counted in Redis again: 2 of 25 used
-                for _ in range(40):
-                    if (await ready())["rate_limits"] == "shared":
-                        break
-                    await asyncio.sleep(0.1)
-                assert (await ready())["rate_limits"] == "shared"
+                redis_process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+                await redis_answers(port)
+                # Not tried again before the retry interval: still the local count, 5 of 5.
+                assert (await chat()).status_code == 429
+                assert store.degraded
+                clock.advance(1.0)
+                fallbacks = store.fallbacks
+                # Counted in Redis again (the restarted server's own count, 1 of 25).
+                assert (await chat()).status_code == 200
+                assert not store.degraded and store.fallbacks == fallbacks
+                await until_ready_says(http, "shared")
     finally:
-        redis.kill()
-        redis.wait()
+        redis_process.kill()
+        redis_process.wait()
 
 
 async def test_all_keys_of_an_account_share_its_limits(limited) -> None:

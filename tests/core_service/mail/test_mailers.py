@@ -9,7 +9,6 @@ import logging
 import pathlib
 import smtplib
 import socket
-import time
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 
@@ -26,6 +25,7 @@ SENDER = "Kyma <no-reply@kyma.example>"
 SIGNUP = Mail(to="ada@example.com", subject="Your Kyma code", text="Your code is 123456.\n")
 PASSWORD = "hunter2-s3cret"
 LOGGER = logging.getLogger("tests.mail")
+LIVENESS_S = 30.0  # a hung send fails the test instead of stalling the suite
 
 
 class StepClock:
@@ -344,11 +344,11 @@ async def test_smtp_mailer_refused_recipient_is_a_mail_error() -> None:
 
 
 async def test_smtp_mailer_unreachable_server_fails_fast() -> None:
+    # Fast means refused at once rather than waiting out the timeout: the error says which
+    # (a timeout reads "timed out after 2 s"), so no stopwatch is needed.
     mailer = smtp_mailer(closed_port())
-    started = time.monotonic()
     with pytest.raises(MailError, match="connection failed"):
         await mailer.send(SIGNUP)
-    assert time.monotonic() - started < 2
 
 
 async def test_smtp_mailer_silent_server_times_out() -> None:
@@ -362,10 +362,10 @@ async def test_smtp_mailer_silent_server_times_out() -> None:
     server = await asyncio.start_server(never_greet, "127.0.0.1", 0)
     try:
         mailer = smtp_mailer(server.sockets[0].getsockname()[1], timeout=0.2)
-        started = time.monotonic()
+        # The server never answers: only the mailer's own timeout can end this (the outer
+        # bound is liveness only, 150 times the timeout).
         with pytest.raises(MailError, match="timed out"):
-            await mailer.send(SIGNUP)
-        assert time.monotonic() - started < 2
+            await asyncio.wait_for(mailer.send(SIGNUP), LIVENESS_S)
         assert connected.is_set()
     finally:
         server.close()
