@@ -306,7 +306,7 @@ async def test_redis_down_serves_on_local_limits_and_recovers(upstream, tmp_path
             redis_timeout_ms=2000,
             expected_nodes=5,
         ) as kyma:
-            store = kyma.core.limits_store
+            store = kyma.core.limits.store
             _, key = await kyma.create_account()
             async with kyma.http() as http:
 

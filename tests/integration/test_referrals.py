@@ -117,7 +117,8 @@ async def test_rewards_exactly_once_across_two_nodes(
             # Both nodes' checks run several times more, at once (counted runs, not a wait).
             for _ in range(3):
                 again = await asyncio.gather(
-                    first.core.referrals.verify_due(), second.core.referrals.verify_due()
+                    first.core.accounts.referrals.verify_due(),
+                    second.core.accounts.referrals.verify_due(),
                 )
                 assert again == [0, 0]
             assert await reward_entries(first, referrer_id) == 1
@@ -158,7 +159,7 @@ async def test_shared_signals_and_revoked_privileges_earn_nothing(upstream, tmp_
         await use_tokens(kyma, friend_key, 5)
         # Their usage is recorded and a check has run since (one of our own, not a wait).
         await kyma.settled()
-        assert await kyma.core.referrals.verify_due() == 0
+        assert await kyma.core.accounts.referrals.verify_due() == 0
         assert (
             await reward_entries(kyma, referrer_id) == 0
             and await reward_entries(kyma, twin_id) == 0
@@ -188,7 +189,7 @@ async def test_unknown_code_is_refused_and_program_off_pays_nothing(upstream, tm
     ) as off:
         await use_tokens(off, referred_key, 5)
         await off.settled()
-        assert await off.core.referrals.verify_due() == 0  # a check has run since
+        assert await off.core.accounts.referrals.verify_due() == 0  # a check has run since
         assert await reward_entries(off, referrer_id) == 0
         async with off.http() as http:
             listed = (
