@@ -58,6 +58,17 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy URL; postgresql://… for production. Default: SQLite in data_dir.",
     )
+    database_pool_size: int = Field(
+        default=10, ge=1, description="Connections each core keeps open to the database."
+    )
+    database_max_overflow: int = Field(
+        default=10, ge=0, description="Connections a core may open beyond the pool at peaks."
+    )
+    database_pgbouncer: bool = Field(
+        default=False,
+        description="The database is reached through PgBouncer in transaction mode: no "
+        "prepared statement outlives its transaction.",
+    )
     redis_url: str | None = Field(
         default=None, description="Redis for shared rate limits; unset = in-process limiter."
     )
@@ -120,11 +131,30 @@ class Settings(BaseSettings):
         default=50.0, description="Pace of the built-in demo model's streams; 0 = no pacing."
     )
     key_cache_seconds: float = Field(
-        default=2.0,
-        description="How long a node trusts a key lookup; bounds how late a revocation is seen.",
+        default=300.0,
+        gt=0,
+        description="How long a node trusts a key lookup. Revocations, suspensions and tier "
+        "changes reach every node through the account-event feed regardless.",
+    )
+    account_events_poll_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often a node reads the account-event feed (revocations and the like).",
     )
     shutdown_grace_seconds: float = Field(
         default=30.0, description="How long shutdown waits for in-flight requests and streams."
+    )
+    node_lease_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="A core whose heartbeat is older than this is taken for dead; its open "
+        "holds are settled by the others at their last checkpoint.",
+    )
+    node_heartbeat_seconds: float = Field(
+        default=3.0, gt=0, description="How often a core renews its lease."
+    )
+    hold_retention_days: int = Field(
+        default=30, ge=1, description="How long ended holds are kept (the ledger is kept)."
     )
     hold_ttl_seconds: float = Field(
         default=900.0,

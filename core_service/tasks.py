@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -52,3 +54,20 @@ class BackgroundTasks:
                 log.error("%d background tasks still running at shutdown", len(self._tasks))
                 return
             await asyncio.wait(set(self._tasks), timeout=remaining)
+
+
+async def cancel_safe(work: Awaitable[T], undo: Callable[[T], object]) -> T:
+    """Await `work`; if the caller is cancelled meanwhile, `work` still runs to its end and
+    what it produced is undone with `undo` (e.g. a rate-limit admission given back), so a
+    client that leaves at any moment never leaves something taken."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+
+        def undo_when_done(done: asyncio.Future[T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                undo(done.result())
+
+        task.add_done_callback(undo_when_done)
+        raise

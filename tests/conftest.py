@@ -221,13 +221,15 @@ class Kyma:
     def http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.http_url, timeout=30)
 
-    async def settled(self, timeout: float = 10.0) -> None:
+    async def settled(self, timeout: float = 30.0) -> None:
         """Wait until no hold is open and every settlement the core started has landed (a
-        cancelled stream settles a moment after its client left)."""
+        cancelled stream settles a moment after its client left). `timeout` is a liveness
+        bound, not a measure of speed."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             await self.core.tasks.drain(timeout=timeout)
-            async with self.core.engine.connect() as conn:
+            await self.core.storage.writer.drain(timeout=timeout)
+            async with self.core.storage.reads.connect() as conn:
                 open_holds = await conn.scalar(
                     select(func.count()).select_from(CreditHold).where(CreditHold.status == "open")
                 )
@@ -235,6 +237,13 @@ class Kyma:
                 return
             assert asyncio.get_running_loop().time() < deadline, f"{open_holds} holds still open"
             await asyncio.sleep(0.02)
+
+    async def account_changes_seen(self) -> None:
+        """Let this core take in the account-event feed now (a tier pinned, an account
+        suspended), instead of waiting for its next poll."""
+        accounts = self.core.accounts
+        for event in await accounts.events.poll():
+            accounts.authenticator.apply(event)
 
     async def verify_ledger(self) -> None:
         await self.settled()

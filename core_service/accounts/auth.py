@@ -1,9 +1,10 @@
 """Authenticating API keys on the request path.
 
 A malformed key (wrong shape or checksum) is refused without any lookup. A well-formed key is
-looked up by its SHA-256 hash; the answer, found or not, is trusted for `cache_seconds` on this
-node, which keeps the database off the hot path and bounds how late a revocation or suspension
-is seen. Concurrent first requests with one key share a single lookup.
+looked up by its SHA-256 hash; the answer is trusted for `cache_seconds` on this node, which
+keeps the database off the hot path; revocations, suspensions and tier changes reach every
+node through the account-event feed (`events.py`) and drop what they concern at once.
+Concurrent first requests with one key share a single lookup.
 
 Only hashes are ever compared (by the database index, or as cache keys), so the time a check
 takes says nothing about how much of a secret key a guess got right.
@@ -14,14 +15,16 @@ from __future__ import annotations
 import asyncio
 
 from core_service import keys
+from core_service.account_events import Event
 from core_service.accounts.store import AccountStore, KeyOwner
 from core_service.clock import Clock
 from core_service.errors import NotFound, Unauthenticated
 from core_service.ratelimit.tiers import TierTable
-from core_service.tasks import BackgroundTasks
 from core_service.values import Principal
 
 _MAX_CACHED_KEYS = 100_000
+# Unknown keys are remembered this long at most (a key created elsewhere is not refused for long).
+_MISS_SECONDS = 5.0
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -36,6 +39,11 @@ def bearer_token(authorization: str | None) -> str:
 
 
 class Authenticator:
+    """Key lookups, cached per node for `cache_seconds` (minutes: revocations and account
+    changes arrive through the account-event feed and drop what they concern at once, see
+    `apply`). Unknown keys are cached for a few seconds only. Each key's last use is kept in
+    memory and written for all used keys at once by `flush_last_used`."""
+
     def __init__(
         self,
         store: AccountStore,
@@ -43,15 +51,18 @@ class Authenticator:
         tiers: TierTable,
         *,
         cache_seconds: float,
-        tasks: BackgroundTasks | None = None,
     ) -> None:
         self._store = store
         self._tiers = tiers
-        self._tasks = tasks
         self._clock = clock
         self._cache_seconds = cache_seconds
+        self._miss_seconds = min(cache_seconds, _MISS_SECONDS)
         self._cache: dict[bytes, tuple[float, KeyOwner | None]] = {}
+        self._by_account: dict[str, set[bytes]] = {}
         self._pending: dict[bytes, asyncio.Future[KeyOwner | None]] = {}
+        self._used: set[str] = set()
+        # Bumped by every event: a lookup that raced one is answered but not cached.
+        self._generation = 0
 
     async def authenticate(self, authorization: str | None) -> Principal:
         token = bearer_token(authorization)
@@ -61,6 +72,7 @@ class Authenticator:
         owner = await self._lookup(key_hash)
         if owner is None or owner.revoked:
             raise Unauthenticated("Incorrect API key provided. Check it, or create a new one.")
+        self._used.add(owner.key_id)
         return self.principal_for(owner)
 
     def principal_for(self, owner: KeyOwner) -> Principal:
@@ -83,7 +95,34 @@ class Authenticator:
 
     def forget(self, key_hash: bytes) -> None:
         """Drop this node's cached answer (e.g. right after revoking on this node)."""
-        self._cache.pop(key_hash, None)
+        self._generation += 1
+        cached = self._cache.pop(key_hash, None)
+        if cached is not None and cached[1] is not None:
+            self._by_account.get(cached[1].account_id, set()).discard(key_hash)
+
+    def forget_account(self, account_id: str) -> None:
+        """Drop every cached key of the account (its status, tier or balance changed)."""
+        self._generation += 1
+        for key_hash in self._by_account.pop(account_id, set()):
+            self._cache.pop(key_hash, None)
+
+    def apply(self, event: Event) -> None:
+        """An account event from the feed (any node's change)."""
+        if event.key_hash is not None:
+            self.forget(event.key_hash)
+        if event.account_id is not None:
+            self.forget_account(event.account_id)
+
+    async def flush_last_used(self) -> int:
+        """Write "last used" for every key used since the last flush, in one statement."""
+        used, self._used = self._used, set()
+        if used:
+            try:
+                await self._store.touch_keys(sorted(used))
+            except BaseException:
+                self._used |= used
+                raise
+        return len(used)
 
     async def _lookup(self, key_hash: bytes) -> KeyOwner | None:
         now = self._clock.monotonic()
@@ -95,6 +134,7 @@ class Authenticator:
             return await asyncio.shield(pending)
         future: asyncio.Future[KeyOwner | None] = asyncio.get_running_loop().create_future()
         self._pending[key_hash] = future
+        generation = self._generation
         try:
             owner = await self._store.find_key_owner(key_hash)
         except BaseException as exc:
@@ -103,13 +143,13 @@ class Authenticator:
             raise
         finally:
             self._pending.pop(key_hash, None)
-        if owner is not None and not owner.revoked and self._tasks is not None:
-            # A lookup happens on first use after each cache period: "last used" is exact to
-            # that, and costs the request path nothing.
-            store, key_id = self._store, owner.key_id
-            self._tasks.spawn(f"touch {key_id}", lambda: store.touch_keys([key_id]))
-        if len(self._cache) >= _MAX_CACHED_KEYS:
-            self._cache.clear()
-        self._cache[key_hash] = (now + self._cache_seconds, owner)
+        if generation == self._generation:  # no event raced the lookup
+            if len(self._cache) >= _MAX_CACHED_KEYS:
+                self._cache.clear()
+                self._by_account.clear()
+            ttl = self._cache_seconds if owner is not None else self._miss_seconds
+            self._cache[key_hash] = (now + ttl, owner)
+            if owner is not None:
+                self._by_account.setdefault(owner.account_id, set()).add(key_hash)
         future.set_result(owner)
         return owner

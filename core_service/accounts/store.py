@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core_service import keys
+from core_service.account_events import ACCOUNT_CHANGED, KEY_REVOKED, AccountEvents
 from core_service.accounts.emails import Email
 from core_service.billing.ledger import (
     SYSTEM_WELCOME_BONUS,
@@ -70,8 +71,13 @@ class AccountStore:
         *,
         welcome_bonus_nanos: int,
         referrals: ReferralProgram | None = None,
+        reads: async_sessionmaker[AsyncSession] | None = None,
+        events: AccountEvents | None = None,
     ) -> None:
         self._sessions = sessions
+        # Reads never take SQLite's write lock (see db/engine.py).
+        self._reads = reads or sessions
+        self._events = events
         self._clock = clock
         self._welcome_bonus_nanos = welcome_bonus_nanos
         self._referrals = referrals
@@ -100,7 +106,7 @@ class AccountStore:
         raise AlreadyExists("Could not create the account; please retry.")
 
     async def _canonical_taken(self, canonical: str) -> bool:
-        async with self._sessions() as session:
+        async with self._reads() as session:
             found = await session.scalar(
                 select(models.Account.id).where(models.Account.email_canonical == canonical)
             )
@@ -192,7 +198,7 @@ class AccountStore:
             .join(models.Balance, models.Balance.ledger_account == models.ApiKey.account_id)
             .where(models.ApiKey.key_hash == key_hash)
         )
-        async with self._sessions() as session:
+        async with self._reads() as session:
             row = (await session.execute(statement)).first()
         if row is None:
             return None
@@ -220,7 +226,7 @@ class AccountStore:
             .join(models.Balance, models.Balance.ledger_account == models.Account.id)
             .where(models.Account.id == account_id)
         )
-        async with self._sessions() as session:
+        async with self._reads() as session:
             row = (await session.execute(statement)).first()
         if row is None:
             return None
@@ -241,6 +247,10 @@ class AccountStore:
             if account is None:
                 return False
             account.pinned_tier = tier
+            if self._events is not None:
+                await self._events.record_in(
+                    await session.connection(), ACCOUNT_CHANGED, account_id=account_id
+                )
         return True
 
     async def list_keys(self, account_id: str) -> list[models.ApiKey]:
@@ -249,7 +259,7 @@ class AccountStore:
             .where(models.ApiKey.account_id == account_id)
             .order_by(models.ApiKey.created_at.desc(), models.ApiKey.id)
         )
-        async with self._sessions() as session:
+        async with self._reads() as session:
             return list((await session.scalars(statement)).all())
 
     async def revoke_key(self, account_id: str, key_id: str) -> models.ApiKey | None:
@@ -260,6 +270,11 @@ class AccountStore:
                 return None
             if key.revoked_at is None:
                 key.revoked_at = self._clock.now()
+                if self._events is not None:
+                    # Every node drops the key from its cache within a poll of the feed.
+                    await self._events.record_in(
+                        await session.connection(), KEY_REVOKED, key_hash=key.key_hash
+                    )
             return key
 
     async def touch_keys(self, key_ids: list[str]) -> None:
@@ -274,5 +289,5 @@ class AccountStore:
             )
 
     async def get_account(self, account_id: str) -> models.Account | None:
-        async with self._sessions() as session:
+        async with self._reads() as session:
             return await session.get(models.Account, account_id)

@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from core_service.account_events import ACCOUNT_CHANGED, AccountEvents
 from core_service.billing.ledger import SYSTEM_ADJUSTMENTS, EntryKind, Transfer, post_in
 from core_service.clock import Clock
 from core_service.db.models import Account, AccountNotice, AuditEntry, Balance
@@ -27,9 +28,12 @@ def _text(value: str, what: str, param: str) -> str:
 
 
 class Enforcement:
-    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+    def __init__(
+        self, engine: AsyncEngine, clock: Clock, *, events: AccountEvents | None = None
+    ) -> None:
         self._engine = engine
         self._clock = clock
+        self._events = events
 
     async def _audit(
         self,
@@ -149,6 +153,9 @@ class Enforcement:
                     suspended_until=until,
                 )
             )
+            if self._events is not None:
+                # Every node refuses (or serves again) the account's keys within a poll.
+                await self._events.record_in(conn, ACCOUNT_CHANGED, account_id=account_id)
             details = f"until {until.isoformat()}" if until else ""
             return await self._audit(
                 conn,

@@ -1,16 +1,38 @@
-"""Where holds live: the hot-path writes of every request (place before forwarding, settle or
-release after), each one short transaction on the database that is the source of truth.
+"""Where holds live: every request's writes (place a hold before forwarding; settle, release or
+checkpoint it after), committed a batch at a time by the one writer of each database
+(`billing/writer.py`) through a `HoldStore`, one implementation per backend.
 
-These run on every request, so each backend does them with its own driver in as few round
-trips as it allows (PostgreSQL: one statement each; SQLite: one thread hop each), rather than
-through the ORM. The rows they write are the same the rest of Kyma reads with SQLAlchemy.
+A batch is decided as one transaction:
+
+1. the balance rows of every account the batch touches are locked (in a fixed order, so two
+   nodes' batches cannot deadlock);
+2. holds that end (settled at their cost, released at nothing, or expired at their last
+   checkpoint) end — only those still open, so each hold ends exactly once;
+3. checkpoints are recorded on holds still open;
+3b. a settlement that finds its hold already expired (its node was taken for dead, and
+   another settled it at its last checkpoint) is reconciled: the difference to the actual
+   cost (within the hold) is charged as a second usage entry (`usage:<hold id>:late`), as
+   far as the available balance covers it, once per hold — the hold has ended once, and
+   its charge ends right, or as near as never going below zero allows;
+4. new holds are decided per account, in the order they were asked for, against the balance
+   as steps 2 and 3b left it: each is placed if the available balance (balance − held)
+   covers it, so the balance never goes below zero, however many requests of one account
+   share a batch;
+5. each account's balance row is updated once, with every change of the batch;
+6. usage entries (one per charged hold, idempotency key `usage:<hold id>`) and daily usage go
+   in with one multi-row statement each.
+
+Each request still gets its own hold row and its own answer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
+from enum import StrEnum
 from typing import Protocol
+
+USAGE_REVENUE = "system:usage_revenue"
 
 
 @dataclass(frozen=True)
@@ -22,6 +44,7 @@ class NewHold:
     model: str
     created_at: datetime
     expires_at: datetime
+    node_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -34,18 +57,57 @@ class Settlement:
     estimated: bool
 
 
+class Ending(StrEnum):
+    SETTLED = "settled"  # charged min(cost, hold)
+    RELEASED = "released"  # charged nothing: the request failed before any usage
+    EXPIRED = "expired"  # its node died: charged min(last checkpoint, hold)
+
+
 @dataclass(frozen=True)
-class SettleOrder:
+class EndOrder:
     hold_id: str
-    settlement: Settlement
+    account_id: str
+    ending: Ending
     now: datetime
+    settlement: Settlement | None = None  # for SETTLED
 
     @property
     def day(self) -> date:
         return self.now.date()
 
 
-USAGE_REVENUE = "system:usage_revenue"
+@dataclass(frozen=True)
+class Checkpoint:
+    """The usage an open hold's request had reached (a stream: what it delivered so far)."""
+
+    hold_id: str
+    account_id: str
+    settlement: Settlement
+    now: datetime
+
+
+@dataclass
+class Batch:
+    places: list[NewHold] = field(default_factory=list)
+    ends: list[EndOrder] = field(default_factory=list)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.places) + len(self.ends) + len(self.checkpoints)
+
+    def accounts(self) -> list[str]:
+        """Every account the batch touches, sorted: the order their rows are locked in."""
+        found = {h.account_id for h in self.places} | {e.account_id for e in self.ends}
+        return sorted(found)
+
+
+@dataclass
+class BatchOutcome:
+    # hold id → None when placed, else the available balance that fell short.
+    placed: dict[str, int | None] = field(default_factory=dict)
+    # hold id → what this batch charged it (ending it, or correcting a late settlement);
+    # absent: it was not open, and nothing more was owed.
+    ended: dict[str, int] = field(default_factory=dict)
 
 
 def usage_reason(model: str, settlement: Settlement) -> str:
@@ -55,19 +117,163 @@ def usage_reason(model: str, settlement: Settlement) -> str:
     )
 
 
+@dataclass
+class Ended:
+    """A hold the batch ended, as its row said."""
+
+    hold_id: str
+    account_id: str
+    ending: Ending
+    amount_nanos: int
+    charged_nanos: int
+    model: str
+    request_id: str
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool
+    now: datetime
+    # A late settlement's correction of an expired hold: a second entry, not a second end.
+    late: bool = False
+
+    @property
+    def entry_key(self) -> str:
+        return f"usage:{self.hold_id}:late" if self.late else f"usage:{self.hold_id}"
+
+
+@dataclass(frozen=True)
+class Expired:
+    """A hold a settlement arrived for after it had expired, as its row says."""
+
+    hold_id: str
+    account_id: str
+    amount_nanos: int
+    charged_nanos: int
+    model: str
+    request_id: str
+    checkpoint_prompt_tokens: int
+    checkpoint_completion_tokens: int
+
+
+def after_ends(available: dict[str, int], ended: list[Ended]) -> dict[str, int]:
+    """The available balance per account once the batch's ends are applied."""
+    left = dict(available)
+    for end in ended:
+        left[end.account_id] = left.get(end.account_id, 0) + end.amount_nanos - end.charged_nanos
+    return left
+
+
+def late_settlements(batch: Batch, ended: list[Ended]) -> list[EndOrder]:
+    """The batch's settlements whose hold was no longer open."""
+    done = {end.hold_id for end in ended}
+    return [o for o in batch.ends if o.ending is Ending.SETTLED and o.hold_id not in done]
+
+
+def reconcile_late(
+    orders: list[EndOrder], expired: list[Expired], left: dict[str, int]
+) -> list[Ended]:
+    """Step 3b: the extra charge of each late settlement, taken from `left` (updated)."""
+    by_id = {row.hold_id: row for row in expired}
+    corrections = []
+    for order in orders:
+        row = by_id.pop(order.hold_id, None)
+        if row is None or order.settlement is None:
+            continue
+        usage = order.settlement
+        owed = min(max(usage.cost_nanos, 0), row.amount_nanos) - row.charged_nanos
+        extra = min(owed, max(left.get(row.account_id, 0), 0))
+        if extra <= 0:
+            continue
+        left[row.account_id] = left.get(row.account_id, 0) - extra
+        corrections.append(
+            Ended(
+                hold_id=row.hold_id,
+                account_id=row.account_id,
+                ending=Ending.SETTLED,
+                amount_nanos=0,  # the hold is no longer held
+                charged_nanos=extra,
+                model=row.model,
+                request_id=row.request_id,
+                prompt_tokens=max(usage.prompt_tokens - row.checkpoint_prompt_tokens, 0),
+                completion_tokens=max(
+                    usage.completion_tokens - row.checkpoint_completion_tokens, 0
+                ),
+                estimated=usage.estimated,
+                now=order.now,
+                late=True,
+            )
+        )
+    return corrections
+
+
+def decide_places(
+    places: list[NewHold], left: dict[str, int]
+) -> tuple[dict[str, int | None], dict[str, int]]:
+    """Step 4: which new holds fit, account by account in order, against the available
+    balance `left` after the batch's ends and corrections. Returns (the answer per hold, the
+    amount placed per account)."""
+    left = dict(left)
+    answers: dict[str, int | None] = {}
+    placed: dict[str, int] = {}
+    for hold in places:
+        room = left.get(hold.account_id)
+        if room is not None and hold.amount_nanos <= room:
+            answers[hold.hold_id] = None
+            left[hold.account_id] = room - hold.amount_nanos
+            placed[hold.account_id] = placed.get(hold.account_id, 0) + hold.amount_nanos
+        else:
+            answers[hold.hold_id] = max(room or 0, 0)
+    return answers, placed
+
+
+def balance_deltas(ended: list[Ended], placed: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """Step 5: per account, (change of balance, change of held)."""
+    deltas: dict[str, tuple[int, int]] = {
+        account: (0, amount) for account, amount in placed.items()
+    }
+    for end in ended:
+        balance, held = deltas.get(end.account_id, (0, 0))
+        deltas[end.account_id] = (balance - end.charged_nanos, held - end.amount_nanos)
+    return {account: delta for account, delta in deltas.items() if delta != (0, 0)}
+
+
+@dataclass(frozen=True)
+class DailyUsage:
+    account_id: str
+    day: date
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_nanos: int
+    estimated_requests: int
+
+
+def daily_usage(ended: list[Ended]) -> list[DailyUsage]:
+    """Step 6: the usage of the settled holds, and of the expired ones that recorded any, one row
+    per account, day and model. A released hold used nothing and counts no request."""
+    rows: dict[tuple[str, date, str], list[int]] = {}
+    for end in ended:
+        if end.ending is Ending.RELEASED:
+            continue
+        if end.ending is Ending.EXPIRED and not (end.prompt_tokens or end.completion_tokens):
+            continue
+        request = 0 if end.late else 1  # a correction adds cost and tokens, not a request
+        row = rows.setdefault((end.account_id, end.now.date(), end.model), [0, 0, 0, 0, 0])
+        row[0] += request
+        row[1] += end.prompt_tokens
+        row[2] += end.completion_tokens
+        row[3] += end.charged_nanos
+        row[4] += 1 if end.estimated else 0
+    return [
+        DailyUsage(account, day, model, *values) for (account, day, model), values in rows.items()
+    ]
+
+
 class HoldStore(Protocol):
-    async def place(self, hold: NewHold) -> int | None:
-        """Reserve the hold's amount if the available balance covers it. None when placed;
-        otherwise the available balance that fell short (nothing written)."""
-        ...
-
-    async def settle(self, order: SettleOrder) -> int | None:
-        """End an open hold at min(cost, hold): one usage entry, balance and held reduced,
-        daily usage added to. The amount charged, or None when the hold had already ended."""
-        ...
-
-    async def end(self, hold_id: str, status: str, now: datetime) -> bool:
-        """End an open hold charging nothing (status "released" or "expired")."""
+    async def commit(self, batch: Batch) -> BatchOutcome:
+        """Decide and write the whole batch in one transaction (see the module docstring).
+        Raises when the transaction did not commit (then none of it happened, or — if the
+        connection broke during COMMIT — it is unknown whether it did)."""
         ...
 
     async def close(self) -> None: ...

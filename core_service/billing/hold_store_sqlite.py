@@ -1,7 +1,7 @@
-"""Holds on SQLite: each operation is one transaction run whole on a dedicated thread with its
-own connection, so it costs one thread hop instead of one per statement. BEGIN IMMEDIATE takes
-the write lock up front, so concurrent writers (this thread, the ORM, other processes) queue
-on SQLite's busy timeout instead of failing half-way."""
+"""Holds on SQLite: each batch is one transaction on one connection, run whole on a dedicated
+thread (one thread hop per batch, not per statement). BEGIN IMMEDIATE takes the write lock
+up front, so the batch cannot be refused half-way by another writer: it waits its turn (the
+busy timeout) instead. Reads elsewhere never wait for it (WAL)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,19 @@ from typing import TypeVar
 
 from core_service.billing.hold_store import (
     USAGE_REVENUE,
-    NewHold,
-    SettleOrder,
+    Batch,
+    BatchOutcome,
+    Ended,
+    Ending,
+    EndOrder,
+    Expired,
+    Settlement,
+    after_ends,
+    balance_deltas,
+    daily_usage,
+    decide_places,
+    late_settlements,
+    reconcile_late,
     usage_reason,
 )
 
@@ -26,6 +37,16 @@ T = TypeVar("T")
 def _stamp(moment: datetime) -> str:
     """The text form SQLAlchemy's SQLite DateTime stores (naive UTC, with microseconds)."""
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+_END = (
+    "UPDATE credit_holds SET status = ?, ended_at = ?, charged_nanos = "
+    "CASE ? WHEN 'settled' THEN min(?, amount_nanos) "
+    "WHEN 'expired' THEN min(checkpoint_nanos, amount_nanos) ELSE 0 END "
+    "WHERE id = ? AND status = 'open' "
+    "RETURNING account_id, amount_nanos, charged_nanos, model, request_id, "
+    "checkpoint_prompt_tokens, checkpoint_completion_tokens"
+)
 
 
 class SqliteHoldStore:
@@ -57,110 +78,8 @@ class SqliteHoldStore:
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, transaction)
 
-    async def place(self, hold: NewHold) -> int | None:
-        def work(db: sqlite3.Connection) -> int | None:
-            reserved = db.execute(
-                "UPDATE balances SET held_nanos = held_nanos + ? "
-                "WHERE ledger_account = ? AND balance_nanos - held_nanos >= ?",
-                (hold.amount_nanos, hold.account_id, hold.amount_nanos),
-            ).rowcount
-            if reserved != 1:
-                row = db.execute(
-                    "SELECT balance_nanos - held_nanos FROM balances WHERE ledger_account = ?",
-                    (hold.account_id,),
-                ).fetchone()
-                return max(int(row[0]) if row else 0, 0)
-            db.execute(
-                "INSERT INTO credit_holds (id, account_id, amount_nanos, request_id, model, status, "
-                "created_at, expires_at) VALUES (?, ?, ?, ?, ?, 'open', ?, ?)",
-                (
-                    hold.hold_id,
-                    hold.account_id,
-                    hold.amount_nanos,
-                    hold.request_id[:128],
-                    hold.model,
-                    _stamp(hold.created_at),
-                    _stamp(hold.expires_at),
-                ),
-            )
-            return None
-
-        return await self._run(work)
-
-    async def settle(self, order: SettleOrder) -> int | None:
-        settlement = order.settlement
-        cost = max(settlement.cost_nanos, 0)
-        now = _stamp(order.now)
-
-        def work(db: sqlite3.Connection) -> int | None:
-            row = db.execute(
-                "UPDATE credit_holds SET status = 'settled', ended_at = ?, "
-                "charged_nanos = min(?, amount_nanos) WHERE id = ? AND status = 'open' "
-                "RETURNING account_id, amount_nanos, charged_nanos, model, request_id",
-                (now, cost, order.hold_id),
-            ).fetchone()
-            if row is None:
-                return None
-            account_id, amount, charged, model, request_id = row
-            db.execute(
-                "UPDATE balances SET balance_nanos = balance_nanos - ?, held_nanos = held_nanos - ? "
-                "WHERE ledger_account = ?",
-                (charged, amount, account_id),
-            )
-            if charged > 0:
-                db.execute(
-                    "INSERT INTO ledger_entries (idempotency_key, kind, debit_account, credit_account, "
-                    "amount_nanos, created_at, actor, reason, reference) "
-                    "VALUES (?, 'usage', ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        f"usage:{order.hold_id}",
-                        account_id,
-                        USAGE_REVENUE,
-                        charged,
-                        now,
-                        request_id,
-                        usage_reason(model, settlement),
-                        order.hold_id,
-                    ),
-                )
-            db.execute(
-                "INSERT INTO usage_daily (account_id, day, model, requests, prompt_tokens, "
-                "completion_tokens, cost_nanos, estimated_requests) VALUES (?, ?, ?, 1, ?, ?, ?, ?) "
-                "ON CONFLICT (account_id, day, model) DO UPDATE SET "
-                "requests = requests + 1, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
-                "completion_tokens = completion_tokens + excluded.completion_tokens, "
-                "cost_nanos = cost_nanos + excluded.cost_nanos, "
-                "estimated_requests = estimated_requests + excluded.estimated_requests",
-                (
-                    account_id,
-                    order.day.isoformat(),
-                    model,
-                    settlement.prompt_tokens,
-                    settlement.completion_tokens,
-                    charged,
-                    1 if settlement.estimated else 0,
-                ),
-            )
-            return int(charged)
-
-        return await self._run(work)
-
-    async def end(self, hold_id: str, status: str, now: datetime) -> bool:
-        def work(db: sqlite3.Connection) -> bool:
-            row = db.execute(
-                "UPDATE credit_holds SET status = ?, ended_at = ?, charged_nanos = 0 "
-                "WHERE id = ? AND status = 'open' RETURNING account_id, amount_nanos",
-                (status, _stamp(now), hold_id),
-            ).fetchone()
-            if row is None:
-                return False
-            db.execute(
-                "UPDATE balances SET held_nanos = held_nanos - ? WHERE ledger_account = ?",
-                (row[1], row[0]),
-            )
-            return True
-
-        return await self._run(work)
+    async def commit(self, batch: Batch) -> BatchOutcome:
+        return await self._run(lambda db: _commit(db, batch))
 
     async def close(self) -> None:
         def shut() -> None:
@@ -170,3 +89,172 @@ class SqliteHoldStore:
 
         await asyncio.get_running_loop().run_in_executor(self._executor, shut)
         self._executor.shutdown(wait=True)
+
+
+def _commit(db: sqlite3.Connection, batch: Batch) -> BatchOutcome:
+    accounts = batch.accounts()
+    available: dict[str, int] = {}
+    if accounts:
+        marks = ",".join("?" for _ in accounts)
+        for account, value in db.execute(
+            f"SELECT ledger_account, balance_nanos - held_nanos FROM balances "
+            f"WHERE ledger_account IN ({marks})",
+            accounts,
+        ):
+            available[account] = int(value)
+    ended = _end(db, batch)
+    for checkpoint in batch.checkpoints:
+        usage = checkpoint.settlement
+        db.execute(
+            "UPDATE credit_holds SET checkpoint_nanos = ?, checkpoint_prompt_tokens = ?, "
+            "checkpoint_completion_tokens = ?, checkpoint_at = ? WHERE id = ? AND status = 'open'",
+            (
+                max(usage.cost_nanos, 0),
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                _stamp(checkpoint.now),
+                checkpoint.hold_id,
+            ),
+        )
+    left = after_ends(available, ended)
+    corrections = _reconcile(db, late_settlements(batch, ended), left)
+    answers, placed = decide_places(batch.places, left)
+    charges = ended + corrections
+    db.executemany(
+        "INSERT INTO credit_holds (id, account_id, amount_nanos, request_id, model, status, "
+        "created_at, expires_at, node_id) VALUES (?, ?, ?, ?, ?, 'open', ?, ?, ?)",
+        [
+            (
+                hold.hold_id,
+                hold.account_id,
+                hold.amount_nanos,
+                hold.request_id[:128],
+                hold.model,
+                _stamp(hold.created_at),
+                _stamp(hold.expires_at),
+                hold.node_id,
+            )
+            for hold in batch.places
+            if answers[hold.hold_id] is None
+        ],
+    )
+    db.executemany(
+        "UPDATE balances SET balance_nanos = balance_nanos + ?, held_nanos = held_nanos + ? "
+        "WHERE ledger_account = ?",
+        [
+            (balance, held, account)
+            for account, (balance, held) in balance_deltas(charges, placed).items()
+        ],
+    )
+    db.executemany(
+        "INSERT INTO ledger_entries (idempotency_key, kind, debit_account, credit_account, "
+        "amount_nanos, created_at, actor, reason, reference) "
+        "VALUES (?, 'usage', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
+        [
+            (
+                end.entry_key,
+                end.account_id,
+                USAGE_REVENUE,
+                end.charged_nanos,
+                _stamp(end.now),
+                end.request_id,
+                usage_reason(
+                    end.model,
+                    Settlement(
+                        end.charged_nanos, end.prompt_tokens, end.completion_tokens, end.estimated
+                    ),
+                ),
+                end.hold_id,
+            )
+            for end in charges
+            if end.charged_nanos > 0
+        ],
+    )
+    db.executemany(
+        "INSERT INTO usage_daily (account_id, day, model, requests, prompt_tokens, "
+        "completion_tokens, cost_nanos, estimated_requests) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (account_id, day, model) DO UPDATE SET "
+        "requests = requests + excluded.requests, "
+        "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+        "completion_tokens = completion_tokens + excluded.completion_tokens, "
+        "cost_nanos = cost_nanos + excluded.cost_nanos, "
+        "estimated_requests = estimated_requests + excluded.estimated_requests",
+        [
+            (
+                row.account_id,
+                row.day.isoformat(),
+                row.model,
+                row.requests,
+                row.prompt_tokens,
+                row.completion_tokens,
+                row.cost_nanos,
+                row.estimated_requests,
+            )
+            for row in daily_usage(charges)
+        ],
+    )
+    return BatchOutcome(placed=answers, ended={end.hold_id: end.charged_nanos for end in charges})
+
+
+def _reconcile(db: sqlite3.Connection, late: list[EndOrder], left: dict[str, int]) -> list[Ended]:
+    if not late:
+        return []
+    marks = ",".join("?" for _ in late)
+    rows = db.execute(
+        "SELECT id, account_id, amount_nanos, charged_nanos, model, request_id, "
+        "checkpoint_prompt_tokens, checkpoint_completion_tokens FROM credit_holds h "
+        f"WHERE status = 'expired' AND id IN ({marks}) AND NOT EXISTS (SELECT 1 FROM "
+        "ledger_entries WHERE idempotency_key = 'usage:' || h.id || ':late')",
+        [order.hold_id for order in late],
+    ).fetchall()
+    corrections = reconcile_late(late, [Expired(*row) for row in rows], left)
+    db.executemany(
+        "UPDATE credit_holds SET charged_nanos = charged_nanos + ? WHERE id = ?",
+        [(c.charged_nanos, c.hold_id) for c in corrections],
+    )
+    return corrections
+
+
+def _end(db: sqlite3.Connection, batch: Batch) -> list[Ended]:
+    ended = []
+    for order in batch.ends:
+        usage = order.settlement
+        row = db.execute(
+            _END,
+            (
+                order.ending.value,
+                _stamp(order.now),
+                order.ending.value,
+                max(usage.cost_nanos, 0) if usage else 0,
+                order.hold_id,
+            ),
+        ).fetchone()
+        if row is None:
+            continue
+        account_id, amount, charged, model, request_id, cp_prompt, cp_completion = row
+        if order.ending is Ending.EXPIRED:
+            prompt, completion, estimated = int(cp_prompt), int(cp_completion), True
+        elif usage is not None:
+            prompt, completion, estimated = (
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.estimated,
+            )
+        else:
+            prompt, completion, estimated = 0, 0, False
+        ended.append(
+            Ended(
+                hold_id=order.hold_id,
+                account_id=account_id,
+                ending=order.ending,
+                amount_nanos=int(amount),
+                charged_nanos=int(charged),
+                model=model,
+                request_id=request_id,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                estimated=estimated,
+                now=order.now,
+            )
+        )
+    return ended

@@ -157,8 +157,11 @@ async def open_balance_in(conn: AsyncConnection, account_id: str) -> None:
 
 
 class Ledger:
-    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+    def __init__(
+        self, engine: AsyncEngine, clock: Clock, *, reads: AsyncEngine | None = None
+    ) -> None:
         self._engine = engine
+        self._reads = reads or engine
         self._clock = clock
 
     async def post(self, transfer: Transfer) -> Posted:
@@ -166,7 +169,7 @@ class Ledger:
             return await post_in(conn, transfer, self._clock.now())
 
     async def balance(self, account_id: str) -> BalanceView:
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (
                 await conn.execute(select(Balance).where(Balance.ledger_account == account_id))
             ).one_or_none()
@@ -175,7 +178,7 @@ class Ledger:
         return BalanceView(row.balance_nanos, row.held_nanos, row.total_purchased_nanos)
 
     async def entry(self, entry_id: int) -> LedgerEntry:
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (await conn.execute(select(LedgerEntry).where(LedgerEntry.id == entry_id))).one()
         return LedgerEntry(**row._mapping)
 
@@ -194,6 +197,6 @@ class Ledger:
         )
         if before_id is not None:
             statement = statement.where(LedgerEntry.id < before_id)
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             rows = (await conn.execute(statement)).all()
         return [LedgerEntry(**row._mapping) for row in rows]

@@ -1,5 +1,6 @@
-"""Metering a request: hold its worst-case cost before it is forwarded, settle it at the actual
-cost afterwards (in the background, so settlement never delays the response).
+"""Metering a request: hold its worst-case cost before it is forwarded, record what a stream
+has delivered as it goes (checkpoints), and settle at the actual cost afterwards — queued on
+the database's writer, so settlement never delays the response and is retried until it lands.
 
 The worst case is the prompt estimate with a margin (Kyma's token count is an approximation of
 the upstream's tokenizer: it holds estimate × 1.25 + 16 tokens) at the input price, plus the
@@ -15,7 +16,6 @@ from core_service.billing.holds import Holds, Settlement
 from core_service.billing.pricing import cost_nanos, nanos_to_usd
 from core_service.catalog import Model
 from core_service.errors import InsufficientCredits
-from core_service.tasks import BackgroundTasks
 from core_service.values import InferenceRequest, Principal, TokenUsage
 
 
@@ -48,50 +48,54 @@ def charge_for(model: Model, usage: TokenUsage) -> Charge:
     return Charge(usage, cost_nanos(model.price, usage.prompt_tokens, usage.completion_tokens))
 
 
+def settlement_of(charge: Charge) -> Settlement:
+    usage = charge.usage
+    return Settlement(
+        cost_nanos=charge.cost_nanos,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        estimated=usage.estimated,
+    )
+
+
 class Reservation:
-    """One request's hold. End it once: `settle` with what was used, or `release`."""
+    """One request's hold. End it once: `settle` with what was used, or `release`; record a
+    stream's progress with `checkpoint` meanwhile."""
 
-    __slots__ = ("_metering", "_hold_id", "_ended")
+    __slots__ = ("_metering", "_hold_id", "_account_id", "_ended")
 
-    def __init__(self, metering: Metering, hold_id: str) -> None:
+    def __init__(self, metering: Metering, hold_id: str, account_id: str) -> None:
         self._metering = metering
         self._hold_id = hold_id
+        self._account_id = account_id
         self._ended = False
+
+    @property
+    def hold_id(self) -> str:
+        return self._hold_id
 
     def settle(self, charge: Charge) -> None:
         if self._ended:
             return
         self._ended = True
-        usage = charge.usage
-        settlement = Settlement(
-            cost_nanos=charge.cost_nanos,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            estimated=usage.estimated,
-        )
-        holds, hold_id = self._metering.holds, self._hold_id
-        self._metering.tasks.spawn(f"settle {hold_id}", lambda: holds.settle(hold_id, settlement))
+        self._metering.holds.settle(self._hold_id, self._account_id, settlement_of(charge))
         self._metering.counted("settled")
 
     def release(self) -> None:
         if self._ended:
             return
         self._ended = True
-        holds, hold_id = self._metering.holds, self._hold_id
-        self._metering.tasks.spawn(f"release {hold_id}", lambda: holds.release(hold_id))
+        self._metering.holds.release(self._hold_id, self._account_id)
         self._metering.counted("released")
+
+    def checkpoint(self, charge: Charge) -> None:
+        if not self._ended:
+            self._metering.holds.checkpoint(self._hold_id, self._account_id, settlement_of(charge))
 
 
 class Metering:
-    def __init__(
-        self,
-        holds: Holds,
-        tasks: BackgroundTasks,
-        *,
-        counted: Callable[[str], None] = lambda _: None,
-    ) -> None:
+    def __init__(self, holds: Holds, *, counted: Callable[[str], None] = lambda _: None) -> None:
         self.holds = holds
-        self.tasks = tasks
         # Counts hold outcomes for metrics: placed, refused, settled, released.
         self.counted = counted
 
@@ -120,4 +124,4 @@ class Metering:
                 f"and your available balance is ${nanos_to_usd(placed.available_nanos)}. "
                 f"{advice} Add credits to continue."
             )
-        return Reservation(self, placed.hold_id)
+        return Reservation(self, placed.hold_id, principal.account_id)

@@ -11,7 +11,8 @@ from core_service.billing.hold_store_postgres import PostgresHoldStore
 from core_service.billing.hold_store_sqlite import SqliteHoldStore
 
 
-async def open_hold_store(sqlalchemy_url: str) -> HoldStore:
+def open_hold_store(sqlalchemy_url: str, *, pgbouncer: bool = False) -> HoldStore:
+    """The store of the writer; it connects on its first batch."""
     url = make_url(sqlalchemy_url)
     if url.get_backend_name() == "sqlite":
         if not url.database or url.database == ":memory:":
@@ -19,5 +20,5 @@ async def open_hold_store(sqlalchemy_url: str) -> HoldStore:
         return SqliteHoldStore(pathlib.Path(url.database))
     if url.get_backend_name() == "postgresql":
         dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        return await PostgresHoldStore.connect(dsn)
+        return PostgresHoldStore(dsn, pgbouncer=pgbouncer)
     raise ValueError(f"unsupported database {url.get_backend_name()!r}: use SQLite or PostgreSQL")

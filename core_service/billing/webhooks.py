@@ -23,6 +23,7 @@ from typing import Any
 import stripe
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core_service.account_events import ACCOUNT_CHANGED, AccountEvents
 from core_service.billing.ledger import (
     SYSTEM_PURCHASES,
     EntryKind,
@@ -141,6 +142,7 @@ class StripeWebhooks:
         *,
         webhook_secret: str | None,
         tolerance_seconds: int = 300,
+        events: AccountEvents | None = None,
     ) -> None:
         if tolerance_seconds <= 0:
             # The stripe library treats a falsy tolerance as "accept any age".
@@ -149,6 +151,7 @@ class StripeWebhooks:
         self._clock = clock
         self._secret = webhook_secret or None
         self._tolerance = tolerance_seconds
+        self._events = events
 
     async def handle(self, payload: bytes, signature: str) -> WebhookOutcome:
         """Verify one delivery and act on it."""
@@ -160,6 +163,9 @@ class StripeWebhooks:
         try:
             async with self._engine.begin() as conn:
                 posted = await post_in(conn, transfer, self._clock.now())
+                if posted.created and self._events is not None:
+                    # Its tier may rise: every node looks the account up afresh.
+                    await self._events.record_in(conn, ACCOUNT_CHANGED, account_id=paid.account_id)
         except NotFound:
             # The customer has no balance row: not a Kyma account (of this installation).
             log.warning(

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core_service.account_events import AccountEvents
 from core_service.accounts.auth import Authenticator
 from core_service.accounts.signup import SignupFlow, SignupPolicy
 from core_service.accounts.store import AccountStore
@@ -23,11 +24,11 @@ from core_service.ratelimit.store import RateLimitStore
 from core_service.ratelimit.tiers import TierTable
 from core_service.referrals.program import ReferralPolicy, ReferralProgram
 from core_service.settings import Settings
-from core_service.tasks import BackgroundTasks
 
 
 @dataclass(frozen=True)
 class Accounts:
+    events: AccountEvents
     store: AccountStore
     authenticator: Authenticator
     signup: SignupFlow
@@ -42,7 +43,7 @@ def open_accounts(
     stack: contextlib.AsyncExitStack,
     *,
     engine: AsyncEngine,
-    tasks: BackgroundTasks,
+    reads: AsyncEngine,
     tiers: TierTable,
     limits_store: RateLimitStore,
 ) -> Accounts:
@@ -56,11 +57,14 @@ def open_accounts(
             link_base=settings.public_base_url,
         ),
     )
+    events = AccountEvents(engine, reads, clock)
     store = AccountStore(
         session_factory(engine),
         clock,
         welcome_bonus_nanos=usd_to_nanos(settings.welcome_bonus_usd),
         referrals=referrals,
+        reads=session_factory(reads),
+        events=events,
     )
     mailer = mailer_from_url(
         settings.mail_url, sender=settings.mail_sender, logger=logging.getLogger("kyma.mail")
@@ -82,12 +86,11 @@ def open_accounts(
         referrals,
     )
     return Accounts(
+        events=events,
         store=store,
-        authenticator=Authenticator(
-            store, clock, tiers, cache_seconds=settings.key_cache_seconds, tasks=tasks
-        ),
+        authenticator=Authenticator(store, clock, tiers, cache_seconds=settings.key_cache_seconds),
         signup=signup,
         referrals=referrals,
-        enforcement=Enforcement(engine, clock),
+        enforcement=Enforcement(engine, clock, events=events),
         directory=AccountDirectory(engine),
     )

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import stripe
 
+from core_service.account_events import AccountEvents
 from core_service.billing.checkout import CheckoutSessions
 from core_service.billing.holds import Holds
 from core_service.billing.metering import Metering
@@ -17,7 +18,6 @@ from core_service.billing.webhooks import StripeWebhooks
 from core_service.clock import Clock
 from core_service.composition.storage import Storage
 from core_service.settings import Settings
-from core_service.tasks import BackgroundTasks
 
 
 @dataclass(frozen=True)
@@ -51,21 +51,23 @@ def open_billing(
     stack: contextlib.AsyncExitStack,
     *,
     storage: Storage,
-    tasks: BackgroundTasks,
     longest_request_seconds: float,
     counted: Callable[[str], None],
+    events: AccountEvents,
 ) -> Billing:
     holds = Holds(
-        storage.hold_store,
-        storage.engine,
+        storage.writer,
+        storage.reads,
         clock,
         # A hold must outlive the longest request it may cover.
         ttl_seconds=max(settings.hold_ttl_seconds, longest_request_seconds + 60),
+        lease=storage.lease,
+        writes=storage.engine,
     )
     secret = settings.stripe_webhook_secret
     return Billing(
         holds=holds,
-        metering=Metering(holds, tasks, counted=counted),
+        metering=Metering(holds, counted=counted),
         usage=UsageReport(storage.engine, clock),
         checkout=CheckoutSessions(
             _stripe_client(settings, stack),
@@ -75,6 +77,9 @@ def open_billing(
             max_usd=settings.checkout_max_usd,
         ),
         webhooks=StripeWebhooks(
-            storage.engine, clock, webhook_secret=secret.get_secret_value() if secret else None
+            storage.engine,
+            clock,
+            webhook_secret=secret.get_secret_value() if secret else None,
+            events=events,
         ),
     )

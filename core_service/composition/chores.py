@@ -5,26 +5,32 @@ cancelled; a failed round is logged and tried again at the next interval."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 from grpc_health.v1 import health, health_pb2
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core_service.accounts.auth import Authenticator
 from core_service.billing.holds import Holds
 from core_service.logs.retention import LogRetention
+from core_service.nodes import NodeLease
 from core_service.ratelimit.limiter import AccountLimiter
+from core_service.settings import Settings
 from kyma.contract.v1.constants import SHARED_LIMITS_HEALTH_SERVICE
 
 log = logging.getLogger(__name__)
 
-HOLD_EXPIRY_INTERVAL_SECONDS = 10.0
+HOLD_EXPIRY_INTERVAL_SECONDS = 2.0
 LOG_MAINTENANCE_INTERVAL_SECONDS = 3600.0
 DATABASE_CHECK_INTERVAL_SECONDS = 1.0
 DATABASE_CHECK_TIMEOUT_SECONDS = 2.0
 LIMITER_REPORT_INTERVAL_SECONDS = 0.5
+LAST_USED_INTERVAL_SECONDS = 30.0
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -41,6 +47,42 @@ async def periodically(interval: float, work: Callable[[], Awaitable[Any]], name
 
 async def expire_holds(holds: Holds) -> None:
     await periodically(HOLD_EXPIRY_INTERVAL_SECONDS, holds.expire_due, "hold expiry")
+
+
+async def last_used(authenticator: Authenticator) -> None:
+    """Write keys' last use in one statement for all of them, every so often."""
+    try:
+        await periodically(LAST_USED_INTERVAL_SECONDS, authenticator.flush_last_used, "last used")
+    finally:
+        with contextlib.suppress(Exception):
+            await authenticator.flush_last_used()
+
+
+async def heartbeat(lease: NodeLease) -> None:
+    """Renew this node's lease; a failed renewal (the database away) is retried next time."""
+    failing = False
+    while True:
+        await asyncio.sleep(lease.heartbeat_seconds)
+        try:
+            await lease.heartbeat()
+        except Exception as error:
+            if not failing:
+                log.warning("cannot renew this node's lease (%s); retrying", type(error).__name__)
+            failing = True
+        else:
+            failing = False
+
+
+async def prune(holds: Holds, lease: NodeLease, settings: Settings) -> None:
+    """Ended holds past their retention, and nodes long dead, go (the ledger stays)."""
+
+    async def work() -> None:
+        pruned = await holds.prune_ended(older_than=timedelta(days=settings.hold_retention_days))
+        nodes = await lease.prune(older_than=timedelta(days=1))
+        if pruned or nodes:
+            log.info("pruned %d ended holds and %d dead nodes", pruned, nodes)
+
+    await periodically(LOG_MAINTENANCE_INTERVAL_SECONDS, work, "pruning")
 
 
 async def maintain_logs(retention: LogRetention) -> None:

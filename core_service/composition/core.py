@@ -104,15 +104,29 @@ class Core:
         await self.storage.request_log.start()
         # Closed in reverse: settlements land, then their log rows, before anything closes.
         stack.push_async_callback(self._flush_log)
+        self.storage.writer.start()
+        stack.push_async_callback(self._stop_writer)
+        await self.storage.lease.register()
         stack.push_async_callback(self._drain_tasks)
         self.metrics.watch(self._gauges)
         self._serve_metrics()
         stack.push_async_callback(self._cancel_chores)
         await self.server.server.start()
         stack.push_async_callback(self._stop_server)
+        self._chore(chores.heartbeat(self.storage.lease), "node lease")
+        await self.accounts.events.start_from_now()
+        self._chore(
+            self.accounts.events.follow(
+                self.accounts.authenticator.apply,
+                poll_seconds=self.settings.account_events_poll_seconds,
+            ),
+            "account events",
+        )
+        self._chore(chores.last_used(self.accounts.authenticator), "keys' last use")
         self._chore(chores.expire_holds(self.billing.holds), "expire holds")
+        self._chore(chores.prune(self.billing.holds, self.storage.lease, self.settings), "prune")
         self._chore(chores.maintain_logs(self.storage.retention), "log retention")
-        self._chore(chores.watch_database(self.engine, health), "database health")
+        self._chore(chores.watch_database(self.storage.reads, health), "database health")
         self._chore(
             chores.periodically(
                 self.settings.probe_interval_seconds, self.routing.prober.probe_due, "probes"
@@ -171,8 +185,17 @@ class Core:
         await self.server.server.stop(self._grace)
 
     async def _drain_tasks(self) -> None:
-        # Settlements of the requests that just finished must land before the stores close.
+        # Rate-limit true-ups of the requests that just finished.
         await self.tasks.drain(timeout=max(self._grace, 5.0))
+
+    async def _stop_writer(self) -> None:
+        # Settlements of the requests that just finished must land before the stores close.
+        writer = self.storage.writer
+        drained = await writer.drain(timeout=max(self._grace, 5.0))
+        await writer.stop(timeout=0)
+        if drained:
+            with contextlib.suppress(Exception):
+                await self.storage.lease.leave()
 
     async def _flush_log(self) -> None:
         await self.storage.request_log.stop(timeout=max(self._grace, 5.0))
@@ -218,6 +241,37 @@ class Core:
             [],
             [([], request_log.written)],
         )
+        writer = self.storage.writer
+        yield gauge(
+            "kyma_writer_queue_depth",
+            "Holds, settlements and checkpoints waiting for the database writer",
+            [],
+            [([], writer.depth)],
+        )
+        yield gauge(
+            "kyma_writer_queue_age_seconds",
+            "How long the oldest queued write has waited",
+            [],
+            [([], writer.oldest_age)],
+        )
+        yield gauge(
+            "kyma_writer_batches",
+            "Batches the writer committed (one transaction each)",
+            [],
+            [([], writer.stats.batches)],
+        )
+        yield gauge(
+            "kyma_writer_operations",
+            "Operations the writer committed",
+            [],
+            [([], writer.stats.operations)],
+        )
+        yield gauge(
+            "kyma_writer_failures",
+            "Batches the database refused (retried)",
+            [],
+            [([], writer.stats.failures)],
+        )
         yield gauge(
             "kyma_background_tasks",
             "Settlements and other work in flight",
@@ -260,7 +314,7 @@ async def build_core(
             clock,
             stack,
             engine=storage.engine,
-            tasks=tasks,
+            reads=storage.reads,
             tiers=limits.tiers,
             limits_store=limits.store,
         )
@@ -269,9 +323,9 @@ async def build_core(
             clock,
             stack,
             storage=storage,
-            tasks=tasks,
             longest_request_seconds=routing.longest_request_seconds,
             counted=lambda outcome: metrics.holds.labels(outcome).inc(),
+            events=accounts.events,
         )
         pipeline = InferencePipeline(
             authenticator=accounts.authenticator,

@@ -1,8 +1,21 @@
-"""Creating the database engine and bringing the schema up to date on start."""
+"""Creating the database engines and bringing the schema up to date on start.
+
+Two views of one pool: `engine` for writes (transactions; on SQLite, BEGIN IMMEDIATE takes the
+write lock up front so a read-then-write transaction cannot be refused half-way), and
+`reads(engine)` for reads (autocommit: no BEGIN, no ROLLBACK round trip, and on SQLite no
+write lock, so a health check or a key lookup never queues behind a writer — WAL lets
+readers run beside the one writer).
+
+Behind PgBouncer in transaction mode (`pgbouncer=True`) no prepared statement may outlive its
+transaction, so statements are not cached, names are unique, and reads run in transactions
+too (an autocommit read would prepare on one server connection and execute on another).
+"""
 
 from __future__ import annotations
 
 import pathlib
+import uuid
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -17,31 +30,56 @@ from sqlalchemy.ext.asyncio import (
 MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
 # Any constant: serialises concurrent `kyma serve` start-ups migrating one PostgreSQL database.
 _MIGRATION_LOCK_ID = 0x4B594D41
+_READS = "kyma_reads"
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(
+    url: str, *, pool_size: int = 10, max_overflow: int = 10, pgbouncer: bool = False
+) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
-            # SQLAlchemy, not the driver, begins transactions (see _begin_immediate).
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # SQLAlchemy, not the driver, begins transactions (see _begin).
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
-            # WAL lets readers run beside the one writer; foreign keys are off by default.
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
         @event.listens_for(engine.sync_engine, "begin")
-        def _begin_immediate(connection):  # type: ignore[no-untyped-def]
-            # Take the write lock at BEGIN: a transaction that reads and then writes cannot be
-            # refused half-way (SQLITE_BUSY) by another writer; it waits its turn instead.
+        def _begin(connection: Connection) -> None:
+            if connection.get_execution_options().get(_READS):
+                return  # a read: no transaction, no lock
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    connect_args: dict[str, Any] = {}
+    if pgbouncer:
+        connect_args = {
+            "statement_cache_size": 0,
+            "prepared_statement_cache_size": 0,
+            "prepared_statement_name_func": lambda: f"__kyma_{uuid.uuid4().hex}__",
+        }
+    engine = create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
+    return engine
+
+
+def reads(engine: AsyncEngine, *, pgbouncer: bool = False) -> AsyncEngine:
+    """The engine for reads (see the module docstring); writes must not go through it."""
+    if pgbouncer:
+        return engine
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(**{_READS: True})
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

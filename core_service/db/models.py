@@ -133,12 +133,51 @@ class CreditHold(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     charged_nanos: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # The core node that placed it; while that node's lease lives, it alone ends the hold.
+    node_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The usage the node last recorded (a stream: what it had delivered), and its cost: what
+    # the hold is settled at if its node dies.
+    checkpoint_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    checkpoint_prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    checkpoint_completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    checkpoint_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
     __table_args__ = (
         CheckConstraint("amount_nanos >= 0", name="amount_non_negative"),
         Index("ix_credit_holds_open", "status", "expires_at"),
         Index("ix_credit_holds_account_id", "account_id"),
+        Index("ix_credit_holds_node_open", "node_id", "status"),
+        Index("ix_credit_holds_ended_at", "ended_at"),
     )
+
+
+class CoreNode(Base):
+    """A running core process. Its heartbeat is renewed every few seconds; a node whose lease
+    lapsed is taken for dead and its open holds are settled by the others."""
+
+    __tablename__ = "core_nodes"
+
+    node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200), default="")
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AccountEvent(Base):
+    """A change that every node must see within seconds: a key revoked, an account suspended,
+    banned or reinstated, its tier changed. Nodes follow the feed by id."""
+
+    __tablename__ = "account_events"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    kind: Mapped[str] = mapped_column(String(32))
+    account_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    key_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_account_events_created_at", "created_at"),)
 
 
 class UsageDaily(Base):

@@ -18,11 +18,17 @@ from pydantic import SecretStr
 
 from core_service import errors
 from core_service.accounts.auth import bearer_token
+from core_service.db.errors import is_unavailable
 from core_service.edge.errors import internal_status, to_status
 from core_service.edge.metadata import request_id, value_in
 from kyma.contract.v1.constants import MetadataKey
 
 log = logging.getLogger(__name__)
+
+_DATABASE_UNAVAILABLE = errors.ServiceUnavailable(
+    "Kyma cannot reach its database right now; nothing was charged. Retry in a moment.",
+    retry_after_seconds=1,
+)
 
 Handler = grpc.RpcMethodHandler
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
@@ -65,6 +71,10 @@ class ErrorTranslation(grpc.aio.ServerInterceptor):
     async def _fail(error: Exception, method: str, context: grpc.aio.ServicerContext) -> None:
         if isinstance(error, errors.KymaError):
             await context.abort_with_status(to_status(error))
+        if is_unavailable(error):
+            # An outage, not a bug: the caller is told to retry (503 over HTTP).
+            log.warning("%s: the database is unavailable (%s)", method, type(error).__name__)
+            await context.abort_with_status(to_status(_DATABASE_UNAVAILABLE))
         log.error("unexpected error in %s", method, exc_info=error)
         await context.abort_with_status(internal_status(request_id(context)))
 

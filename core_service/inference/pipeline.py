@@ -29,7 +29,6 @@ from core_service.billing.metering import (
 from core_service.catalog import CatalogHolder, Deployment, Model
 from core_service.clock import Clock
 from core_service.errors import (
-    InsufficientCredits,
     InvalidRequest,
     KymaError,
     RateLimited,
@@ -92,7 +91,7 @@ class _Opened:
     first: list[bytes]
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Admitted:
     principal: Principal
     request: InferenceRequest
@@ -101,6 +100,8 @@ class _Admitted:
     reservation: Reservation
     # Tokens counted at admission: the prompt estimate plus the output the request allows.
     tokens: int
+    # Whether any upstream was sent the request (until then, it has used nothing at all).
+    forwarded: bool = False
 
 
 class InferencePipeline:
@@ -163,17 +164,20 @@ class InferencePipeline:
             reservation = await self._metering.reserve(
                 principal, request, model, observation.request_id
             )
-        except InsufficientCredits:
+        except BaseException:  # no credit, no database, or the client left
             self._limiter.give_back(admission)
             raise
         return _Admitted(principal, request, model, admission, reservation, counted)
 
     def _abandon(self, admitted: _Admitted, error: BaseException) -> None:
-        """The request ends before any usage: release its hold; if Kyma itself refused it (no
-        deployment had room), it consumes no rate limit either."""
+        """The request ends before any usage: release its hold. If no upstream was sent it
+        (Kyma refused it, or its client left first), it consumes no rate limit either;
+        otherwise it counts as a request that used no tokens."""
         admitted.reservation.release()
-        if isinstance(error, RateLimited):
+        if not admitted.forwarded or isinstance(error, RateLimited):
             self._limiter.give_back(admitted.admission)
+        else:
+            self._limiter.true_up(admitted.admission, 0)
 
     def _finish(self, admitted: _Admitted, ticket: Ticket, charge: Charge) -> None:
         admitted.reservation.settle(charge)
@@ -261,6 +265,7 @@ class InferencePipeline:
         async with aclosing(self._tries(admitted)) as tries:
             async for tried in tries:
                 ticket, health = tried.ticket, tried.attempt
+                admitted.forwarded = True
                 try:
                     result = await attempt(ticket.deployment)
                 except UpstreamFailure as exc:
@@ -334,6 +339,7 @@ class InferencePipeline:
         observation.deployment = ticket.deployment.name
         limits: RateLimitSnapshot | None = admitted.admission.snapshot
         complete = False
+        last_checkpoint = self._clock.monotonic()
         try:
             if opened.first:
                 yield StreamChunks(opened.first, limits)
@@ -342,6 +348,13 @@ class InferencePipeline:
                 chunks = relay.rewrite_all(batch)
                 if chunks:
                     yield StreamChunks(chunks)
+                    now = self._clock.monotonic()
+                    if now - last_checkpoint >= CHECKPOINT_SECONDS:
+                        # If this node dies, its hold is settled at what was delivered by now.
+                        last_checkpoint = now
+                        admitted.reservation.checkpoint(
+                            charge_for(model, relay.usage(complete=False))
+                        )
             complete = True
         except UpstreamFailure as exc:
             raise exc.error from None
@@ -391,6 +404,8 @@ class InferencePipeline:
 
 # OpenAI's own limit on `n`.
 MAX_CHOICES = 128
+# How often a stream records what it has delivered (SPEC §4: at least every second).
+CHECKPOINT_SECONDS = 1.0
 
 
 def outcome_of(error: BaseException) -> str:

@@ -13,7 +13,7 @@ nothing, and one refused later (no credit, every deployment saturated) is given 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core_service.catalog import Deployment, Model
 from core_service.errors import RateLimited
@@ -24,7 +24,7 @@ from core_service.ratelimit.store import (
     RateLimitStore,
     rate_key,
 )
-from core_service.tasks import BackgroundTasks
+from core_service.tasks import BackgroundTasks, cancel_safe
 from core_service.values import Principal, RateLimitSnapshot
 
 
@@ -108,7 +108,10 @@ class AccountLimiter:
 
     async def admit(self, principal: Principal, model: str, tokens: int) -> Admission:
         limits = AccountLimits.of(principal, model, tokens)
-        decision = await self._store.admit(limits.all())
+        decision = await cancel_safe(
+            self._store.admit(limits.all()),
+            lambda decided: self._give_back(limits, decided),
+        )
         view = snapshot(*decision.states)
         if not decision.admitted:
             raise RateLimited(
@@ -119,10 +122,16 @@ class AccountLimiter:
         return Admission(limits, decision, view)
 
     def give_back(self, admission: Admission) -> None:
-        """The request was refused after admission (no credit, no capacity): it consumes nothing."""
-        for limit in admission.limits.all():
+        """The request was refused after admission (no credit, no capacity), or its client
+        left before it was forwarded: it consumes nothing."""
+        self._give_back(admission.limits, admission.decision)
+
+    def _give_back(self, limits: AccountLimits, decision: Decision) -> None:
+        if not decision.admitted:
+            return
+        for limit in limits.all():
             if limit.cost:
-                self._adjust(limit.key, admission.decision.second, -limit.cost)
+                self._adjust(limit.key, decision.second, -limit.cost)
 
     def true_up(self, admission: Admission, actual_tokens: int) -> None:
         tokens = admission.limits.tokens
@@ -149,6 +158,7 @@ class Ticket:
     token_limit: Limit | None
     second: int
     slot: str | None
+    counted: list[Limit] = field(default_factory=list)
 
 
 class DeploymentGate:
@@ -164,7 +174,18 @@ class DeploymentGate:
         return rate_key("dep", model.name, deployment.name, what)
 
     async def enter(self, model: Model, deployment: Deployment, tokens: int) -> Ticket | int:
-        """A ticket, or the seconds until the deployment may have room."""
+        """A ticket, or the seconds until the deployment may have room. Safe to cancel: a
+        ticket taken for a caller that left is handed back."""
+        return await cancel_safe(
+            self._enter(model, deployment, tokens),
+            lambda ticket: (
+                self.leave(model, ticket, None, give_back=True)
+                if isinstance(ticket, Ticket)
+                else None
+            ),
+        )
+
+    async def _enter(self, model: Model, deployment: Deployment, tokens: int) -> Ticket | int:
         limits = deployment.limits
         counted: list[Limit] = []
         if limits.rpm is not None:
@@ -190,9 +211,23 @@ class DeploymentGate:
                 for limit in counted:
                     self._adjust(limit.key, second, -limit.cost)
                 return 1
-        return Ticket(deployment, token_limit, second, slot)
+        return Ticket(deployment, token_limit, second, slot, counted)
 
-    def leave(self, model: Model, ticket: Ticket, actual_tokens: int | None) -> None:
+    def leave(
+        self,
+        model: Model,
+        ticket: Ticket,
+        actual_tokens: int | None,
+        *,
+        give_back: bool = False,
+    ) -> None:
+        """The request is done with the deployment: its slot is freed and its tokens trued up
+        (`give_back`: it never reached the deployment, so it counts for nothing)."""
+        if give_back:
+            for limit in ticket.counted:
+                if limit.cost:
+                    self._adjust(limit.key, ticket.second, -limit.cost)
+            actual_tokens = None
         if ticket.slot is not None:
             store, key, slot = (
                 self._store,

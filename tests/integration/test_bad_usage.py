@@ -87,7 +87,7 @@ async def test_impossible_usage_never_creates_credit(tmp_path, usage) -> None:
                 metadata=(("authorization", f"Bearer {created.api_key_secret}"),),
             )
         assert reply.usage.estimated and reply.usage.completion_tokens == 3  # "one two three"
-        await core.tasks.drain(5)
+        await core.storage.writer.drain(30)
         balance = await core.ledger.balance(created.account.id)
         charged = WELCOME - balance.balance_nanos
         assert 0 < charged <= HOLD and balance.held_nanos == 0

@@ -92,7 +92,7 @@ async def test_checkout_then_paid_webhook_credits_once(paying_kyma) -> None:
     assert balance.balance_nanos == 500_000_000 + 25 * 10**9
     assert balance.total_purchased_nanos == 25 * 10**9
     # $25 purchased crosses tier 1's $10: its limits apply once the key lookup is refreshed.
-    await asyncio.sleep(kyma.settings.key_cache_seconds)
+    await kyma.account_changes_seen()
     async with kyma.http() as http:
         body = (await http.get("/v1/account", headers={"authorization": f"Bearer {key}"})).json()
         chat = await http.post(
@@ -184,6 +184,6 @@ async def test_banned_accounts_buy_nothing(paying_kyma) -> None:
             justification=admin_service_pb2.Justification(actor="t", reason="fraud"),
         ),
     )
-    await asyncio.sleep(paying_kyma.settings.key_cache_seconds)
+    await paying_kyma.account_changes_seen()
     reply = await checkout(paying_kyma, key, "25")
     assert reply["status"] == 403 and reply["error"]["code"] == "account_banned"

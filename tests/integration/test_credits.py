@@ -131,7 +131,7 @@ async def test_concurrent_requests_never_overdraw(kyma, account) -> None:
     await set_balance(kyma, account[0], 10 * hold)
     # Tier 4 admits 200 requests a minute for one model: this test is about credit, not limits.
     await kyma.admin("PinTier", admin_service_pb2.PinTierRequest(account_id=account[0], tier=4))
-    await asyncio.sleep(kyma.settings.key_cache_seconds)
+    await kyma.account_changes_seen()
     await kyma.upstream.control(latency_ms=1500)
     limits = httpx.Limits(max_connections=200)
     async with httpx.AsyncClient(base_url=kyma.http_url, timeout=60, limits=limits) as http:

@@ -142,9 +142,12 @@ async def test_weighted_split_within_statistical_bounds(routed, upstreams) -> No
 
 
 async def test_least_outstanding_prefers_the_idle_upstream(routed, upstreams) -> None:
+    """A's requests take two seconds, far longer than B's on any machine: with four requests
+    in flight at a time, A gets one only while B has as many in flight as A, so A ends up with
+    a few at most (an argument from counts, not from either upstream's speed)."""
     a, b, _ = upstreams
-    await a.control(latency_ms=300)
-    replies = await send(routed, "least", 40, concurrency=8)
+    await a.control(latency_ms=2000)
+    replies = await send(routed, "least", 24, concurrency=4)
     assert all(r.status_code == 200 for r in replies)
     assert await served(b) >= 3 * await served(a)
 

@@ -1,0 +1,41 @@
+"""Telling "the database is unreachable right now" (retry later; answer 503) apart from every
+other database error (a bug or bad data; retrying will not help)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import asyncpg
+from sqlalchemy import exc as sa_exc
+
+# PostgreSQL's class 08 (connection exception) and 57P0x (shutting down, cannot connect now),
+# 53300 (too many connections).
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+
+def _unavailable_one(error: BaseException) -> bool:
+    if isinstance(error, (OSError, TimeoutError, ConnectionError)):
+        return True
+    if isinstance(error, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError)):
+        return True
+    if isinstance(error, asyncpg.PostgresError):
+        state = getattr(error, "sqlstate", "") or ""
+        return state.startswith(_UNAVAILABLE_SQLSTATES)
+    if isinstance(error, sqlite3.OperationalError):
+        text = str(error)
+        return "locked" in text or "unable to open" in text or "disk I/O" in text
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, (sa_exc.TimeoutError, sa_exc.DisconnectionError))
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether `error` (or what it wraps) says the database could not be reached or used."""
+    seen: BaseException | None = error
+    for _ in range(6):
+        if seen is None:
+            return False
+        if _unavailable_one(seen):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
+    return False
