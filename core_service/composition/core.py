@@ -55,6 +55,7 @@ class Core:
         routing: Routing,
         accounts: Accounts,
         billing: Billing,
+        pipeline: InferencePipeline,
         server: Server,
     ) -> None:
         self.settings = settings
@@ -65,6 +66,7 @@ class Core:
         self.routing = routing
         self.accounts = accounts
         self.billing = billing
+        self.pipeline = pipeline
         self.server = server
         self.port = server.port
         self.metrics_port = 0
@@ -361,6 +363,7 @@ async def build_core(
             routing=routing,
             accounts=accounts,
             billing=billing,
+            pipeline=pipeline,
             server=server,
         )
     raise AssertionError("unreachable")  # the stack's context returns or raises
