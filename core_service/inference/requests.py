@@ -9,6 +9,7 @@ import orjson
 
 from core_service import tokens
 from core_service.errors import InvalidRequest
+from core_service.inference.validation import check_chat, check_completion, check_depth
 from core_service.values import Endpoint, InferenceRequest
 
 # Upstream paths under a deployment's base URL.
@@ -51,16 +52,17 @@ def parse_request(
         ) from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    check_depth(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("You must provide a model parameter.", param="model")
 
     if endpoint == "chat.completions":
         messages = _require(body, "messages", "list")
-        if not all(isinstance(m, dict) for m in messages):
-            raise InvalidRequest("Each message must be an object.", param="messages")
+        check_chat(body)
         prompt_estimate = tokens.count_chat_prompt(messages)
     elif endpoint == "completions":
+        check_completion(body)
         prompt_estimate = tokens.count_text_inputs(_require(body, "prompt", "string or list"))
     else:
         prompt_estimate = tokens.count_text_inputs(_require(body, "input", "string or list"))

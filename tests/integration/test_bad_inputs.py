@@ -40,7 +40,7 @@ async def test_malformed_json(kyma, account) -> None:
         (b'{"model": "test-model"}', "messages"),
         (b'{"model": "test-model", "messages": "hello"}', "messages"),
         (b'{"model": "test-model", "messages": [], "max_tokens": 1}', "messages"),
-        (b'{"model": "test-model", "messages": [1, 2]}', "messages"),
+        (b'{"model": "test-model", "messages": [1, 2]}', "messages[0]"),
         (
             b'{"model": "test-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": -5}',
             "max_tokens",
