@@ -201,7 +201,29 @@ class Settings(BaseSettings):
         default=0.2, ge=0, description="Retries allowed per request, node-wide."
     )
     breaker_failures_to_open: int = Field(
-        default=3, ge=1, description="Consecutive failures that eject a deployment."
+        default=3,
+        ge=1,
+        description="Failures within the window that eject a deployment (see the next two).",
+    )
+    breaker_window_seconds: float = Field(
+        default=10.0, gt=0, description="The window in which a deployment's failures count."
+    )
+    breaker_min_accounts: int = Field(
+        default=3,
+        ge=1,
+        description="Distinct accounts whose requests must have failed for an ejection.",
+    )
+    breaker_failure_ratio: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Share of the window's requests that must have failed for an ejection.",
+    )
+    routing_panic_threshold: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Below this share of a model's deployments left, breakers are ignored.",
     )
     breaker_cooldown_seconds: float = Field(
         default=5.0, gt=0, description="First ejection; doubles on repeat."

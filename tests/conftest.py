@@ -111,6 +111,7 @@ class Upstream:
             drop_stream_after=None,
             error_status=500,
             require_api_key=None,
+            fail_on_text=None,
         )
 
 

@@ -72,11 +72,15 @@ def open_routing(
         clock,
         policy=BreakerPolicy(
             failures_to_open=settings.breaker_failures_to_open,
+            window_seconds=settings.breaker_window_seconds,
+            min_accounts=settings.breaker_min_accounts,
+            failure_ratio=settings.breaker_failure_ratio,
             base_cooldown=settings.breaker_cooldown_seconds,
             max_cooldown=settings.breaker_max_cooldown_seconds,
         ),
         budget=RetryBudget(clock, ratio=settings.retry_budget_ratio),
         max_attempts=settings.max_attempts_per_request,
+        panic_threshold=settings.routing_panic_threshold,
     )
     return Routing(
         catalogue=catalogue,

@@ -204,7 +204,8 @@ class InferencePipeline:
         model = admitted.model
         waits: list[int] = []
         tried = False
-        for deployment in self._router.plan(model):
+        account = admitted.principal.account_id
+        for deployment in self._router.plan(model, account):
             if tried and not self._router.may_retry():
                 break
             ticket = await self._gate.enter(model, deployment, admitted.tokens)
@@ -212,7 +213,7 @@ class InferencePipeline:
                 waits.append(ticket)
                 continue
             tried = True
-            yield _Try(ticket, self._router.start(model, deployment))
+            yield _Try(ticket, self._router.start(model, deployment, account=account))
         if not tried:
             raise RateLimited(
                 f"Every upstream of '{model.name}' is at capacity. Retry shortly.",

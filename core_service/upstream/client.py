@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
-import orjson
 
 from core_service.catalog import Deployment
 from core_service.errors import (
@@ -22,6 +21,7 @@ from core_service.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from core_service.upstream.refusals import sanitized, upstream_reason
 from core_service.upstream.sse import iter_sse_batches
 from core_service.upstream.transports import UpstreamTransports
 
@@ -58,21 +58,17 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-def _upstream_message(body: bytes) -> str | None:
-    try:
-        parsed = orjson.loads(body)
-        message = parsed["error"]["message"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return None
-    return message if isinstance(message, str) else None
-
-
 def failure_for_status(
     deployment: Deployment, response: httpx.Response, body: bytes
 ) -> UpstreamFailure:
     """Sort an upstream's non-2xx answer. Its own 4xx about the request goes back to the client
-    as the user's error; auth or routing trouble with our deployment is ours, never theirs."""
+    as the user's error, with its reason; auth or routing trouble with our deployment is ours,
+    never theirs. A 5xx may be the upstream's trouble or its way of refusing this request:
+    another deployment is tried, and if none answers, the client gets the upstream's reason
+    (sanitized) and is told to retry only where retrying can help (503, 502, 504)."""
     status = response.status_code
+    raw = upstream_reason(body)
+    reason = sanitized(raw, deployment) if raw else None
     if status == 429:
         return UpstreamFailure(
             UpstreamUnavailable("The model is overloaded upstream. Please retry shortly."),
@@ -80,13 +76,18 @@ def failure_for_status(
             retry_after=_retry_after(response),
         )
     if status >= 500:
+        transient = status in (502, 503, 504)
+        said = f": {reason}" if reason else "."
+        advice = " Please retry shortly." if transient else ""
         return UpstreamFailure(
-            UpstreamError(f"The model's upstream failed (HTTP {status}). Please retry."),
+            UpstreamError(f"The model's upstream failed (HTTP {status}){said}{advice}"),
             retryable=True,
         )
     if status in (400, 413, 422):
-        message = _upstream_message(body) or "The upstream refused the request as invalid."
-        return UpstreamFailure(InvalidRequest(message), retryable=False)
+        return UpstreamFailure(
+            InvalidRequest(reason or "The upstream refused the request as invalid."),
+            retryable=False,
+        )
     # 401/403/404 and the rest: the deployment is misconfigured; another one may work.
     return UpstreamFailure(
         UpstreamError(f"The model's upstream refused the request (HTTP {status})."),

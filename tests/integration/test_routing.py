@@ -90,8 +90,10 @@ async def routed_kyma(upstreams, upstream, tmp_path, **overrides):
         **overrides,
     }
     async with running_kyma(tmp_path, None, upstream, "sqlite", catalog=path, **settings) as kyma:
-        _, key = await kyma.create_account()
-        kyma.key = key  # type: ignore[attr-defined]
+        # Several accounts, as a real deployment's traffic is: a deployment is ejected for
+        # everyone only on failures of several accounts' requests.
+        kyma.keys = [(await kyma.create_account())[1] for _ in range(3)]  # type: ignore[attr-defined]
+        kyma.key = kyma.keys[0]  # type: ignore[attr-defined]
         yield kyma
         for server in upstreams:
             await server.reset()
@@ -116,14 +118,14 @@ async def send(
     async with httpx.AsyncClient(
         base_url=kyma.http_url, timeout=30, limits=httpx.Limits(max_connections=concurrency)
     ) as http:
+        keys = getattr(kyma, "keys", None) or [kyma.key]
 
-        async def one() -> httpx.Response:
+        async def one(number: int) -> httpx.Response:
+            key = keys[number % len(keys)]
             async with gate:
-                return await http.post(
-                    CHAT, json=body, headers={"authorization": f"Bearer {kyma.key}"}
-                )
+                return await http.post(CHAT, json=body, headers={"authorization": f"Bearer {key}"})
 
-        return await asyncio.gather(*(one() for _ in range(count)))
+        return await asyncio.gather(*(one(number) for number in range(count)))
 
 
 async def served(server) -> int:

@@ -89,6 +89,9 @@ class UpstreamConfig:
     hang_rate: float = 0.0
     drop_stream_after: int | None = None
     require_api_key: str | None = None
+    # Bodies containing this text get a 500 (as many real upstreams answer input they choke
+    # on): the fault one tenant's requests can cause, whatever the others send.
+    fail_on_text: str | None = None
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -107,6 +110,10 @@ class UpstreamConfig:
             not isinstance(self.require_api_key, str) or not self.require_api_key
         ):
             raise ValueError("require_api_key must be a non-empty string or null")
+        if self.fail_on_text is not None and (
+            not isinstance(self.fail_on_text, str) or not self.fail_on_text
+        ):
+            raise ValueError("fail_on_text must be a non-empty string or null")
         if self.seed is not None:
             _integer("seed", self.seed, low=-(2**63), high=2**63 - 1)
 
@@ -327,6 +334,18 @@ class UpstreamApp:
                 error_body("Incorrect API key provided.", code="invalid_api_key"),
             )
             return 401
+
+        if config.fail_on_text is not None and config.fail_on_text.encode() in body:
+            stats.injected_errors += 1
+            await _send_json(
+                send,
+                500,
+                error_body(
+                    "Input should be 'text' or 'json_object' (the test upstream chokes on it).",
+                    type="server_error",
+                ),
+            )
+            return 500
 
         draw = self._random.random()
         if draw < config.hang_rate:
