@@ -140,6 +140,16 @@ class PostgresHoldStore:
                 # The connection is gone (or its state unknown): the next batch opens a new one.
                 await self._discard()
                 raise
+            except asyncpg.InternalClientError as error:
+                # The connection's protocol is in a state no statement can use: e.g. the server
+                # sent an error while it was idle (the FATAL of a dying server) and its close has
+                # not been seen yet. As for a broken connection: a new one next time, and to the
+                # writer an outage (retried; a place is answered 503 and then released) — not a
+                # batch the database refuses, which the writer would drop.
+                await self._discard()
+                raise ConnectionResetError(
+                    f"the database connection is unusable: {error}"
+                ) from error
 
     async def _discard(self) -> None:
         conn, self._conn = self._conn, None

@@ -72,7 +72,7 @@ class HoldWriter:
         clock: Clock,
         *,
         first_backoff: float = 0.05,
-        max_backoff: float = 2.0,
+        max_backoff: float = 0.5,
     ) -> None:
         self._store = store
         self._clock = clock

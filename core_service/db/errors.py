@@ -16,7 +16,11 @@ _UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
 def _unavailable_one(error: BaseException) -> bool:
     if isinstance(error, (OSError, TimeoutError, ConnectionError)):
         return True
-    if isinstance(error, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError)):
+    if isinstance(
+        error,
+        (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError),
+    ):
+        # InternalClientError: a connection whose server died while it was idle.
         return True
     if isinstance(error, asyncpg.PostgresError):
         state = getattr(error, "sqlstate", "") or ""
@@ -39,3 +43,21 @@ def is_unavailable(error: BaseException) -> bool:
             return True
         seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
     return False
+
+
+def configuration_hint(error: BaseException) -> str | None:
+    """What to change when `error` says the deployment is misconfigured, if it says so."""
+    seen: BaseException | None = error
+    for _ in range(6):
+        if seen is None:
+            return None
+        if isinstance(
+            seen,
+            (asyncpg.InvalidSQLStatementNameError, asyncpg.DuplicatePreparedStatementError),
+        ):
+            return (
+                "prepared statements go missing between transactions: is PostgreSQL behind "
+                "PgBouncer in transaction mode? Then set KYMA_DATABASE_PGBOUNCER=true"
+            )
+        seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
+    return None

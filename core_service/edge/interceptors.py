@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from core_service import errors
 from core_service.accounts.auth import bearer_token
-from core_service.db.errors import is_unavailable
+from core_service.db.errors import configuration_hint, is_unavailable
 from core_service.edge.errors import internal_status, to_status
 from core_service.edge.metadata import request_id, value_in
 from kyma.contract.v1.constants import MetadataKey
@@ -75,6 +75,9 @@ class ErrorTranslation(grpc.aio.ServerInterceptor):
             # An outage, not a bug: the caller is told to retry (503 over HTTP).
             log.warning("%s: the database is unavailable (%s)", method, type(error).__name__)
             await context.abort_with_status(to_status(_DATABASE_UNAVAILABLE))
+        hint = configuration_hint(error)
+        if hint:
+            log.error("%s failed: %s", method, hint)
         log.error("unexpected error in %s", method, exc_info=error)
         await context.abort_with_status(internal_status(request_id(context)))
 

@@ -47,7 +47,10 @@ class _Body(httpx.AsyncByteStream):
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
-    def __init__(self, *, max_connections: int = 2000, keepalive_seconds: float = 30.0) -> None:
+    """Idle connections are kept for `keepalive_seconds`: less than common servers' own idle
+    limits (uvicorn's 5 s), so a connection is rarely reused just as the server drops it."""
+
+    def __init__(self, *, max_connections: int = 2000, keepalive_seconds: float = 4.0) -> None:
         self._max_connections = max_connections
         self._keepalive_seconds = keepalive_seconds
         self._session: aiohttp.ClientSession | None = None
@@ -75,17 +78,25 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read")
         )
-        try:
-            response = await self._client().request(
-                request.method,
-                str(request.url),
-                data=request.content,
-                headers=request.headers,
-                timeout=timeout,
-                allow_redirects=False,
-            )
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _translate(exc, request) from exc
+        for attempt in (1, 2):
+            try:
+                response = await self._client().request(
+                    request.method,
+                    str(request.url),
+                    data=request.content,
+                    headers=request.headers,
+                    timeout=timeout,
+                    allow_redirects=False,
+                )
+                break
+            except aiohttp.ServerDisconnectedError as exc:
+                # A pooled connection the server had closed while it was idle (before any
+                # answer): once on a fresh connection, so a healthy upstream's keep-alive
+                # policy never shows as its failure.
+                if attempt == 2:
+                    raise _translate(exc, request) from exc
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise _translate(exc, request) from exc
         return httpx.Response(
             response.status,
             headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers],
