@@ -89,6 +89,9 @@ class Deployment(_Strict):
     api_key_file: pathlib.Path | None = None
     api_key: SecretStr | None = Field(default=None, exclude=True)
     weight: float = Field(default=1.0, gt=0)
+    # The parameter this upstream reads the output limit from. Kyma always sends one (the
+    # client's, or the model's cap): what an upstream may write is what was held for.
+    output_limit_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     limits: DeploymentLimits = DeploymentLimits()
     timeouts: Timeouts = Timeouts()
 

@@ -112,6 +112,8 @@ class Upstream:
             error_status=500,
             require_api_key=None,
             fail_on_text=None,
+            overrun_tokens=0,
+            omit_usage=False,
         )
 
 

@@ -62,17 +62,30 @@ class Reservation:
     """One request's hold. End it once: `settle` with what was used, or `release`; record a
     stream's progress with `checkpoint` meanwhile."""
 
-    __slots__ = ("_metering", "_hold_id", "_account_id", "_ended")
+    __slots__ = ("_metering", "_hold_id", "_account_id", "_amount", "_ended")
 
-    def __init__(self, metering: Metering, hold_id: str, account_id: str) -> None:
+    def __init__(self, metering: Metering, hold_id: str, account_id: str, amount: int) -> None:
         self._metering = metering
         self._hold_id = hold_id
         self._account_id = account_id
+        self._amount = amount
         self._ended = False
 
     @property
     def hold_id(self) -> str:
         return self._hold_id
+
+    @property
+    def amount_nanos(self) -> int:
+        """What is held: the most the request can be charged."""
+        return self._amount
+
+    def capped(self, charge: Charge) -> Charge:
+        """The charge as it will be made: never more than the hold. Usage views, the request
+        log and the response all show this, so they agree with the ledger."""
+        if charge.cost_nanos <= self._amount:
+            return charge
+        return Charge(charge.usage, self._amount)
 
     def settle(self, charge: Charge) -> None:
         if self._ended:
@@ -124,4 +137,4 @@ class Metering:
                 f"and your available balance is ${nanos_to_usd(placed.available_nanos)}. "
                 f"{advice} Add credits to continue."
             )
-        return Reservation(self, placed.hold_id, principal.account_id)
+        return Reservation(self, placed.hold_id, principal.account_id, amount)

@@ -7,7 +7,11 @@ Checks, each reported as a readable problem line:
 - each customer's held amount equals the sum of its open holds, and 0 <= held <= balance;
 - every hold ended exactly once: settled holds (and expired ones, settled at their last
   checkpoint) have one usage entry no larger than the hold (none when they charged nothing);
-  released holds have none; no hold stays open long past its expiry once its node is gone.
+  released holds have none; no hold stays open long past its expiry once its node is gone;
+- what people see agrees with what was charged, to the nano-dollar: each account's daily
+  usage adds up to its usage entries, and every request log row of a settled hold shows the
+  cost the hold was charged (rows may be missing — the log drops rather than slows a request
+  — but never disagree).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core_service.clock import Clock
-from core_service.db.models import Balance, CoreNode, CreditHold, LedgerEntry
+from core_service.db.models import Balance, CoreNode, CreditHold, LedgerEntry, UsageDaily
+from core_service.logs.query import REQUEST_LOGS
 
 
 @dataclass
@@ -138,6 +143,46 @@ async def verify_ledger(
                 .outerjoin(CoreNode, CoreNode.node_id == CreditHold.node_id)
             )
         ).all()
+        usage_totals = {
+            row.account_id: int(row.cost)
+            for row in await conn.execute(
+                select(
+                    UsageDaily.account_id, func.sum(UsageDaily.cost_nanos).label("cost")
+                ).group_by(UsageDaily.account_id)
+            )
+        }
+        charged_totals = {
+            row.debit_account: int(row.total)
+            for row in await conn.execute(
+                select(LedgerEntry.debit_account, func.sum(LedgerEntry.amount_nanos).label("total"))
+                .where(LedgerEntry.kind == "usage")
+                .group_by(LedgerEntry.debit_account)
+            )
+        }
+        logged = (
+            await conn.execute(
+                select(
+                    REQUEST_LOGS.c.request_id, REQUEST_LOGS.c.cost_nanos, CreditHold.charged_nanos
+                )
+                .join(CreditHold, CreditHold.request_id == REQUEST_LOGS.c.request_id)
+                .where(
+                    CreditHold.status == "settled",
+                    REQUEST_LOGS.c.cost_nanos != CreditHold.charged_nanos,
+                )
+                .limit(100)
+            )
+        ).all()
+    for account in sorted(set(usage_totals) | set(charged_totals)):
+        shown, charged = usage_totals.get(account, 0), charged_totals.get(account, 0)
+        if shown != charged:
+            report.problems.append(
+                f"{account}: daily usage shows {shown} but usage entries charged {charged}"
+            )
+    for row in logged:
+        report.problems.append(
+            f"request {row.request_id}: the request log shows a cost of {row.cost_nanos} but "
+            f"its hold was charged {row.charged_nanos}"
+        )
     report.holds = len(holds)
     stale = clock.now() - timedelta(seconds=expiry_slack_seconds)
     for hold in holds:

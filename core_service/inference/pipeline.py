@@ -186,9 +186,17 @@ class InferencePipeline:
         self._gate.leave(admitted.model, ticket, used)
 
     @staticmethod
-    def _upstream_body(request: InferenceRequest, deployment: Deployment) -> bytes:
+    def _upstream_body(request: InferenceRequest, deployment: Deployment, model: Model) -> bytes:
+        """The client's body as the deployment reads it: its model name, the output limit in
+        the parameter it reads — always one: the client's, or the model's cap, which is what
+        the hold covers (an upstream's own default might be more) — and, for a stream, usage
+        asked for whatever the client asked."""
         body: dict[str, Any] = dict(request.body)
         body["model"] = deployment.model
+        if request.endpoint != "embeddings":
+            per_choice = body.pop("max_completion_tokens", None) or body.pop("max_tokens", None)
+            body.pop("max_tokens", None)
+            body[deployment.output_limit_param] = per_choice or model.max_output_tokens
         if request.stream:
             body["stream"] = True
             # Usage is what the request is billed by: ask for it whatever the client asked.
@@ -248,7 +256,7 @@ class InferencePipeline:
             raise
         parsed["model"] = model.name
         usage = usage_from_upstream(parsed.get("usage")) or _estimate(request, parsed)
-        charge = charge_for(model, usage)
+        charge = admitted.reservation.capped(charge_for(model, usage))
         observation.charge = charge
         self._finish(admitted, ticket, charge)
         return UnaryResult(orjson.dumps(parsed), charge, admitted.admission.snapshot)
@@ -295,7 +303,7 @@ class InferencePipeline:
 
         async def post(deployment: Deployment) -> bytes:
             return await self._upstream.post(
-                deployment, path, self._upstream_body(request, deployment)
+                deployment, path, self._upstream_body(request, deployment, admitted.model)
             )
 
         return await self._failover(admitted, post)
@@ -331,6 +339,7 @@ class InferencePipeline:
             public_model=model.name,
             include_usage=admitted.request.include_usage,
             prompt_estimate=admitted.request.prompt_tokens_estimate,
+            output_limit=output_tokens_to_hold(admitted.request, model),
         )
         try:
             opened, ticket = await self._open_with_failover(admitted, relay)
@@ -346,6 +355,8 @@ class InferencePipeline:
                 yield StreamChunks(opened.first, limits)
                 limits = None
             async for batch in opened.events:
+                if relay.cut:
+                    break  # the upstream wrote past what was held: the client gets no more
                 chunks = relay.rewrite_all(batch)
                 if chunks:
                     yield StreamChunks(chunks)
@@ -356,16 +367,22 @@ class InferencePipeline:
                         admitted.reservation.checkpoint(
                             charge_for(model, relay.usage(complete=False))
                         )
-            complete = True
+                if relay.cut:
+                    break
+            complete = not relay.cut
         except UpstreamFailure as exc:
             raise exc.error from None
         finally:
             await opened.stream.aclose()
             # Also reached when the client goes away: usage then is what was relayed.
-            charge = charge_for(model, relay.usage(complete=complete))
+            charge = admitted.reservation.capped(charge_for(model, relay.usage(complete=complete)))
             observation.charge = charge
             observation.response_body = relay.delivered_text()
             self._finish(admitted, ticket, charge)
+        closing = relay.closing_chunks(charge.usage, cut=relay.cut)
+        if closing:
+            yield StreamChunks(closing, limits)
+            limits = None
         yield StreamEnd(charge, limits)
 
     async def _open_with_failover(
@@ -376,7 +393,7 @@ class InferencePipeline:
 
         async def open_until_first_chunk(deployment: Deployment) -> _Opened:
             stream = await self._upstream.open_stream(
-                deployment, path, self._upstream_body(request, deployment)
+                deployment, path, self._upstream_body(request, deployment, admitted.model)
             )
             events = stream.events().__aiter__()
             # Nothing has reached the client until the first chunk: until then, whatever

@@ -1,5 +1,15 @@
 """Relaying an upstream's OpenAI stream: rewriting each chunk for the client and keeping count
-of what was delivered, so that usage is known however the stream ends."""
+of what was delivered, so that usage is known however the stream ends.
+
+A stream is cut at what was held for it (`output_limit`, the output tokens the hold covers):
+an upstream that writes past the limit it was sent never gets the excess to the client, who
+is never sent tokens it was not charged for; the stream then ends as OpenAI ends one that
+reached its limit (finish_reason "length").
+
+Kyma always asks the upstream for usage. The client sees the upstream's usage chunk only if
+it asked for one (`stream_options.include_usage`); if it asked and the upstream sent none, it
+gets one all the same, from Kyma's count of what was delivered, marked `"estimated": true`.
+"""
 
 from __future__ import annotations
 
@@ -17,15 +27,37 @@ class StreamRelay:
     """One stream's state. `rewrite` turns an upstream event into the chunk the client gets
     (or None to drop it); `usage` is the upstream's report, or Kyma's count of what was relayed."""
 
-    def __init__(self, *, public_model: str, include_usage: bool, prompt_estimate: int) -> None:
+    def __init__(
+        self,
+        *,
+        public_model: str,
+        include_usage: bool,
+        prompt_estimate: int,
+        output_limit: int | None = None,
+    ) -> None:
         self._public_model = public_model
+        self._output_limit = output_limit
+        # Set once a chunk would have taken the stream past its limit: nothing more goes out.
+        self.cut = False
         self._include_usage = include_usage
         self._prompt_estimate = prompt_estimate
         self._reported: TokenUsage | None = None
         self._delivered_text: list[str] = []
+        # Tokens delivered so far, counted chunk by chunk (a little over the whole text's
+        # count, which is what a cut-short stream is billed by: never under it).
+        self.delivered_tokens = 0
         self.chunks_delivered = 0
+        self._envelope: dict[str, Any] = {}
+        self._usage_sent = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompt's tokens: the upstream's count once it reported one, else Kyma's."""
+        return self._reported.prompt_tokens if self._reported else self._prompt_estimate
 
     def rewrite(self, data: bytes) -> bytes | None:
+        if self.cut:
+            return None
         try:
             chunk: Any = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -41,13 +73,23 @@ class StreamRelay:
             self._reported = usage_from_upstream(usage) or self._reported
         choices = chunk.get("choices")
         if isinstance(choices, list):
-            for choice in choices:
-                self._collect(choice)
+            texts = [_text_of(choice) for choice in choices]
+            added = sum(tokens.count_tokens(text) for text in texts)
+            limit = self._output_limit
+            if limit is not None and added and self.delivered_tokens + added > limit:
+                self.cut = True
+                return None
+            self.delivered_tokens += added
+            self._delivered_text.extend(text for text in texts if text)
+        if not self._envelope:
+            self._envelope = {k: chunk[k] for k in ("id", "object", "created") if k in chunk}
         if not self._include_usage:
             # Kyma asked the upstream for usage itself; the client did not, so it sees none.
             if usage is not None and not choices:
                 return None
             chunk.pop("usage", None)
+        elif usage is not None:
+            self._usage_sent = True
         if "model" in chunk:
             chunk["model"] = self._public_model
         self.chunks_delivered += 1
@@ -62,14 +104,6 @@ class StreamRelay:
                 out.append(chunk)
         return out
 
-    def _collect(self, choice: Any) -> None:
-        if not isinstance(choice, dict):
-            return
-        delta = choice.get("delta")
-        text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-        if isinstance(text, str) and text:
-            self._delivered_text.append(text)
-
     def delivered_text(self) -> str:
         return "".join(self._delivered_text)
 
@@ -82,3 +116,34 @@ class StreamRelay:
         if self._reported is not None:
             return TokenUsage(self._reported.prompt_tokens, max(counted, 0), estimated=True)
         return TokenUsage(self._prompt_estimate, counted, estimated=True)
+
+    def closing_chunks(self, usage: TokenUsage, *, cut: bool) -> list[bytes]:
+        """What the client is still owed at the end: the stop of a stream cut at its held
+        limit (finish_reason "length"), and the usage chunk it asked for if none came."""
+        chunks = []
+        base = {"object": "chat.completion.chunk", **self._envelope, "model": self._public_model}
+        if cut:
+            if base.get("object") == "text_completion":
+                choice = {"index": 0, "text": "", "finish_reason": "length"}
+            else:
+                choice = {"index": 0, "delta": {}, "finish_reason": "length"}
+            chunks.append(orjson.dumps({**base, "choices": [choice]}))
+        if self._include_usage and (cut or not self._usage_sent):
+            report = {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            }
+            if usage.estimated:
+                report["estimated"] = True
+            chunks.append(orjson.dumps({**base, "choices": [], "usage": report}))
+            self._usage_sent = True
+        return chunks
+
+
+def _text_of(choice: Any) -> str:
+    if not isinstance(choice, dict):
+        return ""
+    delta = choice.get("delta")
+    text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+    return text if isinstance(text, str) else ""

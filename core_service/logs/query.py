@@ -15,7 +15,7 @@ MAX_LIMIT = 1000
 
 # Core only (no ORM model): a read path over a table written by the log writer, which goes
 # around SQLAlchemy. Mirrors migration 0006.
-_request_logs = sa.Table(
+REQUEST_LOGS = sa.Table(
     "request_logs",
     sa.MetaData(),
     sa.Column("id", sa.Text()),
@@ -64,7 +64,7 @@ class RequestLogQuery:
         _aware("until", until)
         if since is not None and until is not None and since > until:
             raise InvalidRequest("'since' must not be after 'until'.", param="since")
-        table = _request_logs
+        table = REQUEST_LOGS
         statement = (
             sa.select(table).order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit)
         )

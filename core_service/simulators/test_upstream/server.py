@@ -92,6 +92,10 @@ class UpstreamConfig:
     # Bodies containing this text get a 500 (as many real upstreams answer input they choke
     # on): the fault one tenant's requests can cause, whatever the others send.
     fail_on_text: str | None = None
+    # Misbehaviours of real servers: writing this many tokens past the limit it was sent, and
+    # sending no usage at all (no `usage` in replies, no usage chunk in streams).
+    overrun_tokens: int = 0
+    omit_usage: bool = False
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -114,6 +118,9 @@ class UpstreamConfig:
             not isinstance(self.fail_on_text, str) or not self.fail_on_text
         ):
             raise ValueError("fail_on_text must be a non-empty string or null")
+        _integer("overrun_tokens", self.overrun_tokens, low=0, high=100_000)
+        if not isinstance(self.omit_usage, bool):
+            raise ValueError("omit_usage must be a boolean")
         if self.seed is not None:
             _integer("seed", self.seed, low=-(2**63), high=2**63 - 1)
 
@@ -385,9 +392,14 @@ class UpstreamApp:
             )
             return status
 
-        reply = answer(self.model, scope["method"], scope["path"], body, api_root=API_ROOT)
+        reply = answer(
+            self.model, scope["method"], scope["path"], _misbehaved(body, config), api_root=API_ROOT
+        )
         if isinstance(reply, JsonReply):
-            await _send_json(send, reply.status, reply.body)
+            payload = reply.body
+            if config.omit_usage and isinstance(payload, dict):
+                payload = {k: v for k, v in payload.items() if k != "usage"}
+            await _send_json(send, reply.status, payload)
             return reply.status
         if await _client_left(self._stream(send, reply, config), receive):
             stats.cancelled += 1
@@ -403,6 +415,8 @@ class UpstreamApp:
         next_token_at = loop.time()
         sent_tokens = 0
         for chunk in reply.chunks:
+            if config.omit_usage and chunk.get("usage") is not None and not chunk.get("choices"):
+                continue
             if is_token_chunk(chunk):
                 if config.drop_stream_after is not None and sent_tokens >= config.drop_stream_after:
                     self.stats.dropped_streams += 1
@@ -419,6 +433,22 @@ class UpstreamApp:
             self.stats.dropped_streams += 1
             raise StreamDropped
         await send({"type": "http.response.body", "body": SSE_DONE, "more_body": False})
+
+
+def _misbehaved(body: bytes, config: UpstreamConfig) -> bytes:
+    """The request as a misbehaving server reads it: its output limit ignored by so much."""
+    if not config.overrun_tokens:
+        return body
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    if not isinstance(request, dict):
+        return body
+    for name in ("max_tokens", "max_completion_tokens"):
+        if isinstance(request.get(name), int):
+            request[name] += config.overrun_tokens
+    return orjson.dumps(request)
 
 
 def _authorized(scope: Scope, api_key: str) -> bool:
