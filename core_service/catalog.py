@@ -109,6 +109,9 @@ class Model(_Strict):
     created: int = 1_767_225_600  # 2026-01-01, for models that do not say
     context_window: int = Field(default=8192, gt=0)
     max_output_tokens: int = Field(default=4096, gt=0)
+    # What the upstream's chat template adds to every prompt beyond its messages (a system
+    # preamble, role markers): held for, so the prompt's real count is covered.
+    prompt_overhead_tokens: int = Field(default=64, ge=0)
     price: Price = Price()
     endpoints: tuple[Endpoint, ...] = ALL_ENDPOINTS
     # How deployments are ordered for a request (see routing/router.py).

@@ -3,7 +3,8 @@ has delivered as it goes (checkpoints), and settle at the actual cost afterwards
 the database's writer, so settlement never delays the response and is retried until it lands.
 
 The worst case is the prompt estimate with a margin (Kyma's token count is an approximation of
-the upstream's tokenizer: it holds estimate × 1.25 + 16 tokens) at the input price, plus the
+the upstream's tokenizer, and chat templates add their own preamble: it holds estimate × 1.25
+plus the model's `prompt_overhead_tokens`, 64 unless the catalogue says) at the input price, plus the
 output the request allows (`max_tokens` × `n`, or the model's output cap) at the output price.
 """
 
@@ -19,8 +20,10 @@ from core_service.errors import InsufficientCredits
 from core_service.values import InferenceRequest, Principal, TokenUsage
 
 
-def prompt_tokens_to_hold(estimate: int) -> int:
-    return estimate + estimate // 4 + 16
+def prompt_tokens_to_hold(estimate: int, model: Model) -> int:
+    """Kyma's count with a margin (upstream tokenizers differ: +25%) and what the model's chat
+    template adds to every prompt (its system preamble and role markers)."""
+    return estimate + estimate // 4 + model.prompt_overhead_tokens
 
 
 def output_tokens_to_hold(request: InferenceRequest, model: Model) -> int:
@@ -115,7 +118,7 @@ class Metering:
     async def reserve(
         self, principal: Principal, request: InferenceRequest, model: Model, request_id: str
     ) -> Reservation:
-        prompt_tokens = prompt_tokens_to_hold(request.prompt_tokens_estimate)
+        prompt_tokens = prompt_tokens_to_hold(request.prompt_tokens_estimate, model)
         output_tokens = output_tokens_to_hold(request, model)
         prompt_cost = cost_nanos(model.price, prompt_tokens, 0)
         amount = prompt_cost + cost_nanos(model.price, 0, output_tokens)

@@ -12,7 +12,7 @@ import httpx
 from kyma.admin.v1 import admin_service_pb2
 from tests.integration.test_credits import IN, OUT, hi, set_balance
 
-HOLD = (8 + 2 + 16) * IN + 100 * OUT  # prompt estimate with margin + max_tokens
+HOLD = (8 + 2 + 64) * IN + 100 * OUT  # prompt estimate with margin + max_tokens
 
 
 async def _burst(kyma, keys: list[str]) -> list[httpx.Response]:  # type: ignore[no-untyped-def]

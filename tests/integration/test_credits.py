@@ -127,7 +127,7 @@ async def test_insufficient_credits_is_402_and_costs_nothing(kyma, account) -> N
 async def test_concurrent_requests_never_overdraw(kyma, account) -> None:
     """200 requests at once on a balance that covers 10 holds: at most 10 get through, the
     balance never goes negative, and what was charged is what was used."""
-    hold = (8 + 2 + 16) * IN + 1000 * OUT  # prompt estimate with margin + max_tokens
+    hold = (8 + 2 + 64) * IN + 1000 * OUT  # prompt estimate with margin + max_tokens
     await set_balance(kyma, account[0], 10 * hold)
     # Tier 4 admits 200 requests a minute for one model: this test is about credit, not limits.
     await kyma.admin("PinTier", admin_service_pb2.PinTierRequest(account_id=account[0], tier=4))
