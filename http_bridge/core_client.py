@@ -24,10 +24,13 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 class CoreStubs:
-    """Stubs on one channel to the core."""
+    """Stubs on one channel to the core, and the bridge credential: sent beside the end user's
+    address and fingerprint, it is what makes the core believe them (without it the core takes
+    the bridge's own address for the client's)."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, bridge_token: str | None = None) -> None:
         self.channel = channel
+        self.bridge_token = bridge_token
         self.inference = inference_service_pb2_grpc.InferenceServiceStub(channel)
         self.routing = routing_service_pb2_grpc.RoutingServiceStub(channel)
         self.accounting = accounting_service_pb2_grpc.AccountingServiceStub(channel)
