@@ -36,7 +36,7 @@ def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -
         own = channel is None
         core = CoreStubs(
             channel or grpc.aio.insecure_channel(settings.core_target, options=GRPC_OPTIONS),
-            bridge_token=settings.bridge_credential(),
+            bridge_token=CoreStubs.credential(settings),
         )
         app.state.core = core
         try:

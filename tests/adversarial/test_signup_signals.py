@@ -29,6 +29,7 @@ from sqlalchemy import select
 from core_service.db.models import Account, SignupCode
 from core_service.edge.signup import client_signals, peer_ip
 from core_service.settings import Settings
+from http_bridge.core_client import CoreStubs
 from kyma.accounting.v1 import signup_service_pb2 as signup_pb
 from kyma.accounting.v1 import signup_service_pb2_grpc as signup_grpc
 from kyma.contract.v1.constants import MetadataKey
@@ -184,6 +185,17 @@ def test_the_bridge_token_is_made_once_whoever_comes_first(tmp_path) -> None:
     assert given.bridge_credential() == "kybrg_given"  # a configured token wins
     with pytest.raises(ValueError):
         Settings(data_dir=tmp_path, bridge_token=" ").bridge_credential()
+
+
+def test_a_bridge_that_cannot_have_the_token_still_starts(tmp_path, caplog) -> None:
+    """A data dir the bridge cannot write (here: a file in its place) is logged, and the bridge
+    runs on, sending no credential: the core then counts its sign-ups by the bridge's address."""
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    with caplog.at_level(logging.ERROR, logger="http_bridge.core_client"):
+        assert CoreStubs.credential(Settings(data_dir=blocked)) is None
+    assert any("KYMA_BRIDGE_TOKEN" in r.getMessage() for r in caplog.records)
+    assert CoreStubs.credential(Settings(data_dir=blocked, bridge_token="kybrg_x")) == "kybrg_x"
 
 
 def _context(peer: str, metadata: tuple[tuple[str, str], ...]) -> SimpleNamespace:
