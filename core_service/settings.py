@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import secrets
 from decimal import Decimal
 from typing import Any
 
@@ -52,7 +53,8 @@ class Settings(BaseSettings):
 
     data_dir: pathlib.Path = Field(
         default=pathlib.Path(".kyma"),
-        description="Where the embedded SQLite database and the generated admin token live.",
+        description="Where the embedded SQLite database and the generated admin and bridge "
+        "tokens live.",
     )
     database_url: str | None = Field(
         default=None,
@@ -83,6 +85,12 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None,
         description="Token for the admin gRPC API. Unset: generated once into data_dir/admin_token.",
+    )
+    bridge_token: SecretStr | None = Field(
+        default=None,
+        description="Credential the bridge presents so that the core believes the client "
+        "address and fingerprint it forwards. Unset: generated once into data_dir/bridge_token "
+        "(shared by the core and bridge of `kyma serve`; a bridge elsewhere must be given it).",
     )
     catalog: pathlib.Path | None = Field(
         default=None, description="Model catalogue (YAML). Unset: the built-in demo model only."
@@ -299,3 +307,44 @@ class Settings(BaseSettings):
     @property
     def admin_token_file(self) -> pathlib.Path:
         return self.data_dir / "admin_token"
+
+    @property
+    def bridge_token_file(self) -> pathlib.Path:
+        return self.data_dir / "bridge_token"
+
+    def bridge_credential(self) -> str:
+        """KYMA_BRIDGE_TOKEN, or else the token in data_dir/bridge_token. The core and the bridge
+        of `kyma serve` start together and share the data directory: whichever comes first
+        creates the file (readable by its owner only, linked into place whole, so the other
+        reads either nothing or the whole token and both end up with the same one). Called once
+        at start-up by each; an empty token is refused (ValueError), as it would match nothing
+        a bridge can send."""
+        if self.bridge_token is not None:
+            token = self.bridge_token.get_secret_value().strip()
+        else:
+            token = _shared_token(self.bridge_token_file, prefix="kybrg_")
+        if not token:
+            raise ValueError(
+                "the bridge token (KYMA_BRIDGE_TOKEN or data_dir/bridge_token) is empty"
+            )
+        return token
+
+
+def _shared_token(path: pathlib.Path, *, prefix: str) -> str:
+    """The token in `path`, created if absent. The new token is written to a private draft and
+    hard-linked to `path`, which fails if another process linked its own first: then theirs is
+    the token."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = f"{prefix}{secrets.token_urlsafe(32)}"
+    draft = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    with os.fdopen(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(token + "\n")
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        token = path.read_text().strip()
+    finally:
+        draft.unlink()
+    return token

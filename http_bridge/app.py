@@ -35,7 +35,8 @@ def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = channel is None
         core = CoreStubs(
-            channel or grpc.aio.insecure_channel(settings.core_target, options=GRPC_OPTIONS)
+            channel or grpc.aio.insecure_channel(settings.core_target, options=GRPC_OPTIONS),
+            bridge_token=CoreStubs.credential(settings),
         )
         app.state.core = core
         try:

@@ -62,7 +62,12 @@ async def _fields(request: Request, *names: str) -> dict[str, str] | Response:
 
 
 def _signals(request: Request) -> tuple[tuple[str, str], ...]:
+    """The end user's address (through trusted proxies, see KYMA_FORWARDED_ALLOW_IPS) and
+    fingerprint, with the bridge credential that makes the core believe them."""
     extra = []
+    token = stubs(request).bridge_token
+    if token:
+        extra.append((MetadataKey.BRIDGE_TOKEN.value, token))
     if request.client is not None:
         extra.append((MetadataKey.CLIENT_IP.value, request.client.host))
     fingerprint = request.headers.get(FINGERPRINT_HEADER)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 
 import grpc
 from fastapi import Request
 from grpc_health.v1 import health_pb2
 
+from core_service.settings import Settings
 from kyma.accounting.v1 import accounting_service_pb2_grpc, signup_service_pb2_grpc
 from kyma.billing.v1 import billing_service_pb2_grpc
 from kyma.contract.v1.constants import MAX_MESSAGE_BYTES, REQUEST_ID_PREFIX, MetadataKey
 from kyma.inference.v1 import inference_service_pb2_grpc
 from kyma.routing.v1 import routing_service_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -24,10 +28,29 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 class CoreStubs:
-    """Stubs on one channel to the core."""
+    """Stubs on one channel to the core, and the bridge credential: sent beside the end user's
+    address and fingerprint, it is what makes the core believe them (without it the core takes
+    the bridge's own address for the client's)."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    @staticmethod
+    def credential(settings: Settings) -> str | None:
+        """The bridge credential (see `Settings.bridge_credential`), read once at start-up. One
+        that cannot be read or made does not stop the bridge, which serves everything else as
+        before: it is logged, and sign-ups through this bridge then count as coming from the
+        bridge's own address."""
+        try:
+            return settings.bridge_credential()
+        except (OSError, ValueError) as error:
+            log.error(
+                "no bridge credential (%s): the core will not believe the client addresses "
+                "this bridge forwards; set KYMA_BRIDGE_TOKEN to the core's",
+                error,
+            )
+            return None
+
+    def __init__(self, channel: grpc.aio.Channel, *, bridge_token: str | None = None) -> None:
         self.channel = channel
+        self.bridge_token = bridge_token
         self.inference = inference_service_pb2_grpc.InferenceServiceStub(channel)
         self.routing = routing_service_pb2_grpc.RoutingServiceStub(channel)
         self.accounting = accounting_service_pb2_grpc.AccountingServiceStub(channel)

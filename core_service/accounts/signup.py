@@ -1,16 +1,25 @@
 """Sign-up by email: a one-time code to the address, then the account and its first key.
 
 Codes are six digits, kept only as a hash, valid for `code_ttl` and for one use; a code dies
-after `max_attempts` wrong guesses. Guessing is also limited per client address, and so are
-code requests (per address and per email), through the rate-limit store every node shares, so
-a code space of a million is never searchable. One account per person: addresses are compared
-in canonical form both when a code is requested and when the account is made.
+after `max_attempts` wrong guesses, exactly, however many arrive at once and on however many
+nodes: a guess is counted by one conditional UPDATE (`attempts < max`) before it is judged, and
+one that finds no attempt left is refused unjudged. Guessing is also limited per client address,
+and so are code requests (per address and per email), through the rate-limit store every node
+shares (atomic admissions), so a code space of a million is never searchable. An IPv6 client
+counts by its /64, the block one subscriber is given.
+
+One account per person: addresses are compared in canonical form (`accounts/emails.py`) both
+when a code is requested and when the account is made. Addresses at disposable-mail providers
+are refused (400, `email`) when a code is requested. Every refusal is a `KymaError`: 400 for a
+bad address or a wrong/expired/dead code (one message for all three, so a guesser learns nothing),
+409 for a person who already has an account, 429 past a limit, 503 when the mail cannot be sent.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,7 +28,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core_service.accounts.emails import Email, parse_email
+from core_service.accounts.emails import Email, is_disposable, parse_email
 from core_service.accounts.store import AccountStore, NewAccount
 from core_service.clock import Clock
 from core_service.db.models import Account, SignupCode
@@ -49,6 +58,22 @@ class SignupPolicy:
 
 def _code_hash(canonical: str, code: str) -> bytes:
     return hashlib.sha256(f"{canonical}\n{code}".encode()).digest()
+
+
+def address_key(ip: str | None) -> str:
+    """What the per-address limits count by: the IPv4 address, or the /64 an IPv6 address is in
+    (one subscriber's link gets a whole /64 to rotate through). Not an address: as given."""
+    if not ip:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def clean_signal(value: str | None, limit: int) -> str | None:
@@ -97,13 +122,19 @@ class SignupFlow:
     ) -> int:
         """Mail a code; returns how many seconds it stays valid."""
         email = parse_email(raw_email)
+        if is_disposable(email):
+            raise InvalidRequest(
+                "Addresses at disposable-mail providers cannot be used for a Kyma account. "
+                "Sign up with an address you keep.",
+                param="email",
+            )
         referral = referral_code.strip()
         if len(referral) > MAX_REFERRAL_CODE or not referral.isprintable():
             raise InvalidRequest("That referral code is not valid.", param="referral_code")
         await self._referrals.check_code(referral)
         await self._limit(
             Limit(
-                rate_key("signup", "ip", ip or "unknown"),
+                rate_key("signup", "ip", address_key(ip)),
                 self._policy.requests_per_ip_per_minute,
                 1,
             ),
@@ -164,7 +195,7 @@ class SignupFlow:
         email = parse_email(raw_email)
         await self._limit(
             Limit(
-                rate_key("verify", "ip", ip or "unknown"),
+                rate_key("verify", "ip", address_key(ip)),
                 self._policy.verifications_per_ip_per_minute,
                 1,
             ),
@@ -175,26 +206,33 @@ class SignupFlow:
             raise InvalidRequest(WRONG_CODE, param="code")
         key = _code_hash(email.canonical, code)
         async with self._engine.begin() as conn:
+            # Count the guess before judging it, in one statement that admits it only while
+            # attempts are left: PostgreSQL re-checks the condition on the row a concurrent
+            # guess just updated, SQLite has one writer at a time, so `max_attempts` concurrent
+            # guesses are all that are ever judged. A right guess's count does not matter: it
+            # deletes the code.
             row = (
                 await conn.execute(
-                    select(SignupCode).where(SignupCode.email_canonical == email.canonical)
+                    update(SignupCode)
+                    .where(
+                        SignupCode.email_canonical == email.canonical,
+                        SignupCode.failed_attempts < self._policy.max_attempts,
+                        SignupCode.expires_at > self._clock.now(),
+                    )
+                    .values(failed_attempts=SignupCode.failed_attempts + 1)
+                    .returning(
+                        SignupCode.code_hash,
+                        SignupCode.email,
+                        SignupCode.signup_ip,
+                        SignupCode.signup_fingerprint,
+                        SignupCode.referral_code,
+                    )
                 )
             ).one_or_none()
-            live = (
-                row is not None
-                and row.expires_at > self._clock.now()
-                and row.failed_attempts < self._policy.max_attempts
-            )
-            if row is None or not live:
+            if row is None:  # no code, expired, or out of attempts
                 raise InvalidRequest(WRONG_CODE, param="code")
-            if not hmac.compare_digest(row.code_hash, key):
-                await conn.execute(
-                    update(SignupCode)
-                    .where(SignupCode.email_canonical == email.canonical)
-                    .values(failed_attempts=SignupCode.failed_attempts + 1)
-                )
-                right = False
-            else:
+            right = hmac.compare_digest(row.code_hash, key)
+            if right:
                 # Single use: only one verification can delete the row it matched.
                 used = await conn.execute(
                     delete(SignupCode).where(
@@ -202,6 +240,7 @@ class SignupFlow:
                     )
                 )
                 right = used.rowcount == 1
+            # A wrong guess leaves the block normally, so its count is committed.
         if not right:
             raise InvalidRequest(WRONG_CODE, param="code")
         try:

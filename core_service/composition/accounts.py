@@ -1,5 +1,7 @@
 """Accounts: the account store, key authentication, sign-up by mail, referrals and
-enforcement."""
+enforcement, and the bridge credential that decides whose word on a sign-up's client address
+the core takes (KYMA_BRIDGE_TOKEN, or data_dir/bridge_token made on first start; a token that
+cannot be read or made stops the start-up)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core_service.account_events import AccountEvents
@@ -35,6 +38,7 @@ class Accounts:
     referrals: ReferralProgram
     enforcement: Enforcement
     directory: AccountDirectory
+    bridge_token: SecretStr  # what the operator's bridge presents (see edge/signup.py)
 
 
 def open_accounts(
@@ -93,4 +97,5 @@ def open_accounts(
         referrals=referrals,
         enforcement=Enforcement(engine, clock, events=events),
         directory=AccountDirectory(engine),
+        bridge_token=SecretStr(settings.bridge_credential()),
     )

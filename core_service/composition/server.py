@@ -134,7 +134,7 @@ def build_server(
         RateLimitServicer(authenticator, limits.limiter), server
     )
     signup_service_pb2_grpc.add_SignupServiceServicer_to_server(
-        SignupServicer(accounts.signup), server
+        SignupServicer(accounts.signup, bridge_token=accounts.bridge_token), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

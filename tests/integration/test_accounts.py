@@ -92,6 +92,8 @@ async def test_a_code_dies_after_five_wrong_guesses(kyma) -> None:
         ("ab@gmail.com", "A.b+x@googlemail.com"),
         ("ab@example.com", "Ab@Example.com"),
         ("c.d+work@outlook.com", "C.D@outlook.com"),
+        ("ab@proton.me", "A_b+x@pm.me"),
+        ("ab@fastmail.com", "Ab+shop@fastmail.com"),
     ],
 )
 async def test_one_account_per_person(kyma, first: str, second: str) -> None:
@@ -112,6 +114,7 @@ async def test_one_account_per_person(kyma, first: str, second: str) -> None:
         "admin@exam\u0440le.com\u202e",
         "",
         "a@@example.com",
+        "throwaway@mailinator.com",
     ],
 )
 async def test_bad_addresses_are_refused_and_nothing_is_created(kyma, address: str) -> None:

@@ -20,6 +20,7 @@ class MetadataKey(StrEnum):
     REQUEST_ID = "x-request-id"
     CLIENT_IP = "x-client-ip"
     CLIENT_FINGERPRINT = "x-client-fingerprint"
+    BRIDGE_TOKEN = "x-kyma-bridge-token"
 
 
 class ErrorReason(StrEnum):

@@ -117,9 +117,17 @@ class _MetadataKeyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MetadataK
     METADATA_KEY_REQUEST_ID: _MetadataKey.ValueType  # 2
     """The request's id: kept when it matches request_id_pattern, else the core makes one."""
     METADATA_KEY_CLIENT_IP: _MetadataKey.ValueType  # 3
-    """The end user's address, as the bridge saw it (a sign-up signal and limit key)."""
+    """The end user's address, as the bridge saw it (a sign-up signal and limit key). Believed
+    only beside a valid bridge_token; otherwise the core uses the caller's own address.
+    """
     METADATA_KEY_CLIENT_FINGERPRINT: _MetadataKey.ValueType  # 4
-    """The end user's device fingerprint, as the client sent it to the bridge."""
+    """The end user's device fingerprint, as the client sent it to the bridge. Ignored without a
+    valid bridge_token.
+    """
+    METADATA_KEY_BRIDGE_TOKEN: _MetadataKey.ValueType  # 5
+    """The credential the operator's own bridge presents (KYMA_BRIDGE_TOKEN, or data_dir/
+    bridge_token) so that the core believes the client address and fingerprint it forwards.
+    """
 
 class MetadataKey(_MetadataKey, metaclass=_MetadataKeyEnumTypeWrapper):
     """The metadata keys of calls on the core. Each value's wire name is its `key` option."""
@@ -130,9 +138,17 @@ METADATA_KEY_AUTHORIZATION: MetadataKey.ValueType  # 1
 METADATA_KEY_REQUEST_ID: MetadataKey.ValueType  # 2
 """The request's id: kept when it matches request_id_pattern, else the core makes one."""
 METADATA_KEY_CLIENT_IP: MetadataKey.ValueType  # 3
-"""The end user's address, as the bridge saw it (a sign-up signal and limit key)."""
+"""The end user's address, as the bridge saw it (a sign-up signal and limit key). Believed
+only beside a valid bridge_token; otherwise the core uses the caller's own address.
+"""
 METADATA_KEY_CLIENT_FINGERPRINT: MetadataKey.ValueType  # 4
-"""The end user's device fingerprint, as the client sent it to the bridge."""
+"""The end user's device fingerprint, as the client sent it to the bridge. Ignored without a
+valid bridge_token.
+"""
+METADATA_KEY_BRIDGE_TOKEN: MetadataKey.ValueType  # 5
+"""The credential the operator's own bridge presents (KYMA_BRIDGE_TOKEN, or data_dir/
+bridge_token) so that the core believes the client address and fingerprint it forwards.
+"""
 Global___MetadataKey: _TypeAlias = MetadataKey  # noqa: Y015
 
 KEY_FIELD_NUMBER: _builtins.int
