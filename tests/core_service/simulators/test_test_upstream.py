@@ -446,6 +446,9 @@ def test_flags_set_the_initial_faults(upstream_factory: Callable[..., RunningUps
         "hang_rate": 0.05,
         "drop_stream_after": 7,
         "require_api_key": "k",
+        "fail_on_text": None,
+        "overrun_tokens": 0,
+        "omit_usage": False,
         "seed": 3,
     }
     assert running.stop() == 0
