@@ -41,14 +41,24 @@ class _Strict(BaseModel):
 
 
 class Price(_Strict):
-    """USD per million tokens. Exact decimals; zero for free models."""
+    """USD per million tokens. Exact decimals; zero for free models. Cache prices unset mean
+    the input price (a cached token is never free unless the catalogue says 0)."""
 
     input_per_million: Decimal = Decimal(0)
     output_per_million: Decimal = Decimal(0)
+    cached_input_per_million: Decimal | None = None
+    cache_write_per_million: Decimal | None = None
 
-    @field_validator("input_per_million", "output_per_million")
+    @field_validator(
+        "input_per_million",
+        "output_per_million",
+        "cached_input_per_million",
+        "cache_write_per_million",
+    )
     @classmethod
-    def _valid(cls, value: Decimal) -> Decimal:
+    def _valid(cls, value: Decimal | None) -> Decimal | None:
+        if value is None:
+            return None
         if not value.is_finite() or value < 0:
             raise ValueError("must be a non-negative number")
         if (value * 10**9) != (value * 10**9).to_integral_value():
@@ -62,6 +72,37 @@ class Price(_Strict):
     @property
     def output_nanos_per_million(self) -> int:
         return int(self.output_per_million * 10**9)
+
+    @property
+    def cached_input_nanos_per_million(self) -> int:
+        chosen = self.cached_input_per_million
+        return self.input_nanos_per_million if chosen is None else int(chosen * 10**9)
+
+    @property
+    def cache_write_nanos_per_million(self) -> int:
+        chosen = self.cache_write_per_million
+        return self.input_nanos_per_million if chosen is None else int(chosen * 10**9)
+
+    @property
+    def highest_input_nanos_per_million(self) -> int:
+        """What a prompt token may cost at most (a cache write may cost more than input)."""
+        return max(
+            self.input_nanos_per_million,
+            self.cached_input_nanos_per_million,
+            self.cache_write_nanos_per_million,
+        )
+
+    def with_cache_prices(self, cached: Decimal | None, write: Decimal | None) -> Price:
+        """This price with a deployment's own cache prices, where it sets them."""
+        updates = {
+            name: value
+            for name, value in (
+                ("cached_input_per_million", cached),
+                ("cache_write_per_million", write),
+            )
+            if value is not None
+        }
+        return self.model_copy(update=updates) if updates else self
 
 
 class DeploymentLimits(_Strict):
@@ -92,6 +133,10 @@ class Deployment(_Strict):
     # The parameter this upstream reads the output limit from. Kyma always sends one (the
     # client's, or the model's cap): what an upstream may write is what was held for.
     output_limit_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    # This provider's prompt-cache prices (USD per million), where they differ from the
+    # model's: cached tokens exist only at the provider that cached them.
+    cached_input_per_million: Decimal | None = Field(default=None, ge=0)
+    cache_write_per_million: Decimal | None = Field(default=None, ge=0)
     limits: DeploymentLimits = DeploymentLimits()
     timeouts: Timeouts = Timeouts()
 

@@ -78,14 +78,27 @@ class RateLimitSnapshot:
 
 @dataclass(frozen=True)
 class TokenUsage:
+    """A request's tokens in one form whatever the upstream's dialect reported: every input
+    token in `prompt_tokens` (cache reads and cache writes among them), every output token in
+    `completion_tokens` (reasoning among them). See `inference/usage.py` for the dialects."""
+
     prompt_tokens: int
     completion_tokens: int
     # True when Kyma counted the tokens because the upstream did not report them.
     estimated: bool = False
+    # Of the prompt: read from the upstream's prompt cache, and written to it.
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    # Of the completion: the model's reasoning (billed as output, shown apart).
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def uncached_prompt_tokens(self) -> int:
+        return self.prompt_tokens - self.cached_tokens - self.cache_write_tokens
 
 
 @dataclass

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from core_service.billing.holds import Holds, Settlement
-from core_service.billing.pricing import cost_nanos, nanos_to_usd
-from core_service.catalog import Model
+from core_service.billing.pricing import cost_nanos, nanos_to_usd, usage_cost_nanos
+from core_service.catalog import Deployment, Model, Price
 from core_service.errors import InsufficientCredits
 from core_service.values import InferenceRequest, Principal, TokenUsage
 
@@ -47,8 +47,17 @@ class Charge:
     cost_nanos: int
 
 
-def charge_for(model: Model, usage: TokenUsage) -> Charge:
-    return Charge(usage, cost_nanos(model.price, usage.prompt_tokens, usage.completion_tokens))
+def price_of(model: Model, deployment: Deployment | None = None) -> Price:
+    """The model's price, with the deployment's own prompt-cache prices where it sets them."""
+    if deployment is None:
+        return model.price
+    return model.price.with_cache_prices(
+        deployment.cached_input_per_million, deployment.cache_write_per_million
+    )
+
+
+def charge_for(model: Model, usage: TokenUsage, deployment: Deployment | None = None) -> Charge:
+    return Charge(usage, usage_cost_nanos(price_of(model, deployment), usage))
 
 
 def settlement_of(charge: Charge) -> Settlement:
@@ -120,7 +129,13 @@ class Metering:
     ) -> Reservation:
         prompt_tokens = prompt_tokens_to_hold(request.prompt_tokens_estimate, model)
         output_tokens = output_tokens_to_hold(request, model)
-        prompt_cost = cost_nanos(model.price, prompt_tokens, 0)
+        # Every prompt token at the dearest input price any deployment of the model may charge
+        # (a cache write can cost more than plain input).
+        highest = max(
+            [model.price.highest_input_nanos_per_million]
+            + [price_of(model, d).highest_input_nanos_per_million for d in model.deployments]
+        )
+        prompt_cost = -(-prompt_tokens * highest // 10**6)
         amount = prompt_cost + cost_nanos(model.price, 0, output_tokens)
         placed = await self.holds.place(
             principal.account_id, amount, request_id=request_id, model=model.name

@@ -1,7 +1,8 @@
 """What a request costs: exact integer nano-dollars from token counts and per-model prices.
 
-Each side (input, output) is rounded up to a whole nano-dollar, so a price finer than a
-nano-dollar per token never rounds a charge down to nothing.
+Each side (uncached input, cache reads, cache writes, output) is rounded up to a whole
+nano-dollar, so a price finer than a nano-dollar per token never rounds a charge down to
+nothing.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from core_service.catalog import Price
+from core_service.values import TokenUsage
 
 NANOS_PER_USD = 10**9
 _MILLION = 10**6
@@ -18,9 +20,26 @@ def _ceil_div(numerator: int, denominator: int) -> int:
     return -(-numerator // denominator)
 
 
+def _side(tokens: int, nanos_per_million: int) -> int:
+    return _ceil_div(tokens * nanos_per_million, _MILLION)
+
+
 def cost_nanos(price: Price, prompt_tokens: int, completion_tokens: int) -> int:
-    return _ceil_div(prompt_tokens * price.input_nanos_per_million, _MILLION) + _ceil_div(
-        completion_tokens * price.output_nanos_per_million, _MILLION
+    """Plain input and output at their prices (no cache)."""
+    return _side(prompt_tokens, price.input_nanos_per_million) + _side(
+        completion_tokens, price.output_nanos_per_million
+    )
+
+
+def usage_cost_nanos(price: Price, usage: TokenUsage) -> int:
+    """What `usage` costs: uncached input at the input price, cache reads and cache writes at
+    theirs (the input price where the catalogue sets none — never zero), output (reasoning
+    included) at the output price. Each token is counted once; each side is rounded up."""
+    return (
+        _side(usage.uncached_prompt_tokens, price.input_nanos_per_million)
+        + _side(usage.cached_tokens, price.cached_input_nanos_per_million)
+        + _side(usage.cache_write_tokens, price.cache_write_nanos_per_million)
+        + _side(usage.completion_tokens, price.output_nanos_per_million)
     )
 
 

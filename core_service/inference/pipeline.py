@@ -256,7 +256,7 @@ class InferencePipeline:
             raise
         parsed["model"] = model.name
         usage = usage_from_upstream(parsed.get("usage")) or _estimate(request, parsed)
-        charge = admitted.reservation.capped(charge_for(model, usage))
+        charge = admitted.reservation.capped(charge_for(model, usage, ticket.deployment))
         observation.charge = charge
         self._finish(admitted, ticket, charge)
         return UnaryResult(orjson.dumps(parsed), charge, admitted.admission.snapshot)
@@ -365,7 +365,7 @@ class InferencePipeline:
                         # If this node dies, its hold is settled at what was delivered by now.
                         last_checkpoint = now
                         admitted.reservation.checkpoint(
-                            charge_for(model, relay.usage(complete=False))
+                            charge_for(model, relay.usage(complete=False), ticket.deployment)
                         )
                 if relay.cut:
                     break
@@ -375,7 +375,9 @@ class InferencePipeline:
         finally:
             await opened.stream.aclose()
             # Also reached when the client goes away: usage then is what was relayed.
-            charge = admitted.reservation.capped(charge_for(model, relay.usage(complete=complete)))
+            charge = admitted.reservation.capped(
+                charge_for(model, relay.usage(complete=complete), ticket.deployment)
+            )
             observation.charge = charge
             observation.response_body = relay.delivered_text()
             self._finish(admitted, ticket, charge)
