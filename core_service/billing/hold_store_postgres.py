@@ -234,8 +234,7 @@ async def _commit(conn: asyncpg.Connection, batch: Batch) -> BatchOutcome:
 _EXPIRED = """
 SELECT id, account_id, amount_nanos, charged_nanos, model, request_id,
        checkpoint_prompt_tokens, checkpoint_completion_tokens
-FROM credit_holds h WHERE status = 'expired' AND id = ANY($1::text[])
-  AND NOT EXISTS (SELECT 1 FROM ledger_entries WHERE idempotency_key = 'usage:' || h.id || ':late')
+FROM credit_holds WHERE status = 'expired' AND id = ANY($1::text[]) AND late_settled_at IS NULL
 """
 
 
@@ -246,12 +245,16 @@ async def _reconcile(
         return []
     rows = await conn.fetch(_EXPIRED, [order.hold_id for order in late])
     corrections = reconcile_late(late, [Expired(*row) for row in rows], left)
-    if corrections:
+    if rows:
+        # Every late settlement is reconciled once, whether it owed more or not.
+        extra = {c.hold_id: c.charged_nanos for c in corrections}
         await conn.execute(
-            "UPDATE credit_holds h SET charged_nanos = h.charged_nanos + c.extra "
+            "UPDATE credit_holds h SET charged_nanos = h.charged_nanos + c.extra, "
+            "late_settled_at = $3 "
             "FROM unnest($1::text[], $2::bigint[]) AS c(id, extra) WHERE h.id = c.id",
-            [c.hold_id for c in corrections],
-            [c.charged_nanos for c in corrections],
+            [row["id"] for row in rows],
+            [extra.get(row["id"], 0) for row in rows],
+            _naive(late[0].now),
         )
     return corrections
 

@@ -203,14 +203,16 @@ def _reconcile(db: sqlite3.Connection, late: list[EndOrder], left: dict[str, int
     rows = db.execute(
         "SELECT id, account_id, amount_nanos, charged_nanos, model, request_id, "
         "checkpoint_prompt_tokens, checkpoint_completion_tokens FROM credit_holds h "
-        f"WHERE status = 'expired' AND id IN ({marks}) AND NOT EXISTS (SELECT 1 FROM "
-        "ledger_entries WHERE idempotency_key = 'usage:' || h.id || ':late')",
+        f"WHERE status = 'expired' AND id IN ({marks}) AND late_settled_at IS NULL",
         [order.hold_id for order in late],
     ).fetchall()
     corrections = reconcile_late(late, [Expired(*row) for row in rows], left)
+    extra = {c.hold_id: c.charged_nanos for c in corrections}
+    stamp = _stamp(late[0].now)
     db.executemany(
-        "UPDATE credit_holds SET charged_nanos = charged_nanos + ? WHERE id = ?",
-        [(c.charged_nanos, c.hold_id) for c in corrections],
+        "UPDATE credit_holds SET charged_nanos = charged_nanos + ?, late_settled_at = ? "
+        "WHERE id = ?",
+        [(extra.get(row[0], 0), stamp, row[0]) for row in rows],
     )
     return corrections
 

@@ -141,6 +141,8 @@ class CreditHold(Base):
     checkpoint_prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     checkpoint_completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     checkpoint_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # When the settlement that came after the hold expired was reconciled (once, charged or not).
+    late_settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
     __table_args__ = (
         CheckConstraint("amount_nanos >= 0", name="amount_non_negative"),
