@@ -159,12 +159,28 @@ async def verify_ledger(
                 .group_by(LedgerEntry.debit_account)
             )
         }
+        # A gRPC caller may choose its request ids, and reuse one: only ids that name one hold
+        # and one log row can be compared.
+        single_holds = (
+            select(CreditHold.request_id)
+            .group_by(CreditHold.request_id)
+            .having(func.count() == 1)
+            .subquery()
+        )
+        single_logs = (
+            select(REQUEST_LOGS.c.request_id)
+            .group_by(REQUEST_LOGS.c.request_id)
+            .having(func.count() == 1)
+            .subquery()
+        )
         logged = (
             await conn.execute(
                 select(
                     REQUEST_LOGS.c.request_id, REQUEST_LOGS.c.cost_nanos, CreditHold.charged_nanos
                 )
                 .join(CreditHold, CreditHold.request_id == REQUEST_LOGS.c.request_id)
+                .join(single_holds, single_holds.c.request_id == CreditHold.request_id)
+                .join(single_logs, single_logs.c.request_id == REQUEST_LOGS.c.request_id)
                 .where(
                     CreditHold.status == "settled",
                     REQUEST_LOGS.c.cost_nanos != CreditHold.charged_nanos,

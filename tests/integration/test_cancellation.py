@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -31,6 +32,15 @@ from kyma.inference.v1 import inference_service_pb2 as pb
 from kyma.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from kyma.ratelimit.v1 import ratelimit_service_pb2, ratelimit_service_pb2_grpc
 from tests.conftest import Kyma
+
+_REQUEST_NUMBERS = itertools.count()
+
+
+def _request_id() -> str:
+    """A request id of its own per call, as the bridge gives (the ledger check pairs each
+    request log row with its hold by it)."""
+    return f"req_sweep_{next(_REQUEST_NUMBERS)}"
+
 
 BODY = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40}
 # Consecutive steps at which the request finished uncancelled before the sweep stops.
@@ -153,9 +163,9 @@ async def test_cancel_at_every_step_of_the_pipeline(kyma: Kyma, slow_upstream, s
     async def request(key: str) -> object:
         pipeline = kyma.core.pipeline
         if not stream:
-            return await pipeline.complete("chat.completions", raw, f"Bearer {key}", "req_sweep")
+            return await pipeline.complete("chat.completions", raw, f"Bearer {key}", _request_id())
         async with contextlib.aclosing(
-            pipeline.stream("chat.completions", raw, f"Bearer {key}", "req_sweep")
+            pipeline.stream("chat.completions", raw, f"Bearer {key}", _request_id())
         ) as events:
             return [event async for event in events]
 
