@@ -1,10 +1,11 @@
 """A cheap HTTP/1.1 load generator for scripts/bench: raw asyncio protocols on uvloop.
 
 One keep-alive connection per concurrent worker; each worker sends a request, reads the whole
-response (Content-Length or chunked, SSE streams to their end) and sends the next one. The per
-request work is a few bytes operations, so on a small machine the generator takes little CPU away
-from the processes it measures. It talks to whatever `host:port` it is given (the bench uses
-127.0.0.1 only).
+response (Content-Length or chunked, SSE streams to their end) and sends the next one. Given
+several prepared requests (e.g. one per API key), worker i always sends request i mod their
+number; given one, every worker sends it. The per request work is a few bytes operations, so
+on a small machine the generator takes little CPU away from the processes it measures. It
+talks to whatever `host:port` it is given (the bench uses 127.0.0.1 only).
 
 A request counts as an error when the connection breaks, the status is not 200, or (for streams)
 the decoded body does not end with `data: [DONE]\\n\\n`; for JSON answers, when the body has no
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 _HEADER_END = b"\r\n\r\n"
@@ -213,7 +215,7 @@ async def run_load(
     *,
     host: str,
     port: int,
-    raw_request: bytes,
+    raw_request: bytes | Sequence[bytes],
     stream: bool,
     concurrency: int,
     duration_s: float,
@@ -221,7 +223,11 @@ async def run_load(
     timeout_s: float = 30.0,
 ) -> Result:
     """Keep `concurrency` requests in flight until `duration_s` passes or `max_requests` have
-    been started; wait for the ones in flight to finish, and return what happened."""
+    been started; wait for the ones in flight to finish, and return what happened. With several
+    prepared requests, worker i sends `raw_request[i % len(raw_request)]`."""
+    raws = [raw_request] if isinstance(raw_request, bytes) else list(raw_request)
+    if not raws:
+        raise ValueError("run_load needs at least one prepared request")
     result = Result()
     started = 0
     loop = asyncio.get_running_loop()
@@ -229,8 +235,9 @@ async def run_load(
     latencies = result.latencies_ns
     first_bytes = result.first_byte_ns
 
-    async def worker() -> None:
+    async def worker(index: int) -> None:
         nonlocal started
+        raw = raws[index % len(raws)]
         conn: _Connection | None = None
         try:
             while loop.time() < deadline and started < max_requests:
@@ -246,7 +253,7 @@ async def run_load(
                 t0 = time.perf_counter_ns()
                 # (not asyncio.wait_for: on Python 3.11 it can swallow a cancellation (Ctrl-C)
                 # when the answer arrives in the same loop iteration, which here is common)
-                pending = conn.request(raw_request)
+                pending = conn.request(raw)
                 timer = loop.call_later(timeout_s, conn.time_out)
                 try:
                     status, body, first = await pending
@@ -274,7 +281,7 @@ async def run_load(
                 conn.transport.close()
 
     t_start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
     result.elapsed_s = time.perf_counter() - t_start
     return result
 
