@@ -10,6 +10,7 @@ without importing the core.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pathlib
 import secrets
@@ -80,7 +81,9 @@ class Settings(BaseSettings):
     grpc_port: int = 50051
     core_address: str | None = Field(
         default=None,
-        description="Where the bridge and CLI reach the core; default grpc_host:grpc_port.",
+        description="Where the bridge and CLI reach the cores: one host:port (a name that "
+        "resolves to several cores reaches them all), a comma-separated list of IP:port, or a "
+        "gRPC target (dns:///name:port). Default grpc_host:grpc_port.",
     )
     admin_token: SecretStr | None = Field(
         default=None,
@@ -295,9 +298,17 @@ class Settings(BaseSettings):
                 return driver + url[len(plain) :]
         return url
 
+    @field_validator("core_address")
+    @classmethod
+    def _core_target(cls, value: str | None) -> str | None:
+        if value is not None:
+            grpc_target(value)  # a clear error at start-up, not at the first call
+        return value
+
     @property
     def core_target(self) -> str:
-        return self.core_address or f"{self.grpc_host}:{self.grpc_port}"
+        """The cores as a gRPC target (see `grpc_target`)."""
+        return grpc_target(self.core_address or f"{self.grpc_host}:{self.grpc_port}")
 
     def chosen(self, name: str) -> bool:
         """Whether setting `name` was given (environment, config file or constructor) rather
@@ -348,3 +359,35 @@ def _shared_token(path: pathlib.Path, *, prefix: str) -> str:
     finally:
         draft.unlink()
     return token
+
+
+def grpc_target(address: str) -> str:
+    """KYMA_CORE_ADDRESS as a gRPC target. One `host:port` stays as it is: gRPC resolves the
+    name and, with round robin, uses every address it resolves to (a Kubernetes headless
+    Service, a Compose network alias shared by several cores). A target with a scheme
+    (`dns:///…`, `ipv4:…`, `unix:…`) is passed through. A comma-separated list must name IP
+    addresses (gRPC has no resolver for a list of names) and becomes an `ipv4:`/`ipv6:` target,
+    whose addresses are all used. Anything else is a ValueError that says what to write."""
+    address = address.strip()
+    parts = [part.strip() for part in address.split(",")]
+    if len(parts) == 1:
+        if not address or address.startswith(":"):
+            raise ValueError(f"{address!r} names no host: write host:port")
+        return address
+    families = set()
+    for part in parts:
+        host, _, port = part.rpartition(":")
+        if not port.isdigit() or not host:
+            raise ValueError(f"{part!r} in the list is not IP:port")
+        try:
+            families.add(ipaddress.ip_address(host.strip("[]")).version)
+        except ValueError:
+            raise ValueError(
+                f"{part!r}: a list of cores must name them by IP address (10.0.0.5:50051,"
+                "10.0.0.6:50051); to reach cores by name, give one name that resolves to all "
+                "of them (a Kubernetes headless Service, a Compose network alias)"
+            ) from None
+    if len(families) > 1:
+        raise ValueError("a list of cores must be all IPv4 or all IPv6 addresses")
+    scheme = "ipv4" if families == {4} else "ipv6"
+    return f"{scheme}:{','.join(parts)}"

@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from core_service.settings import Settings
 from http_bridge import account_routes, auth_routes, inference_routes
-from http_bridge.core_client import GRPC_OPTIONS, CoreStubs, new_request_id, stubs
+from http_bridge.core_client import CoreStubs, core_channel, new_request_id, stubs
 from http_bridge.errors import OpenAIError
 from kyma.contract.v1.constants import SHARED_LIMITS_HEALTH_SERVICE
 
@@ -29,13 +29,14 @@ _JSON = "application/json"
 
 
 def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -> FastAPI:
-    """The bridge app. Without `channel` it opens one to settings.core_target on start-up."""
+    """The bridge app. Without `channel` it opens one to the cores the settings name (see
+    `core_client`) on start-up."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = channel is None
         core = CoreStubs(
-            channel or grpc.aio.insecure_channel(settings.core_target, options=GRPC_OPTIONS),
+            channel or core_channel(settings),
             bridge_token=CoreStubs.credential(settings),
         )
         app.state.core = core

@@ -1,9 +1,43 @@
-"""The bridge's side of the gRPC channel: stubs for every core service, and call metadata."""
+"""The bridge's side of the gRPC channel to the cores: stubs for every core service, call
+metadata, and which calls may be sent again to another core.
+
+One channel reaches every core (`KYMA_CORE_ADDRESS`: a list of addresses, or one name that
+resolves to several) and spreads calls over them with gRPC's own client-side round robin,
+health-checked: each core's gRPC health (the overall status, which is NOT_SERVING while its
+database does not answer and from the moment it starts to shut down) decides whether it gets
+calls. A core that goes away drops out of the rotation when its connection breaks; one that
+comes back, or a new address the name resolves to, joins it. No gRPC-aware balancer is needed.
+
+Failure semantics — a call is sent to another core only when the first can have charged for
+it nothing (the rule is `resendable`):
+- gRPC itself retries a call that never reached a core, or that a stopping core refused
+  unprocessed (transparent retries; always on).
+- Reads (`Get…`, `List…`, health) are retried by gRPC's retry policy on UNAVAILABLE: they
+  change nothing, so resending is always safe.
+- An inference call that fails UNAVAILABLE with no reason from a core — the connection to it
+  broke, or no core was reachable — before the bridge received any of its answer is sent again,
+  up to `INFERENCE_ATTEMPTS` in all. The first core charged nothing for it: if it died, the
+  other cores end its holds at their last checkpoint, which counts only what was sent, and
+  nothing reached the bridge; if it lives, it saw the call cancelled with the connection and
+  released the hold, as for a client that left. The one window left is a core that lives, had
+  finished the answer, and lost it in transit as the connection broke (a network fault between
+  bridge and core; a core stopping or dying cannot cause it): that call is charged and
+  answered again. A call that received any part of its answer is never resent.
+- Everything else is not resent: an answer that carries a core's reason (the core decided,
+  e.g. the upstreams failed after failover), and calls that change something other than
+  money in ways a second try would repeat (sign-up mails a code and makes an account, a key
+  made twice is two keys, checkout opens a session). The client gets `503` with
+  `Retry-After`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 from fastapi import Request
@@ -17,12 +51,99 @@ from kyma.inference.v1 import inference_service_pb2_grpc
 from kyma.routing.v1 import routing_service_pb2_grpc
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Pauses before each further attempt of an inference call whose core was lost before it
+# answered (see the docstring): long enough for the channel to see the broken connection and
+# take that core out of the rotation.
+RESEND_BACKOFF_SECONDS = (0.05, 0.25)
+INFERENCE_ATTEMPTS = len(RESEND_BACKOFF_SECONDS) + 1
+
+# Reads, which gRPC may resend on UNAVAILABLE (names of the services' methods).
+_READS = {
+    "kyma.routing.v1.RoutingService": None,  # every method
+    "kyma.accounting.v1.AccountingService": (
+        "GetAccount",
+        "ListApiKeys",
+        "GetUsage",
+        "ListLedgerEntries",
+        "ListReferrals",
+    ),
+    "kyma.ratelimit.v1.RateLimitService": None,
+    "grpc.health.v1.Health": ("Check",),
+}
+
+
+def service_config() -> dict[str, Any]:
+    """Round robin over every core address, each checked with gRPC health; reads retried on
+    UNAVAILABLE, under gRPC's retry throttling (retries stop while more than half the recent
+    calls fail, so an outage is not multiplied)."""
+    reads = [
+        {"service": service, **({"method": method} if method else {})}
+        for service, methods in _READS.items()
+        for method in methods or (None,)
+    ]
+    return {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": ""},
+        "methodConfig": [
+            {
+                "name": reads,
+                "retryPolicy": {
+                    "maxAttempts": INFERENCE_ATTEMPTS,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 4,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+        "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+    }
+
 
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.service_config", json.dumps(service_config())),
+    # The balancing above is the operator's, not whatever a DNS TXT record says.
+    ("grpc.service_config_disable_resolution", 1),
+    # A core replaced (a new address behind the name) is looked up again within seconds,
+    # and one that went away is tried again at least every few seconds, not every two minutes.
+    ("grpc.dns_min_time_between_resolutions_ms", 5_000),
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
 ]
+
+
+def core_channel(settings: Settings) -> grpc.aio.Channel:
+    """The one channel to every core the settings name."""
+    return grpc.aio.insecure_channel(settings.core_target, options=GRPC_OPTIONS)
+
+
+async def with_resends(attempt: Callable[[], Awaitable[T]]) -> T:
+    """`attempt()`, made again (up to INFERENCE_ATTEMPTS in all) while it fails in a way
+    `resendable` allows. `attempt` must give up at the first part of the answer it receives."""
+    for pause in (*RESEND_BACKOFF_SECONDS, None):
+        try:
+            return await attempt()
+        except grpc.aio.AioRpcError as error:
+            if pause is None or not resendable(error):
+                raise
+            log.info("a core was lost before it answered (%s); sending to another", error.code())
+        await asyncio.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+def resendable(error: grpc.aio.AioRpcError) -> bool:
+    """Whether an inference call that failed with `error`, before any of its answer arrived,
+    may be sent to another core: only when no core gave a reason (its connection broke, or
+    none was reachable). A core's own UNAVAILABLE always carries one (see the docstring)."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    return not any(key == "grpc-status-details-bin" for key, _ in error.trailing_metadata() or ())
+
 
 Metadata = tuple[tuple[str, str], ...]
 

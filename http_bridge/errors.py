@@ -139,7 +139,9 @@ def from_grpc(error: grpc.aio.AioRpcError) -> OpenAIError:
     http_status, type_, code = mapped
     message = error.details() or "Request failed."
     if not known and error.code() == grpc.StatusCode.UNAVAILABLE:
+        # No core answered (none reachable or healthy, or the connection broke).
         message = "Kyma's core service is unavailable. Please retry shortly."
+        retry_after = retry_after or 1
     return OpenAIError(
         http_status,
         message,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ from http_bridge.bodies import (
     too_large,
 )
 from http_bridge.calls import call_core, failed_response
-from http_bridge.core_client import call_metadata, new_request_id, stubs
+from http_bridge.core_client import call_metadata, new_request_id, stubs, with_resends
 from http_bridge.errors import OpenAIError, from_grpc
 from http_bridge.headers import rate_limit_headers
 from kyma.inference.v1 import inference_service_pb2 as inference_pb
@@ -86,12 +86,13 @@ async def _infer(request: Request, route: _Route) -> Response:
     metadata = call_metadata(request, request_id)
     stub = stubs(request).inference
     if route.stream is not None and route.stream_request and parsed.get("stream") is True:
-        call = getattr(stub, route.stream)(route.stream_request(body=body), metadata=metadata)
-        return await _stream(request, call, headers)
-    method = getattr(stub, route.unary)
+        method, message = getattr(stub, route.stream), route.stream_request(body=body)
+        return await _stream(request, lambda: method(message, metadata=metadata), headers)
+    method, message = getattr(stub, route.unary), route.unary_request(body=body)
     try:
-        reply = await _unless_disconnected(
-            request, method(route.unary_request(body=body), metadata=metadata)
+        # A core lost before it answered: another one is asked (see core_client's rule).
+        reply = await with_resends(
+            lambda: _unless_disconnected(request, method(message, metadata=metadata))
         )
     except grpc.aio.AioRpcError as error:
         return from_grpc(error).response(headers)
@@ -99,16 +100,22 @@ async def _infer(request: Request, route: _Route) -> Response:
     return Response(reply.body, 200, headers, media_type=_JSON)
 
 
-async def _stream(request: Request, call: Any, headers: dict[str, str]) -> Response:
+async def _stream(request: Request, start: Callable[[], Any], headers: dict[str, str]) -> Response:
     # Wait for the first message before answering: until then every failure (no credit, rate
-    # limited, upstream down after failover) is still a proper HTTP status.
+    # limited, upstream down after failover) is still a proper HTTP status, and a core lost
+    # before it sent anything can be replaced by another (see core_client's rule).
+    async def first_message() -> tuple[Any, Any]:
+        call = start()
+        try:
+            return call, await _unless_disconnected(request, call.read())
+        except BaseException:
+            call.cancel()
+            raise
+
     try:
-        first = await _unless_disconnected(request, call.read())
+        call, first = await with_resends(first_message)
     except grpc.aio.AioRpcError as error:
         return from_grpc(error).response(headers)
-    except asyncio.CancelledError:
-        call.cancel()
-        raise
     if first is grpc.aio.EOF:
         return OpenAIError(502, "The model's upstream sent an empty stream.", "api_error").response(
             headers

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import uvicorn
 
 from core_service.metrics_server import serve_registry
@@ -34,9 +36,15 @@ def run_bridge(settings: Settings) -> None:
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
     )
-    print(f"kyma bridge listening on http://{settings.http_host}:{settings.http_port}", flush=True)
+    # Bound here rather than by uvicorn so that the line below names the real port (port 0
+    # picks a free one, as tests and a second bridge on one machine do).
+    family = socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET
+    sock = socket.create_server((settings.http_host, settings.http_port), family=family)
+    port = sock.getsockname()[1]
+    host = f"[{settings.http_host}]" if family == socket.AF_INET6 else settings.http_host
+    print(f"kyma bridge listening on http://{host}:{port}", flush=True)
     try:
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
         if server is not None:
             server.stop()

@@ -9,6 +9,7 @@ unexpected ends it as INTERNAL (logged here with its traceback, never sent).
 from __future__ import annotations
 
 import hmac
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
@@ -96,7 +97,13 @@ class ErrorTranslation(grpc.aio.ServerInterceptor):
         return wrap
 
     def _stream(self, method: str) -> Callable[[Any], Any]:
-        def wrap(inner: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        def wrap(inner: Callable[..., Any]) -> Callable[..., Any]:
+            if not inspect.isasyncgenfunction(inner):
+                # A handler that writes its messages with context.write (gRPC health's
+                # Watch, which health-checked balancing streams) is a plain coroutine.
+                writes: Callable[..., Any] = self._unary(method)(inner)
+                return writes
+
             async def behaviour(
                 request: Any, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
