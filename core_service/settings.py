@@ -1,6 +1,7 @@
 """Kyma's settings, one model for every process (core, bridge and CLI): read once at start-up
-from `KYMA_*` environment variables and an optional YAML file named by `KYMA_CONFIG`
-(environment wins), then passed down explicitly. Nothing reads the environment after
+from `KYMA_*` environment variables, secret files (`KYMA_SECRETS_DIR`, default /run/secrets:
+`kyma_admin_token` holds KYMA_ADMIN_TOKEN) and an optional YAML file named by `KYMA_CONFIG`,
+in that order of precedence, then passed down explicitly. Nothing reads the environment after
 start-up. Each process reads the fields it needs; the README's configuration table says
 which process uses which, and keeps in step with this file.
 
@@ -22,6 +23,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
+    SecretsSettingsSource,
     SettingsConfigDict,
 )
 
@@ -283,7 +285,14 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         yaml_source = _YamlFileSource(settings_cls, os.environ.get("KYMA_CONFIG"))
-        return (init_settings, env_settings, yaml_source)
+        # Secrets as files, one per setting named like its variable in lower case
+        # (/run/secrets/kyma_admin_token): what Docker and Compose secrets, and Kubernetes
+        # Secrets mounted as a volume, give a process. Read when the directory exists.
+        secrets_dir = pathlib.Path(os.environ.get("KYMA_SECRETS_DIR", "/run/secrets"))
+        if not secrets_dir.is_dir():
+            return (init_settings, env_settings, yaml_source)
+        secrets = SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir)
+        return (init_settings, env_settings, secrets, yaml_source)
 
     @property
     def sqlalchemy_url(self) -> str:

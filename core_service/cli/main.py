@@ -1,4 +1,4 @@
-"""The `kyma` command: `serve`, `admin …` and `test-upstream`."""
+"""The `kyma` command: `serve`, `admin …`, `health` and `test-upstream`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from core_service.cli import admin
+from core_service.cli import admin, health
 
 
 def _logging(level: str) -> None:
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("part", nargs="?", choices=["all", "core", "bridge"], default="all")
     serve.set_defaults(run=_serve)
     admin.add_commands(commands)
+    health.add_command(commands)
     commands.add_parser(
         "test-upstream", help="run the OpenAI-compatible test upstream (see --help)", add_help=False
     )
