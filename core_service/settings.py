@@ -316,8 +316,14 @@ class Settings(BaseSettings):
 
     @property
     def core_target(self) -> str:
-        """The cores as a gRPC target (see `grpc_target`)."""
-        return grpc_target(self.core_address or f"{self.grpc_host}:{self.grpc_port}")
+        """The cores as a gRPC target (see `grpc_target`); by default this machine's core
+        (a core listening on every address, 0.0.0.0 or ::, is reached on loopback)."""
+        if self.core_address:
+            return grpc_target(self.core_address)
+        host = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(
+            self.grpc_host, self.grpc_host
+        )
+        return f"{host}:{self.grpc_port}"
 
     def chosen(self, name: str) -> bool:
         """Whether setting `name` was given (environment, config file or constructor) rather

@@ -51,6 +51,10 @@ GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
+    # Clients reconnect at least every 5 minutes (jittered; calls in flight finish on the old
+    # connection), and a bridge that reaches the cores by name then resolves it again: cores
+    # added since (a scale-up) get calls too.
+    ("grpc.max_connection_age_ms", 300_000),
 ]
 
 # Every service the core serves (health and reflection aside), by full name.

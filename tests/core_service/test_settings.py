@@ -51,6 +51,13 @@ def test_core_addresses_become_one_grpc_target(address: str, target: str) -> Non
     assert Settings(core_address=address).core_target == target
 
 
+def test_by_default_the_core_on_this_machine() -> None:
+    assert Settings(grpc_host="10.1.2.3", grpc_port=7).core_target == "10.1.2.3:7"
+    # A core listening on every address (as in the container image) is reached on loopback.
+    assert Settings(grpc_host="0.0.0.0", grpc_port=7).core_target == "127.0.0.1:7"
+    assert Settings(grpc_host="::", grpc_port=7).core_target == "[::1]:7"
+
+
 @pytest.mark.parametrize(
     ("address", "says"),
     [
