@@ -605,7 +605,7 @@ def print_costs(row: Row) -> None:
         print(
             f"    postgres per request: {per['transactions']:.2f} xact "
             f"({per['rollbacks']:.2f} rollbacks), {per['rows_written']:.2f} rows written, "
-            f"{per['wal_bytes']:.0f} WAL bytes"
+            f"{per['wal_bytes']:.0f} WAL bytes, {per['request_log_bytes']:.0f} request-log bytes"
             + (f", {per['statements']:.2f} statements" if per["statements"] is not None else "")
             + (
                 f"  (other databases: {row.db['other_databases_xacts']} xact in the window)"
@@ -708,6 +708,7 @@ def db_table(rows: Sequence[Row]) -> str:
         "write xact/req",
         "rows written/req",
         "WAL bytes/req",
+        "request-log bytes/req",
         "statements/req",
         "pg cpu ms/req",
         "gateway+pg cpu ms/req",
@@ -733,6 +734,7 @@ def db_table(rows: Sequence[Row]) -> str:
                 fmt(per["rows_written"]),
                 fmt(per["wal_bytes"], 0)
                 + ("" if r.db["wal_source"].startswith("pg_walinspect") else " (server)"),
+                fmt(per["request_log_bytes"], 0),
                 fmt(per["statements"]),
                 fmt(r.cpu_ms_per_req.get("postgres")),
                 fmt(r.cpu_ms_per_req.get("gateway_and_postgres")),

@@ -311,6 +311,11 @@ class PostgresProbe:
                 others[row["datname"]] = int(row["xact_commit"] or 0) + int(
                     row["xact_rollback"] or 0
                 )
+        # What the request log holds, every partition with its TOAST and indexes.
+        request_log_bytes = await self.inspector.fetchval(
+            f"{MARK} SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0)::bigint "
+            "FROM pg_inherits i WHERE i.inhparent = to_regclass('request_logs')"
+        )
         log_offset = None
         if self.db.pg_log:
             try:
@@ -324,6 +329,7 @@ class PostgresProbe:
             "lsn": lsn,
             "statements": statements,
             "log_offset": log_offset,
+            "request_log_bytes": int(request_log_bytes or 0),
         }
 
     async def _wal_of_database(self, start: str, end: str) -> dict[str, int] | None:
@@ -432,6 +438,8 @@ class PostgresProbe:
             "statements": statements / n if statements is not None else None,
             "blocks_hit": delta["blks_hit"] / n,
             "blocks_read": delta["blks_read"] / n,
+            # Growth of the request-log tables (8 kB pages: meaningful over many requests).
+            "request_log_bytes": (after["request_log_bytes"] - before["request_log_bytes"]) / n,
         }
         return {
             "window_s": after["t"] - before["t"],
