@@ -115,20 +115,29 @@ async def cluster(
             "KYMA_SHUTDOWN_GRACE_SECONDS": "30",
         }
         async with contextlib.AsyncExitStack() as stack:
-            cores = [
-                await stack.enter_async_context(kyma_process("core", tmp / name, core_env))
-                for name in ("core-a", "core-b")
-            ]
+            # Both at once on the fresh database: their migrations must not collide.
+            cores = list(
+                await asyncio.gather(
+                    *(
+                        stack.enter_async_context(kyma_process("core", tmp / name, core_env))
+                        for name in ("core-a", "core-b")
+                    )
+                )
+            )
             bridge_env = {
                 **shared,
                 "KYMA_CORE_ADDRESS": ",".join(core.address for core in cores),
                 "KYMA_HTTP_PORT": "0",
                 "KYMA_BRIDGE_METRICS_PORT": "0",
             }
-            bridges = [
-                await stack.enter_async_context(kyma_process("bridge", tmp / name, bridge_env))
-                for name in ("bridge-a", "bridge-b")
-            ]
+            bridges = list(
+                await asyncio.gather(
+                    *(
+                        stack.enter_async_context(kyma_process("bridge", tmp / name, bridge_env))
+                        for name in ("bridge-a", "bridge-b")
+                    )
+                )
+            )
             balancer = stack.enter_context(nginx(tmp / "nginx", [b.address for b in bridges]))
             db = await asyncpg.connect(url)
             stack.push_async_callback(db.close)
@@ -141,6 +150,15 @@ async def cluster(
         finally:
             await engine.dispose()
         assert report.ok, "ledger check failed:\n" + "\n".join(report.problems)
+
+
+async def test_two_cores_started_at_once_migrate_the_database_once(cluster: Cluster) -> None:
+    """The fixture started both cores at the same moment on a fresh database."""
+    assert await cluster.db.fetchval("SELECT count(*) FROM alembic_version") == 1
+    assert await cluster.db.fetchval("SELECT count(*) FROM core_nodes") == 2
+    async with httpx.AsyncClient(base_url=cluster.url, timeout=LIVENESS) as http:
+        ready = (await http.get("/readyz")).json()
+    assert ready == {"status": "ready", "core": "serving", "rate_limits": "shared"}
 
 
 async def test_limits_are_exact_across_the_cluster(cluster: Cluster) -> None:
