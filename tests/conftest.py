@@ -114,6 +114,8 @@ class Upstream:
             fail_on_text=None,
             overrun_tokens=0,
             omit_usage=False,
+            cached_prompt_fraction=0,
+            reasoning_fraction=0,
         )
 
 

@@ -433,6 +433,10 @@ def test_flags_set_the_initial_faults(upstream_factory: Callable[..., RunningUps
         "7",
         "--require-api-key",
         "k",
+        "--cached-prompt-fraction",
+        "0.5",
+        "--reasoning-fraction",
+        "0.25",
         "--seed",
         "3",
     )
@@ -449,6 +453,8 @@ def test_flags_set_the_initial_faults(upstream_factory: Callable[..., RunningUps
         "fail_on_text": None,
         "overrun_tokens": 0,
         "omit_usage": False,
+        "cached_prompt_fraction": 0.5,
+        "reasoning_fraction": 0.25,
         "seed": 3,
     }
     assert running.stop() == 0
