@@ -224,7 +224,10 @@ async def test_balances_are_exact_across_the_cluster(cluster: Cluster) -> None:
                     )
                     usage = reply.usage
                 assert usage is not None
-                return usage.prompt_tokens * INPUT_NANOS + usage.completion_tokens * OUTPUT_NANOS
+                cost = usage.prompt_tokens * INPUT_NANOS + usage.completion_tokens * OUTPUT_NANOS
+                # The charge every answer shows is the same, exactly.
+                assert Decimal(usage.model_extra["cost"]) * 10**9 == cost, usage
+                return cost
 
             semaphore = asyncio.Semaphore(8)
 
