@@ -61,6 +61,9 @@ def core_env(url: str, catalog: pathlib.Path, **extra: str) -> dict[str, str]:
         # A killed core's holds are ended by the other soon after (3 s lease).
         "KYMA_NODE_LEASE_SECONDS": "3",
         "KYMA_NODE_HEARTBEAT_SECONDS": "1",
+        # Small pools: the PostgreSQL these tests share has other users.
+        "KYMA_DATABASE_POOL_SIZE": "4",
+        "KYMA_DATABASE_MAX_OVERFLOW": "4",
         **extra,
     }
 

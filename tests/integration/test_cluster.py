@@ -113,6 +113,9 @@ async def cluster(
             "KYMA_TEST_UPSTREAM_KEY": UPSTREAM_KEY,
             "KYMA_TIERS": json.dumps(TIERS),
             "KYMA_SHUTDOWN_GRACE_SECONDS": "30",
+            # Small pools: the PostgreSQL these tests share has other users.
+            "KYMA_DATABASE_POOL_SIZE": "4",
+            "KYMA_DATABASE_MAX_OVERFLOW": "4",
         }
         async with contextlib.AsyncExitStack() as stack:
             # Both at once on the fresh database: their migrations must not collide.
