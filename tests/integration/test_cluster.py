@@ -90,6 +90,31 @@ class Cluster:
 
         await until(none_open, "every hold of the account ended")
 
+    async def every_bridge_reaches_every_core(self) -> None:
+        """Until each bridge has had a request answered by each core: its channel has them all
+        in its rotation (a core joins it once connected and its health watched)."""
+        _, key = await self.account()
+        body = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}
+        async with httpx.AsyncClient(timeout=LIVENESS) as http:
+            for bridge in self.bridges:
+                seen: set[str] = set()
+
+                async def both_seen(bridge: KymaProcess = bridge, seen: set[str] = seen) -> bool:
+                    reply = await http.post(
+                        f"{bridge.address}/v1/chat/completions",
+                        json={**body, "max_tokens": 1},
+                        headers={"authorization": f"Bearer {key}"},
+                    )
+                    assert reply.status_code == 200, reply.text
+                    node = await self.db.fetchval(
+                        "SELECT node_id FROM credit_holds WHERE request_id = $1",
+                        reply.headers["x-request-id"],
+                    )
+                    seen.add(node)
+                    return len(seen) == len(self.cores)
+
+                await until(both_seen, f"{bridge.address} to reach every core")
+
 
 @pytest_asyncio.fixture(scope="module")
 async def cluster(
@@ -146,7 +171,9 @@ async def cluster(
             stack.push_async_callback(db.close)
             channel = await stack.enter_async_context(grpc.aio.insecure_channel(cores[0].address))
             admin = admin_service_pb2_grpc.AdminServiceStub(channel)
-            yield Cluster(balancer.url, url, db, cores, bridges, admin)
+            running = Cluster(balancer.url, url, db, cores, bridges, admin)
+            await running.every_bridge_reaches_every_core()
+            yield running
         engine = create_async_engine(asyncpg_url(url))
         try:
             report = await verify_ledger(engine, SystemClock())
