@@ -9,22 +9,43 @@ talks to whatever `host:port` it is given (the bench uses 127.0.0.1 only).
 
 A request counts as an error when the connection breaks, the status is not 200, or (for streams)
 the decoded body does not end with `data: [DONE]\\n\\n`; for JSON answers, when the body has no
-`"choices"`.
+`"choices"`. Requests still in flight `drain_s` after the window's end are cut (their connections
+closed): counted apart as `cut`, not as errors, with the chunks they carried.
+
+For streams it also times the chunks, cheaply: on each read that completes SSE events (counted
+as blank-line separators in the decoded body, one C-level `bytes.count` per read) it takes one
+clock reading; the first event of that read gets the gap since the previous read's events, the
+others of the same read a gap of 0 (they arrived together, as the client saw them). Time to
+first token is the time from sending the request to the read that brought the first event with
+non-empty `"content"`: searched for only until found, so a few searches per stream.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from bench_stats import percentile
+
 _HEADER_END = b"\r\n\r\n"
 _DONE = b"data: [DONE]\n\n"
+_EVENT_END = b"\n\n"
+# The first token: a "content" string that is not empty (the role chunk's is "").
+_FIRST_TOKEN = re.compile(rb'"content"\s*:\s*"(?!")')
+
+__all__ = ["Result", "build_request", "percentile", "run_load"]
 
 
 class _Broken(Exception):
     pass
+
+
+class _Cut(Exception):
+    """The request was still running when the window's drain time ran out."""
 
 
 @dataclass
@@ -33,14 +54,26 @@ class Result:
 
     ok: int = 0
     errors: int = 0
+    cut: int = 0
     latencies_ns: list[int] = field(default_factory=list)
     first_byte_ns: list[int] = field(default_factory=list)
     elapsed_s: float = 0.0
     error_samples: list[str] = field(default_factory=list)
+    # streams only: SSE events received (every request's, [DONE] included), of which [DONE]s
+    events: int = 0
+    done_events: int = 0
+    first_token_ns: list[int] = field(default_factory=list)
+    gaps_ns: array.array[int] = field(default_factory=lambda: array.array("q"))
 
     @property
     def requests(self) -> int:
-        return self.ok + self.errors
+        """Every request started: answered, failed or cut."""
+        return self.ok + self.errors + self.cut
+
+    @property
+    def chunks(self) -> int:
+        """SSE chunks received, [DONE] not counted."""
+        return self.events - self.done_events
 
     def error(self, why: str) -> None:
         self.errors += 1
@@ -52,11 +85,14 @@ class _Connection(asyncio.Protocol):
     """One keep-alive connection; `request()` sends a prepared request and resolves to
     (status, decoded body, time of the first body byte) once the response is complete."""
 
-    def __init__(self) -> None:
+    def __init__(self, result: Result | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._buf = bytearray()
         self._waiter: asyncio.Future[tuple[int, bytes, int]] | None = None
+        # streams are timed into this (None: not a stream)
+        self._result = result
+        self._sent_ns = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -68,6 +104,8 @@ class _Connection(asyncio.Protocol):
         self._body = bytearray()
         self._pos = 0  # chunked parse position in _buf
         self._first_ns = 0
+        self._last_event_ns = 0
+        self._token_seen = False
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -142,6 +180,7 @@ class _Connection(asyncio.Protocol):
     def _parse_chunks(self) -> None:
         buf = self._buf
         pos = self._pos
+        before = len(self._body)
         while True:
             line_end = buf.find(b"\r\n", pos)
             if line_end < 0:
@@ -157,6 +196,8 @@ class _Connection(asyncio.Protocol):
                 pos = line_end + 4
                 del buf[:pos]
                 self._pos = 0
+                if self._result is not None and len(self._body) > before:
+                    self._timestamp_events(before)
                 self._finish()
                 return
             if len(buf) < line_end + 2 + size + 2:
@@ -166,6 +207,30 @@ class _Connection(asyncio.Protocol):
         # drop what has been consumed so the buffer stays small for long streams
         del buf[:pos]
         self._pos = 0
+        if self._result is not None and len(self._body) > before:
+            self._timestamp_events(before)
+
+    def _timestamp_events(self, start: int) -> None:
+        """Count the SSE events completed by the body bytes from `start` on and time them."""
+        body = self._body
+        events = body.count(_EVENT_END, max(0, start - 1))
+        if not events and self._token_seen:
+            return
+        now = time.perf_counter_ns()
+        result = self._result
+        assert result is not None
+        if not self._token_seen and _FIRST_TOKEN.search(body, max(0, start - 32)):
+            self._token_seen = True
+            result.first_token_ns.append(now - self._sent_ns)
+        if not events:
+            return
+        result.events += events
+        gaps = result.gaps_ns
+        if self._last_event_ns:  # no gap before a stream's first event
+            gaps.append(now - self._last_event_ns)
+        for _ in range(events - 1):
+            gaps.append(0)
+        self._last_event_ns = now
 
     def _finish(self) -> None:
         waiter = self._waiter
@@ -190,8 +255,16 @@ class _Connection(asyncio.Protocol):
     def request(self, raw: bytes) -> asyncio.Future[tuple[int, bytes, int]]:
         assert self.transport is not None and self._waiter is None
         self._waiter = asyncio.get_running_loop().create_future()
+        self._sent_ns = time.perf_counter_ns()
         self.transport.write(raw)
         return self._waiter
+
+    def cut(self) -> None:
+        """Abandon the request in flight (the window is over) and close the connection."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(_Cut())
+        if self.transport is not None:
+            self.transport.close()
 
 
 def build_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:
@@ -205,9 +278,9 @@ def build_request(host: str, port: int, path: str, body: bytes, headers: dict[st
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-async def _connect(host: str, port: int) -> _Connection:
+async def _connect(host: str, port: int, result: Result | None) -> _Connection:
     loop = asyncio.get_running_loop()
-    _transport, protocol = await loop.create_connection(_Connection, host, port)
+    _transport, protocol = await loop.create_connection(lambda: _Connection(result), host, port)
     return protocol
 
 
@@ -221,30 +294,45 @@ async def run_load(
     duration_s: float,
     max_requests: int,
     timeout_s: float = 30.0,
+    drain_s: float | None = None,
+    stagger_s: float = 0.0,
 ) -> Result:
     """Keep `concurrency` requests in flight until `duration_s` passes or `max_requests` have
-    been started; wait for the ones in flight to finish, and return what happened. With several
-    prepared requests, worker i sends `raw_request[i % len(raw_request)]`."""
+    been started; wait for the ones in flight to finish (for at most `drain_s` more seconds when
+    given: then the rest are cut), and return what happened. With several prepared requests,
+    worker i sends `raw_request[i % len(raw_request)]`. Worker i starts `i * stagger_s /
+    concurrency` seconds late, so that paced streams do not all tick in step."""
     raws = [raw_request] if isinstance(raw_request, bytes) else list(raw_request)
     if not raws:
         raise ValueError("run_load needs at least one prepared request")
     result = Result()
+    timed = result if stream else None
     started = 0
     loop = asyncio.get_running_loop()
     deadline = loop.time() + duration_s
     latencies = result.latencies_ns
     first_bytes = result.first_byte_ns
+    in_flight: dict[int, _Connection] = {}
+    cutting = False
+
+    def cut_all() -> None:
+        nonlocal cutting
+        cutting = True
+        for conn in list(in_flight.values()):
+            conn.cut()
 
     async def worker(index: int) -> None:
         nonlocal started
         raw = raws[index % len(raws)]
         conn: _Connection | None = None
+        if stagger_s:
+            await asyncio.sleep(index * stagger_s / concurrency)
         try:
             while loop.time() < deadline and started < max_requests:
                 started += 1
                 if conn is None or conn.closed:
                     try:
-                        conn = await _connect(host, port)
+                        conn = await _connect(host, port, timed)
                     except OSError as exc:
                         result.error(f"connect: {exc!r}")
                         conn = None
@@ -254,18 +342,29 @@ async def run_load(
                 # (not asyncio.wait_for: on Python 3.11 it can swallow a cancellation (Ctrl-C)
                 # when the answer arrives in the same loop iteration, which here is common)
                 pending = conn.request(raw)
+                in_flight[index] = conn
                 timer = loop.call_later(timeout_s, conn.time_out)
                 try:
                     status, body, first = await pending
+                except _Cut:
+                    result.cut += 1
+                    conn = None
+                    continue
                 except (_Broken, OSError) as exc:
-                    result.error(f"broken: {exc!r}"[:300])
+                    if cutting:
+                        result.cut += 1
+                    else:
+                        result.error(f"broken: {exc!r}"[:300])
                     if conn.transport is not None:
                         conn.transport.close()
                     conn = None
                     continue
                 finally:
                     timer.cancel()
+                    in_flight.pop(index, None)
                 t1 = time.perf_counter_ns()
+                if stream and body.endswith(_DONE):
+                    result.done_events += 1
                 if status != 200:
                     result.error(f"HTTP {status}: {body[:200]!r}")
                 elif stream and not body.endswith(_DONE):
@@ -280,15 +379,12 @@ async def run_load(
             if conn is not None and conn.transport is not None:
                 conn.transport.close()
 
+    cutter = loop.call_at(deadline + drain_s, cut_all) if drain_s is not None else None
     t_start = time.perf_counter()
-    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    try:
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    finally:
+        if cutter is not None:
+            cutter.cancel()
     result.elapsed_s = time.perf_counter() - t_start
     return result
-
-
-def percentile(sorted_values: list[int], q: float) -> float:
-    """Nearest-rank percentile of an ascending list (q in 0..100)."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, min(len(sorted_values), -(-len(sorted_values) * q // 100)))
-    return float(sorted_values[int(rank) - 1])
