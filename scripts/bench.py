@@ -450,7 +450,6 @@ async def measure(
     probes = probes if probes is not None and target.name in ("direct", "kyma") else Probes()
     raws = prepared(target, request_body(target.model, scenario.stream, scenario.max_tokens))
     concurrency = scenario.concurrency
-    stagger = 1.0 / scenario.tokens_per_second if scenario.tokens_per_second else 0.0
     drain = drain_s(scenario, args)
     load = dict(host=HOST, port=target.port, stream=scenario.stream, concurrency=concurrency)
 
@@ -476,21 +475,33 @@ async def measure(
         pg_cpu.sample()
         pg_cpu_task = asyncio.create_task(pg_cpu.run(pg_cpu_stop))
     pids = stack.processes
-    load_at_start = loadavg()
-    before = {name: cpu_ticks(pid) for name, pid in pids.items()}
-    busy_before = machine_busy_ticks()
-    window_start = time.monotonic()
-    client_before = time.process_time()
+    window: dict[str, Any] = {}
+
+    def window_begins() -> None:
+        window["load"] = loadavg()
+        window["ticks"] = {name: cpu_ticks(pid) for name, pid in pids.items()}
+        window["busy"] = machine_busy_ticks()
+        window["start"] = time.monotonic()
+        window["client"] = time.process_time()
+
+    # Paced streams ramp up over one stream's length first, so that they start and end spread
+    # evenly (as a real model's many users do), not all in step; the window begins after that.
+    ramp = scenario.nominal_stream_s if scenario.mode == "paced" else 0.0
+    if not ramp:
+        window_begins()
     result: Result = await run_load(
         **load,
         raw_request=raws,
         duration_s=args.duration,
         max_requests=args.requests,
         drain_s=drain,
-        stagger_s=stagger,
-        timeout_s=max(30.0, args.duration + drain + 5),
+        ramp_s=ramp,
+        on_measure=window_begins if ramp else None,
+        timeout_s=max(30.0, ramp + args.duration + drain + 5),
     )
-    client_cpu = time.process_time() - client_before
+    client_cpu = time.process_time() - window["client"]
+    load_at_start, before = window["load"], window["ticks"]
+    busy_before, window_start = window["busy"], window["start"]
     await quiesce(gateways, args.settle)  # trailing work is gateway cost too
     window_s = time.monotonic() - window_start
     after = {name: cpu_ticks(pid) for name, pid in pids.items()}

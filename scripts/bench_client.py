@@ -26,7 +26,7 @@ import array
 import asyncio
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bench_stats import percentile
@@ -64,6 +64,8 @@ class Result:
     done_events: int = 0
     first_token_ns: list[int] = field(default_factory=list)
     gaps_ns: array.array[int] = field(default_factory=lambda: array.array("q"))
+    # perf_counter_ns when the measured window began (after the ramp, if any)
+    measure_from_ns: int = 0
 
     @property
     def requests(self) -> int:
@@ -221,8 +223,12 @@ class _Connection(asyncio.Protocol):
         assert result is not None
         if not self._token_seen and _FIRST_TOKEN.search(body, max(0, start - 32)):
             self._token_seen = True
-            result.first_token_ns.append(now - self._sent_ns)
+            if self._sent_ns >= result.measure_from_ns:
+                result.first_token_ns.append(now - self._sent_ns)
         if not events:
+            return
+        if now < result.measure_from_ns:  # still ramping up
+            self._last_event_ns = now
             return
         result.events += events
         gaps = result.gaps_ns
@@ -295,13 +301,20 @@ async def run_load(
     max_requests: int,
     timeout_s: float = 30.0,
     drain_s: float | None = None,
-    stagger_s: float = 0.0,
+    ramp_s: float = 0.0,
+    on_measure: Callable[[], None] | None = None,
 ) -> Result:
     """Keep `concurrency` requests in flight until `duration_s` passes or `max_requests` have
     been started; wait for the ones in flight to finish (for at most `drain_s` more seconds when
     given: then the rest are cut), and return what happened. With several prepared requests,
-    worker i sends `raw_request[i % len(raw_request)]`. Worker i starts `i * stagger_s /
-    concurrency` seconds late, so that paced streams do not all tick in step."""
+    worker i sends `raw_request[i % len(raw_request)]`.
+
+    With `ramp_s`, worker i starts `i * ramp_s / concurrency` seconds late, and the measured
+    window begins only when the ramp is over (`on_measure` is called then): long requests, such
+    as paced streams, then start and end spread evenly over time, not all in step, and the
+    window sees the full concurrency from its first moment. Requests sent during the ramp run
+    (their later chunks count) but are not counted themselves, nor their time to first token;
+    failures are counted whenever they happen."""
     raws = [raw_request] if isinstance(raw_request, bytes) else list(raw_request)
     if not raws:
         raise ValueError("run_load needs at least one prepared request")
@@ -309,7 +322,9 @@ async def run_load(
     timed = result if stream else None
     started = 0
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + duration_s
+    measure_at = loop.time() + ramp_s
+    deadline = measure_at + duration_s
+    result.measure_from_ns = time.perf_counter_ns() + int(ramp_s * 1e9)
     latencies = result.latencies_ns
     first_bytes = result.first_byte_ns
     in_flight: dict[int, _Connection] = {}
@@ -325,11 +340,12 @@ async def run_load(
         nonlocal started
         raw = raws[index % len(raws)]
         conn: _Connection | None = None
-        if stagger_s:
-            await asyncio.sleep(index * stagger_s / concurrency)
+        if ramp_s:
+            await asyncio.sleep(index * ramp_s / concurrency)
         try:
             while loop.time() < deadline and started < max_requests:
-                started += 1
+                counted = loop.time() >= measure_at
+                started += counted
                 if conn is None or conn.closed:
                     try:
                         conn = await _connect(host, port, timed)
@@ -363,7 +379,7 @@ async def run_load(
                     timer.cancel()
                     in_flight.pop(index, None)
                 t1 = time.perf_counter_ns()
-                if stream and body.endswith(_DONE):
+                if stream and body.endswith(_DONE) and t1 >= result.measure_from_ns:
                     result.done_events += 1
                 if status != 200:
                     result.error(f"HTTP {status}: {body[:200]!r}")
@@ -371,7 +387,7 @@ async def run_load(
                     result.error(f"stream did not end with [DONE]: ...{body[-200:]!r}")
                 elif not stream and b'"choices"' not in body:
                     result.error(f"no choices in body: {body[:200]!r}")
-                else:
+                elif counted:
                     result.ok += 1
                     latencies.append(t1 - t0)
                     first_bytes.append(first - t0 if first else t1 - t0)
@@ -380,11 +396,12 @@ async def run_load(
                 conn.transport.close()
 
     cutter = loop.call_at(deadline + drain_s, cut_all) if drain_s is not None else None
-    t_start = time.perf_counter()
+    marker = loop.call_at(measure_at, on_measure) if on_measure is not None else None
     try:
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
     finally:
-        if cutter is not None:
-            cutter.cancel()
-    result.elapsed_s = time.perf_counter() - t_start
+        for handle in (cutter, marker):
+            if handle is not None:
+                handle.cancel()
+    result.elapsed_s = max(0.0, loop.time() - measure_at)
     return result
