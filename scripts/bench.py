@@ -1229,7 +1229,12 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         loadavg_start = loadavg()
-        rss_start = {name: round(tree_rss_mb(pid)[0], 1) for name, pid in stack.processes.items()}
+        trees = {name: tree_rss_mb(pid) for name, pid in stack.processes.items()}
+        rss_start = {name: round(mb, 1) for name, (mb, _count) in trees.items()}
+        process_trees = {
+            name: {"pid": stack.processes[name], "processes": count}
+            for name, (_mb, count) in trees.items()
+        }
         rows, soak = uvloop.run(run_all(stack, args, db))
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
@@ -1310,6 +1315,7 @@ def main(argv: list[str] | None = None) -> int:
             if stack is not None and stack.peer is not None
             else None
         ),
+        "process_trees": process_trees,
         "rss_mb_at_start": rss_start,
         "logs": str(kept) if kept else None,
         "log_findings": findings,

@@ -28,7 +28,9 @@ def render(
     args: argparse.Namespace,
     db: bench_db.BenchDatabase | None,
 ) -> str:
-    parts = [load_line(args), "", main_table(rows), "", *notes_main()]
+    parts = [load_line(args)]
+    if rows:
+        parts += ["", main_table(rows), "", *notes_main()]
     streams = [r for r in rows if r.mode != "nonstream"]
     if streams:
         parts += ["", "Streams:", "", stream_table(streams), "", *notes_streams()]
