@@ -112,6 +112,7 @@ class Stack:
     api_keys: list[str]
     peer: bench_peer.Peer | None = None
     extra: dict[str, int] = field(default_factory=dict)  # e.g. the faulty upstream
+    startup: dict[str, float] = field(default_factory=dict)  # seconds, see start_stack
 
     @property
     def processes(self) -> dict[str, int]:
@@ -253,12 +254,19 @@ def start_stack(
     if args.log_level:
         env["KYMA_LOG_LEVEL"] = args.log_level
     env.update(args.core_env)
+    launched = time.monotonic()
     core = procs.start("core", [KYMA, "serve", "core"], env)
     procs.wait_for_line("core", core, r"kyma core listening on", 90)
+    core_ready = time.monotonic()
     bridge = procs.start("bridge", [KYMA, "serve", "bridge"], env)
     procs.wait_for_line("bridge", bridge, r"kyma bridge listening on", 90)
     wait_http(f"http://{HOST}:{http_port}/healthz", bridge, "bridge", 30)
     wait_http(f"http://{HOST}:{http_port}/readyz", bridge, "bridge (core reachable)", 30)
+    # one after the other (not as `kyma serve` starts them): each one's own start-up time
+    startup = {
+        "core_listening_s": core_ready - launched,
+        "bridge_ready_s": time.monotonic() - core_ready,
+    }
 
     # 4. the accounts and their keys (unique emails per run)
     run_id = uuid.uuid4().hex[:12]
@@ -268,6 +276,7 @@ def start_stack(
 
     stack = Stack(upstream.pid, upstream_port, core.pid, bridge.pid, http_port, api_keys)
     stack.extra = extra
+    stack.startup = startup
     if pending is not None:
         print("bench: waiting for litellm to start", file=sys.stderr, flush=True)
         stack.peer = bench_peer.wait_ready(procs, pending)
@@ -1222,7 +1231,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"bench: upstream :{stack.upstream_port} (pid {stack.upstream_pid}), core pid {stack.core_pid}, "
-            f"bridge :{stack.bridge_port} (pid {stack.bridge_pid}){peer_note}; "
+            f"bridge :{stack.bridge_port} (pid {stack.bridge_pid}){peer_note}; core listening "
+            f"after {stack.startup['core_listening_s']:.1f}s, bridge ready "
+            f"{stack.startup['bridge_ready_s']:.1f}s later; "
             f"{args.warmup:g}s warm-up + {args.duration:g}s (<= {args.requests} req) per window; "
             + bench_report.load_line(args),
             file=sys.stderr,
@@ -1316,6 +1327,7 @@ def main(argv: list[str] | None = None) -> int:
             else None
         ),
         "process_trees": process_trees,
+        "startup_s": stack.startup if stack is not None else None,
         "rss_mb_at_start": rss_start,
         "logs": str(kept) if kept else None,
         "log_findings": findings,
