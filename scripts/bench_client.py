@@ -17,7 +17,11 @@ as blank-line separators in the decoded body, one C-level `bytes.count` per read
 clock reading; the first event of that read gets the gap since the previous read's events, the
 others of the same read a gap of 0 (they arrived together, as the client saw them). Time to
 first token is the time from sending the request to the read that brought the first event with
-non-empty `"content"`: searched for only until found, so a few searches per stream.
+non-empty `"content"`: searched for only until found, so a few searches per stream. (A stream
+sent with a Content-Length, or until the connection closes, is timed only as a whole.)
+
+A ramp (`ramp_s`) staggers the workers' starts and delays the measured window until they all
+run: see run_load.
 """
 
 from __future__ import annotations
@@ -119,6 +123,10 @@ class _Connection(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             # A body without a length ends with the connection.
             if self._headers_done and not self._chunked and self._length < 0:
+                self._body = self._buf
+                self._buf = bytearray()
+                if self._result is not None:
+                    self._timestamp_events(0)
                 self._finish()
             else:
                 self._waiter.set_exception(_Broken(f"connection closed mid-response ({exc!r})"))
@@ -176,6 +184,8 @@ class _Connection(asyncio.Protocol):
             if len(buf) >= self._length:
                 self._body = buf[: self._length]
                 del buf[: self._length]
+                if self._result is not None:
+                    self._timestamp_events(0)  # a stream sent whole: its events came at once
                 self._finish()
         # else: read until the connection closes
 

@@ -77,3 +77,16 @@ async def test_streams_still_running_after_the_drain_are_cut_not_failed() -> Non
     assert (result.ok, result.errors, result.cut) == (0, 0, 3)
     assert result.requests == 3 and result.chunks == 3
     assert len(result.first_token_ns) == 3
+
+
+async def test_a_stream_sent_whole_is_counted_at_once() -> None:
+    body = b"".join(EVENTS)
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n"
+    result = Result()
+    conn = _Connection(result)
+    conn.connection_made(_Transport())  # type: ignore[arg-type]
+    answer = conn.request(b"POST / HTTP/1.1\r\n\r\n")
+    conn.data_received(head % len(body) + body)
+    assert (await answer)[1] == body
+    assert result.events == len(EVENTS) and len(result.first_token_ns) == 1
+    assert list(result.gaps_ns) == [0] * (len(EVENTS) - 1)
