@@ -125,7 +125,9 @@ class Stack:
     @property
     def gateway_processes(self) -> list[int]:
         return [
-            pid for name, pid in self.processes.items() if name in ("core", "bridge", "litellm")
+            pid
+            for name, pid in self.processes.items()
+            if name in ("core", "bridge", *bench_peer.PEERS)
         ]
 
     def targets(self) -> list[Target]:
