@@ -76,7 +76,7 @@ from bench_proc import (  # noqa: E402
     tree_rss_mb,
     wait_http,
 )
-from bench_stats import StreamWindow, difference, fit_stream_cost, percentile, ratio  # noqa: E402
+from bench_stats import StreamWindow, difference, judge_stream_cost, percentile, ratio  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 VENV_BIN = pathlib.Path(sys.executable).parent
@@ -678,10 +678,10 @@ def stream_fits(rows: Sequence[Row]) -> list[dict[str, Any]]:
     for (target, concurrency), group in groups.items():
         process = "upstream" if target == "direct" else "gateway"
         windows = [
-            StreamWindow(row.requests, row.chunks, row.cpu_ms_total.get(process, 0.0))
+            StreamWindow(row.requests, row.chunks, row.cpu_ms_total.get(process, 0.0), row.cut)
             for row in group
         ]
-        cost = fit_stream_cost(windows)
+        cost, note = judge_stream_cost(windows)
         fits.append(
             {
                 "target": target,
@@ -691,6 +691,7 @@ def stream_fits(rows: Sequence[Row]) -> list[dict[str, Any]]:
                 "windows": [asdict(w) for w in windows],
                 "fixed_ms_per_stream": cost.fixed_ms if cost else None,
                 "cpu_ms_per_chunk": cost.per_chunk_ms if cost else None,
+                "note": note,
             }
         )
     return fits

@@ -34,7 +34,7 @@ def render(
     streams = [r for r in rows if r.mode != "nonstream"]
     if streams:
         parts += ["", "Streams:", "", stream_table(streams), "", *notes_streams()]
-    if any(f["fixed_ms_per_stream"] is not None for f in fits):
+    if fits:
         parts += [
             "",
             "Cost of a stream, fitted: cpu = fixed + per chunk x chunks:",
@@ -183,11 +183,13 @@ def notes_streams() -> list[str]:
         "- ttft = time from sending the request to the first chunk with non-empty content; gap = "
         "time between consecutive chunks of a stream as the client read them (chunks that came "
         "in one read: 0). added = this row's minus the direct row's, same scenario.",
+        "- A row with many cut streams (a gateway that cannot keep up) spent CPU on chunks it never "
+        "delivered: its cpu per chunk is high, and the fit below leaves such windows out.",
     ]
 
 
 def fit_table(fits: Sequence[dict[str, Any]]) -> str:
-    head = ("target", "cpu of", "conc", "lengths (tokens)", "fixed ms/stream", "ms/chunk")
+    head = ("target", "cpu of", "conc", "lengths (tokens)", "fixed ms/stream", "ms/chunk", "note")
     cells = [
         (
             f["target"],
@@ -196,6 +198,7 @@ def fit_table(fits: Sequence[dict[str, Any]]) -> str:
             ",".join(str(n) for n in f["lengths"]),
             fmt(f["fixed_ms_per_stream"]),
             fmt(f["cpu_ms_per_chunk"], 4),
+            f["note"] or "",
         )
         for f in fits
     ]

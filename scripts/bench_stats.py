@@ -41,6 +41,7 @@ class StreamWindow:
     streams: int
     chunks: int
     cpu_ms: float
+    cut: int = 0  # streams of those cut at the end of the window
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,27 @@ def fit_stream_cost(windows: Sequence[StreamWindow]) -> StreamCost | None:
     fixed = (sc * kk - kc * sk) / det
     per_chunk = (ss * kc - sk * sc) / det
     return StreamCost(fixed_ms=fixed, per_chunk_ms=per_chunk, windows=len(usable))
+
+
+# A window whose streams were cut in numbers says little about a stream's cost: what the
+# gateway did for them but never delivered is in its CPU, not in its chunks.
+MAX_CUT_SHARE = 0.25
+
+
+def judge_stream_cost(windows: Sequence[StreamWindow]) -> tuple[StreamCost | None, str | None]:
+    """fit_stream_cost over the windows that cut at most MAX_CUT_SHARE of their streams, and
+    only a fit without a negative term (a sign of noise); otherwise None. The note says what
+    was left out or why there is no fit."""
+    usable = [w for w in windows if w.streams > 0 and w.cut <= MAX_CUT_SHARE * w.streams]
+    note = None
+    if len(usable) < len(windows):
+        note = f"{len(windows) - len(usable)} window(s) left out: over {MAX_CUT_SHARE:.0%} cut"
+    cost = fit_stream_cost(usable)
+    if cost is None:
+        return None, note or "needs two stream lengths"
+    if cost.fixed_ms < 0 or cost.per_chunk_ms < 0:
+        return None, "a negative term: the windows are too noisy"
+    return cost, note
 
 
 def slope(points: Sequence[tuple[float, float]]) -> float | None:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import math
 
 import bench_stats
-from bench_stats import StreamWindow, fit_stream_cost, flatness, percentile, slope
+from bench_stats import (
+    StreamWindow,
+    fit_stream_cost,
+    flatness,
+    judge_stream_cost,
+    percentile,
+    slope,
+)
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -35,6 +42,17 @@ def test_fit_needs_two_stream_lengths() -> None:
     assert fit_stream_cost(same_length) is None
     assert fit_stream_cost([StreamWindow(10, 190, 80.0)]) is None
     assert fit_stream_cost([StreamWindow(0, 0, 0.0), StreamWindow(10, 190, 80.0)]) is None
+
+
+def test_windows_mostly_cut_and_negative_terms_give_no_fit() -> None:
+    short, long = StreamWindow(100, 1900, 1930.0), StreamWindow(40, 5240, 3908.0)
+    cost, note = judge_stream_cost([short, long])
+    assert cost is not None and note is None
+    mostly_cut = StreamWindow(32, 1520, 3000.0, cut=32)
+    cost, note = judge_stream_cost([short, mostly_cut])
+    assert cost is None and note is not None and "left out" in note
+    cost, note = judge_stream_cost([short, StreamWindow(40, 5240, 100.0)])
+    assert cost is None and note is not None and "negative" in note
 
 
 def test_slope_of_a_line_and_of_too_little() -> None:
