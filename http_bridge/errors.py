@@ -7,6 +7,8 @@ decides only when there is no reason (the core unreachable, a deadline). Bodies 
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 import orjson
 from google.rpc import error_details_pb2, status_pb2
@@ -14,6 +16,8 @@ from starlette.responses import Response
 
 from http_bridge.headers import limit_headers
 from kyma.contract.v1.constants import ErrorReason
+
+log = logging.getLogger(__name__)
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _REASONS = frozenset(ErrorReason)
@@ -130,6 +134,9 @@ def from_grpc(error: grpc.aio.AioRpcError) -> OpenAIError:
         else _BY_CODE.get(error.code())
     )
     if mapped is None:
+        # Nothing says what went wrong: keep what gRPC said (a status and its text; never a
+        # key: the core's messages hold none) for whoever reads the logs.
+        log.warning("a call on the core failed: %s %s", error.code().name, error.details())
         return OpenAIError(
             500,
             "Kyma had an internal error. Please retry; if it persists, contact support.",

@@ -129,18 +129,21 @@ class Authenticator:
         cached = self._cache.get(key_hash)
         if cached is not None and cached[0] > now:
             return cached[1]
+        # One lookup per key at a time, shared by every request that needs it. It runs as a
+        # task of its own, which no caller owns: a caller that is cancelled (its client left)
+        # stops waiting, and the others still get the answer (they once got its cancellation).
         pending = self._pending.get(key_hash)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[KeyOwner | None] = asyncio.get_running_loop().create_future()
-        self._pending[key_hash] = future
-        generation = self._generation
+        if pending is None:
+            pending = asyncio.ensure_future(self._find(key_hash))
+            # Read it, so that a failure nobody waited for is not reported as unretrieved.
+            pending.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._pending[key_hash] = pending
+        return await asyncio.shield(pending)
+
+    async def _find(self, key_hash: bytes) -> KeyOwner | None:
+        now, generation = self._clock.monotonic(), self._generation
         try:
             owner = await self._store.find_key_owner(key_hash)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # waiters re-raise it; this marks it retrieved
-            raise
         finally:
             self._pending.pop(key_hash, None)
         if generation == self._generation:  # no event raced the lookup
@@ -151,5 +154,4 @@ class Authenticator:
             self._cache[key_hash] = (now + ttl, owner)
             if owner is not None:
                 self._by_account.setdefault(owner.account_id, set()).add(key_hash)
-        future.set_result(owner)
         return owner
