@@ -53,6 +53,10 @@ class _ReferralStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Referr
     """Both accounts were rewarded."""
     REFERRAL_STATUS_REJECTED: _ReferralStatus.ValueType  # 3
     """Earns nothing (see the flag reason)."""
+    REFERRAL_STATUS_UNDER_REVIEW: _ReferralStatus.ValueType  # 4
+    """A signal the two accounts share (a sign-up address, which offices and carrier NAT share
+    too) waits for an admin's decision; nothing is paid meanwhile.
+    """
 
 class ReferralStatus(_ReferralStatus, metaclass=_ReferralStatusEnumTypeWrapper): ...
 
@@ -63,6 +67,10 @@ REFERRAL_STATUS_VERIFIED: ReferralStatus.ValueType  # 2
 """Both accounts were rewarded."""
 REFERRAL_STATUS_REJECTED: ReferralStatus.ValueType  # 3
 """Earns nothing (see the flag reason)."""
+REFERRAL_STATUS_UNDER_REVIEW: ReferralStatus.ValueType  # 4
+"""A signal the two accounts share (a sign-up address, which offices and carrier NAT share
+too) waits for an admin's decision; nothing is paid meanwhile.
+"""
 Global___ReferralStatus: _TypeAlias = ReferralStatus  # noqa: Y015
 
 class _LedgerEntryKind:
