@@ -21,6 +21,7 @@ from starlette.responses import Response
 from core_service.settings import Settings
 from http_bridge import account_routes, auth_routes, inference_routes
 from http_bridge.core_client import GRPC_OPTIONS, CoreStubs, new_request_id, stubs
+from http_bridge.disconnects import end_quietly
 from http_bridge.errors import OpenAIError
 from kyma.contract.v1.constants import SHARED_LIMITS_HEALTH_SERVICE
 
@@ -82,6 +83,8 @@ def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -
             {"x-request-id": new_request_id()},
             media_type=_JSON,
         )
+
+    end_quietly(app)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:

@@ -20,6 +20,7 @@ from http_bridge.bodies import (
 )
 from http_bridge.calls import call_core, failed_response
 from http_bridge.core_client import call_metadata, new_request_id, stubs
+from http_bridge.disconnects import ClientGone
 from http_bridge.errors import OpenAIError, from_grpc
 from http_bridge.headers import rate_limit_headers
 from kyma.inference.v1 import inference_service_pb2 as inference_pb
@@ -59,7 +60,7 @@ async def _until_disconnect(request: Request) -> None:
 
 
 async def _unless_disconnected(request: Request, call: Awaitable[Any]) -> Any:
-    """Await the core's answer, cancelling the call if the client goes away first."""
+    """Await the core's answer, cancelling the call if the client goes away first (ClientGone)."""
     work = asyncio.ensure_future(call)
     watch = asyncio.ensure_future(_until_disconnect(request))
     try:
@@ -68,7 +69,7 @@ async def _unless_disconnected(request: Request, call: Awaitable[Any]) -> Any:
         watch.cancel()
     if not work.done():
         work.cancel()
-        raise asyncio.CancelledError
+        raise ClientGone
     return work.result()
 
 
@@ -106,7 +107,7 @@ async def _stream(request: Request, call: Any, headers: dict[str, str]) -> Respo
         first = await _unless_disconnected(request, call.read())
     except grpc.aio.AioRpcError as error:
         return from_grpc(error).response(headers)
-    except asyncio.CancelledError:
+    except (ClientGone, asyncio.CancelledError):
         call.cancel()
         raise
     if first is grpc.aio.EOF:
