@@ -142,12 +142,29 @@ _INFERENCE_OK: Schema = _obj(
     },
     ("object",),
 )
+_PER_MILLION: Schema = {"type": "string", "description": "USD per million tokens, exact"}
 _MODEL_OBJECT = _obj(
     {
         "id": {"type": "string"},
         "object": {"const": "model"},
         "created": {"type": "integer"},
         "owned_by": {"type": "string"},
+        "context_length": {"type": "integer"},
+        "max_output_tokens": {"type": "integer"},
+        "pricing": _obj(
+            {
+                "currency": {"const": "USD"},
+                "input_per_million": _PER_MILLION,
+                "cached_input_per_million": _PER_MILLION,
+                "cache_write_per_million": _PER_MILLION,
+                "output_per_million": _PER_MILLION,
+            },
+            ("currency", "input_per_million", "output_per_million"),
+        ),
+        "endpoints": {"type": "array", "items": {"type": "string"}},
+        "dialects": {"type": "array", "items": {"type": "string"}},
+        "capabilities": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        "limits": {"type": "object", "description": "The caller's own limits for this model"},
     },
     ("id", "object", "created", "owned_by"),
 )
@@ -179,6 +196,9 @@ _USAGE_ROW = _obj(
         "requests": {"type": "integer"},
         "prompt_tokens": {"type": "integer"},
         "completion_tokens": {"type": "integer"},
+        "cached_tokens": {"type": "integer"},
+        "cache_write_tokens": {"type": "integer"},
+        "reasoning_tokens": {"type": "integer"},
         "cost_usd": _USD,
         "estimated_requests": {"type": "integer"},
     },
@@ -195,6 +215,23 @@ _LEDGER_ENTRY = _obj(
         "created_at": _NULLABLE_TIME,
     },
     ("id", "object", "kind", "amount_usd"),
+)
+_REQUEST_RECORD = _obj(
+    {
+        "object": {"const": "request"},
+        "id": {"type": "string"},
+        "created_at": _NULLABLE_TIME,
+        "endpoint": {"type": "string"},
+        "model": {"type": "string"},
+        "deployment": _NULLABLE_STRING,
+        "status": {"type": "string"},
+        "stream": {"type": "boolean"},
+        "latency_ms": {"type": "number"},
+        "usage": {"type": "object"},
+        "cost_usd": _USD,
+        "ledger_entries": {"type": "array", "items": _LEDGER_ENTRY},
+    },
+    ("object", "id", "model", "status", "cost_usd", "ledger_entries"),
 )
 _REFERRAL = _obj(
     {
@@ -310,6 +347,10 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             ),
             **_errors(*_KEYED),
         },
+    },
+    ("get", "/v1/account/requests/{request_id}"): {
+        "summary": "One of the account's past requests: tokens, cost and its ledger entries",
+        "responses": {**_ok(_REQUEST_RECORD), **_errors(*_KEYED, 404)},
     },
     ("get", "/v1/account/referrals"): {
         "summary": "The account's referrals and their state",

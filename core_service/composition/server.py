@@ -34,6 +34,7 @@ from core_service.edge.ratelimit import RateLimitServicer
 from core_service.edge.routing import RoutingServicer
 from core_service.edge.signup import SignupServicer
 from core_service.inference.pipeline import InferencePipeline
+from core_service.logs.lookup import RequestRecords
 from core_service.logs.query import RequestLogQuery
 from kyma.accounting.v1 import (
     accounting_service_pb2,
@@ -110,6 +111,7 @@ def build_server(
             accounts.enforcement,
             clock,
             accounts.referrals,
+            RequestRecords(storage.reads, storage.retention),
         ),
         server,
     )

@@ -1,8 +1,8 @@
 """Payment provenance: the Checkout Sessions Kyma created (the only ones a webhook may credit,
 for that account, amount and currency), and the signed sessions it was sent and did not credit.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0011
+Revises: 0010
 """
 
 import sqlalchemy as sa
@@ -10,8 +10,8 @@ from alembic import op
 
 from core_service.db.types import UTCDateTime
 
-revision = "0009"
-down_revision = "0008"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
