@@ -8,6 +8,7 @@ import orjson
 from fastapi import Request
 from starlette.responses import Response
 
+from http_bridge.core_client import new_request_id
 from http_bridge.errors import OpenAIError
 
 
@@ -39,7 +40,10 @@ def json_object(body: bytes) -> dict[str, Any] | OpenAIError:
     """The body as a JSON object, or the 400 to answer with."""
     try:
         parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as error:
+        if "depth limit" in str(error) or "ecursion limit" in str(error):
+            # orjson's own bound (1,024 levels); the core refuses beyond 64 in the same words.
+            return OpenAIError(400, "The request body is nested too deeply.")
         return OpenAIError(
             400, "We could not parse the JSON body of your request. Send a valid JSON object."
         )
@@ -50,3 +54,20 @@ def json_object(body: bytes) -> dict[str, Any] | OpenAIError:
 
 def json_response(body: Any, headers: dict[str, str], status: int = 200) -> Response:
     return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
+async def small_json(request: Request, limit: int) -> dict[str, Any] | Response:
+    """A small JSON object body, or the 4xx response to answer with."""
+    headers = {"x-request-id": new_request_id()}
+    try:
+        body = await read_body(request, limit)
+    except BodyTooLarge:
+        return too_large(limit).response(headers)
+    parsed = json_object(body)
+    if isinstance(parsed, OpenAIError):
+        return parsed.response(headers)
+    return parsed
+
+
+def bad_field(name: str, message: str) -> Response:
+    return OpenAIError(400, message, param=name).response({"x-request-id": new_request_id()})

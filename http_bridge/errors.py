@@ -43,6 +43,12 @@ BY_REASON: dict[ErrorReason, tuple[int, str, str | None]] = {
     ErrorReason.PAYMENT_PROVIDER_ERROR: (502, "api_error", "payment_provider_error"),
     ErrorReason.MAIL_UNAVAILABLE: (503, "api_error", "mail_unavailable"),
     ErrorReason.SERVICE_UNAVAILABLE: (503, "api_error", "service_unavailable"),
+    ErrorReason.CSRF_FAILED: (403, "permission_error", "csrf_failed"),
+    ErrorReason.INVALID_SESSION: (401, "invalid_request_error", "invalid_session"),
+    ErrorReason.KEY_EXPIRED: (401, "invalid_request_error", "key_expired"),
+    ErrorReason.MODEL_NOT_ALLOWED: (403, "permission_error", "model_not_allowed"),
+    ErrorReason.KEY_SPEND_CAP_REACHED: (403, "permission_error", "key_spend_cap_reached"),
+    ErrorReason.PERMISSION_DENIED: (403, "permission_error", "permission_denied"),
 }
 
 _BY_CODE: dict[grpc.StatusCode, tuple[int, str, str | None]] = {
@@ -50,9 +56,17 @@ _BY_CODE: dict[grpc.StatusCode, tuple[int, str, str | None]] = {
     grpc.StatusCode.UNAUTHENTICATED: (401, "invalid_request_error", "invalid_api_key"),
     grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error", None),
     grpc.StatusCode.NOT_FOUND: (404, "invalid_request_error", None),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "requests", "rate_limit_exceeded"),
+    # Without Kyma's reason, RESOURCE_EXHAUSTED is gRPC's own: a message or metadata over its
+    # size limits, never a rate limit (those always carry RATE_LIMIT_EXCEEDED).
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (413, "invalid_request_error", "request_too_large"),
     grpc.StatusCode.UNAVAILABLE: (503, "api_error", "service_unavailable"),
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "api_error", "timeout"),
+}
+
+
+_TRANSPORT_MESSAGES = {
+    grpc.StatusCode.UNAVAILABLE: "Kyma's core service is unavailable. Please retry shortly.",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "The request is larger than Kyma accepts.",
 }
 
 
@@ -145,9 +159,11 @@ def from_grpc(error: grpc.aio.AioRpcError) -> OpenAIError:
         )
     http_status, type_, code = mapped
     message = error.details() or "Request failed."
+    if not known and error.code() in _TRANSPORT_MESSAGES:
+        # gRPC's own words name its internals ("received metadata size exceeds hard limit").
+        message = _TRANSPORT_MESSAGES[error.code()]
     if not known and error.code() == grpc.StatusCode.UNAVAILABLE:
         # No core answered (none reachable or healthy, or the connection broke).
-        message = "Kyma's core service is unavailable. Please retry shortly."
         retry_after = retry_after or 1
     return OpenAIError(
         http_status,

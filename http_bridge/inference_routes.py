@@ -20,6 +20,7 @@ from http_bridge.bodies import (
 )
 from http_bridge.calls import call_core, failed_response
 from http_bridge.core_client import call_metadata, new_request_id, stubs, with_resends
+from http_bridge.disconnects import ClientGone
 from http_bridge.errors import OpenAIError, from_grpc
 from http_bridge.headers import rate_limit_headers
 from kyma.inference.v1 import inference_service_pb2 as inference_pb
@@ -59,7 +60,7 @@ async def _until_disconnect(request: Request) -> None:
 
 
 async def _unless_disconnected(request: Request, call: Awaitable[Any]) -> Any:
-    """Await the core's answer, cancelling the call if the client goes away first."""
+    """Await the core's answer, cancelling the call if the client goes away first (ClientGone)."""
     work = asyncio.ensure_future(call)
     watch = asyncio.ensure_future(_until_disconnect(request))
     try:
@@ -68,7 +69,7 @@ async def _unless_disconnected(request: Request, call: Awaitable[Any]) -> Any:
         watch.cancel()
     if not work.done():
         work.cancel()
-        raise asyncio.CancelledError
+        raise ClientGone
     return work.result()
 
 
@@ -205,7 +206,7 @@ async def embeddings(request: Request) -> Response:
 @failed_response
 async def list_models(request: Request) -> Response:
     reply, headers = await call_core(
-        request, stubs(request).routing.ListModels, routing_pb.ListModelsRequest()
+        request, stubs(request).routing.ListModels, routing_pb.ListModelsRequest(), session=False
     )
     return json_response(
         {"object": "list", "data": [_model_object(m) for m in reply.models]}, headers
@@ -216,6 +217,9 @@ async def list_models(request: Request) -> Response:
 @failed_response
 async def get_model(model: str, request: Request) -> Response:
     reply, headers = await call_core(
-        request, stubs(request).routing.GetModel, routing_pb.GetModelRequest(id=model)
+        request,
+        stubs(request).routing.GetModel,
+        routing_pb.GetModelRequest(id=model),
+        session=False,
     )
     return json_response(_model_object(reply.model), headers)

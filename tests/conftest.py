@@ -41,6 +41,7 @@ from core_service.db.models import CreditHold
 from core_service.logging_setup import quiet_libraries
 from core_service.settings import Settings
 from http_bridge.app import create_app
+from http_bridge.serve import server_config
 from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from tests.costs import CostRecorder
 from tests.fakes.postgres import fresh_database
@@ -325,9 +326,8 @@ async def running_kyma(
     channel = grpc.aio.insecure_channel(target)
     app = create_app(settings.model_copy(update={"core_address": target}))
     sock = bound_socket()
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    )
+    # Served as `kyma serve bridge` serves it (its HTTP bounds included), on our socket.
+    server = uvicorn.Server(server_config(settings, app, lifespan="on"))
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)

@@ -38,6 +38,12 @@ GRPC_CODES: dict[ErrorReason, int] = {
     ErrorReason.PAYMENT_PROVIDER_ERROR: code_pb2.UNAVAILABLE,
     ErrorReason.MAIL_UNAVAILABLE: code_pb2.UNAVAILABLE,
     ErrorReason.SERVICE_UNAVAILABLE: code_pb2.UNAVAILABLE,
+    ErrorReason.CSRF_FAILED: code_pb2.PERMISSION_DENIED,
+    ErrorReason.INVALID_SESSION: code_pb2.UNAUTHENTICATED,
+    ErrorReason.KEY_EXPIRED: code_pb2.UNAUTHENTICATED,
+    ErrorReason.MODEL_NOT_ALLOWED: code_pb2.PERMISSION_DENIED,
+    ErrorReason.KEY_SPEND_CAP_REACHED: code_pb2.PERMISSION_DENIED,
+    ErrorReason.PERMISSION_DENIED: code_pb2.PERMISSION_DENIED,
 }
 
 
@@ -48,6 +54,12 @@ def _packed(details: list[Message]) -> list[any_pb2.Any]:
         wrapper.Pack(detail)
         packed.append(wrapper)
     return packed
+
+
+# A status travels in the call's trailing metadata (message and details), which gRPC bounds
+# (16 KiB by default, the hard limit): a longer one reaches the caller as RESOURCE_EXHAUSTED
+# with gRPC's own words instead. Messages are written short; this keeps any that quote input.
+MAX_MESSAGE_CHARS = 2000
 
 
 def to_status(error: errors.KymaError) -> grpc.Status:
@@ -65,8 +77,11 @@ def to_status(error: errors.KymaError) -> grpc.Status:
         details.append(
             error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_after))
         )
+    message = error.message
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
     status = status_pb2.Status(
-        code=GRPC_CODES[error.reason], message=error.message, details=_packed(details)
+        code=GRPC_CODES[error.reason], message=message, details=_packed(details)
     )
     return rpc_status.to_status(status)
 

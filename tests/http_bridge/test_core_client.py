@@ -106,7 +106,8 @@ def test_the_channel_balances_with_health_checks_and_resends_only_reads() -> Non
     names = {(n["service"], n.get("method")) for n in reads["name"]}
     assert ("kyma.accounting.v1.AccountingService", "GetAccount") in names
     assert ("kyma.routing.v1.RoutingService", None) in names
-    assert not any("Inference" in service or "Signup" in service for service, _ in names)
+    assert not any("Inference" in service or "Billing" in service for service, _ in names)
+    assert ("kyma.accounting.v1.SignupService", "GetTerms") in names
     assert not any(method and method.startswith("Create") for _, method in names)
     assert reads["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import grpc
 import pytest
@@ -14,7 +16,9 @@ import stripe
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core_service.accounts.auth import Authenticator
+from core_service.accounts.callers import Callers
 from core_service.accounts.emails import parse_email
+from core_service.accounts.sessions import SessionPolicy, Sessions
 from core_service.accounts.store import AccountStore
 from core_service.billing.checkout import CheckoutSessions
 from core_service.billing.webhooks import StripeWebhooks
@@ -34,6 +38,8 @@ from tests.fakes.stripe_api import (
 )
 
 NewAccount = Callable[[], Awaitable[tuple[str, str]]]
+# (amount_usd) -> (account id, the Checkout Session as the fake Stripe holds it)
+NewSession = Callable[..., Awaitable[tuple[str, dict[str, Any]]]]
 
 
 @pytest.fixture(scope="session")
@@ -107,9 +113,11 @@ def webhooks(billing_engine: AsyncEngine) -> StripeWebhooks:
 
 
 @pytest.fixture
-def checkout(stripe_client: stripe.StripeClient) -> CheckoutSessions:
+def checkout(stripe_client: stripe.StripeClient, billing_engine: AsyncEngine) -> CheckoutSessions:
     return CheckoutSessions(
         stripe_client,
+        billing_engine,
+        SystemClock(),
         success_url="http://127.0.0.1:8000/billing/success?session_id={CHECKOUT_SESSION_ID}",
         cancel_url="http://127.0.0.1:8000/billing/cancelled",
         min_usd=Decimal("5"),
@@ -119,18 +127,45 @@ def checkout(stripe_client: stripe.StripeClient) -> CheckoutSessions:
 
 @pytest_asyncio.fixture
 async def billing_stub(
-    account_store: AccountStore, checkout: CheckoutSessions, webhooks: StripeWebhooks
+    account_store: AccountStore,
+    checkout: CheckoutSessions,
+    webhooks: StripeWebhooks,
+    billing_engine: AsyncEngine,
 ) -> AsyncIterator[billing_service_pb2_grpc.BillingServiceStub]:
     """BillingService on a real grpc.aio server (port 0), wired as the core wires it."""
     authenticator = Authenticator(
         account_store, SystemClock(), TierTable(DEFAULT_TIERS), cache_seconds=0
     )
+    sessions = Sessions(
+        billing_engine,
+        billing_engine,
+        SystemClock(),
+        SessionPolicy(lifetime=timedelta(days=7), idle=timedelta(days=1)),
+    )
     server = grpc.aio.server(interceptors=[ErrorTranslation()])
     billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
-        BillingServicer(authenticator, account_store, checkout, webhooks), server
+        BillingServicer(Callers(authenticator, sessions), account_store, checkout, webhooks),
+        server,
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield billing_service_pb2_grpc.BillingServiceStub(channel)
     await server.stop(grace=None)
+
+
+@pytest.fixture
+def kyma_session(
+    new_account: NewAccount, checkout: CheckoutSessions, fake_stripe: RunningFakeStripe
+) -> NewSession:
+    """A Checkout Session Kyma created (and recorded) for a new account, through the fake
+    Stripe; returns (account id, the session as Stripe would send it in a webhook)."""
+
+    async def create(amount_usd: str = "25") -> tuple[str, dict[str, Any]]:
+        account_id, _ = await new_account()
+        session_id, _ = await checkout.create(
+            account_id=account_id, email="buyer@example.com", amount_usd=amount_usd
+        )
+        return account_id, fake_stripe.api.sessions[session_id]
+
+    return create

@@ -111,6 +111,16 @@ class AdminServiceStub:
                 request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsRequest.SerializeToString,
                 response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsResponse.FromString,
                 _registered_method=True)
+        self.ReviewReferral = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/ReviewReferral',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReviewReferralRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReviewReferralResponse.FromString,
+                _registered_method=True)
+        self.ListIgnoredPayments = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/ListIgnoredPayments',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIgnoredPaymentsRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIgnoredPaymentsResponse.FromString,
+                _registered_method=True)
         self.ListRequestLogs = channel.unary_unary(
                 '/kyma.admin.v1.AdminService/ListRequestLogs',
                 request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListRequestLogsRequest.SerializeToString,
@@ -130,6 +140,26 @@ class AdminServiceStub:
                 '/kyma.admin.v1.AdminService/GetAccountDetails',
                 request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountDetailsRequest.SerializeToString,
                 response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountDetailsResponse.FromString,
+                _registered_method=True)
+        self.PostIncident = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/PostIncident',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.PostIncidentRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.PostIncidentResponse.FromString,
+                _registered_method=True)
+        self.UpdateIncident = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/UpdateIncident',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.UpdateIncidentRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.UpdateIncidentResponse.FromString,
+                _registered_method=True)
+        self.ResolveIncident = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/ResolveIncident',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ResolveIncidentRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ResolveIncidentResponse.FromString,
+                _registered_method=True)
+        self.ListIncidents = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/ListIncidents',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIncidentsRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIncidentsResponse.FromString,
                 _registered_method=True)
 
 
@@ -238,6 +268,22 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReviewReferral(self, request, context):
+        """Decides a referral under review: approved, it earns its rewards (now, or once the referred
+        account reaches the threshold), exactly once; rejected, it earns nothing. Audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIgnoredPayments(self, request, context):
+        """Paid Stripe Checkout Sessions that were signed but not credited (Kyma did not create them,
+        or they do not match what it created), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListRequestLogs(self, request, context):
         """Request logs by account, request id and time, newest first.
         """
@@ -261,6 +307,31 @@ class AdminServiceServicer:
     def GetAccountDetails(self, request, context):
         """An account with its balance, keys, notices, sign-up signals and the accounts sharing them.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PostIncident(self, request, context):
+        """Incidents on the public status page. Each change is written to the audit log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateIncident(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveIncident(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIncidents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -343,6 +414,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsRequest.FromString,
                     response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsResponse.SerializeToString,
             ),
+            'ReviewReferral': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReviewReferral,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReviewReferralRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReviewReferralResponse.SerializeToString,
+            ),
+            'ListIgnoredPayments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIgnoredPayments,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIgnoredPaymentsRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIgnoredPaymentsResponse.SerializeToString,
+            ),
             'ListRequestLogs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRequestLogs,
                     request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListRequestLogsRequest.FromString,
@@ -362,6 +443,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetAccountDetails,
                     request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountDetailsRequest.FromString,
                     response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountDetailsResponse.SerializeToString,
+            ),
+            'PostIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.PostIncident,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.PostIncidentRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.PostIncidentResponse.SerializeToString,
+            ),
+            'UpdateIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateIncident,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.UpdateIncidentRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.UpdateIncidentResponse.SerializeToString,
+            ),
+            'ResolveIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveIncident,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ResolveIncidentRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ResolveIncidentResponse.SerializeToString,
+            ),
+            'ListIncidents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIncidents,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIncidentsRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIncidentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -782,6 +883,60 @@ class AdminService:
             _registered_method=True)
 
     @staticmethod
+    def ReviewReferral(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/ReviewReferral',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReviewReferralRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReviewReferralResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIgnoredPayments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/ListIgnoredPayments',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIgnoredPaymentsRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIgnoredPaymentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListRequestLogs(request,
             target,
             options=(),
@@ -879,6 +1034,114 @@ class AdminService:
             '/kyma.admin.v1.AdminService/GetAccountDetails',
             kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountDetailsRequest.SerializeToString,
             kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountDetailsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PostIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/PostIncident',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.PostIncidentRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.PostIncidentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/UpdateIncident',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.UpdateIncidentRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.UpdateIncidentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/ResolveIncident',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ResolveIncidentRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ResolveIncidentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIncidents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/ListIncidents',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIncidentsRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIncidentsResponse.FromString,
             options,
             channel_credentials,
             insecure,
