@@ -28,6 +28,7 @@ from core_service.clock import SystemClock
 from core_service.settings import Settings
 from http_bridge.app import create_app
 from http_bridge.core_client import resendable, service_config
+from http_bridge.serve import server_config
 from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from tests.conftest import ISSUED_KEYS, UPSTREAM_KEY, Kyma, Upstream, bound_socket, write_catalog
 from tests.fakes.cluster import MixedLoad, Outcome, kyma_process
@@ -76,9 +77,7 @@ async def bridge(core_address: str, data_dir: pathlib.Path) -> AsyncIterator[str
         data_dir=data_dir, core_address=core_address, bridge_token="bridge-token-core-client"
     )
     sock = bound_socket()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), log_level="warning", access_log=False)
-    )
+    server = uvicorn.Server(server_config(settings, create_app(settings)))
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)
