@@ -278,6 +278,7 @@ async def test_control_reads_updates_and_validates(http: httpx.AsyncClient) -> N
         b'{"latency_ms": "slow"}',
         b'{"drop_stream_after": -1}',
         b'{"tokens_per_second": true}',
+        b'{"dialects": ["chat", "smoke-signals"]}',
     ):
         response = await http.post("/_control", content=bad)
         assert response.status_code == 400, bad
@@ -433,6 +434,8 @@ def test_flags_set_the_initial_faults(upstream_factory: Callable[..., RunningUps
         "7",
         "--require-api-key",
         "k",
+        "--dialects",
+        "chat",
         "--seed",
         "3",
     )
@@ -449,6 +452,8 @@ def test_flags_set_the_initial_faults(upstream_factory: Callable[..., RunningUps
         "fail_on_text": None,
         "overrun_tokens": 0,
         "omit_usage": False,
+        "reply_tokens": None,
+        "dialects": ["chat"],
         "seed": 3,
     }
     assert running.stop() == 0
