@@ -72,9 +72,13 @@ def new_request_id() -> str:
     return f"{REQUEST_ID_PREFIX}{secrets.token_hex(12)}"
 
 
-def call_metadata(request: Request, request_id: str) -> Metadata:
-    """The caller's credentials and the request id, as the core reads them."""
-    authorization = request.headers.get("authorization")
+def call_metadata(
+    request: Request, request_id: str, *, authorization: str | None = None
+) -> Metadata:
+    """The caller's credentials (the `Authorization` header unless given) and the request id,
+    as the core reads them."""
+    if authorization is None:
+        authorization = request.headers.get("authorization")
     if authorization is None:
         return ((MetadataKey.REQUEST_ID, request_id),)
     if not (authorization.isascii() and authorization.isprintable()):

@@ -4,7 +4,9 @@
 - `pg_url`: a fresh PostgreSQL database on 127.0.0.1:5432, dropped at the end.
 - `kyma`: the real core (grpc.aio on port 0) and the real bridge (uvicorn on port 0) in this
   event loop, on SQLite and on PostgreSQL (parametrized), with a catalogue that routes
-  `test-model` to the test upstream beside the built-in demo model.
+  `test-model` to the test upstream as a chat-only deployment (other dialects translated),
+  `native-model` to it as a deployment that speaks Responses and Messages natively, beside the
+  built-in demo model.
 """
 
 from __future__ import annotations
@@ -114,6 +116,8 @@ class Upstream:
             fail_on_text=None,
             overrun_tokens=0,
             omit_usage=False,
+            reply_tokens=None,
+            dialects=["chat", "messages", "responses"],
         )
 
 
@@ -160,6 +164,18 @@ models:
         base_url: {upstream.base_url}
         model: upstream-model
         api_key_env: KYMA_TEST_UPSTREAM_KEY
+        timeouts: {{connect: 2, first_token: 2, idle: 5, total: 30}}
+  - name: native-model
+    owned_by: kyma-tests
+    max_output_tokens: 2048
+    context_window: 131072
+    price: {{input_per_million: "1.00", output_per_million: "2.00"}}
+    deployments:
+      - name: upstream-native
+        base_url: {upstream.base_url}
+        model: upstream-model
+        api_key_env: KYMA_TEST_UPSTREAM_KEY
+        dialects: [chat, responses, messages]
         timeouts: {{connect: 2, first_token: 2, idle: 5, total: 30}}
   - name: kyma-demo
     deployments:

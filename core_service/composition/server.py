@@ -34,6 +34,7 @@ from core_service.edge.routing import RoutingServicer
 from core_service.edge.signup import SignupServicer
 from core_service.inference.pipeline import InferencePipeline
 from core_service.logs.query import RequestLogQuery
+from core_service.logs.responses import StoredResponses
 from kyma.accounting.v1 import (
     accounting_service_pb2,
     accounting_service_pb2_grpc,
@@ -84,6 +85,7 @@ def build_server(
     routing: Routing,
     accounts: Accounts,
     billing: Billing,
+    stored_responses: StoredResponses,
 ) -> Server:
     server = grpc.aio.server(
         options=GRPC_OPTIONS,
@@ -95,7 +97,7 @@ def build_server(
     )
     authenticator = accounts.authenticator
     inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
-        InferenceServicer(pipeline), server
+        InferenceServicer(pipeline, accounts.authenticator, stored_responses), server
     )
     routing_service_pb2_grpc.add_RoutingServiceServicer_to_server(
         RoutingServicer(authenticator, routing.catalogue), server

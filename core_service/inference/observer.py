@@ -38,6 +38,10 @@ class Observation:
     charge: Charge | None = None
     ttft: float | None = None
     response_body: str = ""
+    # The id the answer is stored under (OpenAI Responses with `store`), and the stored answer
+    # it continues.
+    stored_id: str | None = None
+    continues: str | None = None
     _ended: bool = field(default=False, repr=False)
 
 
@@ -106,5 +110,7 @@ class RequestObserver:
                 stream=observation.stream,
                 request_body=observation.request_body.decode("utf-8", "replace"),
                 response_body=observation.response_body,
+                response_id=observation.stored_id if observation.status == "ok" else None,
+                previous_response_id=observation.continues,
             )
         )

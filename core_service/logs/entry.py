@@ -26,6 +26,10 @@ class RequestLogEntry:
     stream: bool
     request_body: str
     response_body: str
+    # A stored response (OpenAI Responses with `store`): the id it is retrieved by, and the
+    # stored response it continues. Null otherwise.
+    response_id: str | None = None
+    previous_response_id: str | None = None
 
     def __post_init__(self) -> None:
         # Refused here, at the caller, rather than failing a whole batch in the writer later.
