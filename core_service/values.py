@@ -139,3 +139,8 @@ class InferenceRequest:
     continues: str | None = None
     # What the dialect read beyond policy's fields, for its own use (the pipeline never looks).
     state: Any = None
+
+    @property
+    def output_limit_param(self) -> str:
+        """What the client calls its output limit, for messages that name it."""
+        return "max_output_tokens" if self.endpoint == "responses" else "max_tokens"

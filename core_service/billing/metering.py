@@ -146,7 +146,7 @@ class Metering:
                 placed.available_nanos, prompt_cost, model, request.choices
             )
             advice = (
-                f"With this prompt your balance affords max_tokens={affordable}."
+                f"With this prompt your balance affords {request.output_limit_param}={affordable}."
                 if affordable > 0
                 else "Your balance does not cover this prompt."
             )

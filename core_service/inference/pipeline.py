@@ -216,9 +216,9 @@ class InferencePipeline:
             and request.max_output_tokens > model.context_window
         ):
             raise InvalidRequest(
-                f"max_tokens × n ({request.max_output_tokens}) is more than '{model.name}' can write "
-                f"(its context window is {model.context_window} tokens).",
-                param="max_tokens",
+                f"{request.output_limit_param} × n ({request.max_output_tokens}) is more than "
+                f"'{model.name}' can write (its context window is {model.context_window} tokens).",
+                param=request.output_limit_param,
             )
         counted = request.prompt_tokens_estimate + output_tokens_to_hold(request, model)
         try:

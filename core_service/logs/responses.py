@@ -30,7 +30,7 @@ _PREFIX = "resp_"
 # A conversation longer than this is not continued (each turn is one stored response).
 MAX_CHAIN = 10_000
 # How long a reader waits, beyond the writer's interval, for another core's fresh row.
-_SETTLE_SECONDS = 2.0
+SETTLE_SECONDS = 2.0
 _POLL_SECONDS = 0.05
 
 
@@ -61,8 +61,15 @@ def _stored(account_id: str, response_id: str) -> sa.ColumnElement[bool]:
 
 class StoredResponses:
     def __init__(
-        self, engine: AsyncEngine, reads: AsyncEngine, writer: RequestLogWriter, clock: Clock
+        self,
+        engine: AsyncEngine,
+        reads: AsyncEngine,
+        writer: RequestLogWriter,
+        clock: Clock,
+        *,
+        settle_seconds: float = SETTLE_SECONDS,
     ) -> None:
+        self._settle_seconds = settle_seconds
         self._engine = engine
         self._reads = reads
         self._writer = writer
@@ -70,10 +77,10 @@ class StoredResponses:
 
     async def _settled(self, response_id: str, attempt: int) -> bool:
         """Whether to look again for a row not found (`attempt` looks so far)."""
+        window = self._writer.flush_interval + self._settle_seconds
         if attempt == 0 and self._writer.pending:
-            return await self._writer.flush(timeout=self._writer.flush_interval + _SETTLE_SECONDS)
+            return await self._writer.flush(timeout=window)
         made = issued_at(response_id)
-        window = self._writer.flush_interval + _SETTLE_SECONDS
         if made is None or self._clock.now().timestamp() - made > window:
             return False
         await asyncio.sleep(_POLL_SECONDS)
