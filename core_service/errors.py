@@ -57,8 +57,10 @@ class ModelNotFound(KymaError):
     reason = ErrorReason.MODEL_NOT_FOUND
 
     def __init__(self, model: str) -> None:
+        # Quoted whole only when short: the message travels in gRPC trailers, which are bounded.
+        shown = model if len(model) <= 100 else model[:100] + "…"
         super().__init__(
-            f"The model '{model}' does not exist or you do not have access to it.", param="model"
+            f"The model '{shown}' does not exist or you do not have access to it.", param="model"
         )
 
 

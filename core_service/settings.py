@@ -135,6 +135,26 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024, description="Largest request body the bridge accepts."
     )
+    http_max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        description="Largest request line plus headers the bridge reads (larger: 431).",
+    )
+    http_max_headers: int = Field(
+        default=100, ge=10, description="Most header fields in one request (more: 431)."
+    )
+    http_header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Time a request's line and headers have to arrive, from its first byte "
+        "or the connection's opening (later: 408 and the connection closed).",
+    )
+    http_body_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Time a request's body has to arrive after its headers (later: the "
+        "connection is closed).",
+    )
     demo_tokens_per_second: float = Field(
         default=50.0, description="Pace of the built-in demo model's streams; 0 = no pacing."
     )

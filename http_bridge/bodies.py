@@ -39,7 +39,10 @@ def json_object(body: bytes) -> dict[str, Any] | OpenAIError:
     """The body as a JSON object, or the 400 to answer with."""
     try:
         parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as error:
+        if "depth limit" in str(error) or "ecursion limit" in str(error):
+            # orjson's own bound (1,024 levels); the core refuses beyond 64 in the same words.
+            return OpenAIError(400, "The request body is nested too deeply.")
         return OpenAIError(
             400, "We could not parse the JSON body of your request. Send a valid JSON object."
         )

@@ -26,6 +26,10 @@ GRPC_OPTIONS = [
 
 Metadata = tuple[tuple[str, str], ...]
 
+# Far longer than any Kyma key or admin token ("Bearer " + ~50 characters), far shorter than
+# what gRPC refuses in call metadata (8 KiB may already be refused).
+MAX_AUTHORIZATION_CHARS = 1024
+
 
 class CoreStubs:
     """Stubs on one channel to the core, and the bridge credential: sent beside the end user's
@@ -81,8 +85,13 @@ def call_metadata(
         authorization = request.headers.get("authorization")
     if authorization is None:
         return ((MetadataKey.REQUEST_ID, request_id),)
-    if not (authorization.isascii() and authorization.isprintable()):
-        # gRPC metadata is printable ASCII; such a header cannot hold a key, so the core is
-        # asked about a token that fails its checks, and answers as for any wrong key.
+    if not (
+        len(authorization) <= MAX_AUTHORIZATION_CHARS
+        and authorization.isascii()
+        and authorization.isprintable()
+    ):
+        # gRPC metadata is printable ASCII and bounded in size; such a header cannot hold a
+        # key, so the core is asked about a token that fails its checks, and answers as for
+        # any wrong key (401), instead of gRPC refusing the metadata in its own words.
         authorization = "Bearer invalid"
     return ((MetadataKey.AUTHORIZATION, authorization), (MetadataKey.REQUEST_ID, request_id))

@@ -46,9 +46,17 @@ _BY_CODE: dict[grpc.StatusCode, tuple[int, str, str | None]] = {
     grpc.StatusCode.UNAUTHENTICATED: (401, "invalid_request_error", "invalid_api_key"),
     grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error", None),
     grpc.StatusCode.NOT_FOUND: (404, "invalid_request_error", None),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "requests", "rate_limit_exceeded"),
+    # Without Kyma's reason, RESOURCE_EXHAUSTED is gRPC's own: a message or metadata over its
+    # size limits, never a rate limit (those always carry RATE_LIMIT_EXCEEDED).
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (413, "invalid_request_error", "request_too_large"),
     grpc.StatusCode.UNAVAILABLE: (503, "api_error", "service_unavailable"),
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "api_error", "timeout"),
+}
+
+
+_TRANSPORT_MESSAGES = {
+    grpc.StatusCode.UNAVAILABLE: "Kyma's core service is unavailable. Please retry shortly.",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "The request is larger than Kyma accepts.",
 }
 
 
@@ -141,8 +149,9 @@ def from_grpc(error: grpc.aio.AioRpcError) -> OpenAIError:
         )
     http_status, type_, code = mapped
     message = error.details() or "Request failed."
-    if not known and error.code() == grpc.StatusCode.UNAVAILABLE:
-        message = "Kyma's core service is unavailable. Please retry shortly."
+    if not known and error.code() in _TRANSPORT_MESSAGES:
+        # gRPC's own words name its internals ("received metadata size exceeds hard limit").
+        message = _TRANSPORT_MESSAGES[error.code()]
     return OpenAIError(
         http_status,
         message,

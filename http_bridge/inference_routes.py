@@ -23,6 +23,7 @@ from http_bridge.bodies import (
 )
 from http_bridge.calls import call_core, failed_response
 from http_bridge.core_client import call_metadata, new_request_id, stubs
+from http_bridge.disconnects import ClientGone
 from http_bridge.errors import OpenAIError, from_grpc
 from http_bridge.headers import rate_limit_headers
 from kyma.inference.v1 import inference_service_pb2 as inference_pb
@@ -120,7 +121,7 @@ async def _until_disconnect(request: Request) -> None:
 
 
 async def _unless_disconnected(request: Request, call: Awaitable[Any]) -> Any:
-    """Await the core's answer, cancelling the call if the client goes away first."""
+    """Await the core's answer, cancelling the call if the client goes away first (ClientGone)."""
     work = asyncio.ensure_future(call)
     watch = asyncio.ensure_future(_until_disconnect(request))
     try:
@@ -129,7 +130,7 @@ async def _unless_disconnected(request: Request, call: Awaitable[Any]) -> Any:
         watch.cancel()
     if not work.done():
         work.cancel()
-        raise asyncio.CancelledError
+        raise ClientGone
     return work.result()
 
 
@@ -169,6 +170,10 @@ async def _infer(request: Request, route: _Route) -> Response:
     limits = getattr(reply, "rate_limit", None)  # count_tokens has none: no limit applies
     if limits is not None:
         headers.update(rate_limit_headers(limits))
+    usage = getattr(reply, "usage", None)
+    if usage is not None:
+        # The exact charge, as in the body's usage.cost (decimal USD).
+        headers["x-kyma-cost"] = usage.cost_usd
     return Response(reply.body, 200, headers, media_type=_JSON)
 
 
@@ -181,7 +186,7 @@ async def _stream(
         first = await _unless_disconnected(request, call.read())
     except grpc.aio.AioRpcError as error:
         return dialect.error(from_grpc(error), headers)
-    except asyncio.CancelledError:
+    except (ClientGone, asyncio.CancelledError):
         call.cancel()
         raise
     if first is grpc.aio.EOF:
@@ -233,7 +238,44 @@ async def _named_events(first: Any, call: Any, dialect: _Dialect) -> AsyncIterat
 
 
 def _model_object(model: routing_pb.Model) -> dict[str, Any]:
-    return {"id": model.id, "object": "model", "created": model.created, "owned_by": model.owned_by}
+    """OpenAI's four fields as OpenAI has them (the SDK parses them), Kyma's beside them: what
+    the catalogue does not declare is absent."""
+    found: dict[str, Any] = {
+        "id": model.id,
+        "object": "model",
+        "created": model.created,
+        "owned_by": model.owned_by,
+    }
+    if model.HasField("context_window"):
+        found["context_length"] = model.context_window
+    if model.HasField("max_output_tokens"):
+        found["max_output_tokens"] = model.max_output_tokens
+    price = model.price
+    found["pricing"] = {
+        "currency": "USD",
+        "input_per_million": price.input_usd_per_million,
+        "cached_input_per_million": price.cached_input_usd_per_million,
+        "cache_write_per_million": price.cache_write_usd_per_million,
+        "output_per_million": price.output_usd_per_million,
+    }
+    found["endpoints"] = [endpoint.path for endpoint in model.endpoint_details]
+    found["dialects"] = [endpoint.dialect for endpoint in model.endpoint_details]
+    capabilities = {
+        name: getattr(model.capabilities, name)
+        for name in ("tools", "structured_outputs", "vision", "reasoning")
+        if model.capabilities.HasField(name)
+    }
+    if capabilities:
+        found["capabilities"] = capabilities
+    if model.HasField("caller_limits"):
+        limits = model.caller_limits
+        found["limits"] = {
+            "tier": limits.tier,
+            "requests_per_minute": limits.rpm,
+            "requests_per_minute_per_model": limits.model_rpm,
+            "tokens_per_minute": limits.tpm,
+        }
+    return found
 
 
 router = APIRouter()

@@ -34,6 +34,7 @@ _KNOWN = frozenset(
         "/v1/billing/stripe/webhook",
         "/healthz",
         "/readyz",
+        "/openapi.json",
     }
 )
 

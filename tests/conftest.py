@@ -4,9 +4,9 @@
 - `pg_url`: a fresh PostgreSQL database on 127.0.0.1:5432, dropped at the end.
 - `kyma`: the real core (grpc.aio on port 0) and the real bridge (uvicorn on port 0) in this
   event loop, on SQLite and on PostgreSQL (parametrized), with a catalogue that routes
-  `test-model` to the test upstream as a chat-only deployment (other dialects translated),
-  `native-model` to it as a deployment that speaks Responses and Messages natively, beside the
-  built-in demo model.
+  `test-model` (and `test-model-cached`, with prompt-cache prices and declared capabilities) to
+  the test upstream as chat-only deployments (other dialects translated), `native-model` to it as
+  a deployment that speaks Responses and Messages natively, beside the built-in demo model.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import anthropic
 import grpc
 import httpx
 import openai
@@ -42,7 +43,9 @@ from core_service.db.models import CreditHold
 from core_service.logging_setup import quiet_libraries
 from core_service.settings import Settings
 from http_bridge.app import create_app
+from http_bridge.serve import server_config
 from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
+from tests.costs import CostRecorder
 from tests.fakes.postgres import fresh_database
 
 ADMIN_TOKEN = "kyadm_test_" + secrets.token_hex(8)
@@ -116,6 +119,8 @@ class Upstream:
             fail_on_text=None,
             overrun_tokens=0,
             omit_usage=False,
+            cached_prompt_fraction=0,
+            reasoning_fraction=0,
             reply_tokens=None,
             dialects=["chat", "messages", "responses"],
         )
@@ -181,6 +186,23 @@ models:
     deployments:
       - base_url: demo://local/v1
         model: kyma-demo
+  - name: test-model-cached
+    owned_by: kyma-tests
+    context_window: 65536
+    max_output_tokens: 1024
+    capabilities: {{tools: true, structured_outputs: true, vision: false, reasoning: true}}
+    price:
+      input_per_million: "1.00"
+      cached_input_per_million: "0.25"
+      cache_write_per_million: "1.25"
+      output_per_million: "2.00"
+    endpoints: [chat.completions, completions]
+    deployments:
+      - name: upstream-cached
+        base_url: {upstream.base_url}
+        model: upstream-model
+        api_key_env: KYMA_TEST_UPSTREAM_KEY
+        timeouts: {{connect: 2, first_token: 2, idle: 5, total: 30}}
 """
     )
     return path
@@ -204,6 +226,9 @@ class Kyma:
     backend: str
     upstream: Upstream
     channel: grpc.aio.Channel
+    # Every answer its SDK clients got, with the cost it showed (checked against the ledger
+    # after each test that uses the session's `kyma`).
+    costs: CostRecorder = field(default_factory=CostRecorder)
 
     @property
     def base_url(self) -> str:
@@ -235,7 +260,20 @@ class Kyma:
         return re.search(r"code is (\d{6})", body).group(1)  # type: ignore[union-attr]
 
     def client(self, api_key: str, **kwargs: Any) -> openai.AsyncOpenAI:
+        """The official SDK on this Kyma; its answers' costs are recorded (`costs`)."""
+        kwargs.setdefault(
+            "http_client", openai.DefaultAsyncHttpxClient(transport=self.costs.transport())
+        )
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, **kwargs)
+
+    def anthropic(self, api_key: str) -> anthropic.AsyncAnthropic:
+        """Anthropic's official SDK on this Kyma; its answers' costs are recorded too."""
+        return anthropic.AsyncAnthropic(
+            base_url=self.http_url,
+            api_key=api_key,
+            max_retries=0,
+            http_client=anthropic.DefaultAsyncHttpxClient(transport=self.costs.transport()),
+        )
 
     def http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.http_url, timeout=30)
@@ -313,9 +351,8 @@ async def running_kyma(
     channel = grpc.aio.insecure_channel(target)
     app = create_app(settings.model_copy(update={"core_address": target}))
     sock = bound_socket()
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    )
+    # Served as `kyma serve bridge` serves it (its HTTP bounds included), on our socket.
+    server = uvicorn.Server(server_config(settings, app, lifespan="on"))
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)
@@ -355,9 +392,13 @@ async def client(kyma: Kyma, account: tuple[str, str]) -> AsyncIterator[openai.A
 async def _fresh_upstream_and_ledger_check(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     """Tests that use the upstream start with no faults and zeroed counters; tests that use a
     running Kyma end with the ledger check (every balance equals its entries, every hold ended
-    exactly once or still open)."""
+    exactly once or still open) and the cost check (every usage.cost an SDK client was shown
+    equals its ledger entries: tests/costs.py)."""
     if "upstream" in request.fixturenames:
         await request.getfixturevalue("upstream").reset()
     yield
     if "kyma" in request.fixturenames:
-        await request.getfixturevalue("kyma").verify_ledger()
+        kyma = request.getfixturevalue("kyma")
+        await kyma.verify_ledger()
+        # Every answer's usage.cost is what the ledger charged for it.
+        await kyma.costs.check(kyma)

@@ -10,21 +10,11 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core_service.account_events import ACCOUNT_CHANGED, AccountEvents
+from core_service.admin import audit as audit_log
 from core_service.billing.ledger import SYSTEM_ADJUSTMENTS, EntryKind, Transfer, post_in
 from core_service.clock import Clock
 from core_service.db.models import Account, AccountNotice, AuditEntry, Balance
 from core_service.errors import InvalidRequest, NotFound
-
-MAX_TEXT = 2000
-
-
-def _text(value: str, what: str, param: str) -> str:
-    text = value.strip()
-    if not text:
-        raise InvalidRequest(f"A {what} is required.", param=param)
-    if len(text) > MAX_TEXT or not text.isprintable():
-        raise InvalidRequest(f"The {what} is up to {MAX_TEXT} printable characters.", param=param)
-    return text
 
 
 class Enforcement:
@@ -45,27 +35,14 @@ class Enforcement:
         reason: str,
         details: str = "",
     ) -> AuditEntry:
-        now = self._clock.now()
-        entry_id = await conn.scalar(
-            insert(AuditEntry)
-            .values(
-                actor=actor[:100],
-                action=action,
-                account_id=account_id,
-                reason=reason,
-                details=details[:MAX_TEXT],
-                created_at=now,
-            )
-            .returning(AuditEntry.id)
-        )
-        return AuditEntry(
-            id=entry_id,
-            actor=actor[:100],
+        return await audit_log.record_in(
+            conn,
+            self._clock.now(),
+            actor=actor,
             action=action,
             account_id=account_id,
             reason=reason,
-            details=details[:MAX_TEXT],
-            created_at=now,
+            details=details,
         )
 
     @staticmethod
@@ -74,8 +51,8 @@ class Enforcement:
             raise NotFound(f"No account {account_id}.", param="account_id")
 
     async def warn(self, account_id: str, message: str, *, actor: str, reason: str) -> AuditEntry:
-        message = _text(message, "message", "message")
-        reason = _text(reason, "reason", "reason")
+        message = audit_log.required_text(message, "message", "message")
+        reason = audit_log.required_text(reason, "reason", "reason")
         async with self._engine.begin() as conn:
             await self._require(conn, account_id)
             await conn.execute(
@@ -97,7 +74,7 @@ class Enforcement:
     ) -> tuple[int, AuditEntry]:
         """Take the available balance to zero (credit held for requests in flight settles as
         usual). Returns the amount removed."""
-        reason = _text(reason, "reason", "reason")
+        reason = audit_log.required_text(reason, "reason", "reason")
         async with self._engine.begin() as conn:
             await self._require(conn, account_id)
             available = await conn.scalar(
@@ -141,7 +118,7 @@ class Enforcement:
         actor: str,
         action: str,
     ) -> AuditEntry:
-        reason = _text(reason, "reason", "reason")
+        reason = audit_log.required_text(reason, "reason", "reason")
         async with self._engine.begin() as conn:
             await self._require(conn, account_id)
             await conn.execute(
@@ -191,7 +168,7 @@ class Enforcement:
         )
 
     async def revoke_referrals(self, account_id: str, *, actor: str, reason: str) -> AuditEntry:
-        reason = _text(reason, "reason", "reason")
+        reason = audit_log.required_text(reason, "reason", "reason")
         async with self._engine.begin() as conn:
             await self._require(conn, account_id)
             await conn.execute(

@@ -1,8 +1,12 @@
 """Starting a credit purchase: a Stripe Checkout Session for a validated amount of US dollars.
 
 Nothing is credited here. The account is credited only by the signed webhook once Stripe says the
-session is paid (`core_service.billing.webhooks`); the session carries the account id in
-`client_reference_id` (and in its metadata) so that the webhook knows whom to credit.
+session is paid (`core_service.billing.webhooks`), and only for a session recorded here: every
+session Kyma creates is written to `checkout_sessions` (its id, account, amount and currency)
+before its URL is handed out, so a session that was never recorded can never be paid through
+Kyma, and a webhook cannot credit more, another currency, or another account than was recorded.
+If that write fails (the database is away), the caller gets the error and never the URL; the
+orphaned session at Stripe expires unpaid.
 """
 
 from __future__ import annotations
@@ -13,7 +17,11 @@ from decimal import Decimal
 from typing import Any
 
 import stripe
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core_service.clock import Clock
+from core_service.db.models import CheckoutSession
 from core_service.errors import BillingNotConfigured, InvalidRequest, PaymentProviderError
 
 log = logging.getLogger(__name__)
@@ -26,6 +34,7 @@ _MAX_AMOUNT_CHARS = 32
 _PLAIN_DECIMAL = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
 # Stripe's ceiling for one Checkout Session in USD ($999,999.99).
 _STRIPE_MAX_CENTS = 99_999_999
+CURRENCY = "usd"
 _EXAMPLE = 'such as "25" or "10.50"'
 
 
@@ -72,6 +81,8 @@ class CheckoutSessions:
     def __init__(
         self,
         stripe_client: stripe.StripeClient | None,
+        engine: AsyncEngine,
+        clock: Clock,
         *,
         success_url: str,
         cancel_url: str,
@@ -81,6 +92,8 @@ class CheckoutSessions:
         if not Decimal("0.01") <= min_usd <= max_usd or to_cents(max_usd) > _STRIPE_MAX_CENTS:
             raise ValueError("checkout amounts need 0.01 <= min_usd <= max_usd <= 999999.99")
         self._stripe = stripe_client
+        self._engine = engine
+        self._clock = clock
         self._success_url = success_url
         self._cancel_url = cancel_url
         self._min_usd = min_usd
@@ -115,6 +128,16 @@ class CheckoutSessions:
             raise PaymentProviderError(
                 "The payment provider could not start the checkout; try again in a minute."
             )
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                insert(CheckoutSession).values(
+                    id=session.id,
+                    account_id=account_id,
+                    amount_cents=to_cents(amount),
+                    currency=CURRENCY,
+                    created_at=self._clock.now(),
+                )
+            )
         return session.id, session.url
 
     def _params(self, account_id: str, email: str, amount: Decimal) -> Any:
@@ -126,7 +149,7 @@ class CheckoutSessions:
                 {
                     "quantity": 1,
                     "price_data": {
-                        "currency": "usd",
+                        "currency": CURRENCY,
                         "unit_amount": to_cents(amount),
                         "product_data": {
                             "name": PRODUCT_NAME,

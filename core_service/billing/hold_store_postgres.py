@@ -23,7 +23,6 @@ from core_service.billing.hold_store import (
     Batch,
     BatchOutcome,
     Ended,
-    Ending,
     EndOrder,
     Expired,
     Settlement,
@@ -33,6 +32,7 @@ from core_service.billing.hold_store import (
     decide_places,
     late_settlements,
     reconcile_late,
+    tokens_at_end,
     usage_reason,
 )
 
@@ -92,15 +92,19 @@ WITH placed AS (
 )
 INSERT INTO usage_daily AS u
     (account_id, day, model, requests, prompt_tokens, completion_tokens, cost_nanos,
-     estimated_requests)
+     estimated_requests, cached_tokens, cache_write_tokens, reasoning_tokens)
 SELECT * FROM unnest($19::text[], $20::date[], $21::text[], $22::bigint[], $23::bigint[],
-                     $24::bigint[], $25::bigint[], $26::bigint[])
+                     $24::bigint[], $25::bigint[], $26::bigint[], $28::bigint[],
+                     $29::bigint[], $30::bigint[])
 ON CONFLICT (account_id, day, model) DO UPDATE SET
     requests = u.requests + excluded.requests,
     prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
     completion_tokens = u.completion_tokens + excluded.completion_tokens,
     cost_nanos = u.cost_nanos + excluded.cost_nanos,
-    estimated_requests = u.estimated_requests + excluded.estimated_requests
+    estimated_requests = u.estimated_requests + excluded.estimated_requests,
+    cached_tokens = u.cached_tokens + excluded.cached_tokens,
+    cache_write_tokens = u.cache_write_tokens + excluded.cache_write_tokens,
+    reasoning_tokens = u.reasoning_tokens + excluded.reasoning_tokens
 """
 
 
@@ -226,6 +230,9 @@ async def _commit(conn: asyncpg.Connection, batch: Batch) -> BatchOutcome:
             [d.cost_nanos for d in daily],
             [d.estimated_requests for d in daily],
             [e.entry_key for e in charged],
+            [d.cached_tokens for d in daily],
+            [d.cache_write_tokens for d in daily],
+            [d.reasoning_tokens for d in daily],
         ]
         await conn.execute(_APPLY, *args)
     return BatchOutcome(placed=answers, ended={end.hold_id: end.charged_nanos for end in charges})
@@ -276,19 +283,6 @@ async def _end(conn: asyncpg.Connection, batch: Batch) -> list[Ended]:
     ended = []
     for row in rows:
         order = orders[row["id"]]
-        usage = order.settlement
-        if order.ending is Ending.EXPIRED:
-            prompt = int(row["checkpoint_prompt_tokens"])
-            completion = int(row["checkpoint_completion_tokens"])
-            estimated = True
-        elif usage is not None:
-            prompt, completion, estimated = (
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                usage.estimated,
-            )
-        else:
-            prompt, completion, estimated = 0, 0, False
         ended.append(
             Ended(
                 hold_id=order.hold_id,
@@ -298,10 +292,10 @@ async def _end(conn: asyncpg.Connection, batch: Batch) -> list[Ended]:
                 charged_nanos=int(row["charged_nanos"]),
                 model=row["model"],
                 request_id=row["request_id"],
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                estimated=estimated,
                 now=order.now,
+                **tokens_at_end(
+                    order, row["checkpoint_prompt_tokens"], row["checkpoint_completion_tokens"]
+                ),
             )
         )
     return ended

@@ -303,20 +303,73 @@ def _models_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+_REFERRAL_STATUSES = {
+    "pending": accounting_pb.REFERRAL_STATUS_PENDING,
+    "under_review": accounting_pb.REFERRAL_STATUS_UNDER_REVIEW,
+    "verified": accounting_pb.REFERRAL_STATUS_VERIFIED,
+    "rejected": accounting_pb.REFERRAL_STATUS_REJECTED,
+}
+_REFERRAL_STATUS_NAMES = {value: name for name, value in _REFERRAL_STATUSES.items()}
+
+
+def _referral_line(r: accounting_pb.Referral) -> str:
+    return (
+        f"{r.id}  {r.referrer_id} -> {r.referred_id} <{r.referred_email}>  "
+        f"{_REFERRAL_STATUS_NAMES.get(r.status, '?')}  {r.tokens_used}/{r.tokens_required} tokens"
+        + (f"  FLAGGED: {r.flag_reason}" if r.flagged else "")
+    )
+
+
 def _referrals_list(args: argparse.Namespace) -> int:
     admin = _Admin(Settings())
     reply = admin.call(
         admin.stub.ListAllReferrals,
-        pb.ListAllReferralsRequest(flagged_only=args.flagged, page_size=args.limit),
+        pb.ListAllReferralsRequest(
+            flagged_only=args.flagged,
+            page_size=args.limit,
+            status=_REFERRAL_STATUSES.get(
+                args.status or "", accounting_pb.REFERRAL_STATUS_UNSPECIFIED
+            ),
+        ),
     )
-    statuses = {1: "pending", 2: "verified", 3: "rejected"}
-    lines = [
-        f"{r.id}  {r.referrer_id} -> {r.referred_id} <{r.referred_email}>  {statuses.get(r.status, '?')}"
-        f"  {r.tokens_used}/{r.tokens_required} tokens"
-        + (f"  FLAGGED: {r.flag_reason}" if r.flagged else "")
-        for r in reply.referrals
-    ]
+    lines = [_referral_line(r) for r in reply.referrals]
     _print(reply, args.json, "\n".join(lines) or "no referrals")
+    return 0
+
+
+def _referrals_review(args: argparse.Namespace) -> int:
+    admin = _Admin(Settings())
+    decision = (
+        pb.REFERRAL_DECISION_APPROVE if args.action == "approve" else pb.REFERRAL_DECISION_REJECT
+    )
+    reply = admin.call(
+        admin.stub.ReviewReferral,
+        pb.ReviewReferralRequest(
+            referral_id=args.referral_id, decision=decision, justification=_justification(args)
+        ),
+    )
+    verb = "approved" if args.action == "approve" else "rejected"
+    _print(
+        reply,
+        args.json,
+        f"{verb} {args.referral_id} (audit entry {reply.audit.id}); now: "
+        + _referral_line(reply.referral),
+    )
+    return 0
+
+
+def _payments_ignored(args: argparse.Namespace) -> int:
+    admin = _Admin(Settings())
+    reply = admin.call(
+        admin.stub.ListIgnoredPayments, pb.ListIgnoredPaymentsRequest(page_size=args.limit)
+    )
+    lines = [
+        f"{p.received_at.ToDatetime(tzinfo=UTC).isoformat()}  {p.event_id} ({p.event_type})  "
+        f"session {p.session_id or '-'}  account {p.account_id or '-'}  "
+        f"{p.amount_total if p.HasField('amount_total') else '-'} {p.currency or '-'}: {p.reason}"
+        for p in reply.payments
+    ]
+    _print(reply, args.json, "\n".join(lines) or "no ignored payments")
     return 0
 
 
@@ -435,9 +488,31 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     referral_commands = referrals.add_subparsers(dest="action", required=True)
     referral_list = referral_commands.add_parser("list", help="referrals, newest first")
     referral_list.add_argument("--flagged", action="store_true", help="only those flagged as abuse")
+    referral_list.add_argument("--status", choices=sorted(_REFERRAL_STATUSES))
     referral_list.add_argument("--limit", type=int, default=100)
     referral_list.add_argument("--json", action="store_true")
     referral_list.set_defaults(run=_run(_referrals_list))
+    for name, help_text in (
+        ("approve", "a referral under review earns its rewards (once the threshold is met)"),
+        ("reject", "a referral under review (or pending) earns nothing"),
+    ):
+        decide = referral_commands.add_parser(name, help=help_text)
+        decide.add_argument("referral_id")
+        decide.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+        decide.add_argument(
+            "--actor", default=os.environ.get("USER", "admin"), help="who is acting"
+        )
+        decide.add_argument("--json", action="store_true")
+        decide.set_defaults(run=_run(_referrals_review))
+
+    payments = groups.add_parser("payments", help="purchases through Stripe")
+    payment_commands = payments.add_subparsers(dest="action", required=True)
+    ignored = payment_commands.add_parser(
+        "ignored", help="signed, paid sessions that were not credited (and why), newest first"
+    )
+    ignored.add_argument("--limit", type=int, default=100)
+    ignored.add_argument("--json", action="store_true")
+    ignored.set_defaults(run=_run(_payments_ignored))
 
     logs = groups.add_parser("logs", help="request logs")
     log_commands = logs.add_subparsers(dest="action", required=True)

@@ -19,6 +19,7 @@ from core_service.accounts.signup import SignupFlow, SignupPolicy
 from core_service.accounts.store import AccountStore
 from core_service.admin.directory import AccountDirectory
 from core_service.admin.enforcement import Enforcement
+from core_service.admin.referral_review import ReferralReview
 from core_service.billing.pricing import usd_to_nanos
 from core_service.clock import Clock
 from core_service.db.engine import session_factory
@@ -36,6 +37,7 @@ class Accounts:
     authenticator: Authenticator
     signup: SignupFlow
     referrals: ReferralProgram
+    referral_review: ReferralReview
     enforcement: Enforcement
     directory: AccountDirectory
     bridge_token: SecretStr  # what the operator's bridge presents (see edge/signup.py)
@@ -95,6 +97,7 @@ def open_accounts(
         authenticator=Authenticator(store, clock, tiers, cache_seconds=settings.key_cache_seconds),
         signup=signup,
         referrals=referrals,
+        referral_review=ReferralReview(engine, clock, referrals),
         enforcement=Enforcement(engine, clock, events=events),
         directory=AccountDirectory(engine),
         bridge_token=SecretStr(settings.bridge_credential()),

@@ -71,6 +71,8 @@ def open_billing(
         usage=UsageReport(storage.engine, clock),
         checkout=CheckoutSessions(
             _stripe_client(settings, stack),
+            storage.engine,
+            clock,
             success_url=settings.checkout_success_url,
             cancel_url=settings.checkout_cancel_url,
             min_usd=settings.checkout_min_usd,

@@ -23,6 +23,7 @@ from core_service.edge.admin.credits import CreditAdmin
 from core_service.edge.admin.enforcement import EnforcementAdmin
 from core_service.edge.admin.limits import LimitAdmin
 from core_service.edge.admin.logs import LogAdmin
+from core_service.edge.admin.payments import PaymentAdmin
 from core_service.edge.admin.referrals import ReferralAdmin
 from core_service.edge.admin.service import SERVICE as ADMIN_SERVICE
 from core_service.edge.admin.service import AdminServicer
@@ -33,6 +34,7 @@ from core_service.edge.ratelimit import RateLimitServicer
 from core_service.edge.routing import RoutingServicer
 from core_service.edge.signup import SignupServicer
 from core_service.inference.pipeline import InferencePipeline
+from core_service.logs.lookup import RequestRecords
 from core_service.logs.query import RequestLogQuery
 from core_service.logs.responses import StoredResponses
 from kyma.accounting.v1 import (
@@ -111,6 +113,7 @@ def build_server(
             accounts.enforcement,
             clock,
             accounts.referrals,
+            RequestRecords(storage.reads, storage.retention),
         ),
         server,
     )
@@ -122,8 +125,9 @@ def build_server(
         LimitAdmin(accounts.store, authenticator, limits.limiter, limits.tiers, storage.ledger),
         EnforcementAdmin(accounts.enforcement, accounts.store, authenticator, storage.ledger),
         CatalogueAdmin(routing.router, routing.catalogue),
-        ReferralAdmin(accounts.referrals),
+        ReferralAdmin(accounts.referrals, accounts.referral_review),
         LogAdmin(RequestLogQuery(storage.engine), storage.retention),
+        PaymentAdmin(billing.webhooks),
     )
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)  # type: ignore[arg-type]
     billing_service_pb2_grpc.add_BillingServiceServicer_to_server(

@@ -196,6 +196,11 @@ class UsageDaily(Base):
     cost_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     # Requests whose usage the upstream did not report and Kyma counted.
     estimated_requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Of the prompt tokens: read from the upstream's prompt cache, and written to it.
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Of the completion tokens: the model's reasoning.
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class SignupCode(Base):
@@ -268,3 +273,38 @@ class Referral(Base):
         Index("ix_referrals_referrer_id", "referrer_id"),
         Index("ix_referrals_status", "status"),
     )
+
+
+class CheckoutSession(Base):
+    """A Stripe Checkout Session Kyma created: the only kind of session a webhook may credit,
+    and only to this account, at this amount and currency (recorded before its URL is given)."""
+
+    __tablename__ = "checkout_sessions"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # Stripe's cs_… id
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_checkout_sessions_account_id", "account_id"),)
+
+
+class IgnoredPayment(Base):
+    """A signed, paid Checkout Session event that credited nothing, and why: one Kyma did not
+    create, or one that does not match what Kyma created. One row per Stripe event."""
+
+    __tablename__ = "ignored_payments"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    event_id: Mapped[str] = mapped_column(String(255), unique=True)
+    event_type: Mapped[str] = mapped_column(String(100))
+    session_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    # The account the session names, as it names it (not necessarily a Kyma account).
+    account_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    amount_total: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    currency: Mapped[str | None] = mapped_column(String(16), default=None)
+    reason: Mapped[str] = mapped_column(String(500))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -14,6 +14,7 @@ from core_service.billing.metering import Charge, output_tokens_to_hold
 from core_service.catalog import Deployment, Model
 from core_service.dialects.common import json_object
 from core_service.errors import KymaError
+from core_service.inference.costs import priced_response
 from core_service.inference.dialect import Event
 from core_service.inference.requests import UPSTREAM_PATHS, parse_request
 from core_service.inference.streams import StreamRelay
@@ -47,6 +48,7 @@ def chat_body(
 class ChatAnswer:
     document: dict[str, Any]
     public_model: str
+    endpoint: Endpoint
     usage: TokenUsage | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +68,7 @@ class ChatAnswer:
 
     def render(self, charge: Charge) -> bytes:
         self.document["model"] = self.public_model
+        priced_response(self.document, charge, completion=self.endpoint != "embeddings")
         return orjson.dumps(self.document)
 
 
@@ -88,7 +91,7 @@ class ChatRelay:
         return self._relay.usage(complete=complete)
 
     def closing(self, charge: Charge, *, cut: bool) -> list[Event]:
-        return [("", chunk) for chunk in self._relay.closing_chunks(charge.usage, cut=cut)]
+        return [("", chunk) for chunk in self._relay.closing_chunks(charge, cut=cut)]
 
     def failed(self, charge: Charge, error: KymaError) -> list[Event]:
         return []  # a chat stream's failure is the transport's error event
@@ -111,7 +114,7 @@ class ChatExchange:
         self.body = chat_body(self.request.body, self.request, self.deployment, self.model)
 
     def answer(self, raw: bytes) -> ChatAnswer:
-        return ChatAnswer(json_object(raw), self.model.name)
+        return ChatAnswer(json_object(raw), self.model.name, self.request.endpoint)
 
     def relay(self) -> ChatRelay:
         request = self.request

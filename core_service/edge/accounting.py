@@ -17,8 +17,10 @@ from core_service.edge.messages.accounts import account_message, key_message, no
 from core_service.edge.messages.limits import tier_message
 from core_service.edge.messages.money import balance_message, entry_message, money
 from core_service.edge.messages.referrals import referral_message
+from core_service.edge.messages.requests import request_message
 from core_service.edge.metadata import authorization
 from core_service.errors import InvalidRequest, NotFound, Unauthenticated
+from core_service.logs.lookup import RequestRecords
 from core_service.referrals.program import ReferralProgram
 from core_service.standing import check_in_good_standing
 from core_service.values import Principal
@@ -55,7 +57,9 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
         enforcement: Enforcement,
         clock: Clock,
         referrals: ReferralProgram,
+        requests: RequestRecords,
     ) -> None:
+        self._requests = requests
         self._referrals = referrals
         self._clock = clock
         self._authenticator = authenticator
@@ -128,6 +132,9 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
                     completion_tokens=row.completion_tokens,
                     cost=money(row.cost_nanos),
                     estimated_requests=row.estimated_requests,
+                    cached_tokens=row.cached_tokens,
+                    cache_write_tokens=row.cache_write_tokens,
+                    reasoning_tokens=row.reasoning_tokens,
                 )
                 for row in rows
             ]
@@ -159,3 +166,10 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
             program_enabled=policy.enabled,
             reward=money(policy.reward_nanos),
         )
+
+    async def GetRequestRecord(
+        self, request: pb.GetRequestRecordRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetRequestRecordResponse:
+        account_id = await self._account_id(context)
+        record = await self._requests.get(account_id, request.request_id)
+        return pb.GetRequestRecordResponse(request=request_message(record, account_id))

@@ -50,6 +50,12 @@ def _packed(details: list[Message]) -> list[any_pb2.Any]:
     return packed
 
 
+# A status travels in the call's trailing metadata (message and details), which gRPC bounds
+# (16 KiB by default, the hard limit): a longer one reaches the caller as RESOURCE_EXHAUSTED
+# with gRPC's own words instead. Messages are written short; this keeps any that quote input.
+MAX_MESSAGE_CHARS = 2000
+
+
 def to_status(error: errors.KymaError) -> grpc.Status:
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN)
     if error.param:
@@ -65,8 +71,11 @@ def to_status(error: errors.KymaError) -> grpc.Status:
         details.append(
             error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_after))
         )
+    message = error.message
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
     status = status_pb2.Status(
-        code=GRPC_CODES[error.reason], message=error.message, details=_packed(details)
+        code=GRPC_CODES[error.reason], message=message, details=_packed(details)
     )
     return rpc_status.to_status(status)
 

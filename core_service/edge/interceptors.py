@@ -4,6 +4,10 @@ AdminService, and the translation of domain errors into gRPC status.
 Servicers therefore neither check the admin token nor catch errors: a KymaError raised
 anywhere below a servicer ends its call with the status of the error's reason, and anything
 unexpected ends it as INTERNAL (logged here with its traceback, never sent).
+
+A request that is not a valid protobuf message of its method's type is INVALID_ARGUMENT saying
+which type was expected — never gRPC's own answer to a failed decode (UNKNOWN, naming the
+protobuf library's exception class, with an ERROR traceback in the log for each such call).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from pydantic import SecretStr
 
 from core_service import errors
@@ -32,6 +37,40 @@ _DATABASE_UNAVAILABLE = errors.ServiceUnavailable(
 
 Handler = grpc.RpcMethodHandler
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
+
+
+class Undecodable:
+    """What a request that failed to decode is handed to the behaviour as, instead of gRPC's
+    deserializer raising where nothing of ours could answer it."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError:
+            # FromString is a bound classmethod of the message class: its name for the answer.
+            owner = getattr(deserializer, "__self__", None)
+            descriptor = getattr(owner, "DESCRIPTOR", None)
+            return Undecodable(getattr(descriptor, "full_name", "the method's request"))
+
+    return decode
+
+
+def undecodable(request: Any) -> errors.InvalidRequest | None:
+    if not isinstance(request, Undecodable):
+        return None
+    return errors.InvalidRequest(
+        f"The request is not a valid protobuf message of type {request.type_name}."
+    )
 
 
 def _rewrap(handler: Handler, unary: Any, stream: Any) -> Handler:
@@ -62,8 +101,12 @@ class ErrorTranslation(grpc.aio.ServerInterceptor):
             handler = await continuation(handler_call_details)
             if handler is None:
                 return None
+            # Every method of Kyma takes one request message (none streams its requests).
+            tolerant = handler._replace(  # type: ignore[attr-defined]
+                request_deserializer=_tolerant(handler.request_deserializer)
+            )
             wrapped = self._wrapped[method] = _rewrap(
-                handler, self._unary(method), self._stream(method)
+                tolerant, self._unary(method), self._stream(method)
             )
         return wrapped
 
@@ -85,6 +128,9 @@ class ErrorTranslation(grpc.aio.ServerInterceptor):
         def wrap(inner: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
+                    refused = undecodable(request)
+                    if refused is not None:
+                        raise refused
                     return await inner(request, context)
                 except grpc.aio.AbortError:
                     raise
@@ -101,6 +147,9 @@ class ErrorTranslation(grpc.aio.ServerInterceptor):
                 request: Any, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
                 try:
+                    refused = undecodable(request)
+                    if refused is not None:
+                        raise refused
                     async for message in inner(request, context):
                         yield message
                 except grpc.aio.AbortError:

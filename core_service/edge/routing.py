@@ -20,11 +20,13 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        await self._authenticator.authenticate(authorization(context))
-        return pb.ListModelsResponse(models=[model_message(m) for m in self._catalog.models()])
+        caller = await self._authenticator.authenticate(authorization(context))
+        return pb.ListModelsResponse(
+            models=[model_message(m, caller) for m in self._catalog.models()]
+        )
 
     async def GetModel(
         self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelResponse:
-        await self._authenticator.authenticate(authorization(context))
-        return pb.GetModelResponse(model=model_message(self._catalog.get(request.id)))
+        caller = await self._authenticator.authenticate(authorization(context))
+        return pb.GetModelResponse(model=model_message(self._catalog.get(request.id), caller))

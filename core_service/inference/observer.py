@@ -36,6 +36,8 @@ class Observation:
     deployment: str | None = None
     status: str = "ok"
     charge: Charge | None = None
+    # The request's credit hold, which names its ledger entry.
+    hold_id: str | None = None
     ttft: float | None = None
     response_body: str = ""
     # The id the answer is stored under (OpenAI Responses with `store`), and the stored answer
@@ -90,6 +92,7 @@ class RequestObserver:
         if self._log is None:
             return
         principal = observation.principal
+        usage = charge.usage if charge else None
         self._log.record(
             RequestLogEntry(
                 id=observation.request_id,
@@ -110,6 +113,10 @@ class RequestObserver:
                 stream=observation.stream,
                 request_body=observation.request_body.decode("utf-8", "replace"),
                 response_body=observation.response_body,
+                cached_tokens=usage.cached_tokens if usage else 0,
+                cache_write_tokens=usage.cache_write_tokens if usage else 0,
+                reasoning_tokens=usage.reasoning_tokens if usage else 0,
+                hold_id=observation.hold_id,
                 response_id=observation.stored_id if observation.status == "ok" else None,
                 previous_response_id=observation.continues,
             )

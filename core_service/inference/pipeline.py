@@ -234,6 +234,7 @@ class InferencePipeline:
         except BaseException:  # no credit, no database, or the client left
             self._limiter.give_back(admission)
             raise
+        observation.hold_id = reservation.hold_id
         target = _Target(model, principal.account_id, dialect, counted)
         return _Admitted(principal, request, admission, reservation, target)
 
@@ -492,6 +493,8 @@ class InferencePipeline:
                 charge_for(model, relay.usage(complete=complete), ticket.deployment)
             )
             observation.charge = charge
+            # What was delivered, should the client be gone; the final answer replaces it.
+            observation.response_body = relay.logged()
             self._finish(admitted, ticket, charge)
         if failure is not None:
             ending = relay.failed(charge, failure)

@@ -9,8 +9,12 @@ import orjson
 
 from core_service import tokens
 from core_service.errors import InvalidRequest
-from core_service.inference.validation import check_chat, check_completion, check_depth
+from core_service.inference.validation import check_chat, check_completion, check_depth, too_deep
 from core_service.values import Endpoint, InferenceRequest
+
+# Longer than any model id in use (Hugging Face's are at most 96 characters); a longer one is
+# refused before it is looked up or quoted in an error.
+MAX_MODEL_CHARS = 256
 
 # Upstream paths under a deployment's base URL.
 UPSTREAM_PATHS: dict[Endpoint, str] = {
@@ -46,7 +50,10 @@ def parse_request(
     """Parse and check `raw`. `stream` forces streaming on or off (the RPC decides, not the body)."""
     try:
         body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as error:
+        if "depth limit" in str(error) or "ecursion limit" in str(error):
+            # orjson stops at 1,024 levels: the same answer as check_depth's below that.
+            raise too_deep() from None
         raise InvalidRequest(
             "We could not parse the JSON body of your request. Send a valid JSON object."
         ) from None
@@ -56,6 +63,11 @@ def parse_request(
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("You must provide a model parameter.", param="model")
+    if len(model) > MAX_MODEL_CHARS:
+        raise InvalidRequest(
+            f"'model' is longer than {MAX_MODEL_CHARS} characters; no model has such a name.",
+            param="model",
+        )
 
     if endpoint == "chat.completions":
         messages = _require(body, "messages", "list")

@@ -62,15 +62,17 @@ def _one_of(param: str, allowed: tuple[str, ...], value: Any) -> InvalidRequest:
     )
 
 
+def too_deep(limit: int = MAX_DEPTH) -> InvalidRequest:
+    return InvalidRequest(f"The request body is nested more than {limit} levels deep.")
+
+
 def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
     """Refuse JSON nested deeper than `limit` (iteratively: no recursion to exhaust)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if depth > limit:
-            raise InvalidRequest(
-                f"The request body is nested more than {limit} levels deep.", param=None
-            )
+            raise too_deep(limit)
         if isinstance(item, dict):
             stack.extend((child, depth + 1) for child in item.values())
         elif isinstance(item, list):

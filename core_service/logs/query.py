@@ -14,7 +14,7 @@ from core_service.logs.entry import RequestLogEntry
 MAX_LIMIT = 1000
 
 # Core only (no ORM model): a read path over a table written by the log writer, which goes
-# around SQLAlchemy. Mirrors migrations 0006 and 0011.
+# around SQLAlchemy. Mirrors migrations 0006, 0010 and 0012.
 REQUEST_LOGS = sa.Table(
     "request_logs",
     sa.MetaData(),
@@ -36,6 +36,10 @@ REQUEST_LOGS = sa.Table(
     sa.Column("stream", sa.Boolean()),
     sa.Column("request_body", sa.Text()),
     sa.Column("response_body", sa.Text()),
+    sa.Column("cached_tokens", sa.BigInteger()),
+    sa.Column("cache_write_tokens", sa.BigInteger()),
+    sa.Column("reasoning_tokens", sa.BigInteger()),
+    sa.Column("hold_id", sa.Text()),
     sa.Column("response_id", sa.Text()),
     sa.Column("previous_response_id", sa.Text()),
 )

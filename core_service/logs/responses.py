@@ -1,6 +1,6 @@
 """Stored responses (OpenAI's Responses API with `store`), read from the request log.
 
-A stored response is its request's log row (`response_id` set; see migration 0011): it is
+A stored response is its request's log row (`response_id` set; see migration 0012): it is
 retrieved, continued (`previous_response_id`) and deleted only by the account that made it,
 and it lives and dies with the row — retention purges it with the logs.
 
@@ -81,7 +81,11 @@ class StoredResponses:
         if attempt == 0 and self._writer.pending:
             return await self._writer.flush(timeout=window)
         made = issued_at(response_id)
-        if made is None or self._clock.now().timestamp() - made > window:
+        # Only an id made moments ago (by the clock of the core that made it, which may run a
+        # little ahead of this one) is waited for, and never longer than the window.
+        if made is None or abs(self._clock.now().timestamp() - made) > window:
+            return False
+        if attempt * _POLL_SECONDS > window:
             return False
         await asyncio.sleep(_POLL_SECONDS)
         return True

@@ -3,9 +3,16 @@ the referred account has used `tokens_required` tokens (no time limit), and then
 receive `reward` — exactly once, however many nodes notice it at the same moment: the status
 change from pending is conditional, and the two reward entries carry idempotency keys.
 
-Referrals between accounts sharing a sign-up IP or client fingerprint, and referrals by an
-account whose referral privileges were revoked, earn nothing and are flagged for review. With
+Abuse signals are weighed, not applied blindly. A self-referral, a referral between accounts
+sharing a client fingerprint, and one by an account whose referral privileges were revoked are
+rejected: they earn nothing, and are flagged. A shared sign-up IP alone is not proof (offices,
+campuses and carrier NAT share one), so such a referral is flagged and put `under_review`: it
+earns nothing until an admin approves it (`core_service.admin.referral_review`), after which it
+is pending like any other and pays once the threshold is met — at once, if it already was. With
 the program switched off, no referral is made or verified (pending ones stay pending).
+
+States: pending → verified; under_review → pending (approved) or rejected; pending → rejected
+(an admin's rejection, or a referrer revoked before it verified).
 """
 
 from __future__ import annotations
@@ -26,6 +33,13 @@ from core_service.db.models import Account, Referral, UsageDaily
 from core_service.errors import InvalidRequest
 from core_service.ids import new_id
 from core_service.referrals import codes as referral_codes
+
+PENDING = "pending"
+UNDER_REVIEW = "under_review"
+VERIFIED = "verified"
+REJECTED = "rejected"
+STATUSES = (PENDING, UNDER_REVIEW, VERIFIED, REJECTED)
+REVOKED_REASON = "the referrer's referral privileges are revoked"
 
 
 @dataclass(frozen=True)
@@ -94,24 +108,24 @@ class ReferralProgram:
         ).one_or_none()
         if referrer is None:
             return
-        reason = None
+        status, reason = PENDING, None
         if referrer.id == referred.id or referrer.email_canonical == referred.email_canonical:
-            reason = "self-referral"
-        elif referred.signup_ip and referrer.signup_ip == referred.signup_ip:
-            reason = "same sign-up IP as the referrer"
+            status, reason = REJECTED, "self-referral"
         elif (
             referred.signup_fingerprint
             and referrer.signup_fingerprint == referred.signup_fingerprint
         ):
-            reason = "same client fingerprint as the referrer"
+            status, reason = REJECTED, "same client fingerprint as the referrer"
         elif referrer.referrals_revoked:
-            reason = "the referrer's referral privileges are revoked"
+            status, reason = REJECTED, REVOKED_REASON
+        elif referred.signup_ip and referrer.signup_ip == referred.signup_ip:
+            status, reason = UNDER_REVIEW, "same sign-up IP as the referrer"
         await conn.execute(
             insert(Referral).values(
                 id=new_id("ref"),
                 referrer_id=referrer.id,
                 referred_id=referred.id,
-                status="rejected" if reason else "pending",
+                status=status,
                 flagged=reason is not None,
                 flag_reason=reason,
                 created_at=self._clock.now(),
@@ -139,7 +153,7 @@ class ReferralProgram:
                 await conn.scalars(
                     select(Referral.id)
                     .where(
-                        Referral.status == "pending",
+                        Referral.status == PENDING,
                         self._tokens_used() >= self.policy.tokens_required,
                     )
                     .limit(batch)
@@ -151,14 +165,29 @@ class ReferralProgram:
                 verified += 1
         return verified
 
+    async def verify_if_due(self, referral_id: str) -> bool:
+        """Verify and reward this referral if it is pending and its threshold is met (as
+        `verify_due` would on its next run; whichever comes first pays, once)."""
+        if not self.policy.enabled:
+            return False
+        async with self._engine.connect() as conn:
+            due = await conn.scalar(
+                select(Referral.id).where(
+                    Referral.id == referral_id,
+                    Referral.status == PENDING,
+                    self._tokens_used() >= self.policy.tokens_required,
+                )
+            )
+        return bool(due) and await self._verify(referral_id)
+
     async def _verify(self, referral_id: str) -> bool:
         now = self._clock.now()
         async with self._engine.begin() as conn:
             row = (
                 await conn.execute(
                     update(Referral)
-                    .where(Referral.id == referral_id, Referral.status == "pending")
-                    .values(status="verified", verified_at=now)
+                    .where(Referral.id == referral_id, Referral.status == PENDING)
+                    .values(status=VERIFIED, verified_at=now)
                     .returning(Referral.referrer_id, Referral.referred_id)
                 )
             ).one_or_none()
@@ -171,11 +200,7 @@ class ReferralProgram:
                 await conn.execute(
                     update(Referral)
                     .where(Referral.id == referral_id)
-                    .values(
-                        status="rejected",
-                        flagged=True,
-                        flag_reason="the referrer's referral privileges are revoked",
-                    )
+                    .values(status=REJECTED, flagged=True, flag_reason=REVOKED_REASON)
                 )
                 return False
             for side, account in (("referrer", row.referrer_id), ("referred", row.referred_id)):
@@ -196,7 +221,13 @@ class ReferralProgram:
         return True
 
     async def search(
-        self, *, referrer_id: str | None = None, flagged_only: bool = False, limit: int = 200
+        self,
+        *,
+        referrer_id: str | None = None,
+        referral_id: str | None = None,
+        flagged_only: bool = False,
+        status: str | None = None,
+        limit: int = 200,
     ) -> list[ReferralView]:
         statement = (
             select(
@@ -210,8 +241,12 @@ class ReferralProgram:
         )
         if referrer_id:
             statement = statement.where(Referral.referrer_id == referrer_id)
+        if referral_id:
+            statement = statement.where(Referral.id == referral_id)
         if flagged_only:
             statement = statement.where(Referral.flagged.is_(True))
+        if status:
+            statement = statement.where(Referral.status == status)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(statement)).all()
         return [

@@ -40,9 +40,7 @@ async def _upstream_answers_naturally(_fresh_upstream_and_ledger_check: None, up
 
 @pytest_asyncio.fixture
 async def claude(kyma, account):
-    async with anthropic.AsyncAnthropic(
-        base_url=kyma.http_url, api_key=account[1], max_retries=0
-    ) as sdk:
+    async with kyma.anthropic(account[1]) as sdk:
         yield sdk
 
 
@@ -168,9 +166,7 @@ async def test_typed_errors(kyma, account, upstream, tmp_path, model: str) -> No
         with pytest.raises(anthropic.AuthenticationError) as unauthorized:
             await stranger.messages.create(model=model, max_tokens=8, messages=HI)
     assert unauthorized.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
-    async with anthropic.AsyncAnthropic(
-        base_url=kyma.http_url, api_key=key, max_retries=0
-    ) as claude:
+    async with kyma.anthropic(key) as claude:
         with pytest.raises(anthropic.NotFoundError) as missing:
             await claude.messages.create(model="no-such-model", max_tokens=8, messages=HI)
         assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
@@ -209,9 +205,7 @@ async def test_rate_limited_is_a_typed_429(upstream, tmp_path) -> None:
     tiers = [{"tier": 0, "min_purchased_usd": 0, "rpm": 100, "model_rpm": 2, "tpm": 1_000_000}]
     async with running_kyma(tmp_path, None, upstream, "sqlite", tiers=tiers) as limited:
         _, key = await limited.create_account()
-        async with anthropic.AsyncAnthropic(
-            base_url=limited.http_url, api_key=key, max_retries=0
-        ) as claude:
+        async with limited.anthropic(key) as claude:
             for model in (NATIVE, TRANSLATED):
                 for _ in range(2):
                     await claude.messages.create(model=model, max_tokens=4, messages=HI)
@@ -219,6 +213,7 @@ async def test_rate_limited_is_a_typed_429(upstream, tmp_path) -> None:
                     await claude.messages.create(model=model, max_tokens=4, messages=HI)
                 assert limited_error.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
                 assert int(limited_error.value.response.headers["retry-after"]) >= 1
+        assert await limited.costs.check(limited) == 4
         await limited.verify_ledger()
 
 

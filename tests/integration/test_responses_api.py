@@ -8,7 +8,6 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-import anthropic
 import openai
 import pytest
 import pytest_asyncio
@@ -218,9 +217,7 @@ async def test_untranslatable_fields_are_refused_by_name(kyma, client: openai.As
 async def test_the_demo_model_speaks_both_dialects_natively(kyma, account, client) -> None:
     reply = await client.responses.create(model="kyma-demo", input="Hi", max_output_tokens=4)
     assert reply.usage is not None and reply.usage.output_tokens == 4 and reply.output_text
-    async with anthropic.AsyncAnthropic(
-        base_url=kyma.http_url, api_key=account[1], max_retries=0
-    ) as claude:
+    async with kyma.anthropic(account[1]) as claude:
         async with claude.messages.stream(
             model="kyma-demo", max_tokens=4, messages=[{"role": "user", "content": "Hi"}]
         ) as stream:

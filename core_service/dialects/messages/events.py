@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 
 from core_service.billing.metering import Charge
-from core_service.billing.pricing import nanos_to_usd
 from core_service.errors import KymaError
+from core_service.inference.costs import cost_text
 from core_service.inference.dialect import Event
 from core_service.values import TokenUsage
 from kyma.contract.v1.constants import ErrorReason
@@ -49,7 +49,7 @@ def usage_object(usage: TokenUsage, charge: Charge) -> dict[str, Any]:
     }
     if usage.reasoning_tokens:
         report["output_tokens_details"] = {"thinking_tokens": usage.reasoning_tokens}
-    report["cost"] = nanos_to_usd(charge.cost_nanos)
+    report["cost"] = cost_text(charge)
     if usage.estimated:
         report["estimated"] = True
     return report
@@ -58,7 +58,7 @@ def usage_object(usage: TokenUsage, charge: Charge) -> dict[str, Any]:
 def with_cost(upstream_usage: Any, charge: Charge) -> dict[str, Any]:
     """The upstream's usage where it was believed, else Kyma's; with the charge's cost."""
     if isinstance(upstream_usage, dict) and not charge.usage.estimated:
-        return {**upstream_usage, "cost": nanos_to_usd(charge.cost_nanos)}
+        return {**upstream_usage, "cost": cost_text(charge)}
     return usage_object(charge.usage, charge)
 
 

@@ -240,7 +240,9 @@ def _tool_choice(call: MessagesCall, chat: dict[str, Any]) -> None:
     elif kind == "none":
         chat["tool_choice"] = "none"
     elif kind == "tool":
-        chat["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+        if not isinstance(choice.get("name"), str):
+            raise InvalidRequest("tool_choice.name: Field required", param="tool_choice.name")
+        chat["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
     else:
         raise refused("tool_choice.type", f"a tool choice of '{kind}'")
     if choice.get("disable_parallel_tool_use"):

@@ -28,9 +28,9 @@ from typing import Any
 import orjson
 
 from core_service.billing.metering import Charge
-from core_service.billing.pricing import nanos_to_usd
 from core_service.dialects.common import new_id
 from core_service.dialects.responses.request import ResponsesCall
+from core_service.inference.costs import cost_text
 from core_service.inference.dialect import Event
 from core_service.values import TokenUsage
 
@@ -83,7 +83,7 @@ def usage_object(usage: TokenUsage, charge: Charge) -> dict[str, Any]:
         "output_tokens": usage.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.total_tokens,
-        "cost": nanos_to_usd(charge.cost_nanos),
+        "cost": cost_text(charge),
     }
     if usage.estimated:
         report["estimated"] = True
@@ -96,7 +96,7 @@ def finished(
     """The response as it ends: its status, and usage with the charge's cost (the upstream's
     own usage object kept where it was believed)."""
     if isinstance(upstream_usage, dict) and not charge.usage.estimated:
-        usage = {**upstream_usage, "cost": nanos_to_usd(charge.cost_nanos)}
+        usage = {**upstream_usage, "cost": cost_text(charge)}
     else:
         usage = usage_object(charge.usage, charge)
     ended = {**response, "usage": usage}

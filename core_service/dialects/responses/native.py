@@ -20,13 +20,13 @@ from typing import Any
 import orjson
 
 from core_service.billing.metering import Charge
-from core_service.billing.pricing import nanos_to_usd
 from core_service.catalog import Deployment, Model
 from core_service.dialects.common import json_object, stream_event, upstream_failure
 from core_service.dialects.responses.events import TERMINAL, ResponseEvents, shell, usage_object
 from core_service.dialects.responses.request import ResponsesCall
 from core_service.dialects.tally import Tally
 from core_service.errors import KymaError
+from core_service.inference.costs import cost_text
 from core_service.inference.dialect import Event
 from core_service.inference.usage import usage_from_responses
 from core_service.values import InferenceRequest, TokenUsage
@@ -47,7 +47,7 @@ def _owned(response: dict[str, Any], call: ResponsesCall, model: str) -> dict[st
 
 def _with_cost(upstream_usage: Any, charge: Charge) -> dict[str, Any]:
     if isinstance(upstream_usage, dict) and not charge.usage.estimated:
-        return {**upstream_usage, "cost": nanos_to_usd(charge.cost_nanos)}
+        return {**upstream_usage, "cost": cost_text(charge)}
     return usage_object(charge.usage, charge)
 
 

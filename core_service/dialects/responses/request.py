@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 
 from core_service import tokens
+from core_service.dialects.common import request_body
 from core_service.errors import InvalidRequest, NotFound
-from core_service.inference.validation import check_depth
 from core_service.values import InferenceRequest
 
 _ROLES = ("user", "assistant", "system", "developer")
@@ -155,18 +155,7 @@ def _flag(body: Mapping[str, Any], name: str, default: bool) -> bool:
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. Send a valid JSON object."
-        ) from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    check_depth(body)
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise InvalidRequest("You must provide a model parameter.", param="model")
-    return body
+    return request_body(raw, missing_model="You must provide a model parameter.")
 
 
 def read_request(

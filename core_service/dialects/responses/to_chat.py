@@ -275,6 +275,10 @@ def _tool_choice(call: ResponsesCall, translation: ChatTranslation) -> None:
         translation.body["tool_choice"] = choice
         return
     if isinstance(choice, dict) and choice.get("type") == "function":
+        if not isinstance(choice.get("name"), str):
+            raise InvalidRequest(
+                "Missing required parameter: 'tool_choice.name'.", param="tool_choice.name"
+            )
         name = _chat_name(choice)
         translation.body["tool_choice"] = {"type": "function", "function": {"name": name}}
         return
@@ -326,7 +330,7 @@ def _check_no_ops(body: Mapping[str, Any]) -> None:
     if not isinstance(include, list):
         raise InvalidRequest("Invalid type for 'include': expected an array.", param="include")
     for index, name in enumerate(include):
-        if name not in _VACUOUS_INCLUDES:
+        if not isinstance(name, str) or name not in _VACUOUS_INCLUDES:
             raise refused(f"include[{index}]", f"including '{name}'")
     if body.get("truncation") not in (None, "disabled"):
         raise refused("truncation", "truncation other than 'disabled'")

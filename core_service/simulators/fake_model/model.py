@@ -30,6 +30,7 @@ from core_service.simulators.fake_model.checks import (
     MAX_CHOICES,
     MAX_EMBEDDING_DIMENSIONS,
     MAX_EMBEDDING_INPUTS,
+    SIMULATE_USAGE,
     FakeRequestError,
     JsonObject,
     chat_tool_choice,
@@ -39,6 +40,7 @@ from core_service.simulators.fake_model.checks import (
     missing,
     optional_int,
     text_inputs,
+    usage_shares,
     wants_usage,
 )
 from core_service.simulators.fake_model.turns import (
@@ -202,10 +204,22 @@ class _Plan:
     replies: list[_Reply]
     prompt_tokens: int
     include_usage: bool
+    # The shares of the prompt reported as read from a prompt cache, and of the completion
+    # reported as reasoning (part of completion_tokens, as OpenAI counts them).
+    cached_share: float = 0.0
+    reasoning_share: float = 0.0
 
     @property
     def completion_tokens(self) -> int:
         return sum(reply.tokens for reply in self.replies)
+
+    @property
+    def cached_tokens(self) -> int:
+        return int(self.prompt_tokens * self.cached_share)
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return int(self.completion_tokens * self.reasoning_share)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +230,7 @@ class _ChatPlan:
     turns: list[Turn]
     prompt_tokens: int
     cached_tokens: int
+    reasoning_tokens: int
     include_usage: bool
 
     @property
@@ -267,6 +282,25 @@ class FakeModel:
     reply_tokens: int | None = None
     # The prefixes this model instance has seen: what it reports as cached prompt tokens.
     cache: PromptCache = field(default_factory=PromptCache, repr=False, compare=False)
+    # What usage reports beyond what is generated, unless a request's `simulate_usage` says
+    # otherwise: the share of the prompt read from a (pretended) prompt cache, and the share of
+    # the completion that was reasoning. Both are parts of the totals, never added to them.
+    cached_prompt_fraction: float = 0.0
+    reasoning_fraction: float = 0.0
+
+    def _shares(self, request: Mapping[str, Any]) -> tuple[float, float]:
+        return usage_shares(request, (self.cached_prompt_fraction, self.reasoning_fraction))
+
+    def _shares_asked(self, request: Mapping[str, Any]) -> tuple[float | None, float | None]:
+        """The cached and reasoning shares a request (or this model) asks usage to report, each
+        None where nothing asks: the model's own prompt cache and reasoning report then."""
+        cached, reasoning = self._shares(request)
+        asked = request.get(SIMULATE_USAGE)
+        given = asked if isinstance(asked, dict) else {}
+        return (
+            cached if "cached_prompt_fraction" in given or self.cached_prompt_fraction else None,
+            reasoning if "reasoning_fraction" in given or self.reasoning_fraction else None,
+        )
 
     # chat -------------------------------------------------------------------------------------
 
@@ -316,13 +350,22 @@ class FakeModel:
             limit=limit,
         )
         cached = self.cached_prefix_tokens(messages)
+        cached_share, reasoning_share = self._shares_asked(request)
+        if cached_share is not None:
+            cached = int(prompt.prompt_tokens * cached_share)
+        turns = [self.turn(prompt, index) for index in range(n)]
+        completion = sum(turn.completion_tokens for turn in turns)
+        reasoning = sum(turn.reasoning_tokens for turn in turns)
+        if reasoning_share is not None:
+            reasoning = int(completion * reasoning_share)
         return _ChatPlan(
             response_id=_new_id("chatcmpl"),
             created=int(self.clock()),
             model=model,
-            turns=[self.turn(prompt, index) for index in range(n)],
+            turns=turns,
             prompt_tokens=prompt.prompt_tokens,
             cached_tokens=cached,
+            reasoning_tokens=reasoning,
             include_usage=include_usage,
         )
 
@@ -382,6 +425,7 @@ class FakeModel:
         seed = optional_int(request, "seed", -(2**63), 2**63 - 1)
         include_usage = wants_usage(request, stream)
         self._check_output_budget(n, limit, prompts=len(prompts))
+        cached_share, reasoning_share = self._shares(request)
         replies: list[_Reply] = []
         for prompt in prompts:
             prompt_key = _fingerprint(prompt, seed)
@@ -393,6 +437,8 @@ class FakeModel:
             replies=replies,
             prompt_tokens=count_text_inputs(request["prompt"]),
             include_usage=include_usage,
+            cached_share=cached_share,
+            reasoning_share=reasoning_share,
         )
 
     def completion(self, request: Mapping[str, Any], *, model: str) -> JsonObject:
@@ -490,7 +536,7 @@ def _chat_usage(plan: _ChatPlan) -> JsonObject:
         "total_tokens": plan.prompt_tokens + completion_tokens,
         "prompt_tokens_details": {"cached_tokens": plan.cached_tokens, "audio_tokens": 0},
         "completion_tokens_details": {
-            "reasoning_tokens": sum(turn.reasoning_tokens for turn in plan.turns),
+            "reasoning_tokens": plan.reasoning_tokens,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -528,12 +574,18 @@ def _part_text(content: Any) -> str | None:
 
 
 def _plain_usage(plan: _Plan) -> JsonObject:
+    """Legacy completions' usage: the details only when there is something in them."""
     completion_tokens = plan.completion_tokens
-    return {
+    usage: JsonObject = {
         "prompt_tokens": plan.prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": plan.prompt_tokens + completion_tokens,
     }
+    if plan.cached_tokens:
+        usage["prompt_tokens_details"] = {"cached_tokens": plan.cached_tokens}
+    if plan.reasoning_tokens:
+        usage["completion_tokens_details"] = {"reasoning_tokens": plan.reasoning_tokens}
+    return usage
 
 
 def _interleaved(plan: _Plan) -> Iterator[tuple[int, str]]:

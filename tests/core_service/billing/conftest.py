@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from decimal import Decimal
+from typing import Any
 
 import grpc
 import pytest
@@ -34,6 +35,8 @@ from tests.fakes.stripe_api import (
 )
 
 NewAccount = Callable[[], Awaitable[tuple[str, str]]]
+# (amount_usd) -> (account id, the Checkout Session as the fake Stripe holds it)
+NewSession = Callable[..., Awaitable[tuple[str, dict[str, Any]]]]
 
 
 @pytest.fixture(scope="session")
@@ -107,9 +110,11 @@ def webhooks(billing_engine: AsyncEngine) -> StripeWebhooks:
 
 
 @pytest.fixture
-def checkout(stripe_client: stripe.StripeClient) -> CheckoutSessions:
+def checkout(stripe_client: stripe.StripeClient, billing_engine: AsyncEngine) -> CheckoutSessions:
     return CheckoutSessions(
         stripe_client,
+        billing_engine,
+        SystemClock(),
         success_url="http://127.0.0.1:8000/billing/success?session_id={CHECKOUT_SESSION_ID}",
         cancel_url="http://127.0.0.1:8000/billing/cancelled",
         min_usd=Decimal("5"),
@@ -134,3 +139,20 @@ async def billing_stub(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield billing_service_pb2_grpc.BillingServiceStub(channel)
     await server.stop(grace=None)
+
+
+@pytest.fixture
+def kyma_session(
+    new_account: NewAccount, checkout: CheckoutSessions, fake_stripe: RunningFakeStripe
+) -> NewSession:
+    """A Checkout Session Kyma created (and recorded) for a new account, through the fake
+    Stripe; returns (account id, the session as Stripe would send it in a webhook)."""
+
+    async def create(amount_usd: str = "25") -> tuple[str, dict[str, Any]]:
+        account_id, _ = await new_account()
+        session_id, _ = await checkout.create(
+            account_id=account_id, email="buyer@example.com", amount_usd=amount_usd
+        )
+        return account_id, fake_stripe.api.sessions[session_id]
+
+    return create

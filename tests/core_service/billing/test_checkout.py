@@ -12,9 +12,14 @@ import pytest
 import stripe
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core_service.accounts.store import AccountStore
 from core_service.billing.checkout import CheckoutSessions, parse_amount_usd
+from core_service.clock import SystemClock
+from core_service.db.engine import create_engine
+from core_service.db.models import CheckoutSession
 from core_service.errors import BillingNotConfigured, InvalidRequest, PaymentProviderError
 from kyma.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 from tests.fakes.stripe_api import RunningFakeStripe
@@ -28,9 +33,15 @@ CANCEL_URL = "http://127.0.0.1:8000/billing/cancelled"
 NewAccount = Callable[[], Awaitable[tuple[str, str]]]  # the conftest fixture
 
 
-def sessions(client: stripe.StripeClient | None) -> CheckoutSessions:
+def sessions(
+    client: stripe.StripeClient | None, engine: AsyncEngine | None = None
+) -> CheckoutSessions:
+    """Without `engine`, one that is never connected: for checkouts that fail before a session
+    is made (and so before one is recorded)."""
     return CheckoutSessions(
         client,
+        engine or create_engine("sqlite+aiosqlite://"),
+        SystemClock(),
         success_url=SUCCESS_URL,
         cancel_url=CANCEL_URL,
         min_usd=Decimal("5"),
@@ -99,11 +110,15 @@ def test_good_amounts_are_whole_cents(amount: str, cents: int) -> None:
     assert parsed.scaleb(2) == cents
 
 
-async def test_creates_a_payment_session_for_the_account(
-    stripe_client: stripe.StripeClient, fake_stripe: RunningFakeStripe
+async def test_creates_a_payment_session_for_the_account_and_records_it(
+    stripe_client: stripe.StripeClient,
+    fake_stripe: RunningFakeStripe,
+    billing_engine: AsyncEngine,
+    new_account: NewAccount,
 ) -> None:
-    session_id, url = await sessions(stripe_client).create(
-        account_id="acct_0123456789abcdef01234567", email="buyer@example.com", amount_usd="25.50"
+    account_id, _ = await new_account()
+    session_id, url = await sessions(stripe_client, billing_engine).create(
+        account_id=account_id, email="buyer@example.com", amount_usd="25.50"
     )
 
     assert session_id.startswith("cs_test_")
@@ -119,9 +134,9 @@ async def test_creates_a_payment_session_for_the_account(
         "line_items[0][price_data][unit_amount]": "2550",
         "line_items[0][price_data][product_data][name]": "Kyma credits",
         "line_items[0][price_data][product_data][description]": "$25.50 of Kyma API credit",
-        "client_reference_id": "acct_0123456789abcdef01234567",
+        "client_reference_id": account_id,
         "customer_email": "buyer@example.com",
-        "metadata[account_id]": "acct_0123456789abcdef01234567",
+        "metadata[account_id]": account_id,
         "metadata[amount_usd]": "25.50",
         "success_url": SUCCESS_URL,
         "cancel_url": CANCEL_URL,
@@ -129,6 +144,16 @@ async def test_creates_a_payment_session_for_the_account(
     created = fake_stripe.api.sessions[session_id]
     assert created["amount_total"] == 2550
     assert created["payment_status"] == "unpaid"
+    # What a webhook may later credit: this session, this account, this amount and currency.
+    async with billing_engine.connect() as conn:
+        [recorded] = (
+            await conn.execute(select(CheckoutSession).where(CheckoutSession.id == session_id))
+        ).all()
+    assert (recorded.account_id, recorded.amount_cents, recorded.currency) == (
+        account_id,
+        2550,
+        "usd",
+    )
 
 
 async def test_purchases_switched_off_without_a_stripe_key() -> None:

@@ -48,6 +48,23 @@ BREAKER_STATE_HALF_OPEN: BreakerState.ValueType  # 3
 """Cool-down over: the next request or probe decides."""
 Global___BreakerState: _TypeAlias = BreakerState  # noqa: Y015
 
+class _ReferralDecision:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReferralDecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReferralDecision.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REFERRAL_DECISION_UNSPECIFIED: _ReferralDecision.ValueType  # 0
+    REFERRAL_DECISION_APPROVE: _ReferralDecision.ValueType  # 1
+    REFERRAL_DECISION_REJECT: _ReferralDecision.ValueType  # 2
+
+class ReferralDecision(_ReferralDecision, metaclass=_ReferralDecisionEnumTypeWrapper): ...
+
+REFERRAL_DECISION_UNSPECIFIED: ReferralDecision.ValueType  # 0
+REFERRAL_DECISION_APPROVE: ReferralDecision.ValueType  # 1
+REFERRAL_DECISION_REJECT: ReferralDecision.ValueType  # 2
+Global___ReferralDecision: _TypeAlias = ReferralDecision  # noqa: Y015
+
 @_typing.final
 class CreateAccountRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -973,22 +990,167 @@ class ListAllReferralsRequest(_message.Message):
 
     FLAGGED_ONLY_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     flagged_only: _builtins.bool
     page_size: _builtins.int
     """1..500; 0 = 100."""
+    status: _accounting_service_pb2.ReferralStatus.ValueType
+    """Only referrals in this state; unspecified = any."""
     def __init__(
         self,
         *,
         flagged_only: _builtins.bool = ...,
         page_size: _builtins.int = ...,
+        status: _accounting_service_pb2.ReferralStatus.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["flagged_only", b"flagged_only", "page_size", b"page_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flagged_only", b"flagged_only", "page_size", b"page_size", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAllReferralsRequest: _TypeAlias = ListAllReferralsRequest  # noqa: Y015
+
+@_typing.final
+class ReviewReferralRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFERRAL_ID_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    JUSTIFICATION_FIELD_NUMBER: _builtins.int
+    referral_id: _builtins.str
+    decision: Global___ReferralDecision.ValueType
+    @_builtins.property
+    def justification(self) -> Global___Justification: ...
+    def __init__(
+        self,
+        *,
+        referral_id: _builtins.str = ...,
+        decision: Global___ReferralDecision.ValueType = ...,
+        justification: Global___Justification | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["justification", b"justification"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "justification", b"justification", "referral_id", b"referral_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewReferralRequest: _TypeAlias = ReviewReferralRequest  # noqa: Y015
+
+@_typing.final
+class ReviewReferralResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFERRAL_FIELD_NUMBER: _builtins.int
+    AUDIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def referral(self) -> _accounting_service_pb2.Referral:
+        """As it stands after the decision (approved: pending, or verified if the threshold was met)."""
+
+    @_builtins.property
+    def audit(self) -> Global___AuditEntry: ...
+    def __init__(
+        self,
+        *,
+        referral: _accounting_service_pb2.Referral | None = ...,
+        audit: Global___AuditEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "referral", b"referral"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "referral", b"referral"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewReferralResponse: _TypeAlias = ReviewReferralResponse  # noqa: Y015
+
+@_typing.final
+class IgnoredPayment(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_TOTAL_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    event_id: _builtins.str
+    event_type: _builtins.str
+    session_id: _builtins.str
+    account_id: _builtins.str
+    """The account the session names, as it names it."""
+    amount_total: _builtins.int
+    """In the currency's smallest unit, as Stripe sent it; absent when it sent none."""
+    currency: _builtins.str
+    reason: _builtins.str
+    """Why nothing was credited."""
+    @_builtins.property
+    def received_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        event_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        amount_total: _builtins.int | None = ...,
+        currency: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        received_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_amount_total", b"_amount_total", "amount_total", b"amount_total", "received_at", b"received_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount_total", b"_amount_total", "account_id", b"account_id", "amount_total", b"amount_total", "currency", b"currency", "event_id", b"event_id", "event_type", b"event_type", "id", b"id", "reason", b"reason", "received_at", b"received_at", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__amount_total: _TypeAlias = _typing.Literal["amount_total"]  # noqa: Y015
+    _WhichOneofArgType__amount_total: _TypeAlias = _typing.Literal["_amount_total", b"_amount_total"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__amount_total) -> _WhichOneofReturnType__amount_total | None: ...
+
+Global___IgnoredPayment: _TypeAlias = IgnoredPayment  # noqa: Y015
+
+@_typing.final
+class ListIgnoredPaymentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """1..500; 0 = 100."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIgnoredPaymentsRequest: _TypeAlias = ListIgnoredPaymentsRequest  # noqa: Y015
+
+@_typing.final
+class ListIgnoredPaymentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payments(self) -> _containers.RepeatedCompositeFieldContainer[Global___IgnoredPayment]: ...
+    def __init__(
+        self,
+        *,
+        payments: _abc.Iterable[Global___IgnoredPayment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payments", b"payments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIgnoredPaymentsResponse: _TypeAlias = ListIgnoredPaymentsResponse  # noqa: Y015
 
 @_typing.final
 class ListAllReferralsResponse(_message.Message):
@@ -1031,6 +1193,9 @@ class RequestLog(_message.Message):
     STREAM_FIELD_NUMBER: _builtins.int
     REQUEST_BODY_FIELD_NUMBER: _builtins.int
     RESPONSE_BODY_FIELD_NUMBER: _builtins.int
+    CACHED_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
+    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     account_id: _builtins.str
     key_id: _builtins.str
@@ -1049,6 +1214,10 @@ class RequestLog(_message.Message):
     request_body: _builtins.str
     response_body: _builtins.str
     """The response body, or a stream's assembled text."""
+    cached_tokens: _builtins.int
+    """Of the prompt tokens: cache reads and cache writes; of the completion: reasoning."""
+    cache_write_tokens: _builtins.int
+    reasoning_tokens: _builtins.int
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1073,10 +1242,13 @@ class RequestLog(_message.Message):
         stream: _builtins.bool = ...,
         request_body: _builtins.str = ...,
         response_body: _builtins.str = ...,
+        cached_tokens: _builtins.int = ...,
+        cache_write_tokens: _builtins.int = ...,
+        reasoning_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "completion_tokens", b"completion_tokens", "cost", b"cost", "created_at", b"created_at", "deployment", b"deployment", "endpoint", b"endpoint", "estimated", b"estimated", "key_id", b"key_id", "latency_ms", b"latency_ms", "model", b"model", "prompt_tokens", b"prompt_tokens", "request_body", b"request_body", "request_id", b"request_id", "response_body", b"response_body", "status", b"status", "stream", b"stream", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "cache_write_tokens", b"cache_write_tokens", "cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "cost", b"cost", "created_at", b"created_at", "deployment", b"deployment", "endpoint", b"endpoint", "estimated", b"estimated", "key_id", b"key_id", "latency_ms", b"latency_ms", "model", b"model", "prompt_tokens", b"prompt_tokens", "reasoning_tokens", b"reasoning_tokens", "request_body", b"request_body", "request_id", b"request_id", "response_body", b"response_body", "status", b"status", "stream", b"stream", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -111,6 +111,16 @@ class AdminServiceStub:
                 request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsRequest.SerializeToString,
                 response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsResponse.FromString,
                 _registered_method=True)
+        self.ReviewReferral = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/ReviewReferral',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReviewReferralRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReviewReferralResponse.FromString,
+                _registered_method=True)
+        self.ListIgnoredPayments = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/ListIgnoredPayments',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIgnoredPaymentsRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIgnoredPaymentsResponse.FromString,
+                _registered_method=True)
         self.ListRequestLogs = channel.unary_unary(
                 '/kyma.admin.v1.AdminService/ListRequestLogs',
                 request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListRequestLogsRequest.SerializeToString,
@@ -238,6 +248,22 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReviewReferral(self, request, context):
+        """Decides a referral under review: approved, it earns its rewards (now, or once the referred
+        account reaches the threshold), exactly once; rejected, it earns nothing. Audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIgnoredPayments(self, request, context):
+        """Paid Stripe Checkout Sessions that were signed but not credited (Kyma did not create them,
+        or they do not match what it created), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListRequestLogs(self, request, context):
         """Request logs by account, request id and time, newest first.
         """
@@ -342,6 +368,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAllReferrals,
                     request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsRequest.FromString,
                     response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsResponse.SerializeToString,
+            ),
+            'ReviewReferral': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReviewReferral,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReviewReferralRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReviewReferralResponse.SerializeToString,
+            ),
+            'ListIgnoredPayments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIgnoredPayments,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIgnoredPaymentsRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIgnoredPaymentsResponse.SerializeToString,
             ),
             'ListRequestLogs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRequestLogs,
@@ -771,6 +807,60 @@ class AdminService:
             '/kyma.admin.v1.AdminService/ListAllReferrals',
             kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsRequest.SerializeToString,
             kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListAllReferralsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReviewReferral(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/ReviewReferral',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReviewReferralRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ReviewReferralResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIgnoredPayments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/ListIgnoredPayments',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIgnoredPaymentsRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIgnoredPaymentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,14 @@ class AdminServiceStub:
     """Reads the catalogue file again; a bad file is refused and the running catalogue stays."""
     ListAllReferrals: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAllReferralsRequest, _admin_service_pb2.ListAllReferralsResponse]
     """Referrals across all accounts; `flagged_only` for abuse review."""
+    ReviewReferral: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ReviewReferralRequest, _admin_service_pb2.ReviewReferralResponse]
+    """Decides a referral under review: approved, it earns its rewards (now, or once the referred
+    account reaches the threshold), exactly once; rejected, it earns nothing. Audited.
+    """
+    ListIgnoredPayments: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListIgnoredPaymentsRequest, _admin_service_pb2.ListIgnoredPaymentsResponse]
+    """Paid Stripe Checkout Sessions that were signed but not credited (Kyma did not create them,
+    or they do not match what it created), newest first.
+    """
     ListRequestLogs: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListRequestLogsRequest, _admin_service_pb2.ListRequestLogsResponse]
     """Request logs by account, request id and time, newest first."""
     PurgeRequestLogs: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.PurgeRequestLogsRequest, _admin_service_pb2.PurgeRequestLogsResponse]
@@ -100,6 +108,14 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Reads the catalogue file again; a bad file is refused and the running catalogue stays."""
     ListAllReferrals: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAllReferralsRequest, _admin_service_pb2.ListAllReferralsResponse]  # type: ignore[assignment]
     """Referrals across all accounts; `flagged_only` for abuse review."""
+    ReviewReferral: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ReviewReferralRequest, _admin_service_pb2.ReviewReferralResponse]  # type: ignore[assignment]
+    """Decides a referral under review: approved, it earns its rewards (now, or once the referred
+    account reaches the threshold), exactly once; rejected, it earns nothing. Audited.
+    """
+    ListIgnoredPayments: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListIgnoredPaymentsRequest, _admin_service_pb2.ListIgnoredPaymentsResponse]  # type: ignore[assignment]
+    """Paid Stripe Checkout Sessions that were signed but not credited (Kyma did not create them,
+    or they do not match what it created), newest first.
+    """
     ListRequestLogs: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListRequestLogsRequest, _admin_service_pb2.ListRequestLogsResponse]  # type: ignore[assignment]
     """Request logs by account, request id and time, newest first."""
     PurgeRequestLogs: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.PurgeRequestLogsRequest, _admin_service_pb2.PurgeRequestLogsResponse]  # type: ignore[assignment]
@@ -227,6 +243,26 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.ListAllReferralsResponse, _abc.Awaitable[_admin_service_pb2.ListAllReferralsResponse]]:
         """Referrals across all accounts; `flagged_only` for abuse review."""
+
+    @_abc_1.abstractmethod
+    def ReviewReferral(
+        self,
+        request: _admin_service_pb2.ReviewReferralRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ReviewReferralResponse, _abc.Awaitable[_admin_service_pb2.ReviewReferralResponse]]:
+        """Decides a referral under review: approved, it earns its rewards (now, or once the referred
+        account reaches the threshold), exactly once; rejected, it earns nothing. Audited.
+        """
+
+    @_abc_1.abstractmethod
+    def ListIgnoredPayments(
+        self,
+        request: _admin_service_pb2.ListIgnoredPaymentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListIgnoredPaymentsResponse, _abc.Awaitable[_admin_service_pb2.ListIgnoredPaymentsResponse]]:
+        """Paid Stripe Checkout Sessions that were signed but not credited (Kyma did not create them,
+        or they do not match what it created), newest first.
+        """
 
     @_abc_1.abstractmethod
     def ListRequestLogs(

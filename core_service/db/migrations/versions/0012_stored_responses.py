@@ -4,15 +4,15 @@ A stored response is its request's log row: `response_id` is the id it is retrie
 when the client did not store it, or deleted it), `previous_response_id` the stored response
 it continues. They live and die with the row: retention purges them with the logs.
 
-Revision ID: 0011
-Revises: 0008
+Revision ID: 0012 (given 0011; renumbered when main's 0010 and 0011 landed first)
+Revises: 0011
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011"
-down_revision = "0008"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
