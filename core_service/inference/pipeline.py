@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 from core_service import tokens
@@ -121,18 +121,14 @@ class _Admitted:
     admission: Admission
     reservation: Reservation
     target: _Target
-    dialect: Dialect = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.dialect = self.target.dialect
 
     @property
     def model(self) -> Model:
         return self.target.model
 
     @property
-    def tokens(self) -> int:
-        return self.target.tokens
+    def dialect(self) -> Dialect:
+        return self.target.dialect
 
 
 class InferencePipeline:
