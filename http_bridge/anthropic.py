@@ -35,6 +35,12 @@ BY_REASON: dict[ErrorReason, str] = {
     ErrorReason.PAYMENT_PROVIDER_ERROR: "api_error",
     ErrorReason.MAIL_UNAVAILABLE: "api_error",
     ErrorReason.SERVICE_UNAVAILABLE: "overloaded_error",
+    ErrorReason.CSRF_FAILED: "permission_error",
+    ErrorReason.INVALID_SESSION: "authentication_error",
+    ErrorReason.KEY_EXPIRED: "authentication_error",
+    ErrorReason.MODEL_NOT_ALLOWED: "permission_error",
+    ErrorReason.KEY_SPEND_CAP_REACHED: "permission_error",
+    ErrorReason.PERMISSION_DENIED: "permission_error",
 }
 # For errors the bridge makes itself, or that carry no reason.
 _BY_STATUS = {

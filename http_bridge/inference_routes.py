@@ -337,7 +337,7 @@ async def count_tokens(request: Request) -> Response:
 @failed_response
 async def list_models(request: Request) -> Response:
     reply, headers = await call_core(
-        request, stubs(request).routing.ListModels, routing_pb.ListModelsRequest()
+        request, stubs(request).routing.ListModels, routing_pb.ListModelsRequest(), session=False
     )
     return json_response(
         {"object": "list", "data": [_model_object(m) for m in reply.models]}, headers
@@ -348,6 +348,9 @@ async def list_models(request: Request) -> Response:
 @failed_response
 async def get_model(model: str, request: Request) -> Response:
     reply, headers = await call_core(
-        request, stubs(request).routing.GetModel, routing_pb.GetModelRequest(id=model)
+        request,
+        stubs(request).routing.GetModel,
+        routing_pb.GetModelRequest(id=model),
+        session=False,
     )
     return json_response(_model_object(reply.model), headers)

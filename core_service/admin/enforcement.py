@@ -10,7 +10,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core_service.account_events import ACCOUNT_CHANGED, AccountEvents
-from core_service.admin import audit as audit_log
+from core_service.audit import audit_in, required_text
 from core_service.billing.ledger import SYSTEM_ADJUSTMENTS, EntryKind, Transfer, post_in
 from core_service.clock import Clock
 from core_service.db.models import Account, AccountNotice, AuditEntry, Balance
@@ -35,7 +35,7 @@ class Enforcement:
         reason: str,
         details: str = "",
     ) -> AuditEntry:
-        return await audit_log.record_in(
+        return await audit_in(
             conn,
             self._clock.now(),
             actor=actor,
@@ -51,8 +51,8 @@ class Enforcement:
             raise NotFound(f"No account {account_id}.", param="account_id")
 
     async def warn(self, account_id: str, message: str, *, actor: str, reason: str) -> AuditEntry:
-        message = audit_log.required_text(message, "message", "message")
-        reason = audit_log.required_text(reason, "reason", "reason")
+        message = required_text(message, "message", "message")
+        reason = required_text(reason, "reason", "reason")
         async with self._engine.begin() as conn:
             await self._require(conn, account_id)
             await conn.execute(
@@ -74,7 +74,7 @@ class Enforcement:
     ) -> tuple[int, AuditEntry]:
         """Take the available balance to zero (credit held for requests in flight settles as
         usual). Returns the amount removed."""
-        reason = audit_log.required_text(reason, "reason", "reason")
+        reason = required_text(reason, "reason", "reason")
         async with self._engine.begin() as conn:
             await self._require(conn, account_id)
             available = await conn.scalar(
@@ -118,7 +118,7 @@ class Enforcement:
         actor: str,
         action: str,
     ) -> AuditEntry:
-        reason = audit_log.required_text(reason, "reason", "reason")
+        reason = required_text(reason, "reason", "reason")
         async with self._engine.begin() as conn:
             await self._require(conn, account_id)
             await conn.execute(
@@ -168,7 +168,7 @@ class Enforcement:
         )
 
     async def revoke_referrals(self, account_id: str, *, actor: str, reason: str) -> AuditEntry:
-        reason = audit_log.required_text(reason, "reason", "reason")
+        reason = required_text(reason, "reason", "reason")
         async with self._engine.begin() as conn:
             await self._require(conn, account_id)
             await conn.execute(

@@ -17,7 +17,7 @@ from __future__ import annotations
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core_service.admin import audit
+from core_service.audit import audit_in, required_text
 from core_service.clock import Clock
 from core_service.db.models import AuditEntry, Referral
 from core_service.errors import InvalidRequest, NotFound
@@ -73,7 +73,7 @@ class ReferralReview:
         actor: str,
         reason: str,
     ) -> AuditEntry:
-        reason = audit.required_text(reason, "reason", "reason")
+        reason = required_text(reason, "reason", "reason")
         async with self._engine.begin() as conn:
             changed = (
                 await conn.execute(
@@ -95,7 +95,7 @@ class ReferralReview:
                     f"{'approved' if to == PENDING else 'rejected'}.",
                     param="referral_id",
                 )
-            return await audit.record_in(
+            return await audit_in(
                 conn,
                 self._clock.now(),
                 actor=actor,

@@ -21,9 +21,10 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         caller = await self._authenticator.authenticate(authorization(context))
-        return pb.ListModelsResponse(
-            models=[model_message(m, caller) for m in self._catalog.models()]
-        )
+        # A key limited to some models lists those.
+        allowed = caller.key_limits.allowed_models
+        models = [m for m in self._catalog.models() if allowed is None or m.name in allowed]
+        return pb.ListModelsResponse(models=[model_message(m, caller) for m in models])
 
     async def GetModel(
         self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext

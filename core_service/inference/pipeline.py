@@ -35,6 +35,7 @@ from core_service.clock import Clock
 from core_service.errors import (
     InvalidRequest,
     KymaError,
+    ModelNotAllowed,
     RateLimited,
     UpstreamError,
     UpstreamUnavailable,
@@ -184,6 +185,13 @@ class InferencePipeline:
         observation.continues = request.continues
         model = self._catalog.get(request.model)
         observation.model = model.name
+        allowed = principal.key_limits.allowed_models
+        if allowed is not None and model.name not in allowed:
+            raise ModelNotAllowed(
+                f"This API key may not use the model '{model.name}': its owner allowed only "
+                f"{', '.join(sorted(allowed))}.",
+                param="model",
+            )
         endpoint = "messages" if dialect.endpoint == "messages.count_tokens" else dialect.endpoint
         if endpoint not in model.endpoints or not any(
             d.serves(dialect.upstream) for d in model.deployments

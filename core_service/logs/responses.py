@@ -1,6 +1,6 @@
 """Stored responses (OpenAI's Responses API with `store`), read from the request log.
 
-A stored response is its request's log row (`response_id` set; see migration 0012): it is
+A stored response is its request's log row (`response_id` set; see migration 0013): it is
 retrieved, continued (`previous_response_id`) and deleted only by the account that made it,
 and it lives and dies with the row — retention purges it with the logs.
 

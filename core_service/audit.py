@@ -1,5 +1,6 @@
-"""The admin audit log: who did what to which account, when and why. Every admin action writes
-its entry in the same transaction as the change it makes, so neither exists without the other."""
+"""The audit log: who did what, when and why — admins' enforcement and incidents, and account
+holders' sign-ins. An entry is written inside the transaction of the change it records, so it
+exists exactly when the change does."""
 
 from __future__ import annotations
 
@@ -24,36 +25,23 @@ def required_text(value: str, what: str, param: str) -> str:
     return text
 
 
-async def record_in(
+async def audit_in(
     conn: AsyncConnection,
     now: datetime,
     *,
     actor: str,
     action: str,
-    account_id: str,
+    account_id: str | None,
     reason: str,
     details: str = "",
 ) -> AuditEntry:
-    entry = AuditEntry(
+    values = dict(
         actor=actor[:100],
         action=action,
         account_id=account_id,
-        reason=reason,
+        reason=reason[:MAX_TEXT],
         details=details[:MAX_TEXT],
         created_at=now,
     )
-    entry_id = await conn.scalar(
-        insert(AuditEntry)
-        .values(
-            actor=entry.actor,
-            action=entry.action,
-            account_id=entry.account_id,
-            reason=entry.reason,
-            details=entry.details,
-            created_at=entry.created_at,
-        )
-        .returning(AuditEntry.id)
-    )
-    assert entry_id is not None  # RETURNING of an insert
-    entry.id = int(entry_id)
-    return entry
+    entry_id = await conn.scalar(insert(AuditEntry).values(**values).returning(AuditEntry.id))
+    return AuditEntry(id=entry_id, **values)

@@ -4,15 +4,15 @@ A stored response is its request's log row: `response_id` is the id it is retrie
 when the client did not store it, or deleted it), `previous_response_id` the stored response
 it continues. They live and die with the row: retention purges them with the logs.
 
-Revision ID: 0012 (given 0011; renumbered when main's 0010 and 0011 landed first)
-Revises: 0011
+Revision ID: 0013 (given 0011; renumbered after main's 0010, 0011 and 0012)
+Revises: 0012
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
