@@ -236,6 +236,15 @@ _MODEL_OBJECT = _obj(
     },
     ("id", "object", "created", "owned_by"),
 )
+_NULLABLE_USD: Schema = {"oneOf": [_USD, {"type": "null"}]}
+_TERMS_STATE = {
+    "accepted_version": _NULLABLE_STRING,
+    "accepted_at": _NULLABLE_TIME,
+    "current_version": {"type": "string"},
+    "needs_acceptance": {"type": "boolean"},
+    "in_use_version": _NULLABLE_STRING,
+    "in_use_since": _NULLABLE_TIME,
+}
 _ACCOUNT = _obj(
     {
         "object": {"const": "account"},
@@ -254,6 +263,8 @@ _ACCOUNT = _obj(
         "notices": {"type": "array"},
         "referral_code": _NULLABLE_STRING,
         "referral_link": _NULLABLE_STRING,
+        "terms": _obj(_TERMS_STATE, ("current_version", "needs_acceptance")),
+        "low_balance_threshold_usd": _NULLABLE_USD,
     },
     ("object", "id", "email", "status", "tier", "balance_usd", "available_usd"),
 )
@@ -315,6 +326,7 @@ _REFERRAL = _obj(
     },
     ("id", "object", "status"),
 )
+_CAP_INTERVAL: Schema = {"enum": ["daily", "weekly", "monthly", None]}
 _KEY = _obj(
     {
         "object": {"const": "api_key"},
@@ -324,10 +336,102 @@ _KEY = _obj(
         "created_at": _NULLABLE_TIME,
         "last_used_at": _NULLABLE_TIME,
         "revoked_at": _NULLABLE_TIME,
+        "spend_cap_usd": _NULLABLE_USD,
+        "cap_interval": _CAP_INTERVAL,
+        "spent_usd": _USD,
+        "held_usd": _USD,
+        "cap_resets_at": _NULLABLE_TIME,
+        "expires_at": _NULLABLE_TIME,
+        "allowed_models": {"type": ["array", "null"], "items": {"type": "string"}},
     },
     ("object", "id", "name", "prefix"),
 )
-_NEW_KEY = {**_KEY, "properties": {**_KEY["properties"], "key": {"type": "string"}}}
+# What a key's owner may limit it by (null clears a limit).
+_KEY_LIMITS: dict[str, Schema] = {
+    "spend_cap_usd": {"type": ["string", "number", "null"], "description": "USD"},
+    "cap_interval": _CAP_INTERVAL,
+    "expires_at": {
+        "type": ["integer", "string", "null"],
+        "description": "Unix seconds or an RFC 3339 time",
+    },
+    "allowed_models": {"type": ["array", "null"], "items": {"type": "string"}, "minItems": 1},
+}
+_SESSION = _obj(
+    {
+        "object": {"const": "session"},
+        "id": {"type": "string"},
+        "account_id": {"type": "string"},
+        "email": {"type": "string"},
+        "csrf_token": {"type": "string"},
+        "created_at": _NULLABLE_TIME,
+        "expires_at": _NULLABLE_TIME,
+    },
+    ("object", "account_id", "csrf_token"),
+)
+_SESSION_ENDED = _obj(
+    {"object": {"const": "session.ended"}, "count": {"type": "integer"}}, ("object", "count")
+)
+_REQUEST_SUMMARY = _obj(
+    {
+        "object": {"const": "request"},
+        "id": {"type": "string"},
+        "created_at": _NULLABLE_TIME,
+        "endpoint": {"type": "string"},
+        "model": {"type": "string"},
+        "status": {"type": "string"},
+        "prompt_tokens": {"type": "integer"},
+        "completion_tokens": {"type": "integer"},
+        "cost_usd": _USD,
+        "estimated": {"type": "boolean"},
+        "stream": {"type": "boolean"},
+        "key_id": _NULLABLE_STRING,
+    },
+    ("object", "id", "model", "status", "cost_usd"),
+)
+_INCIDENT = _obj(
+    {
+        "object": {"const": "incident"},
+        "id": {"type": ["integer", "string"]},
+        "title": {"type": "string"},
+        "status": {"type": "string"},
+        "body": {"type": "string"},
+        "created_at": _NULLABLE_TIME,
+        "updated_at": _NULLABLE_TIME,
+        "resolved_at": _NULLABLE_TIME,
+    },
+    ("object", "id", "title", "status"),
+)
+_AVAILABILITY: Schema = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+_SERVICE_STATUS = _obj(
+    {
+        "object": {"const": "status"},
+        "generated_at": _NULLABLE_TIME,
+        "models": {
+            "type": "array",
+            "items": _obj(
+                {
+                    "id": {"type": "string"},
+                    "availability_1h": _AVAILABILITY,
+                    "availability_24h": _AVAILABILITY,
+                    "requests_1h": {"type": "integer"},
+                    "requests_24h": {"type": "integer"},
+                    "state": {"type": "string"},
+                },
+                ("id", "state"),
+            ),
+        },
+        "incidents": {"type": "array", "items": _INCIDENT},
+    },
+    ("object", "models", "incidents"),
+)
+_NEW_KEY = {
+    **_KEY,
+    "properties": {
+        **_KEY["properties"],
+        "key": {"type": "string"},
+        "secret": {"type": "string"},
+    },
+}
 _REVOKED_KEY = {**_KEY, "properties": {**_KEY["properties"], "deleted": {"const": True}}}
 _STATUS = _obj({"status": {"type": "string"}}, ("status",))
 _READY = _obj(
@@ -469,7 +573,10 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("post", "/v1/account/keys"): {
         "summary": "A new API key, shown once",
-        "requestBody": _body(_obj({"name": {"type": "string", "maxLength": 100}}), required=False),
+        "requestBody": _body(
+            _obj({"name": {"type": ["string", "null"], "maxLength": 100}, **_KEY_LIMITS}),
+            required=False,
+        ),
         "responses": {**_ok(_NEW_KEY, "Created", 201), **_errors(*_KEYED, 409)},
     },
     ("delete", "/v1/account/keys/{key_id}"): {
@@ -504,7 +611,15 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "summary": "Create the account with the mailed code; returns its first key, once",
         "security": [],
         "requestBody": _body(
-            _obj({"email": {"type": "string"}, "code": {"type": "string"}}, ("email", "code"))
+            _obj(
+                {
+                    "email": {"type": "string"},
+                    "code": {"type": "string"},
+                    "accepted_terms_version": {"type": ["string", "null"]},
+                    "session": {"type": "boolean"},
+                },
+                ("email", "code"),
+            )
         ),
         "responses": {
             **_ok(
@@ -521,6 +636,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                 "Created",
                 201,
             ),
+            **_ok(_SESSION, "With `session: true`: a web session (cookie), and no key"),
             **_errors(*_ANY, 409, 429),
         },
     },
@@ -569,6 +685,112 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             **_errors(*_ANY),
         },
     },
+    ("patch", "/v1/account"): {
+        "summary": "Change the account's settings (the low-balance alert threshold)",
+        "requestBody": _body(
+            _obj({"low_balance_threshold_usd": {"type": ["string", "number", "null"]}}),
+            example={"low_balance_threshold_usd": "5"},
+        ),
+        "responses": {**_ok(_ACCOUNT), **_errors(*_KEYED)},
+    },
+    ("post", "/v1/account/terms/accept"): {
+        "summary": "Accept a version of the terms of service",
+        "requestBody": _body(_obj({"version": {"type": "string"}}, ("version",))),
+        "responses": {
+            **_ok(_obj({"object": {"const": "terms.acceptance"}, **_TERMS_STATE}, ("object",))),
+            **_errors(*_KEYED),
+        },
+    },
+    ("get", "/v1/account/requests"): {
+        "summary": "The account's past requests, newest first",
+        "parameters": [
+            _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "Page size"),
+            _query("page_token", {"type": "string"}, "`next_page_token` of the previous page"),
+        ],
+        "responses": {
+            **_ok(
+                _list(
+                    _REQUEST_SUMMARY,
+                    has_more={"type": "boolean"},
+                    next_page_token=_NULLABLE_STRING,
+                )
+            ),
+            **_errors(*_KEYED),
+        },
+    },
+    ("patch", "/v1/account/keys/{key_id}"): {
+        "summary": "Rename a key or change its limits (null clears one)",
+        "requestBody": _body(
+            _obj({"name": {"type": ["string", "null"], "maxLength": 100}, **_KEY_LIMITS}),
+            example={"spend_cap_usd": "10", "cap_interval": "monthly"},
+        ),
+        "responses": {**_ok(_KEY), **_errors(*_KEYED, 404)},
+    },
+    ("post", "/v1/auth/signin"): {
+        "summary": "Mail a one-time sign-in code (the same answer whether the account exists)",
+        "security": [],
+        "requestBody": _body(_obj({"email": {"type": "string"}}, ("email",))),
+        "responses": {
+            **_ok(
+                _obj(
+                    {
+                        "object": {"const": "signin"},
+                        "status": {"const": "code_sent"},
+                        "email": {"type": "string"},
+                        "expires_in": {"type": "integer"},
+                    },
+                    ("object", "status"),
+                )
+            ),
+            **_errors(*_ANY, 429),
+        },
+    },
+    ("post", "/v1/auth/signin/verify"): {
+        "summary": "Sign in with the mailed code: a web session (cookie) and its CSRF token",
+        "security": [],
+        "requestBody": _body(
+            _obj({"email": {"type": "string"}, "code": {"type": "string"}}, ("email", "code"))
+        ),
+        "responses": {**_ok(_SESSION), **_errors(*_ANY, 401, 403, 429)},
+    },
+    ("get", "/v1/auth/session"): {
+        "summary": "The web session of the cookie sent, with its CSRF token",
+        "security": [{"session": []}],
+        "responses": {**_ok(_SESSION), **_errors(*_ANY, 401, 403)},
+    },
+    ("post", "/v1/auth/signout"): {
+        "summary": "End this web session (needs the x-csrf-token header)",
+        "security": [{"session": []}],
+        "responses": {**_ok(_SESSION_ENDED), **_errors(*_ANY, 401, 403)},
+    },
+    ("post", "/v1/auth/signout-everywhere"): {
+        "summary": "End every web session of the account (needs the x-csrf-token header)",
+        "security": [{"session": []}],
+        "responses": {**_ok(_SESSION_ENDED), **_errors(*_ANY, 401, 403)},
+    },
+    ("get", "/v1/terms"): {
+        "summary": "The current terms of service and their version",
+        "security": [],
+        "responses": {
+            **_ok(
+                _obj(
+                    {
+                        "object": {"const": "terms"},
+                        "version": {"type": "string"},
+                        "published_at": _NULLABLE_TIME,
+                        "text": {"type": "string"},
+                    },
+                    ("object", "version", "text"),
+                )
+            ),
+            **_errors(*_ANY),
+        },
+    },
+    ("get", "/v1/status"): {
+        "summary": "Availability per model over the last hour and day, and incidents",
+        "security": [],
+        "responses": {**_ok(_SERVICE_STATUS), **_errors(*_ANY)},
+    },
     ("get", "/healthz"): {
         "summary": "The bridge is up",
         "security": [],
@@ -616,7 +838,13 @@ _COMPONENTS: dict[str, Any] = {
         ),
     },
     "securitySchemes": {
-        "apiKey": {"type": "http", "scheme": "bearer", "description": "A Kyma API key (ky_…)"}
+        "apiKey": {"type": "http", "scheme": "bearer", "description": "A Kyma API key (ky_…)"},
+        "session": {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": "kyma_session",
+            "description": "A web session (sign-in by code); changes need the x-csrf-token header",
+        },
     },
 }
 
