@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from core_service.errors import ModelNotFound
-from core_service.values import ALL_ENDPOINTS, Endpoint
+from core_service.values import ALL_ENDPOINTS, Endpoint, UpstreamDialect
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,16 @@ class Deployment(_Strict):
     cache_write_per_million: Decimal | None = Field(default=None, ge=0)
     limits: DeploymentLimits = DeploymentLimits()
     timeouts: Timeouts = Timeouts()
+    # The API dialects this upstream serves natively. A request in one of them is passed
+    # through; a request in another is translated to chat completions, which it then must serve.
+    dialects: tuple[UpstreamDialect, ...] = Field(default=("chat",), min_length=1)
+
+    def speaks(self, dialect: UpstreamDialect) -> bool:
+        return dialect in self.dialects
+
+    def serves(self, dialect: UpstreamDialect) -> bool:
+        """Whether a request in `dialect` can go here: natively, or translated to chat."""
+        return dialect in self.dialects or "chat" in self.dialects
 
     @field_validator("base_url")
     @classmethod
@@ -192,7 +202,14 @@ DEMO_MODEL = Model(
     context_window=32768,
     max_output_tokens=1024,
     price=Price(input_per_million=Decimal("0.10"), output_per_million=Decimal("0.20")),
-    deployments=(Deployment(name="demo", base_url=DEMO_BASE_URL, model="kyma-demo"),),
+    deployments=(
+        Deployment(
+            name="demo",
+            base_url=DEMO_BASE_URL,
+            model="kyma-demo",
+            dialects=("chat", "responses", "messages"),
+        ),
+    ),
 )
 
 

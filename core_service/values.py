@@ -16,8 +16,25 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Endpoint = Literal["chat.completions", "completions", "embeddings"]
-ALL_ENDPOINTS: tuple[Endpoint, ...] = ("chat.completions", "completions", "embeddings")
+Endpoint = Literal[
+    "chat.completions",
+    "completions",
+    "embeddings",
+    "responses",
+    "messages",
+    "messages.count_tokens",
+]
+# What a model serves unless the catalogue says otherwise (counting tokens goes with messages).
+ALL_ENDPOINTS: tuple[Endpoint, ...] = (
+    "chat.completions",
+    "completions",
+    "embeddings",
+    "responses",
+    "messages",
+)
+# The API dialects an upstream may speak: OpenAI's chat completions (with completions and
+# embeddings), OpenAI's Responses API, Anthropic's Messages API.
+UpstreamDialect = Literal["chat", "responses", "messages"]
 
 
 class Tier(BaseModel):
@@ -147,3 +164,14 @@ class InferenceRequest:
     include_usage: bool
     # How many choices (`n`) the client asked for.
     choices: int = 1
+    # The id a stored answer is kept under (OpenAI Responses with `store`), None if not stored,
+    # and the stored answer this request continues.
+    stored_id: str | None = None
+    continues: str | None = None
+    # What the dialect read beyond policy's fields, for its own use (the pipeline never looks).
+    state: Any = None
+
+    @property
+    def output_limit_param(self) -> str:
+        """What the client calls its output limit, for messages that name it."""
+        return "max_output_tokens" if self.endpoint == "responses" else "max_tokens"

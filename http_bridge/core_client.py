@@ -209,11 +209,18 @@ def new_request_id() -> str:
     return f"{REQUEST_ID_PREFIX}{secrets.token_hex(12)}"
 
 
-def call_metadata(request: Request, request_id: str, *, session: bool = False) -> Metadata:
-    """The caller's credentials and the request id, as the core reads them. With `session`
-    (the account's own endpoints), also the web session from the cookie and the CSRF header,
-    which the core weighs only when there is no API key."""
-    authorization = request.headers.get("authorization")
+def call_metadata(
+    request: Request,
+    request_id: str,
+    *,
+    session: bool = False,
+    authorization: str | None = None,
+) -> Metadata:
+    """The caller's credentials (the `Authorization` header unless given) and the request id,
+    as the core reads them. With `session` (the account's own endpoints), also the web session
+    from the cookie and the CSRF header, which the core weighs only when there is no API key."""
+    if authorization is None:
+        authorization = request.headers.get("authorization")
     if authorization is None:
         own: Metadata = ((MetadataKey.REQUEST_ID, request_id),)
         token = session_token(request) if session else None

@@ -71,9 +71,10 @@ _TRANSPORT_MESSAGES = {
 
 
 class OpenAIError:
-    """An error as the bridge sends it."""
+    """An error as the bridge sends it (in OpenAI's shape; `http_bridge.anthropic` renders the
+    same error in Anthropic's)."""
 
-    __slots__ = ("status", "message", "type", "param", "code", "retry_after", "headers")
+    __slots__ = ("status", "message", "type", "param", "code", "retry_after", "headers", "reason")
 
     def __init__(
         self,
@@ -85,7 +86,9 @@ class OpenAIError:
         code: str | None = None,
         retry_after: int | None = None,
         headers: dict[str, str] | None = None,
+        reason: ErrorReason | None = None,
     ) -> None:
+        self.reason = reason
         self.status = status
         self.message = message
         self.type = type_
@@ -173,4 +176,5 @@ def from_grpc(error: grpc.aio.AioRpcError) -> OpenAIError:
         code=code,
         retry_after=retry_after,
         headers=headers,
+        reason=ErrorReason(reason) if reason is not None and known else None,
     )

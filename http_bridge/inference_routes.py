@@ -1,4 +1,5 @@
-"""The OpenAI inference endpoints and model listing: each one gRPC call on the core."""
+"""The inference endpoints — OpenAI's chat completions, completions, embeddings and Responses,
+Anthropic's Messages — and model listing: each one gRPC call on the core."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from http_bridge import anthropic
 from http_bridge.bodies import (
     BodyTooLarge,
     json_object,
@@ -30,13 +33,54 @@ _JSON = "application/json"
 
 
 @dataclass(frozen=True)
+class _Dialect:
+    """How an API dialect looks on the wire: its errors, and its streams' events."""
+
+    # Anthropic's error shape instead of OpenAI's.
+    anthropic: bool = False
+    # Streams of named events (`event: …`) with no `[DONE]`, instead of OpenAI chat chunks.
+    named: bool = False
+    # The events that end a named stream; a stream broken before one gets an error event.
+    terminal: frozenset[str] = frozenset()
+
+    def error(self, error: OpenAIError, headers: dict[str, str]) -> Response:
+        if self.anthropic:
+            return anthropic.error_response(error, headers)
+        return error.response(headers)
+
+    def stream_error(self, error: OpenAIError, sent: int) -> bytes:
+        """The event that ends a stream the core could not end itself (it went away)."""
+        if self.anthropic:
+            return b"event: error\ndata: " + anthropic.error_body(error) + b"\n\n"
+        if self.named:
+            body = {
+                "type": "error",
+                "code": error.code,
+                "message": error.message,
+                "param": error.param,
+                "sequence_number": sent,
+            }
+            return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
+        return b"data: " + error.body() + b"\n\n"
+
+
+_OPENAI = _Dialect()
+_RESPONSES_API = _Dialect(
+    named=True,
+    terminal=frozenset({"response.completed", "response.incomplete", "response.failed", "error"}),
+)
+_MESSAGES_API = _Dialect(anthropic=True, named=True, terminal=frozenset({"message_stop", "error"}))
+
+
+@dataclass(frozen=True)
 class _Route:
-    """The core RPCs behind one OpenAI endpoint."""
+    """The core RPCs behind one endpoint."""
 
     unary: str
     unary_request: type[Any]
     stream: str | None = None
     stream_request: type[Any] | None = None
+    dialect: _Dialect = _OPENAI
 
 
 _CHAT = _Route(
@@ -52,6 +96,23 @@ _COMPLETIONS = _Route(
     inference_pb.StreamCompletionRequest,
 )
 _EMBEDDINGS = _Route("CreateEmbedding", inference_pb.CreateEmbeddingRequest)
+_RESPONSES = _Route(
+    "CreateResponse",
+    inference_pb.CreateResponseRequest,
+    "StreamResponse",
+    inference_pb.StreamResponseRequest,
+    _RESPONSES_API,
+)
+_MESSAGES = _Route(
+    "CreateMessage",
+    inference_pb.CreateMessageRequest,
+    "StreamMessage",
+    inference_pb.StreamMessageRequest,
+    _MESSAGES_API,
+)
+_COUNT_TOKENS = _Route(
+    "CountMessageTokens", inference_pb.CountMessageTokensRequest, dialect=_MESSAGES_API
+)
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -75,35 +136,49 @@ async def _unless_disconnected(request: Request, call: Awaitable[Any]) -> Any:
 
 async def _infer(request: Request, route: _Route) -> Response:
     request_id = new_request_id()
+    dialect = route.dialect
     headers = {"x-request-id": request_id}
+    fields: dict[str, Any] = {}
+    authorization = None
+    if dialect.anthropic:
+        headers["request-id"] = request_id  # where Anthropic's SDKs look for it
+        authorization = anthropic.authorization(request)
+        if betas := anthropic.betas(request):
+            fields["anthropic_beta"] = betas
     limit = request.app.state.settings.max_body_bytes
     try:
         body = await read_body(request, limit)
     except BodyTooLarge:
-        return too_large(limit).response(headers)
+        return dialect.error(too_large(limit), headers)
     parsed = json_object(body)
     if isinstance(parsed, OpenAIError):
-        return parsed.response(headers)
-    metadata = call_metadata(request, request_id)
+        return dialect.error(parsed, headers)
+    metadata = call_metadata(request, request_id, authorization=authorization)
     stub = stubs(request).inference
     if route.stream is not None and route.stream_request and parsed.get("stream") is True:
-        method, message = getattr(stub, route.stream), route.stream_request(body=body)
-        return await _stream(request, lambda: method(message, metadata=metadata), headers)
-    method, message = getattr(stub, route.unary), route.unary_request(body=body)
+        method, message = getattr(stub, route.stream), route.stream_request(body=body, **fields)
+        return await _stream(request, lambda: method(message, metadata=metadata), headers, dialect)
+    method, message = getattr(stub, route.unary), route.unary_request(body=body, **fields)
     try:
         # A core lost before it answered: another one is asked (see core_client's rule).
         reply = await with_resends(
             lambda: _unless_disconnected(request, method(message, metadata=metadata))
         )
     except grpc.aio.AioRpcError as error:
-        return from_grpc(error).response(headers)
-    headers.update(rate_limit_headers(reply.rate_limit))
-    # The exact charge, as in the body's usage.cost (decimal USD).
-    headers["x-kyma-cost"] = reply.usage.cost_usd
+        return dialect.error(from_grpc(error), headers)
+    limits = getattr(reply, "rate_limit", None)  # count_tokens has none: no limit applies
+    if limits is not None:
+        headers.update(rate_limit_headers(limits))
+    usage = getattr(reply, "usage", None)
+    if usage is not None:
+        # The exact charge, as in the body's usage.cost (decimal USD).
+        headers["x-kyma-cost"] = usage.cost_usd
     return Response(reply.body, 200, headers, media_type=_JSON)
 
 
-async def _stream(request: Request, start: Callable[[], Any], headers: dict[str, str]) -> Response:
+async def _stream(
+    request: Request, start: Callable[[], Any], headers: dict[str, str], dialect: _Dialect
+) -> Response:
     # Wait for the first message before answering: until then every failure (no credit, rate
     # limited, upstream down after failover) is still a proper HTTP status, and a core lost
     # before it sent anything can be replaced by another (see core_client's rule).
@@ -118,29 +193,53 @@ async def _stream(request: Request, start: Callable[[], Any], headers: dict[str,
     try:
         call, first = await with_resends(first_message)
     except grpc.aio.AioRpcError as error:
-        return from_grpc(error).response(headers)
+        return dialect.error(from_grpc(error), headers)
     if first is grpc.aio.EOF:
-        return OpenAIError(502, "The model's upstream sent an empty stream.", "api_error").response(
-            headers
-        )
+        empty = OpenAIError(502, "The model's upstream sent an empty stream.", "api_error")
+        return dialect.error(empty, headers)
     headers.update(rate_limit_headers(first.rate_limit))
     headers["cache-control"] = "no-cache"
+    events = _named_events(first, call, dialect) if dialect.named else _chunks(first, call)
+    return StreamingResponse(events, 200, headers, media_type="text/event-stream")
 
-    async def events() -> AsyncIterator[bytes]:
-        try:
-            message = first
-            while message is not grpc.aio.EOF:
-                if message.chunks:
-                    yield b"".join(b"data: " + chunk + b"\n\n" for chunk in message.chunks)
-                message = await call.read()
-            yield b"data: [DONE]\n\n"
-        except grpc.aio.AioRpcError as error:
-            # Headers are gone: the failure becomes an error event, as OpenAI sends one.
-            yield b"data: " + from_grpc(error).body() + b"\n\n"
-        finally:
-            call.cancel()
 
-    return StreamingResponse(events(), 200, headers, media_type="text/event-stream")
+async def _chunks(first: Any, call: Any) -> AsyncIterator[bytes]:
+    try:
+        message = first
+        while message is not grpc.aio.EOF:
+            if message.chunks:
+                yield b"".join(b"data: " + chunk + b"\n\n" for chunk in message.chunks)
+            message = await call.read()
+        yield b"data: [DONE]\n\n"
+    except grpc.aio.AioRpcError as error:
+        # Headers are gone: the failure becomes an error event, as OpenAI sends one.
+        yield _OPENAI.stream_error(from_grpc(error), 0)
+    finally:
+        call.cancel()
+
+
+async def _named_events(first: Any, call: Any, dialect: _Dialect) -> AsyncIterator[bytes]:
+    """Responses' and Messages' events as SSE. The core ends a stream the upstream broke in
+    the dialect's own way (`response.failed`, Anthropic's `error`) before its status arrives;
+    only a stream left without its terminal event (the core gone) gets one from the bridge."""
+    last = ""
+    sent = 0
+    try:
+        message = first
+        while message is not grpc.aio.EOF:
+            if message.events:
+                yield b"".join(
+                    b"event: " + e.type.encode() + b"\ndata: " + e.data + b"\n\n"
+                    for e in message.events
+                )
+                last = message.events[-1].type
+                sent += len(message.events)
+            message = await call.read()
+    except grpc.aio.AioRpcError as error:
+        if last not in dialect.terminal:
+            yield dialect.stream_error(from_grpc(error), sent)
+    finally:
+        call.cancel()
 
 
 def _model_object(model: routing_pb.Model) -> dict[str, Any]:
@@ -200,6 +299,43 @@ async def completions(request: Request) -> Response:
 @router.post("/v1/embeddings")
 async def embeddings(request: Request) -> Response:
     return await _infer(request, _EMBEDDINGS)
+
+
+@router.post("/v1/responses")
+async def responses(request: Request) -> Response:
+    return await _infer(request, _RESPONSES)
+
+
+@router.get("/v1/responses/{response_id}")
+@failed_response
+async def get_response(response_id: str, request: Request) -> Response:
+    reply, headers = await call_core(
+        request,
+        stubs(request).inference.GetResponse,
+        inference_pb.GetResponseRequest(id=response_id),
+    )
+    return Response(reply.body, 200, headers, media_type=_JSON)
+
+
+@router.delete("/v1/responses/{response_id}")
+@failed_response
+async def delete_response(response_id: str, request: Request) -> Response:
+    reply, headers = await call_core(
+        request,
+        stubs(request).inference.DeleteResponse,
+        inference_pb.DeleteResponseRequest(id=response_id),
+    )
+    return Response(reply.body, 200, headers, media_type=_JSON)
+
+
+@router.post("/v1/messages")
+async def messages(request: Request) -> Response:
+    return await _infer(request, _MESSAGES)
+
+
+@router.post("/v1/messages/count_tokens")
+async def count_tokens(request: Request) -> Response:
+    return await _infer(request, _COUNT_TOKENS)
 
 
 @router.get("/v1/models")

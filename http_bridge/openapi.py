@@ -1,5 +1,6 @@
 """The bridge's OpenAPI document (`GET /openapi.json`): every public route, its parameters, its
-request body and the answers it gives, errors included, in OpenAI's error shape.
+request body and the answers it gives, errors included, in OpenAI's error shape (Anthropic's on
+the Messages routes).
 
 The routes read their bodies themselves (the core validates them), so FastAPI cannot see their
 shapes: FastAPI lists the routes, and this module says what they take and give, keyed by method
@@ -20,6 +21,7 @@ from fastapi.openapi.utils import get_openapi
 Schema = dict[str, Any]
 
 _ERROR: Schema = {"$ref": "#/components/schemas/Error"}
+_ANTHROPIC_ERROR: Schema = {"$ref": "#/components/schemas/AnthropicError"}
 _NULLABLE_STRING: Schema = {"type": ["string", "null"]}
 _NULLABLE_TIME: Schema = {"type": ["integer", "null"], "description": "Unix seconds"}
 _USD: Schema = {"type": "string", "pattern": r"^-?[0-9]+\.[0-9]{9}$", "description": "USD"}
@@ -45,11 +47,11 @@ _KEYED = (*_ANY, 401, 403, 429)
 _INFERENCE = (*_KEYED, 402, 404, 502, 504)
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
+def _errors(*statuses: int, shape: Schema = _ERROR) -> dict[str, Any]:
     return {
         str(status): {
             "description": _WHY[status],
-            "content": {"application/json": {"schema": _ERROR}},
+            "content": {"application/json": {"schema": shape}},
         }
         for status in sorted(set(statuses))
     }
@@ -128,6 +130,44 @@ _COMPLETION_REQUEST = _obj(
     {"model": _MODEL, "prompt": _TEXT_INPUT, **_OUTPUT_LIMITS}, ("model", "prompt")
 )
 _EMBEDDING_REQUEST = _obj({"model": _MODEL, "input": _TEXT_INPUT}, ("model", "input"))
+_RESPONSES_REQUEST = _obj(
+    {
+        "model": _MODEL,
+        "input": {"type": ["string", "array"], "items": {"type": "object"}},
+        "instructions": _NULLABLE_STRING,
+        "max_output_tokens": {"type": "integer", "minimum": 1},
+        "stream": {"type": "boolean"},
+        "store": {"type": "boolean"},
+        "previous_response_id": {"type": "string"},
+        "tools": {"type": "array", "items": _obj({"type": {"type": "string"}}, ("type",))},
+    },
+    ("model", "input"),
+)
+_ANTHROPIC_MESSAGE: Schema = _obj(
+    {
+        "role": {"enum": ["user", "assistant", "system"]},
+        "content": {
+            "type": ["string", "array"],
+            "items": _obj({"type": {"type": "string"}}, ("type",)),
+        },
+    },
+    ("role", "content"),
+)
+_MESSAGES_FIELDS: dict[str, Schema] = {
+    "model": _MODEL,
+    "messages": {"type": "array", "items": _ANTHROPIC_MESSAGE, "minItems": 1},
+    "system": {"type": ["string", "array"], "items": _obj({"type": {"type": "string"}}, ("type",))},
+    "tools": {"type": "array", "items": {"type": "object"}},
+}
+_MESSAGES_REQUEST = _obj(
+    {
+        **_MESSAGES_FIELDS,
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "stream": {"type": "boolean"},
+    },
+    ("model", "max_tokens", "messages"),
+)
+_COUNT_TOKENS_REQUEST = _obj(_MESSAGES_FIELDS, ("model", "messages"))
 
 # Answers.
 _USAGE: Schema = {"type": "object", "description": "Tokens, and `cost` (decimal USD string)."}
@@ -142,6 +182,34 @@ _INFERENCE_OK: Schema = _obj(
     },
     ("object",),
 )
+_RESPONSE_OBJECT = _obj(
+    {
+        "id": {"type": "string"},
+        "object": {"const": "response"},
+        "status": {"type": "string"},
+        "model": {"type": "string"},
+        "output": {"type": "array"},
+        "usage": _USAGE,
+    },
+    ("id", "object"),
+)
+_DELETED_RESPONSE = _obj(
+    {"id": {"type": "string"}, "object": {"const": "response"}, "deleted": {"const": True}},
+    ("id", "object", "deleted"),
+)
+_ANTHROPIC_MESSAGE_OBJECT = _obj(
+    {
+        "id": {"type": "string"},
+        "type": {"const": "message"},
+        "role": {"const": "assistant"},
+        "model": {"type": "string"},
+        "content": {"type": "array"},
+        "stop_reason": _NULLABLE_STRING,
+        "usage": _USAGE,
+    },
+    ("type", "content"),
+)
+_TOKEN_COUNT = _obj({"input_tokens": {"type": "integer"}}, ("input_tokens",))
 _PER_MILLION: Schema = {"type": "string", "description": "USD per million tokens, exact"}
 _MODEL_OBJECT = _obj(
     {
@@ -375,27 +443,27 @@ _READY = _obj(
     ("status", "core", "rate_limits"),
 )
 
-_SSE = {
-    "text/event-stream": {
-        "schema": {"type": "string"},
-        "example": 'data: {"choices": [...]}\n\ndata: [DONE]\n\n',
-    }
-}
-
 
 def _inference(
-    summary: str, request: Schema, example: dict[str, Any], *, streams: bool
+    summary: str,
+    request: Schema,
+    example: dict[str, Any],
+    *,
+    streams: bool,
+    answer: Schema = _INFERENCE_OK,
+    errors: Schema = _ERROR,
+    sse: str = 'data: {"choices": [...]}\n\ndata: [DONE]\n\n',
 ) -> dict[str, Any]:
-    ok = _ok(_INFERENCE_OK)
+    ok = _ok(answer)
     if streams:
-        ok["200"]["content"].update(_SSE)
+        ok["200"]["content"]["text/event-stream"] = {"schema": {"type": "string"}, "example": sse}
         ok["200"]["description"] = "The upstream's answer; Server-Sent Events with `stream: true`."
     return {
         "summary": summary,
         # The example calls the built-in demo model, which every Kyma serves unless its
         # catalogue says otherwise.
         "requestBody": _body(request, example={"model": "kyma-demo", **example}),
-        "responses": {**ok, **_errors(*_INFERENCE)},
+        "responses": {**ok, **_errors(*_INFERENCE, shape=errors)},
     }
 
 
@@ -415,6 +483,42 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/v1/embeddings"): _inference(
         "Embeddings", _EMBEDDING_REQUEST, {"input": ["one", "two"]}, streams=False
     ),
+    ("post", "/v1/responses"): _inference(
+        "A model response (OpenAI's Responses API)",
+        _RESPONSES_REQUEST,
+        {"input": "Hello!", "max_output_tokens": 16},
+        streams=True,
+        answer=_RESPONSE_OBJECT,
+        sse='event: response.created\ndata: {"type": "response.created", ...}\n\n',
+    ),
+    ("get", "/v1/responses/{response_id}"): {
+        "summary": "A response the account stored",
+        "responses": {**_ok(_RESPONSE_OBJECT), **_errors(*_KEYED, 404)},
+    },
+    ("delete", "/v1/responses/{response_id}"): {
+        "summary": "Stop storing a response",
+        "responses": {**_ok(_DELETED_RESPONSE), **_errors(*_KEYED, 404)},
+    },
+    ("post", "/v1/messages"): _inference(
+        "A message (Anthropic's Messages API; the key may also come as x-api-key)",
+        _MESSAGES_REQUEST,
+        {"max_tokens": 16, "messages": [{"role": "user", "content": "Hello!"}]},
+        streams=True,
+        answer=_ANTHROPIC_MESSAGE_OBJECT,
+        errors=_ANTHROPIC_ERROR,
+        sse='event: message_start\ndata: {"type": "message_start", ...}\n\n',
+    ),
+    ("post", "/v1/messages/count_tokens"): {
+        "summary": "Count a prompt's tokens (Anthropic's API; free)",
+        "requestBody": _body(
+            _COUNT_TOKENS_REQUEST,
+            example={"model": "kyma-demo", "messages": [{"role": "user", "content": "Hello!"}]},
+        ),
+        "responses": {
+            **_ok(_TOKEN_COUNT),
+            **_errors(*_KEYED, 404, 502, 504, shape=_ANTHROPIC_ERROR),
+        },
+    },
     ("get", "/v1/models"): {
         "summary": "The models this key may call",
         "responses": {**_ok(_list(_MODEL_OBJECT)), **_errors(*_KEYED)},
@@ -720,7 +824,18 @@ _COMPONENTS: dict[str, Any] = {
                 )
             },
             ("error",),
-        )
+        ),
+        "AnthropicError": _obj(
+            {
+                "type": {"const": "error"},
+                "error": _obj(
+                    {"type": {"type": "string"}, "message": {"type": "string"}},
+                    ("type", "message"),
+                ),
+                "request_id": {"type": "string"},
+            },
+            ("type", "error"),
+        ),
     },
     "securitySchemes": {
         "apiKey": {"type": "http", "scheme": "bearer", "description": "A Kyma API key (ky_…)"},

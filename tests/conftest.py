@@ -5,7 +5,8 @@
 - `kyma`: the real core (grpc.aio on port 0) and the real bridge (uvicorn on port 0) in this
   event loop, on SQLite and on PostgreSQL (parametrized), with a catalogue that routes
   `test-model` (and `test-model-cached`, with prompt-cache prices and declared capabilities) to
-  the test upstream beside the built-in demo model.
+  the test upstream as chat-only deployments (other dialects translated), `native-model` to it as
+  a deployment that speaks Responses and Messages natively, beside the built-in demo model.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anthropic
 import grpc
 import httpx
 import openai
@@ -119,6 +121,8 @@ class Upstream:
             omit_usage=False,
             cached_prompt_fraction=0,
             reasoning_fraction=0,
+            reply_tokens=None,
+            dialects=["chat", "messages", "responses"],
         )
 
 
@@ -165,6 +169,18 @@ models:
         base_url: {upstream.base_url}
         model: upstream-model
         api_key_env: KYMA_TEST_UPSTREAM_KEY
+        timeouts: {{connect: 2, first_token: 2, idle: 5, total: 30}}
+  - name: native-model
+    owned_by: kyma-tests
+    max_output_tokens: 2048
+    context_window: 131072
+    price: {{input_per_million: "1.00", output_per_million: "2.00"}}
+    deployments:
+      - name: upstream-native
+        base_url: {upstream.base_url}
+        model: upstream-model
+        api_key_env: KYMA_TEST_UPSTREAM_KEY
+        dialects: [chat, responses, messages]
         timeouts: {{connect: 2, first_token: 2, idle: 5, total: 30}}
   - name: kyma-demo
     deployments:
@@ -249,6 +265,15 @@ class Kyma:
             "http_client", openai.DefaultAsyncHttpxClient(transport=self.costs.transport())
         )
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, **kwargs)
+
+    def anthropic(self, api_key: str) -> anthropic.AsyncAnthropic:
+        """Anthropic's official SDK on this Kyma; its answers' costs are recorded too."""
+        return anthropic.AsyncAnthropic(
+            base_url=self.http_url,
+            api_key=api_key,
+            max_retries=0,
+            http_client=anthropic.DefaultAsyncHttpxClient(transport=self.costs.transport()),
+        )
 
     def http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.http_url, timeout=30)

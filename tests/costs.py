@@ -1,10 +1,11 @@
 """Checking that every answer's `usage.cost` is what the ledger charged for it.
 
-`CostRecorder` gives the openai SDK an HTTP transport (`Kyma.client` installs one; httpx2, which
-the SDK is built on): it records,
+`CostRecorder` gives the openai and anthropic SDKs an HTTP transport (`Kyma.client` and
+`Kyma.anthropic` install one; httpx2, which the SDKs are built on): it records,
 for every successful inference answer, its `x-request-id` and the `usage.cost` it carried — the
-unary body's (which must equal its `x-kyma-cost` header) or a stream's final usage chunk's — and
-passes every byte through untouched. `check` then compares each with the ledger: the usage
+unary body's (which must equal its `x-kyma-cost` header) or a stream's final usage (a chat
+stream's usage chunk, a Responses stream's terminal event, a Messages stream's message_delta) —
+and passes every byte through untouched. `check` then compares each with the ledger: the usage
 entries of the request's hold (`usage:<hold id>`, plus `usage:<hold id>:late` if one came
 late) must add up to exactly the cost the client was shown.
 """
@@ -21,14 +22,26 @@ from sqlalchemy import select
 
 from core_service.db.models import CreditHold, LedgerEntry
 
-_PRICED_PATHS = ("/chat/completions", "/completions", "/embeddings")
+_PRICED_PATHS = ("/chat/completions", "/completions", "/embeddings", "/responses", "/messages")
 
 
 def _cost_of(event: Any) -> Decimal | None:
-    usage = event.get("usage") if isinstance(event, dict) else None
+    if not isinstance(event, dict):
+        return None
+    usage = event.get("usage")
+    if usage is None and isinstance(event.get("response"), dict):
+        usage = event["response"].get("usage")  # a Responses stream's terminal event
     if isinstance(usage, dict) and isinstance(usage.get("cost"), str):
         return Decimal(usage["cost"])
     return None
+
+
+def _data_of(event: bytes) -> bytes:
+    """The data of one SSE event (named events carry an `event:` line first)."""
+    for line in event.split(b"\n"):
+        if line.startswith(b"data: "):
+            return line.removeprefix(b"data: ")
+    return b""
 
 
 class _Sniffed(httpx2.AsyncByteStream):
@@ -45,7 +58,7 @@ class _Sniffed(httpx2.AsyncByteStream):
             self._buffer += part
             *events, self._buffer = self._buffer.split(b"\n\n")
             for event in events:
-                data = event.removeprefix(b"data: ")
+                data = _data_of(event)
                 if data and data != b"[DONE]":
                     cost = _cost_of(json.loads(data))
                     if cost is not None:

@@ -8,6 +8,7 @@ import inspect
 
 from core_service import errors
 from core_service.edge.errors import GRPC_CODES
+from http_bridge.anthropic import BY_REASON as ANTHROPIC_BY_REASON
 from http_bridge.errors import BY_REASON
 from kyma.contract.v1 import contract_pb2
 from kyma.contract.v1.constants import ErrorReason, MetadataKey
@@ -24,6 +25,8 @@ def _domain_errors() -> list[type[errors.KymaError]]:
 def test_every_reason_maps_in_the_core_and_in_the_bridge() -> None:
     assert set(GRPC_CODES) == set(ErrorReason)
     assert set(BY_REASON) == set(ErrorReason)
+    # Anthropic's error shape too (its HTTP statuses are the OpenAI table's).
+    assert set(ANTHROPIC_BY_REASON) == set(ErrorReason)
 
 
 def test_the_python_enum_is_the_proto_enum() -> None:

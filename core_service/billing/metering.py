@@ -173,7 +173,7 @@ class Metering:
             if placed.key_cap:
                 raise self._over_cap(principal, placed, amount, affordable)
             advice = (
-                f"With this prompt your balance affords max_tokens={affordable}."
+                f"With this prompt your balance affords {request.output_limit_param}={affordable}."
                 if affordable > 0
                 else "Your balance does not cover this prompt."
             )

@@ -23,6 +23,7 @@ from core_service.composition import chores
 from core_service.composition.accounts import Accounts, open_accounts
 from core_service.composition.admin_token import resolve_admin_token
 from core_service.composition.billing import Billing, open_billing
+from core_service.composition.dialects import open_dialects
 from core_service.composition.limits import Limits, open_limits
 from core_service.composition.routing import Routing, open_routing
 from core_service.composition.server import SERVICES, Server, build_server
@@ -30,6 +31,7 @@ from core_service.composition.status import Status, open_status
 from core_service.composition.storage import Storage, open_storage
 from core_service.inference.observer import RequestObserver
 from core_service.inference.pipeline import InferencePipeline
+from core_service.logs.responses import StoredResponses
 from core_service.logs.writer import RequestLogWriter
 from core_service.metrics import CoreMetrics, gauge
 from core_service.metrics_server import MetricsServer, serve_registry
@@ -342,6 +344,10 @@ async def build_core(
             mailer=accounts.mailer,
         )
         status = open_status(clock, storage=storage, routing=routing)
+        stored_responses = StoredResponses(
+            storage.engine, storage.reads, storage.request_log, clock
+        )
+        dialects = open_dialects(clock, stored_responses)
         pipeline = InferencePipeline(
             authenticator=accounts.authenticator,
             catalog=routing.catalogue,
@@ -352,6 +358,8 @@ async def build_core(
             gate=limits.gate,
             clock=clock,
             observer=RequestObserver(metrics, clock, storage.request_log, status.outcomes),
+            dialects=dialects.by_endpoint,
+            counting=dialects.counting,
         )
         server = build_server(
             settings.grpc_host,
@@ -366,6 +374,7 @@ async def build_core(
             billing=billing,
             status=status,
             public_base_url=settings.public_base_url,
+            stored_responses=stored_responses,
         )
         # Built whole: from here the Core owns what the stack holds.
         return Core(

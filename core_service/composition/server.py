@@ -40,6 +40,7 @@ from core_service.edge.status import StatusServicer
 from core_service.inference.pipeline import InferencePipeline
 from core_service.logs.lookup import RequestRecords
 from core_service.logs.query import RequestLogQuery
+from core_service.logs.responses import StoredResponses
 from kyma.accounting.v1 import (
     accounting_service_pb2,
     accounting_service_pb2_grpc,
@@ -101,6 +102,7 @@ def build_server(
     billing: Billing,
     status: Status,
     public_base_url: str = "http://127.0.0.1:8000",
+    stored_responses: StoredResponses,
 ) -> Server:
     server = grpc.aio.server(
         options=GRPC_OPTIONS,
@@ -112,7 +114,7 @@ def build_server(
     )
     authenticator = accounts.authenticator
     inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
-        InferenceServicer(pipeline), server
+        InferenceServicer(pipeline, accounts.authenticator, stored_responses), server
     )
     routing_service_pb2_grpc.add_RoutingServiceServicer_to_server(
         RoutingServicer(authenticator, routing.catalogue), server

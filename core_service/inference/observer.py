@@ -41,6 +41,10 @@ class Observation:
     hold_id: str | None = None
     ttft: float | None = None
     response_body: str = ""
+    # The id the answer is stored under (OpenAI Responses with `store`), and the stored answer
+    # it continues.
+    stored_id: str | None = None
+    continues: str | None = None
     _ended: bool = field(default=False, repr=False)
 
 
@@ -128,5 +132,7 @@ class RequestObserver:
                 cache_write_tokens=usage.cache_write_tokens if usage else 0,
                 reasoning_tokens=usage.reasoning_tokens if usage else 0,
                 hold_id=observation.hold_id,
+                response_id=observation.stored_id if observation.status == "ok" else None,
+                previous_response_id=observation.continues,
             )
         )

@@ -3,19 +3,23 @@ under the account's rate limits, hold its worst-case cost, pick deployments with
 with failover before the first byte, relay, then settle the hold and true up the token count.
 
 Both the unary and the streaming path live here so the HTTP bridge and direct gRPC callers get
-exactly the same policy.
+exactly the same policy, in every API dialect: the dialect (`inference/dialect.py`) is a
+parameter of the one path — how a body is read, what each deployment is sent, how its answer
+comes back — never a copy of it.
+
+A stream the upstream breaks after its first event ends in the client's dialect: the dialect's
+failure events (OpenAI Responses' `response.failed`, Anthropic's `error`) are sent, charged for
+what was delivered, and then the error is raised (OpenAI chat streams have no such event: the
+transport reports the error).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-import orjson
+from typing import TypeVar
 
 from core_service import tokens
 from core_service.accounts.auth import Authenticator
@@ -36,11 +40,8 @@ from core_service.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
-from core_service.inference.costs import priced_response
+from core_service.inference.dialect import Dialect, Event, Exchange, Relay, TokenCounting
 from core_service.inference.observer import Observation, RequestObserver
-from core_service.inference.requests import UPSTREAM_PATHS, parse_request
-from core_service.inference.streams import StreamRelay
-from core_service.inference.usage import usage_from_upstream
 from core_service.ratelimit.limiter import (
     AccountLimiter,
     Admission,
@@ -64,9 +65,9 @@ class UnaryResult:
 
 @dataclass(frozen=True)
 class StreamChunks:
-    """Chunks for the client, in order (those that arrived from the upstream together)."""
+    """Events for the client, in order (those that arrived from the upstream together)."""
 
-    data: list[bytes]
+    data: list[Event]
     limits: RateLimitSnapshot | None = None  # on the first event only
 
 
@@ -86,24 +87,49 @@ class _Try:
 
 @dataclass(frozen=True)
 class _Opened:
-    """An upstream stream that has produced its first chunks (or ended without any)."""
+    """An upstream stream that has produced its first events (or ended without any)."""
 
     stream: UpstreamStream
     events: AsyncIterator[list[bytes]]
-    first: list[bytes]
+    first: list[Event]
+    relay: Relay
+
+
+@dataclass
+class _Target:
+    """Where a request may go: the deployments of `model` that serve its dialect."""
+
+    model: Model
+    account_id: str
+    dialect: Dialect
+    # Tokens counted at admission (what the upstream limits count too).
+    tokens: int
+    # Only deployments that speak the dialect natively (nothing to translate to).
+    native_only: bool = False
+    # Whether any upstream was sent the request (until then, it has used nothing at all).
+    forwarded: bool = False
+
+    def accepts(self, deployment: Deployment) -> bool:
+        if self.native_only:
+            return deployment.speaks(self.dialect.upstream)
+        return deployment.serves(self.dialect.upstream)
 
 
 @dataclass
 class _Admitted:
     principal: Principal
     request: InferenceRequest
-    model: Model
     admission: Admission
     reservation: Reservation
-    # Tokens counted at admission: the prompt estimate plus the output the request allows.
-    tokens: int
-    # Whether any upstream was sent the request (until then, it has used nothing at all).
-    forwarded: bool = False
+    target: _Target
+
+    @property
+    def model(self) -> Model:
+        return self.target.model
+
+    @property
+    def dialect(self) -> Dialect:
+        return self.target.dialect
 
 
 class InferencePipeline:
@@ -119,7 +145,11 @@ class InferencePipeline:
         gate: DeploymentGate,
         clock: Clock,
         observer: RequestObserver,
+        dialects: Mapping[Endpoint, Dialect],
+        counting: TokenCounting | None = None,
     ) -> None:
+        self._dialects = dialects
+        self._counting = counting
         self._clock = clock
         self._observer = observer
         self._authenticator = authenticator
@@ -130,13 +160,29 @@ class InferencePipeline:
         self._limiter = limiter
         self._gate = gate
 
-    async def _admit(
-        self, endpoint: Endpoint, raw: bytes, authorization: str | None, observation: Observation
-    ) -> _Admitted:
+    def _dialect(self, endpoint: Endpoint) -> Dialect:
+        dialect = self._dialects.get(endpoint)
+        if dialect is None:
+            raise InvalidRequest(f"Kyma does not serve the {endpoint} endpoint.")
+        return dialect
+
+    async def _read(
+        self,
+        dialect: Dialect,
+        raw: bytes,
+        authorization: str | None,
+        observation: Observation,
+        options: Mapping[str, str],
+    ) -> tuple[Principal, InferenceRequest, Model]:
+        """Who asks, for what, of which model: the checks every request passes first."""
         principal = await self._authenticator.authenticate(authorization)
         observation.principal = principal
         check_in_good_standing(principal, self._clock.now())
-        request = parse_request(endpoint, raw, stream=observation.stream)
+        request = await dialect.read(
+            raw, stream=observation.stream, principal=principal, options=options
+        )
+        observation.stored_id = request.stored_id
+        observation.continues = request.continues
         model = self._catalog.get(request.model)
         observation.model = model.name
         allowed = principal.key_limits.allowed_models
@@ -146,11 +192,27 @@ class InferencePipeline:
                 f"{', '.join(sorted(allowed))}.",
                 param="model",
             )
-        if endpoint not in model.endpoints:
+        endpoint = "messages" if dialect.endpoint == "messages.count_tokens" else dialect.endpoint
+        if endpoint not in model.endpoints or not any(
+            d.serves(dialect.upstream) for d in model.deployments
+        ):
             raise InvalidRequest(
                 f"The model '{model.name}' does not support the {endpoint} endpoint.",
                 param="model",
             )
+        return principal, request, model
+
+    async def _admit(
+        self,
+        dialect: Dialect,
+        raw: bytes,
+        authorization: str | None,
+        observation: Observation,
+        options: Mapping[str, str],
+    ) -> _Admitted:
+        principal, request, model = await self._read(
+            dialect, raw, authorization, observation, options
+        )
         if request.choices > MAX_CHOICES:
             raise InvalidRequest(f"'n' is at most {MAX_CHOICES}.", param="n")
         if (
@@ -158,9 +220,9 @@ class InferencePipeline:
             and request.max_output_tokens > model.context_window
         ):
             raise InvalidRequest(
-                f"max_tokens × n ({request.max_output_tokens}) is more than '{model.name}' can write "
-                f"(its context window is {model.context_window} tokens).",
-                param="max_tokens",
+                f"{request.output_limit_param} × n ({request.max_output_tokens}) is more than "
+                f"'{model.name}' can write (its context window is {model.context_window} tokens).",
+                param=request.output_limit_param,
             )
         counted = request.prompt_tokens_estimate + output_tokens_to_hold(request, model)
         try:
@@ -177,14 +239,15 @@ class InferencePipeline:
             self._limiter.give_back(admission)
             raise
         observation.hold_id = reservation.hold_id
-        return _Admitted(principal, request, model, admission, reservation, counted)
+        target = _Target(model, principal.account_id, dialect, counted)
+        return _Admitted(principal, request, admission, reservation, target)
 
     def _abandon(self, admitted: _Admitted, error: BaseException) -> None:
         """The request ends before any usage: release its hold. If no upstream was sent it
         (Kyma refused it, or its client left first), it consumes no rate limit either;
         otherwise it counts as a request that used no tokens."""
         admitted.reservation.release()
-        if not admitted.forwarded or isinstance(error, RateLimited):
+        if not admitted.target.forwarded or isinstance(error, RateLimited):
             self._limiter.give_back(admitted.admission)
         else:
             self._limiter.true_up(admitted.admission, 0)
@@ -195,43 +258,25 @@ class InferencePipeline:
         self._limiter.true_up(admitted.admission, used)
         self._gate.leave(admitted.model, ticket, used)
 
-    @staticmethod
-    def _upstream_body(request: InferenceRequest, deployment: Deployment, model: Model) -> bytes:
-        """The client's body as the deployment reads it: its model name, the output limit in
-        the parameter it reads — always one: the client's, or the model's cap, which is what
-        the hold covers (an upstream's own default might be more) — and, for a stream, usage
-        asked for whatever the client asked."""
-        body: dict[str, Any] = dict(request.body)
-        body["model"] = deployment.model
-        if request.endpoint != "embeddings":
-            per_choice = body.pop("max_completion_tokens", None) or body.pop("max_tokens", None)
-            body.pop("max_tokens", None)
-            body[deployment.output_limit_param] = per_choice or model.max_output_tokens
-        if request.stream:
-            body["stream"] = True
-            # Usage is what the request is billed by: ask for it whatever the client asked.
-            options = dict(body.get("stream_options") or {})
-            options["include_usage"] = True
-            body["stream_options"] = options
-        return orjson.dumps(body)
-
-    async def _tries(self, admitted: _Admitted) -> AsyncGenerator[_Try, None]:
-        """Tries of the model's deployments in routing order: healthy ones only, skipping those
-        at capacity, each after the first paid from the retry budget. When capacity alone
-        stopped every try, RateLimited with the soonest time one may have room."""
-        model = admitted.model
+    async def _tries(self, target: _Target) -> AsyncGenerator[_Try, None]:
+        """Tries of the model's deployments that serve the request's dialect, in routing order:
+        healthy ones only, skipping those at capacity, each after the first paid from the retry
+        budget. When capacity alone stopped every try, RateLimited with the soonest time one
+        may have room."""
+        model = target.model
         waits: list[int] = []
         tried = False
-        account = admitted.principal.account_id
-        for deployment in self._router.plan(model, account):
+        for deployment in self._router.plan(model, target.account_id):
+            if not target.accepts(deployment):
+                continue
             if tried and not self._router.may_retry():
                 break
-            ticket = await self._gate.enter(model, deployment, admitted.tokens)
+            ticket = await self._gate.enter(model, deployment, target.tokens)
             if isinstance(ticket, int):
                 waits.append(ticket)
                 continue
             tried = True
-            yield _Try(ticket, self._router.start(model, deployment, account=account))
+            yield _Try(ticket, self._router.start(model, deployment, account=target.account_id))
         if not tried:
             raise RateLimited(
                 f"Every upstream of '{model.name}' is at capacity. Retry shortly.",
@@ -239,11 +284,18 @@ class InferencePipeline:
             )
 
     async def complete(
-        self, endpoint: Endpoint, raw: bytes, authorization: str | None, request_id: str
+        self,
+        endpoint: Endpoint,
+        raw: bytes,
+        authorization: str | None,
+        request_id: str,
+        options: Mapping[str, str] | None = None,
     ) -> UnaryResult:
         observation = self._observer.begin(endpoint, request_id, raw, stream=False)
         try:
-            result = await self._complete(endpoint, raw, authorization, observation)
+            result = await self._complete(
+                self._dialect(endpoint), raw, authorization, observation, options or {}
+            )
             observation.response_body = result.body.decode("utf-8", "replace")
             return result
         except BaseException as error:
@@ -253,39 +305,79 @@ class InferencePipeline:
             self._observer.end(observation)
 
     async def _complete(
-        self, endpoint: Endpoint, raw: bytes, authorization: str | None, observation: Observation
+        self,
+        dialect: Dialect,
+        raw: bytes,
+        authorization: str | None,
+        observation: Observation,
+        options: Mapping[str, str],
     ) -> UnaryResult:
-        admitted = await self._admit(endpoint, raw, authorization, observation)
+        admitted = await self._admit(dialect, raw, authorization, observation, options)
         request, model = admitted.request, admitted.model
         try:
-            reply, ticket = await self._forward(admitted)
+            (exchange, reply), ticket = await self._forward(admitted.target, request)
             observation.deployment = ticket.deployment.name
-            parsed = _json_object(reply)
+            answer = exchange.answer(reply)
         except BaseException as error:
             self._abandon(admitted, error)
             raise
-        parsed["model"] = model.name
-        usage = usage_from_upstream(parsed.get("usage")) or _estimate(request, parsed)
+        usage = answer.usage or TokenUsage(
+            request.prompt_tokens_estimate,
+            tokens.count_tokens(answer.output_text()),
+            estimated=True,
+        )
         charge = admitted.reservation.capped(charge_for(model, usage, ticket.deployment))
         observation.charge = charge
         self._finish(admitted, ticket, charge)
-        priced_response(parsed, charge, completion=request.endpoint != "embeddings")
-        return UnaryResult(orjson.dumps(parsed), charge, admitted.admission.snapshot)
+        return UnaryResult(answer.render(charge), charge, admitted.admission.snapshot)
+
+    async def count_tokens(
+        self,
+        raw: bytes,
+        authorization: str | None,
+        request_id: str,
+        options: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """Anthropic's count_tokens: free, and under no account limit; asked of a deployment
+        that counts natively (with failover), else counted by Kyma."""
+        observation = self._observer.begin("messages.count_tokens", request_id, raw, stream=False)
+        try:
+            dialect = self._counting
+            if dialect is None:
+                raise InvalidRequest("Kyma does not count tokens here.")
+            principal, request, model = await self._read(
+                dialect, raw, authorization, observation, options or {}
+            )
+            if not any(d.speaks(dialect.upstream) for d in model.deployments):
+                body = dialect.count_locally(request)
+            else:
+                target = _Target(model, principal.account_id, dialect, 0, native_only=True)
+                (exchange, reply), ticket = await self._forward(target, request)
+                self._gate.leave(model, ticket, 0)
+                observation.deployment = ticket.deployment.name
+                body = exchange.answer(reply).render(charge_for(model, TokenUsage(0, 0)))
+            observation.response_body = body.decode("utf-8", "replace")
+            return body
+        except BaseException as error:
+            observation.status = outcome_of(error)
+            raise
+        finally:
+            self._observer.end(observation)
 
     async def _failover(
-        self, admitted: _Admitted, attempt: Callable[[Deployment], Awaitable[T]]
+        self, target: _Target, attempt: Callable[[Deployment], Awaitable[T]]
     ) -> tuple[T, Ticket]:
         """The one failover loop, for unary and streaming calls alike: `attempt` each
         deployment in routing order until one gives an answer. A retryable UpstreamFailure
         moves on to the next deployment (and counts against the failing one's health); one
         that is not retryable means the upstream refused the request itself, so it goes back
         to the client and the deployment counts as healthy."""
-        model = admitted.model
+        model = target.model
         failure: UpstreamFailure | None = None
-        async with aclosing(self._tries(admitted)) as tries:
+        async with aclosing(self._tries(target)) as tries:
             async for tried in tries:
                 ticket, health = tried.ticket, tried.attempt
-                admitted.forwarded = True
+                target.forwarded = True
                 try:
                     result = await attempt(ticket.deployment)
                 except UpstreamFailure as exc:
@@ -308,29 +400,41 @@ class InferencePipeline:
             raise UpstreamUnavailable(f"No upstream of '{model.name}' could be tried.")
         raise failure.error
 
-    async def _forward(self, admitted: _Admitted) -> tuple[bytes, Ticket]:
-        request = admitted.request
-        path = UPSTREAM_PATHS[request.endpoint]
+    async def _forward(
+        self, target: _Target, request: InferenceRequest
+    ) -> tuple[tuple[Exchange, bytes], Ticket]:
+        dialect = target.dialect
 
-        async def post(deployment: Deployment) -> bytes:
-            return await self._upstream.post(
-                deployment, path, self._upstream_body(request, deployment, admitted.model)
+        async def post(deployment: Deployment) -> tuple[Exchange, bytes]:
+            exchange = dialect.exchange(request, deployment, target.model)
+            reply = await self._upstream.post(
+                deployment, exchange.path, exchange.body, headers=exchange.headers
             )
+            return exchange, reply
 
-        return await self._failover(admitted, post)
+        return await self._failover(target, post)
 
     async def stream(
-        self, endpoint: Endpoint, raw: bytes, authorization: str | None, request_id: str
+        self,
+        endpoint: Endpoint,
+        raw: bytes,
+        authorization: str | None,
+        request_id: str,
+        options: Mapping[str, str] | None = None,
     ) -> AsyncGenerator[StreamChunks | StreamEnd, None]:
-        """Chunks as the client should get them, then one StreamEnd. Failover happens until the
-        first chunk exists; after that an upstream failure is raised as a KymaError. However the
-        stream ends (completed, broken, or the client gone), the hold is settled for what was
-        relayed."""
+        """Events as the client should get them, then one StreamEnd. Failover happens until the
+        first event exists; after that an upstream failure ends the stream in the client's
+        dialect and is raised as a KymaError. However the stream ends (completed, broken, or
+        the client gone), the hold is settled for what was relayed."""
         observation = self._observer.begin(endpoint, request_id, raw, stream=True)
         try:
             # aclosing: if the consumer stops early, the inner stream's settlement runs now,
             # not whenever the garbage collector finalizes it.
-            async with aclosing(self._stream(endpoint, raw, authorization, observation)) as events:
+            async with aclosing(
+                self._stream(
+                    self._dialect(endpoint), raw, authorization, observation, options or {}
+                )
+            ) as events:
                 async for event in events:
                     if isinstance(event, StreamChunks):
                         self._observer.first_chunk(observation)
@@ -342,24 +446,25 @@ class InferencePipeline:
             self._observer.end(observation)
 
     async def _stream(
-        self, endpoint: Endpoint, raw: bytes, authorization: str | None, observation: Observation
+        self,
+        dialect: Dialect,
+        raw: bytes,
+        authorization: str | None,
+        observation: Observation,
+        options: Mapping[str, str],
     ) -> AsyncGenerator[StreamChunks | StreamEnd, None]:
-        admitted = await self._admit(endpoint, raw, authorization, observation)
+        admitted = await self._admit(dialect, raw, authorization, observation, options)
         model = admitted.model
-        relay = StreamRelay(
-            public_model=model.name,
-            include_usage=admitted.request.include_usage,
-            prompt_estimate=admitted.request.prompt_tokens_estimate,
-            output_limit=output_tokens_to_hold(admitted.request, model),
-        )
         try:
-            opened, ticket = await self._open_with_failover(admitted, relay)
+            opened, ticket = await self._open_with_failover(admitted)
         except BaseException as error:
             self._abandon(admitted, error)
             raise
         observation.deployment = ticket.deployment.name
+        relay = opened.relay
         limits: RateLimitSnapshot | None = admitted.admission.snapshot
         complete = False
+        failure: KymaError | None = None
         last_checkpoint = self._clock.monotonic()
         try:
             if opened.first:
@@ -382,7 +487,9 @@ class InferencePipeline:
                     break
             complete = not relay.cut
         except UpstreamFailure as exc:
-            raise exc.error from None
+            failure = exc.error
+        except UpstreamError as exc:
+            failure = exc
         finally:
             await opened.stream.aclose()
             # Also reached when the client goes away: usage then is what was relayed.
@@ -390,23 +497,30 @@ class InferencePipeline:
                 charge_for(model, relay.usage(complete=complete), ticket.deployment)
             )
             observation.charge = charge
-            observation.response_body = relay.delivered_text()
+            # What was delivered, should the client be gone; the final answer replaces it.
+            observation.response_body = relay.logged()
             self._finish(admitted, ticket, charge)
-        closing = relay.closing_chunks(charge, cut=relay.cut)
+        if failure is not None:
+            ending = relay.failed(charge, failure)
+            observation.response_body = relay.logged()
+            if ending:
+                yield StreamChunks(ending, limits)
+            raise failure
+        closing = relay.closing(charge, cut=relay.cut)
+        observation.response_body = relay.logged()
         if closing:
             yield StreamChunks(closing, limits)
             limits = None
         yield StreamEnd(charge, limits)
 
-    async def _open_with_failover(
-        self, admitted: _Admitted, relay: StreamRelay
-    ) -> tuple[_Opened, Ticket]:
-        request = admitted.request
-        path = UPSTREAM_PATHS[request.endpoint]
+    async def _open_with_failover(self, admitted: _Admitted) -> tuple[_Opened, Ticket]:
+        request, dialect = admitted.request, admitted.dialect
 
         async def open_until_first_chunk(deployment: Deployment) -> _Opened:
+            exchange = dialect.exchange(request, deployment, admitted.model)
+            relay = exchange.relay()
             stream = await self._upstream.open_stream(
-                deployment, path, self._upstream_body(request, deployment, admitted.model)
+                deployment, exchange.path, exchange.body, headers=exchange.headers
             )
             events = stream.events().__aiter__()
             # Nothing has reached the client until the first chunk: until then, whatever
@@ -416,10 +530,10 @@ class InferencePipeline:
                     try:
                         batch = await anext(events)
                     except StopAsyncIteration:
-                        return _Opened(stream, events, [])
+                        return _Opened(stream, events, [], relay)
                     chunks = relay.rewrite_all(batch)
                     if chunks:
-                        return _Opened(stream, events, chunks)
+                        return _Opened(stream, events, chunks, relay)
             except UpstreamFailure as exc:
                 await stream.aclose()
                 raise UpstreamFailure(exc.error, retryable=True) from exc
@@ -430,7 +544,7 @@ class InferencePipeline:
                 await stream.aclose()
                 raise
 
-        return await self._failover(admitted, open_until_first_chunk)
+        return await self._failover(admitted.target, open_until_first_chunk)
 
 
 # OpenAI's own limit on `n`.
@@ -446,31 +560,3 @@ def outcome_of(error: BaseException) -> str:
     if isinstance(error, asyncio.CancelledError | GeneratorExit):
         return "CLIENT_GONE"
     return "INTERNAL"
-
-
-def _json_object(reply: bytes) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(reply)
-    except orjson.JSONDecodeError:
-        # Some servers write NaN or Infinity (not JSON, but the stdlib reads them); the answer
-        # is still worth relaying, and usage that is not a whole number is estimated anyway.
-        try:
-            parsed = json.loads(reply)
-        except (ValueError, UnicodeDecodeError):
-            raise UpstreamError("The model's upstream sent a malformed response.") from None
-    if not isinstance(parsed, dict):
-        raise UpstreamError("The model's upstream sent a malformed response.")
-    return parsed
-
-
-def _estimate(request: InferenceRequest, response: dict[str, Any]) -> TokenUsage:
-    text: list[str] = []
-    for choice in response.get("choices") or []:
-        if isinstance(choice, dict):
-            message = choice.get("message")
-            content = message.get("content") if isinstance(message, dict) else choice.get("text")
-            if isinstance(content, str):
-                text.append(content)
-    return TokenUsage(
-        request.prompt_tokens_estimate, tokens.count_tokens("".join(text)), estimated=True
-    )

@@ -7,10 +7,11 @@ tokens away:
 - OpenAI Chat Completions: `prompt_tokens` includes the cached ones
   (`prompt_tokens_details.cached_tokens`); `completion_tokens` includes reasoning
   (`completion_tokens_details.reasoning_tokens`).
-- OpenAI Responses: the same, named `input_tokens` (`input_tokens_details.cached_tokens`) and
-  `output_tokens` (`output_tokens_details.reasoning_tokens`).
+- OpenAI Responses: the same, named `input_tokens` (`input_tokens_details.cached_tokens` and
+  `.cache_write_tokens`) and `output_tokens` (`output_tokens_details.reasoning_tokens`).
 - Anthropic Messages: `input_tokens` EXCLUDES the cache: reads are `cache_read_input_tokens`,
-  writes `cache_creation_input_tokens`, both added here to make the prompt whole.
+  writes `cache_creation_input_tokens`, both added here to make the prompt whole; thinking is
+  `output_tokens_details.thinking_tokens`, part of `output_tokens`.
 
 Usage that is missing or not believable (negative, fractional, NaN, absurdly large, a part
 larger than its whole) is None: it is estimated instead, never trusted.
@@ -86,6 +87,7 @@ def usage_from_responses(usage: Any) -> TokenUsage | None:
         _count(usage.get("input_tokens")),
         _count(usage.get("output_tokens", 0)),
         cached=_detail(usage, "input_tokens_details", "cached_tokens"),
+        written=_detail(usage, "input_tokens_details", "cache_write_tokens"),
         reasoning=_detail(usage, "output_tokens_details", "reasoning_tokens"),
     )
 
@@ -104,4 +106,5 @@ def usage_from_messages(usage: Any) -> TokenUsage | None:
         _count(usage.get("output_tokens", 0)),
         cached=read,
         written=written,
+        reasoning=_detail(usage, "output_tokens_details", "thinking_tokens"),
     )

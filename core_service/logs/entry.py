@@ -32,6 +32,10 @@ class RequestLogEntry:
     reasoning_tokens: int = 0
     # The request's credit hold (its ledger entry is `usage:<hold id>`); None when it had none.
     hold_id: str | None = None
+    # A stored response (OpenAI Responses with `store`): the id it is retrieved by, and the
+    # stored response it continues. Null otherwise.
+    response_id: str | None = None
+    previous_response_id: str | None = None
 
     def __post_init__(self) -> None:
         # Refused here, at the caller, rather than failing a whole batch in the writer later.

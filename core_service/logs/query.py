@@ -16,7 +16,7 @@ from core_service.logs.entry import RequestLogEntry
 MAX_LIMIT = 1000
 
 # Core only (no ORM model): a read path over a table written by the log writer, which goes
-# around SQLAlchemy. Mirrors migrations 0006 and 0010.
+# around SQLAlchemy. Mirrors migrations 0006, 0010 and 0013.
 REQUEST_LOGS = sa.Table(
     "request_logs",
     sa.MetaData(),
@@ -42,6 +42,8 @@ REQUEST_LOGS = sa.Table(
     sa.Column("cache_write_tokens", sa.BigInteger()),
     sa.Column("reasoning_tokens", sa.BigInteger()),
     sa.Column("hold_id", sa.Text()),
+    sa.Column("response_id", sa.Text()),
+    sa.Column("previous_response_id", sa.Text()),
 )
 
 

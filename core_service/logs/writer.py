@@ -65,6 +65,8 @@ def _record(
         int(entry.cache_write_tokens),
         int(entry.reasoning_tokens),
         entry.hold_id,
+        entry.response_id,
+        entry.previous_response_id,
     )
 
 
@@ -162,6 +164,11 @@ class RequestLogWriter:
         self._written = 0
         self._failed_batches = 0
         self._rejected = 0
+        # Entries recorded, and recorded entries that are done (written or refused): what
+        # `flush` waits on. Set whenever a write lands.
+        self._recorded = 0
+        self._done = 0
+        self._progress = asyncio.Event()
 
     @property
     def pending(self) -> int:
@@ -176,6 +183,29 @@ class RequestLogWriter:
     @property
     def written(self) -> int:
         return self._written
+
+    @property
+    def flush_interval(self) -> float:
+        """The longest an entry waits in the buffer before its batch is written."""
+        return self._flush_interval
+
+    async def flush(self, timeout: float) -> bool:
+        """Write what was recorded before this call now, rather than at the next interval (for
+        a reader that must see its own request's row); True once it is in the database, False
+        if `timeout` passed first."""
+        target = self._recorded
+        if self._done >= target:
+            return True
+        self._wake.set()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._done < target:
+            self._progress.clear()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0 or self._task is None or self._task.done():
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), remaining)
+        return True
 
     @property
     def failed_batches(self) -> int:
@@ -194,6 +224,7 @@ class RequestLogWriter:
                 self._dropped += 1
                 return
             self._buffer.append(entry)
+            self._recorded += 1
             if len(self._buffer) >= self._batch_size:
                 self._wake.set()
         except Exception:  # never the caller's problem
@@ -297,6 +328,7 @@ class RequestLogWriter:
                         stack.append([clean])
                     else:
                         self._rejected += 1
+                        self._done += 1
                         log.warning(
                             "request log entry refused by the database (%s); skipped",
                             _describe(exc),
@@ -304,6 +336,8 @@ class RequestLogWriter:
                     continue
                 stack.pop()
                 self._written += len(part)
+                self._done += len(part)
+                self._progress.set()
         finally:
             self._inflight = [entry for part in reversed(stack) for entry in part]
 

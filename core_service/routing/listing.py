@@ -14,13 +14,19 @@ from decimal import Decimal
 
 from core_service.billing.metering import price_of
 from core_service.catalog import Model
+from core_service.values import UpstreamDialect
 
 # Kyma's endpoints: their HTTP path and the API dialect spoken there.
 ENDPOINTS: dict[str, tuple[str, str]] = {
     "chat.completions": ("/v1/chat/completions", "openai.chat_completions"),
     "completions": ("/v1/completions", "openai.completions"),
     "embeddings": ("/v1/embeddings", "openai.embeddings"),
+    "responses": ("/v1/responses", "openai.responses"),
+    "messages": ("/v1/messages", "anthropic.messages"),
 }
+# The upstream dialect that serves each endpoint natively (any other is reached by translation
+# to chat completions).
+_UPSTREAM_DIALECT: dict[str, UpstreamDialect] = {"responses": "responses", "messages": "messages"}
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,11 @@ def listing(model: Model) -> ModelListing:
         context_window=model.context_window if model.declares("context_window") else None,
         max_output_tokens=model.max_output_tokens if model.declares("max_output_tokens") else None,
         price=listed_price(model),
-        endpoints=tuple(endpoint_info(name) for name in model.endpoints),
+        endpoints=tuple(
+            endpoint_info(name)
+            for name in model.endpoints
+            if any(d.serves(_UPSTREAM_DIALECT.get(name, "chat")) for d in model.deployments)
+        ),
         capabilities=model.capabilities.declared(),
     )
 

@@ -8,7 +8,7 @@ reached the client yet and another deployment may do better) and what it must no
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import httpx
@@ -37,16 +37,24 @@ class UpstreamFailure(Exception):
         self.retry_after = retry_after
 
 
+_NO_HEADERS: Mapping[str, str] = {}
+
+
 @dataclass
 class UpstreamReply:
     status: int
     body: bytes
 
 
-def _headers(deployment: Deployment) -> dict[str, str]:
-    headers = {"content-type": "application/json", "accept": "application/json"}
+def _headers(deployment: Deployment, extra: Mapping[str, str]) -> dict[str, str]:
+    """The upstream call's headers: the dialect's own (`extra`), and the deployment's key, as
+    a bearer token and — for Anthropic's dialect, which reads it there — as `x-api-key`."""
+    headers = {"content-type": "application/json", "accept": "application/json", **extra}
     if deployment.api_key is not None:
-        headers["authorization"] = f"Bearer {deployment.api_key.get_secret_value()}"
+        key = deployment.api_key.get_secret_value()
+        headers["authorization"] = f"Bearer {key}"
+        if "anthropic-version" in extra:
+            headers["x-api-key"] = key
     return headers
 
 
@@ -118,23 +126,36 @@ class UpstreamClient:
         self._transports = transports
 
     async def _send(
-        self, deployment: Deployment, path: str, body: bytes, *, stream: bool
+        self,
+        deployment: Deployment,
+        path: str,
+        body: bytes,
+        *,
+        stream: bool,
+        headers: Mapping[str, str],
     ) -> httpx.Response:
         url = f"{deployment.base_url}/{path}"
         request = httpx.Request(
             "POST",
             url,
             content=body,
-            headers=_headers(deployment),
+            headers=_headers(deployment, headers),
             extensions={"timeout": _timeouts(deployment)},
         )
         return await self._transports.for_url(url, stream=stream).handle_async_request(request)
 
-    async def post(self, deployment: Deployment, path: str, body: bytes) -> bytes:
+    async def post(
+        self,
+        deployment: Deployment,
+        path: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, str] = _NO_HEADERS,
+    ) -> bytes:
         """Send one non-streaming request; the 2xx body, or UpstreamFailure."""
         try:
             async with asyncio.timeout(deployment.timeouts.total):
-                response = await self._send(deployment, path, body, stream=False)
+                response = await self._send(deployment, path, body, stream=False, headers=headers)
                 try:
                     content = await response.aread()
                 finally:
@@ -145,12 +166,19 @@ class UpstreamClient:
             raise failure_for_status(deployment, response, content)
         return content
 
-    async def open_stream(self, deployment: Deployment, path: str, body: bytes) -> UpstreamStream:
+    async def open_stream(
+        self,
+        deployment: Deployment,
+        path: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, str] = _NO_HEADERS,
+    ) -> UpstreamStream:
         """Send a streaming request and wait for its response headers (within the first-token
         timeout). Failures up to here may be retried elsewhere; the returned stream's may not."""
         try:
             async with asyncio.timeout(deployment.timeouts.first_token):
-                response = await self._send(deployment, path, body, stream=True)
+                response = await self._send(deployment, path, body, stream=True, headers=headers)
         except (httpx.HTTPError, TimeoutError) as exc:
             raise _transport_failure(exc) from exc
         if response.status_code >= 300:

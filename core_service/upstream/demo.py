@@ -14,13 +14,16 @@ from typing import Any
 import httpx
 import orjson
 
-from core_service.simulators.fake_model.http import SSE_DONE, JsonReply, encode_sse, is_token_chunk
+from core_service.simulators.fake_model.http import (
+    JsonReply,
+    StreamReply,
+    encode_sse,
+    is_token_chunk,
+)
 from core_service.simulators.fake_model.http import answer as answer_request
 from core_service.simulators.fake_model.model import FakeModel
 
 Sleep = Callable[[float], Awaitable[Any]]
-
-DEMO_MODEL = FakeModel(listed_models=("kyma-demo",))
 
 _JSON_HEADERS = {"content-type": "application/json"}
 _SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
@@ -30,8 +33,9 @@ class _PacedEventStream(httpx.AsyncByteStream):
     """SSE bytes produced one chunk at a time as the consumer reads, so closing the response stops
     generation; token chunks are spaced `interval` seconds apart."""
 
-    def __init__(self, chunks: Iterator[dict[str, Any]], interval: float, sleep: Sleep) -> None:
-        self._chunks = chunks
+    def __init__(self, reply: StreamReply, interval: float, sleep: Sleep) -> None:
+        self._reply = reply
+        self._chunks: Iterator[dict[str, Any]] = reply.chunks
         self._interval = interval
         self._sleep = sleep
         self._closed = False
@@ -44,9 +48,9 @@ class _PacedEventStream(httpx.AsyncByteStream):
                 await self._sleep(self._interval)
                 if self._closed:
                     return
-            yield encode_sse(chunk)
-        if not self._closed:
-            yield SSE_DONE
+            yield encode_sse(chunk, named=self._reply.named)
+        if not self._closed and self._reply.end:
+            yield self._reply.end
 
     async def aclose(self) -> None:
         self._closed = True
@@ -56,21 +60,23 @@ class _PacedEventStream(httpx.AsyncByteStream):
 
 
 class DemoTransport(httpx.AsyncBaseTransport):
-    """Serves `POST .../chat/completions`, `.../completions`, `.../embeddings` and
-    `GET .../models[/{id}]` under any base URL, answering as whichever model the request names."""
+    """Serves `POST .../chat/completions`, `.../completions`, `.../embeddings`, `.../responses`,
+    `.../messages`, `.../messages/count_tokens` and `GET .../models[/{id}]` under any base URL,
+    answering as whichever model the request names. Each transport has its own model (and so its
+    own prompt cache)."""
 
     def __init__(
         self,
         *,
         tokens_per_second: float = 0.0,
         sleep: Sleep = asyncio.sleep,
-        model: FakeModel = DEMO_MODEL,
+        model: FakeModel | None = None,
     ) -> None:
         if tokens_per_second < 0:
             raise ValueError("tokens_per_second must be >= 0")
         self._interval = 1.0 / tokens_per_second if tokens_per_second else 0.0
         self._sleep = sleep
-        self._model = model
+        self._model = model if model is not None else FakeModel(listed_models=("kyma-demo",))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = await request.aread()
@@ -85,6 +91,6 @@ class DemoTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             200,
             headers=_SSE_HEADERS,
-            stream=_PacedEventStream(reply.chunks, self._interval, self._sleep),
+            stream=_PacedEventStream(reply, self._interval, self._sleep),
             request=request,
         )

@@ -126,3 +126,40 @@ async def test_health_and_reflection(kyma) -> None:
     )
     names = {s.name async for r in responses for s in r.list_services_response.service}
     assert "kyma.inference.v1.InferenceService" in names and "grpc.health.v1.Health" in names
+
+
+async def test_the_other_dialects_over_grpc(kyma, account) -> None:
+    stub = pb_grpc.InferenceServiceStub(kyma.channel)
+    body = orjson.dumps({"model": "native-model", "input": "hi", "max_output_tokens": 3})
+    reply = await stub.CreateResponse(
+        pb.CreateResponseRequest(body=body), metadata=auth(account[1])
+    )
+    response = orjson.loads(reply.body)
+    assert response["object"] == "response" and response["usage"]["output_tokens"] == 3
+    assert response["usage"]["cost"] == reply.usage.cost_usd
+    fetched = await stub.GetResponse(
+        pb.GetResponseRequest(id=response["id"]), metadata=auth(account[1])
+    )
+    assert orjson.loads(fetched.body)["id"] == response["id"]
+
+    body = orjson.dumps(
+        {"model": "test-model", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
+    )
+    messages = [
+        m
+        async for m in stub.StreamMessage(
+            pb.StreamMessageRequest(body=body), metadata=auth(account[1])
+        )
+    ]
+    events = [(e.type, orjson.loads(e.data)) for m in messages for e in m.events]
+    assert events[0][0] == "message_start" and events[-1][0] == "message_stop"
+    assert all(name == data["type"] for name, data in events)
+    assert messages[-1].usage.completion_tokens == 3
+
+    counted = await stub.CountMessageTokens(
+        pb.CountMessageTokensRequest(body=body), metadata=auth(account[1])
+    )
+    assert orjson.loads(counted.body)["input_tokens"] > 0
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetResponse(pb.GetResponseRequest(id="resp_nope"), metadata=auth(account[1]))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND

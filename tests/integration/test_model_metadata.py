@@ -18,8 +18,20 @@ TIER_0 = {
     "requests_per_minute_per_model": 25,
     "tokens_per_minute": 200_000,
 }
-ALL_ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
-ALL_DIALECTS = ["openai.chat_completions", "openai.completions", "openai.embeddings"]
+ALL_ENDPOINTS = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+]
+ALL_DIALECTS = [
+    "openai.chat_completions",
+    "openai.completions",
+    "openai.embeddings",
+    "openai.responses",
+    "anthropic.messages",
+]
 
 
 def extras(model: openai.types.Model) -> dict:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from core_service.simulators.fake_model.turns import Tool
+
 JsonObject = dict[str, Any]
 
 # OpenAI's own limits on these parameters.
@@ -270,3 +272,36 @@ def is_token_id(value: Any) -> bool:
 
 
 # --- producing text ---------------------------------------------------------------------------
+
+
+def _tool_from(name: Any, schema: Any) -> Tool | None:
+    if not isinstance(name, str) or not name:
+        return None
+    return Tool(name, schema if isinstance(schema, dict) else {})
+
+
+def chat_tools(request: Mapping[str, Any]) -> tuple[Tool, ...]:
+    """The function tools of a chat completion request (others are not the fake's business)."""
+    tools = request.get("tools")
+    if not isinstance(tools, list):
+        return ()
+    found = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict):
+            parsed = _tool_from(function.get("name"), function.get("parameters"))
+            if parsed is not None:
+                found.append(parsed)
+    return tuple(found)
+
+
+def chat_tool_choice(request: Mapping[str, Any]) -> str:
+    """ "auto", "none", "required", or the name of the function that must be called."""
+    choice = request.get("tool_choice")
+    if isinstance(choice, str):
+        return choice
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            return str(function["name"])
+    return "auto"

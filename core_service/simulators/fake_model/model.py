@@ -30,8 +30,11 @@ from core_service.simulators.fake_model.checks import (
     MAX_CHOICES,
     MAX_EMBEDDING_DIMENSIONS,
     MAX_EMBEDDING_INPUTS,
+    SIMULATE_USAGE,
     FakeRequestError,
     JsonObject,
+    chat_tool_choice,
+    chat_tools,
     check_messages,
     check_prompt,
     missing,
@@ -40,7 +43,15 @@ from core_service.simulators.fake_model.checks import (
     usage_shares,
     wants_usage,
 )
-from core_service.tokens import count_chat_prompt, count_text_inputs
+from core_service.simulators.fake_model.turns import (
+    Prompt,
+    PromptCache,
+    Turn,
+    fragments_of,
+    plan_turn,
+    prefix_chain,
+)
+from core_service.tokens import REPLY_OVERHEAD_TOKENS, count_chat_prompt, count_text_inputs
 
 # Every word is at most six word characters, so `split_tokens` counts each as exactly one token.
 _WORDS: tuple[str, ...] = (
@@ -211,6 +222,22 @@ class _Plan:
         return int(self.completion_tokens * self.reasoning_share)
 
 
+@dataclass(frozen=True, slots=True)
+class _ChatPlan:
+    response_id: str
+    created: int
+    model: str
+    turns: list[Turn]
+    prompt_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    include_usage: bool
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(turn.completion_tokens for turn in self.turns)
+
+
 # --- embeddings -------------------------------------------------------------------------------
 
 
@@ -250,6 +277,11 @@ class FakeModel:
     embedding_dimensions: int = 256
     listed_models: tuple[str, ...] = ("fake-model",)
     clock: Callable[[], float] = field(default=time.time, repr=False)
+    # When set, an answer ends by itself after this many tokens (finish "stop") if its output
+    # limit allows; unset, every answer with a limit runs into it.
+    reply_tokens: int | None = None
+    # The prefixes this model instance has seen: what it reports as cached prompt tokens.
+    cache: PromptCache = field(default_factory=PromptCache, repr=False, compare=False)
     # What usage reports beyond what is generated, unless a request's `simulate_usage` says
     # otherwise: the share of the prompt read from a (pretended) prompt cache, and the share of
     # the completion that was reasoning. Both are parts of the totals, never added to them.
@@ -259,9 +291,41 @@ class FakeModel:
     def _shares(self, request: Mapping[str, Any]) -> tuple[float, float]:
         return usage_shares(request, (self.cached_prompt_fraction, self.reasoning_fraction))
 
+    def _shares_asked(self, request: Mapping[str, Any]) -> tuple[float | None, float | None]:
+        """The cached and reasoning shares a request (or this model) asks usage to report, each
+        None where nothing asks: the model's own prompt cache and reasoning report then."""
+        cached, reasoning = self._shares(request)
+        asked = request.get(SIMULATE_USAGE)
+        given = asked if isinstance(asked, dict) else {}
+        return (
+            cached if "cached_prompt_fraction" in given or self.cached_prompt_fraction else None,
+            reasoning if "reasoning_fraction" in given or self.reasoning_fraction else None,
+        )
+
     # chat -------------------------------------------------------------------------------------
 
-    def _chat_plan(self, request: Mapping[str, Any], model: str, stream: bool) -> _Plan:
+    def compose(self, seed: bytes, length: int, ends_sentence: bool) -> list[str]:
+        """`length` streamable fragments of prose (one token each), from `seed`."""
+        return _fragments(_compose(seed, length, ends_sentence=ends_sentence))
+
+    def turn(self, prompt: Prompt, index: int = 0) -> Turn:
+        return plan_turn(
+            prompt,
+            self.compose,
+            default_tokens=self.default_max_tokens,
+            index=index,
+            natural_tokens=self.reply_tokens,
+        )
+
+    def cached_prefix_tokens(self, messages: list[Any]) -> int:
+        """Prompt tokens of the longest prefix of `messages` seen before (OpenAI's automatic
+        prompt caching); the whole conversation is remembered for the next request."""
+        chain = prefix_chain(messages)
+        seen = self.cache.longest_seen(chain[:-1])
+        self.cache.remember(chain)
+        return count_chat_prompt(messages[:seen]) - REPLY_OVERHEAD_TOKENS if seen else 0
+
+    def _chat_plan(self, request: Mapping[str, Any], model: str, stream: bool) -> _ChatPlan:
         messages = check_messages(request)
         limit = optional_int(request, "max_completion_tokens", 1, self.max_output_tokens)
         if limit is None:
@@ -270,18 +334,39 @@ class FakeModel:
         seed = optional_int(request, "seed", -(2**63), 2**63 - 1)
         include_usage = wants_usage(request, stream)
         self._check_output_budget(n, limit, prompts=1)
-        cached_share, reasoning_share = self._shares(request)
-        prompt_key = _fingerprint(messages, seed)
-        replies = [self._reply(prompt_key, index, limit) for index in range(n)]
-        return _Plan(
+        last = messages[-1]
+        content = last.get("content")
+        if last.get("role") != "user":
+            last_user_text = None
+        else:
+            last_user_text = content if isinstance(content, str) else _part_text(content)
+        prompt = Prompt(
+            key=[messages, seed],
+            prompt_tokens=count_chat_prompt(messages),
+            tools=chat_tools(request),
+            tool_choice=chat_tool_choice(request),
+            last_user_text=last_user_text,
+            reasoning=request.get("reasoning_effort") not in (None, "none"),
+            limit=limit,
+        )
+        cached = self.cached_prefix_tokens(messages)
+        cached_share, reasoning_share = self._shares_asked(request)
+        if cached_share is not None:
+            cached = int(prompt.prompt_tokens * cached_share)
+        turns = [self.turn(prompt, index) for index in range(n)]
+        completion = sum(turn.completion_tokens for turn in turns)
+        reasoning = sum(turn.reasoning_tokens for turn in turns)
+        if reasoning_share is not None:
+            reasoning = int(completion * reasoning_share)
+        return _ChatPlan(
             response_id=_new_id("chatcmpl"),
             created=int(self.clock()),
             model=model,
-            replies=replies,
-            prompt_tokens=count_chat_prompt(messages),
+            turns=turns,
+            prompt_tokens=prompt.prompt_tokens,
+            cached_tokens=cached,
+            reasoning_tokens=reasoning,
             include_usage=include_usage,
-            cached_share=cached_share,
-            reasoning_share=reasoning_share,
         )
 
     def _check_output_budget(self, n: int, limit: int | None, *, prompts: int) -> None:
@@ -315,16 +400,11 @@ class FakeModel:
             "choices": [
                 {
                     "index": index,
-                    "message": {
-                        "role": "assistant",
-                        "content": reply.text,
-                        "refusal": None,
-                        "annotations": [],
-                    },
+                    "message": _chat_message(turn),
                     "logprobs": None,
-                    "finish_reason": reply.finish_reason,
+                    "finish_reason": turn.finish,
                 }
-                for index, reply in enumerate(plan.replies)
+                for index, turn in enumerate(plan.turns)
             ],
             "usage": _chat_usage(plan),
         }
@@ -448,16 +528,49 @@ class FakeModel:
         return {"object": "list", "data": [self.model_object(name) for name in self.listed_models]}
 
 
-def _chat_usage(plan: _Plan) -> JsonObject:
-    usage = _plain_usage(plan)
-    usage["prompt_tokens_details"] = {"cached_tokens": plan.cached_tokens, "audio_tokens": 0}
-    usage["completion_tokens_details"] = {
-        "reasoning_tokens": plan.reasoning_tokens,
-        "audio_tokens": 0,
-        "accepted_prediction_tokens": 0,
-        "rejected_prediction_tokens": 0,
+def _chat_usage(plan: _ChatPlan) -> JsonObject:
+    completion_tokens = plan.completion_tokens
+    return {
+        "prompt_tokens": plan.prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": plan.prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": plan.cached_tokens, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": plan.reasoning_tokens,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
     }
-    return usage
+
+
+def _chat_message(turn: Turn) -> JsonObject:
+    message: JsonObject = {
+        "role": "assistant",
+        "content": turn.output_text if turn.call is None else None,
+        "refusal": None,
+        "annotations": [],
+    }
+    if turn.reasoning:
+        # Where open-model servers (vLLM, DeepSeek, llama.cpp) put a reasoning model's thoughts.
+        message["reasoning_content"] = turn.reasoning_text
+    if turn.call is not None:
+        message["tool_calls"] = [
+            {
+                "id": turn.call.call_id,
+                "type": "function",
+                "function": {"name": turn.call.name, "arguments": turn.call.arguments},
+            }
+        ]
+    return message
+
+
+def _part_text(content: Any) -> str | None:
+    if not isinstance(content, list):
+        return None
+    return "".join(
+        p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+    )
 
 
 def _plain_usage(plan: _Plan) -> JsonObject:
@@ -484,7 +597,24 @@ def _interleaved(plan: _Plan) -> Iterator[tuple[int, str]]:
                 yield index, reply.fragments[position]
 
 
-def _chat_chunk_stream(plan: _Plan) -> Iterator[JsonObject]:
+def _chat_deltas(turn: Turn) -> Iterator[JsonObject]:
+    """The deltas of one choice after its role: reasoning, then text or a tool call."""
+    for fragment in turn.reasoning:
+        yield {"reasoning_content": fragment}
+    for fragment in turn.text:
+        yield {"content": fragment}
+    call = turn.call
+    if call is not None:
+        for position, piece in enumerate(fragments_of(call.arguments)):
+            function: JsonObject = {"arguments": piece}
+            entry: JsonObject = {"index": 0, "function": function}
+            if position == 0:
+                entry.update(id=call.call_id, type="function")
+                function["name"] = call.name
+            yield {"tool_calls": [entry]}
+
+
+def _chat_chunk_stream(plan: _ChatPlan) -> Iterator[JsonObject]:
     def chunk(choices: list[JsonObject]) -> JsonObject:
         body: JsonObject = {
             "id": plan.response_id,
@@ -498,24 +628,26 @@ def _chat_chunk_stream(plan: _Plan) -> Iterator[JsonObject]:
             body["usage"] = None
         return body
 
-    for index in range(len(plan.replies)):
+    for index in range(len(plan.turns)):
         delta = {"role": "assistant", "content": "", "refusal": None}
         yield chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}])
-    for index, fragment in _interleaved(plan):
-        yield chunk(
-            [
-                {
-                    "index": index,
-                    "delta": {"content": fragment},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            ]
-        )
-    for index, reply in enumerate(plan.replies):
-        yield chunk(
-            [{"index": index, "delta": {}, "logprobs": None, "finish_reason": reply.finish_reason}]
-        )
+    # Several choices are streamed position by position, as OpenAI interleaves them.
+    deltas = [list(_chat_deltas(turn)) for turn in plan.turns]
+    for position in range(max((len(d) for d in deltas), default=0)):
+        for index, choice_deltas in enumerate(deltas):
+            if position < len(choice_deltas):
+                yield chunk(
+                    [
+                        {
+                            "index": index,
+                            "delta": choice_deltas[position],
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
+    for index, turn in enumerate(plan.turns):
+        yield chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": turn.finish}])
     if plan.include_usage:
         last = chunk([])
         last["usage"] = _chat_usage(plan)

@@ -1,4 +1,7 @@
-"""A real OpenAI-compatible HTTP server with fault injection, for tests and benchmarks.
+"""A real OpenAI-compatible HTTP server with fault injection, for tests and benchmarks. It also
+speaks OpenAI's Responses API and Anthropic's Messages API natively; `dialects` (a flag, or
+`POST /_control`) narrows what it speaks, so a test can have an upstream that serves chat
+completions only.
 
 It is a raw ASGI app on uvicorn (uvloop, httptools) with no framework in between, because it is
 the baseline benchmarks subtract: its own per-request cost must be close to nothing. Faults
@@ -27,7 +30,7 @@ import uvicorn
 
 from core_service.simulators.fake_model.checks import error_body
 from core_service.simulators.fake_model.http import (
-    SSE_DONE,
+    DIALECTS,
     JsonReply,
     StreamReply,
     answer,
@@ -54,7 +57,15 @@ _SSE_HEADERS = [
 _MODEL_PATH_PREFIX = f"{API_ROOT}/models/"
 _KNOWN_PATHS = frozenset(
     f"{API_ROOT}{endpoint}"
-    for endpoint in ("/chat/completions", "/completions", "/embeddings", "/models")
+    for endpoint in (
+        "/chat/completions",
+        "/completions",
+        "/embeddings",
+        "/models",
+        "/responses",
+        "/messages",
+        "/messages/count_tokens",
+    )
 )
 
 
@@ -102,6 +113,12 @@ class UpstreamConfig:
     # overrides them for itself.
     cached_prompt_fraction: float = 0.0
     reasoning_fraction: float = 0.0
+    # The length of an answer that ends by itself (finish "stop") when its limit allows;
+    # unset, every answer runs into its output limit.
+    reply_tokens: int | None = None
+    # The API dialects served: "chat" (chat completions, completions, embeddings, models),
+    # "responses" (OpenAI's Responses API), "messages" (Anthropic's Messages API).
+    dialects: tuple[str, ...] = ("chat", "messages", "responses")
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -133,6 +150,11 @@ class UpstreamConfig:
         _integer("overrun_tokens", self.overrun_tokens, low=0, high=100_000)
         if not isinstance(self.omit_usage, bool):
             raise ValueError("omit_usage must be a boolean")
+        if self.reply_tokens is not None:
+            _integer("reply_tokens", self.reply_tokens, low=1, high=100_000)
+        if not isinstance(self.dialects, (list, tuple)) or not set(self.dialects) <= DIALECTS:
+            raise ValueError(f"dialects must be a list of {', '.join(sorted(DIALECTS))}")
+        object.__setattr__(self, "dialects", tuple(self.dialects))
         if self.seed is not None:
             _integer("seed", self.seed, low=-(2**63), high=2**63 - 1)
 
@@ -145,7 +167,7 @@ class UpstreamConfig:
         return dataclasses.replace(self, **changes)
 
     def as_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "dialects": list(self.dialects)}
 
 
 @dataclass
@@ -254,10 +276,12 @@ class UpstreamApp:
         self._random = random.Random(config.seed)
 
     def _configured(self, model: FakeModel) -> FakeModel:
+        # The same model (its prompt cache too) with the settings of the moment.
         return dataclasses.replace(
             model,
             cached_prompt_fraction=self.config.cached_prompt_fraction,
             reasoning_fraction=self.config.reasoning_fraction,
+            reply_tokens=self.config.reply_tokens,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -414,12 +438,17 @@ class UpstreamApp:
             return status
 
         reply = answer(
-            self.model, scope["method"], scope["path"], _misbehaved(body, config), api_root=API_ROOT
+            self.model,
+            scope["method"],
+            scope["path"],
+            _misbehaved(body, config),
+            api_root=API_ROOT,
+            dialects=frozenset(config.dialects),
         )
         if isinstance(reply, JsonReply):
             payload = reply.body
             if config.omit_usage and isinstance(payload, dict):
-                payload = {k: v for k, v in payload.items() if k != "usage"}
+                payload = _without_usage(payload)
             await _send_json(send, reply.status, payload)
             return reply.status
         if await _client_left(self._stream(send, reply, config), receive):
@@ -436,8 +465,10 @@ class UpstreamApp:
         next_token_at = loop.time()
         sent_tokens = 0
         for chunk in reply.chunks:
-            if config.omit_usage and chunk.get("usage") is not None and not chunk.get("choices"):
-                continue
+            if config.omit_usage:
+                if chunk.get("usage") is not None and chunk.get("choices") == []:
+                    continue  # chat's usage chunk
+                chunk = _without_usage(chunk)
             if is_token_chunk(chunk):
                 if config.drop_stream_after is not None and sent_tokens >= config.drop_stream_after:
                     self.stats.dropped_streams += 1
@@ -448,12 +479,27 @@ class UpstreamApp:
                     if delay > 0:
                         await asyncio.sleep(delay)
                 sent_tokens += 1
-            await send({"type": "http.response.body", "body": encode_sse(chunk), "more_body": True})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": encode_sse(chunk, named=reply.named),
+                    "more_body": True,
+                }
+            )
         if config.drop_stream_after is not None and sent_tokens >= config.drop_stream_after:
             # The reply was no longer than the cut: it still must not end cleanly.
             self.stats.dropped_streams += 1
             raise StreamDropped
-        await send({"type": "http.response.body", "body": SSE_DONE, "more_body": False})
+        await send({"type": "http.response.body", "body": reply.end, "more_body": False})
+
+
+def _without_usage(body: dict[str, Any]) -> dict[str, Any]:
+    """A reply or event with no usage in it, wherever the dialect puts it."""
+    stripped = {k: v for k, v in body.items() if k != "usage"}
+    for nested in ("response", "message"):
+        if isinstance(stripped.get(nested), dict):
+            stripped[nested] = _without_usage(stripped[nested])
+    return stripped
 
 
 def _misbehaved(body: bytes, config: UpstreamConfig) -> bytes:
@@ -466,19 +512,21 @@ def _misbehaved(body: bytes, config: UpstreamConfig) -> bytes:
         return body
     if not isinstance(request, dict):
         return body
-    for name in ("max_tokens", "max_completion_tokens"):
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         if isinstance(request.get(name), int):
             request[name] += config.overrun_tokens
     return orjson.dumps(request)
 
 
 def _authorized(scope: Scope, api_key: str) -> bool:
+    """`Authorization: Bearer KEY`, or Anthropic's `x-api-key: KEY`."""
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, token = value.partition(b" ")
-            return scheme.lower() == b"bearer" and hmac.compare_digest(
-                token.strip(), api_key.encode()
-            )
+            if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), api_key.encode()):
+                return True
+        elif name == b"x-api-key" and hmac.compare_digest(value.strip(), api_key.encode()):
+            return True
     return False
 
 
@@ -545,6 +593,17 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, UpstreamCon
         default=0.0,
         help="share of each completion reported as reasoning tokens",
     )
+    parser.add_argument(
+        "--reply-tokens",
+        type=int,
+        default=None,
+        help="answers end by themselves after this many tokens (default: at the output limit)",
+    )
+    parser.add_argument(
+        "--dialects",
+        default=",".join(sorted(DIALECTS)),
+        help="the API dialects served, comma-separated: chat, responses, messages",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault draws")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
@@ -561,6 +620,8 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, UpstreamCon
             require_api_key=args.require_api_key,
             cached_prompt_fraction=args.cached_prompt_fraction,
             reasoning_fraction=args.reasoning_fraction,
+            reply_tokens=args.reply_tokens,
+            dialects=tuple(d.strip() for d in args.dialects.split(",") if d.strip()),
             seed=args.seed,
         )
     except ValueError as error:

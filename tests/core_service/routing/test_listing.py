@@ -61,7 +61,7 @@ def test_what_is_not_declared_is_absent(catalog: Catalog) -> None:
     assert listed.context_window is None and listed.max_output_tokens is None
     assert listed.capabilities == {}
     assert listed.price.cached_input == listed.price.cache_write == listed.price.input == 0
-    assert len(listed.endpoints) == 3
+    assert len(listed.endpoints) == 5
 
 
 def test_a_capability_must_be_a_boolean(tmp_path: pathlib.Path) -> None:
@@ -88,3 +88,15 @@ def test_a_capability_must_be_a_boolean(tmp_path: pathlib.Path) -> None:
 )
 def test_prices_are_plain_exact_decimals(value: str, text: str) -> None:
     assert decimal_text(Decimal(value)) == text
+
+
+def test_only_the_endpoints_a_deployment_can_serve_are_listed(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "catalog.yaml"
+    path.write_text(
+        "models:\n  - name: claude-only\n    deployments:\n"
+        "      - {base_url: 'https://a.example/v1', model: m, dialects: [messages]}\n"
+    )
+    listed = listing(Catalog.load(path, {}).get("claude-only"))
+    assert [(e.path, e.dialect) for e in listed.endpoints] == [
+        ("/v1/messages", "anthropic.messages")
+    ]

@@ -282,6 +282,7 @@ async def test_control_reads_updates_and_validates(http: httpx.AsyncClient) -> N
         b'{"tokens_per_second": true}',
         b'{"cached_prompt_fraction": 1.5}',
         b'{"reasoning_fraction": "most"}',
+        b'{"dialects": ["chat", "smoke-signals"]}',
     ):
         response = await http.post("/_control", content=bad)
         assert response.status_code == 400, bad
@@ -452,6 +453,8 @@ def test_flags_set_the_initial_faults(upstream_factory: Callable[..., RunningUps
         "0.5",
         "--reasoning-fraction",
         "0.25",
+        "--dialects",
+        "chat",
         "--seed",
         "3",
     )
@@ -470,6 +473,8 @@ def test_flags_set_the_initial_faults(upstream_factory: Callable[..., RunningUps
         "omit_usage": False,
         "cached_prompt_fraction": 0.5,
         "reasoning_fraction": 0.25,
+        "reply_tokens": None,
+        "dialects": ["chat"],
         "seed": 3,
     }
     assert running.stop() == 0

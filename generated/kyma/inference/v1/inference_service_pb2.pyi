@@ -341,3 +341,388 @@ class CreateEmbeddingResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateEmbeddingResponse: _TypeAlias = CreateEmbeddingResponse  # noqa: Y015
+
+@_typing.final
+class ServerSentEvent(_message.Message):
+    """One server-sent event of the Responses or Messages API: `type` is its SSE event name (the
+    same as the `type` inside its data), `data` its JSON.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServerSentEvent: _TypeAlias = ServerSentEvent  # noqa: Y015
+
+@_typing.final
+class CreateResponseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    body: _builtins.bytes
+    """An OpenAI Responses request body (JSON). `stream` must be absent or false."""
+    def __init__(
+        self,
+        *,
+        body: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateResponseRequest: _TypeAlias = CreateResponseRequest  # noqa: Y015
+
+@_typing.final
+class CreateResponseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    body: _builtins.bytes
+    """An OpenAI `response` object (JSON); its `usage` carries `cost`, a decimal USD string."""
+    request_id: _builtins.str
+    @_builtins.property
+    def usage(self) -> Global___Usage: ...
+    @_builtins.property
+    def rate_limit(self) -> _ratelimit_pb2.RateLimitStatus: ...
+    def __init__(
+        self,
+        *,
+        body: _builtins.bytes = ...,
+        usage: Global___Usage | None = ...,
+        rate_limit: _ratelimit_pb2.RateLimitStatus | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rate_limit", b"rate_limit", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "rate_limit", b"rate_limit", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateResponseResponse: _TypeAlias = CreateResponseResponse  # noqa: Y015
+
+@_typing.final
+class StreamResponseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    body: _builtins.bytes
+    """An OpenAI Responses request body (JSON); streamed whatever `stream` says."""
+    def __init__(
+        self,
+        *,
+        body: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamResponseRequest: _TypeAlias = StreamResponseRequest  # noqa: Y015
+
+@_typing.final
+class StreamResponseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Set on the first message only."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServerSentEvent]:
+        """The Responses stream's events in order (`response.created` … `response.completed`,
+        each with its `sequence_number`; the terminal event's usage carries `cost`). An upstream
+        failure after the first event ends with `response.failed`, and then the call ends with
+        the error's status.
+        """
+
+    @_builtins.property
+    def rate_limit(self) -> _ratelimit_pb2.RateLimitStatus:
+        """Set on the first message only."""
+
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Set on the last message only."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___ServerSentEvent] | None = ...,
+        rate_limit: _ratelimit_pb2.RateLimitStatus | None = ...,
+        request_id: _builtins.str = ...,
+        usage: Global___Usage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rate_limit", b"rate_limit", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "rate_limit", b"rate_limit", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamResponseResponse: _TypeAlias = StreamResponseResponse  # noqa: Y015
+
+@_typing.final
+class GetResponseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetResponseRequest: _TypeAlias = GetResponseRequest  # noqa: Y015
+
+@_typing.final
+class GetResponseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    body: _builtins.bytes
+    """The OpenAI `response` object (JSON), as it was answered."""
+    def __init__(
+        self,
+        *,
+        body: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetResponseResponse: _TypeAlias = GetResponseResponse  # noqa: Y015
+
+@_typing.final
+class DeleteResponseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteResponseRequest: _TypeAlias = DeleteResponseRequest  # noqa: Y015
+
+@_typing.final
+class DeleteResponseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    body: _builtins.bytes
+    """`{"id", "object": "response", "deleted": true}` (JSON)."""
+    def __init__(
+        self,
+        *,
+        body: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteResponseResponse: _TypeAlias = DeleteResponseResponse  # noqa: Y015
+
+@_typing.final
+class CreateMessageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    ANTHROPIC_BETA_FIELD_NUMBER: _builtins.int
+    body: _builtins.bytes
+    """An Anthropic Messages request body (JSON). `stream` must be absent or false."""
+    anthropic_beta: _builtins.str
+    """Anthropic's beta flags (the `anthropic-beta` header), passed to native upstreams."""
+    def __init__(
+        self,
+        *,
+        body: _builtins.bytes = ...,
+        anthropic_beta: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anthropic_beta", b"anthropic_beta", "body", b"body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateMessageRequest: _TypeAlias = CreateMessageRequest  # noqa: Y015
+
+@_typing.final
+class CreateMessageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    body: _builtins.bytes
+    """An Anthropic `message` object (JSON); its `usage` carries `cost`, a decimal USD string."""
+    request_id: _builtins.str
+    @_builtins.property
+    def usage(self) -> Global___Usage: ...
+    @_builtins.property
+    def rate_limit(self) -> _ratelimit_pb2.RateLimitStatus: ...
+    def __init__(
+        self,
+        *,
+        body: _builtins.bytes = ...,
+        usage: Global___Usage | None = ...,
+        rate_limit: _ratelimit_pb2.RateLimitStatus | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rate_limit", b"rate_limit", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "rate_limit", b"rate_limit", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateMessageResponse: _TypeAlias = CreateMessageResponse  # noqa: Y015
+
+@_typing.final
+class StreamMessageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    ANTHROPIC_BETA_FIELD_NUMBER: _builtins.int
+    body: _builtins.bytes
+    """An Anthropic Messages request body (JSON); streamed whatever `stream` says."""
+    anthropic_beta: _builtins.str
+    """Anthropic's beta flags (the `anthropic-beta` header), passed to native upstreams."""
+    def __init__(
+        self,
+        *,
+        body: _builtins.bytes = ...,
+        anthropic_beta: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anthropic_beta", b"anthropic_beta", "body", b"body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamMessageRequest: _TypeAlias = StreamMessageRequest  # noqa: Y015
+
+@_typing.final
+class StreamMessageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Set on the first message only."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServerSentEvent]:
+        """The Messages stream's events in order (`message_start`, `ping`, content blocks,
+        `message_delta` — its usage carries `cost` — and `message_stop`). An upstream failure
+        after the first event ends with an `error` event, and then the call ends with the error's
+        status.
+        """
+
+    @_builtins.property
+    def rate_limit(self) -> _ratelimit_pb2.RateLimitStatus:
+        """Set on the first message only."""
+
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Set on the last message only."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___ServerSentEvent] | None = ...,
+        rate_limit: _ratelimit_pb2.RateLimitStatus | None = ...,
+        request_id: _builtins.str = ...,
+        usage: Global___Usage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rate_limit", b"rate_limit", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "rate_limit", b"rate_limit", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamMessageResponse: _TypeAlias = StreamMessageResponse  # noqa: Y015
+
+@_typing.final
+class CountMessageTokensRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    ANTHROPIC_BETA_FIELD_NUMBER: _builtins.int
+    body: _builtins.bytes
+    """An Anthropic count_tokens request body (JSON)."""
+    anthropic_beta: _builtins.str
+    """Anthropic's beta flags (the `anthropic-beta` header), passed to native upstreams."""
+    def __init__(
+        self,
+        *,
+        body: _builtins.bytes = ...,
+        anthropic_beta: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anthropic_beta", b"anthropic_beta", "body", b"body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountMessageTokensRequest: _TypeAlias = CountMessageTokensRequest  # noqa: Y015
+
+@_typing.final
+class CountMessageTokensResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    body: _builtins.bytes
+    """`{"input_tokens": N}` (JSON)."""
+    request_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        body: _builtins.bytes = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountMessageTokensResponse: _TypeAlias = CountMessageTokensResponse  # noqa: Y015

@@ -31,9 +31,16 @@ class InferenceServiceStub:
     bridge is one client of it; internal services call it directly with the same guarantees.
 
     Callers authenticate with the metadata `authorization: Bearer <api key>` and may pass
-    `x-request-id`. Request bodies are OpenAI JSON request bodies: every field reaches the
-    upstream unchanged except `model`, which is mapped to the deployment's model name.
-    Response bodies and chunks are OpenAI JSON, with `model` showing the public name.
+    `x-request-id`. Three API dialects are served, their bodies as JSON bytes:
+    - OpenAI chat completions, completions and embeddings (Create/StreamChatCompletion, …):
+    every field reaches the upstream unchanged except `model`, which is mapped to the
+    deployment's model name; response bodies and chunks are OpenAI JSON, with `model`
+    showing the public name.
+    - OpenAI's Responses API (Create/StreamResponse, Get/DeleteResponse).
+    - Anthropic's Messages API (Create/StreamMessage, CountMessageTokens).
+    A deployment serving the dialect natively gets the request passed through; any other gets
+    it translated to chat completions (a field that cannot be translated faithfully is refused
+    with INVALID_REQUEST naming it). Every dialect goes through the same policy.
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "kyma.ai", reason such as
     INVALID_API_KEY, INSUFFICIENT_QUOTA, RATE_LIMIT_EXCEEDED, MODEL_NOT_FOUND) and, where it
@@ -71,6 +78,41 @@ class InferenceServiceStub:
                 request_serializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.CreateEmbeddingRequest.SerializeToString,
                 response_deserializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.CreateEmbeddingResponse.FromString,
                 _registered_method=True)
+        self.CreateResponse = channel.unary_unary(
+                '/kyma.inference.v1.InferenceService/CreateResponse',
+                request_serializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.CreateResponseRequest.SerializeToString,
+                response_deserializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.CreateResponseResponse.FromString,
+                _registered_method=True)
+        self.StreamResponse = channel.unary_stream(
+                '/kyma.inference.v1.InferenceService/StreamResponse',
+                request_serializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.StreamResponseRequest.SerializeToString,
+                response_deserializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.StreamResponseResponse.FromString,
+                _registered_method=True)
+        self.GetResponse = channel.unary_unary(
+                '/kyma.inference.v1.InferenceService/GetResponse',
+                request_serializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.GetResponseRequest.SerializeToString,
+                response_deserializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.GetResponseResponse.FromString,
+                _registered_method=True)
+        self.DeleteResponse = channel.unary_unary(
+                '/kyma.inference.v1.InferenceService/DeleteResponse',
+                request_serializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.DeleteResponseRequest.SerializeToString,
+                response_deserializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.DeleteResponseResponse.FromString,
+                _registered_method=True)
+        self.CreateMessage = channel.unary_unary(
+                '/kyma.inference.v1.InferenceService/CreateMessage',
+                request_serializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.CreateMessageRequest.SerializeToString,
+                response_deserializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.CreateMessageResponse.FromString,
+                _registered_method=True)
+        self.StreamMessage = channel.unary_stream(
+                '/kyma.inference.v1.InferenceService/StreamMessage',
+                request_serializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.StreamMessageRequest.SerializeToString,
+                response_deserializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.StreamMessageResponse.FromString,
+                _registered_method=True)
+        self.CountMessageTokens = channel.unary_unary(
+                '/kyma.inference.v1.InferenceService/CountMessageTokens',
+                request_serializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.CountMessageTokensRequest.SerializeToString,
+                response_deserializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.CountMessageTokensResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -79,9 +121,16 @@ class InferenceServiceServicer:
     bridge is one client of it; internal services call it directly with the same guarantees.
 
     Callers authenticate with the metadata `authorization: Bearer <api key>` and may pass
-    `x-request-id`. Request bodies are OpenAI JSON request bodies: every field reaches the
-    upstream unchanged except `model`, which is mapped to the deployment's model name.
-    Response bodies and chunks are OpenAI JSON, with `model` showing the public name.
+    `x-request-id`. Three API dialects are served, their bodies as JSON bytes:
+    - OpenAI chat completions, completions and embeddings (Create/StreamChatCompletion, …):
+    every field reaches the upstream unchanged except `model`, which is mapped to the
+    deployment's model name; response bodies and chunks are OpenAI JSON, with `model`
+    showing the public name.
+    - OpenAI's Responses API (Create/StreamResponse, Get/DeleteResponse).
+    - Anthropic's Messages API (Create/StreamMessage, CountMessageTokens).
+    A deployment serving the dialect natively gets the request passed through; any other gets
+    it translated to chat completions (a field that cannot be translated faithfully is refused
+    with INVALID_REQUEST naming it). Every dialect goes through the same policy.
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "kyma.ai", reason such as
     INVALID_API_KEY, INSUFFICIENT_QUOTA, RATE_LIMIT_EXCEEDED, MODEL_NOT_FOUND) and, where it
@@ -118,6 +167,51 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateResponse(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamResponse(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetResponse(self, request, context):
+        """A response the caller's account stored (`store`, the default), until it is deleted or
+        its request log is purged; NOT_FOUND for anyone else's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteResponse(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateMessage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamMessage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountMessageTokens(self, request, context):
+        """Anthropic's count_tokens: free, and under no account rate limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +240,41 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     request_deserializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.CreateEmbeddingRequest.FromString,
                     response_serializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.CreateEmbeddingResponse.SerializeToString,
             ),
+            'CreateResponse': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateResponse,
+                    request_deserializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.CreateResponseRequest.FromString,
+                    response_serializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.CreateResponseResponse.SerializeToString,
+            ),
+            'StreamResponse': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamResponse,
+                    request_deserializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.StreamResponseRequest.FromString,
+                    response_serializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.StreamResponseResponse.SerializeToString,
+            ),
+            'GetResponse': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetResponse,
+                    request_deserializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.GetResponseRequest.FromString,
+                    response_serializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.GetResponseResponse.SerializeToString,
+            ),
+            'DeleteResponse': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteResponse,
+                    request_deserializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.DeleteResponseRequest.FromString,
+                    response_serializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.DeleteResponseResponse.SerializeToString,
+            ),
+            'CreateMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateMessage,
+                    request_deserializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.CreateMessageRequest.FromString,
+                    response_serializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.CreateMessageResponse.SerializeToString,
+            ),
+            'StreamMessage': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamMessage,
+                    request_deserializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.StreamMessageRequest.FromString,
+                    response_serializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.StreamMessageResponse.SerializeToString,
+            ),
+            'CountMessageTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountMessageTokens,
+                    request_deserializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.CountMessageTokensRequest.FromString,
+                    response_serializer=kyma_dot_inference_dot_v1_dot_inference__service__pb2.CountMessageTokensResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'kyma.inference.v1.InferenceService', rpc_method_handlers)
@@ -160,9 +289,16 @@ class InferenceService:
     bridge is one client of it; internal services call it directly with the same guarantees.
 
     Callers authenticate with the metadata `authorization: Bearer <api key>` and may pass
-    `x-request-id`. Request bodies are OpenAI JSON request bodies: every field reaches the
-    upstream unchanged except `model`, which is mapped to the deployment's model name.
-    Response bodies and chunks are OpenAI JSON, with `model` showing the public name.
+    `x-request-id`. Three API dialects are served, their bodies as JSON bytes:
+    - OpenAI chat completions, completions and embeddings (Create/StreamChatCompletion, …):
+    every field reaches the upstream unchanged except `model`, which is mapped to the
+    deployment's model name; response bodies and chunks are OpenAI JSON, with `model`
+    showing the public name.
+    - OpenAI's Responses API (Create/StreamResponse, Get/DeleteResponse).
+    - Anthropic's Messages API (Create/StreamMessage, CountMessageTokens).
+    A deployment serving the dialect natively gets the request passed through; any other gets
+    it translated to chat completions (a field that cannot be translated faithfully is refused
+    with INVALID_REQUEST naming it). Every dialect goes through the same policy.
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "kyma.ai", reason such as
     INVALID_API_KEY, INSUFFICIENT_QUOTA, RATE_LIMIT_EXCEEDED, MODEL_NOT_FOUND) and, where it
@@ -294,6 +430,195 @@ class InferenceService:
             '/kyma.inference.v1.InferenceService/CreateEmbedding',
             kyma_dot_inference_dot_v1_dot_inference__service__pb2.CreateEmbeddingRequest.SerializeToString,
             kyma_dot_inference_dot_v1_dot_inference__service__pb2.CreateEmbeddingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.inference.v1.InferenceService/CreateResponse',
+            kyma_dot_inference_dot_v1_dot_inference__service__pb2.CreateResponseRequest.SerializeToString,
+            kyma_dot_inference_dot_v1_dot_inference__service__pb2.CreateResponseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kyma.inference.v1.InferenceService/StreamResponse',
+            kyma_dot_inference_dot_v1_dot_inference__service__pb2.StreamResponseRequest.SerializeToString,
+            kyma_dot_inference_dot_v1_dot_inference__service__pb2.StreamResponseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.inference.v1.InferenceService/GetResponse',
+            kyma_dot_inference_dot_v1_dot_inference__service__pb2.GetResponseRequest.SerializeToString,
+            kyma_dot_inference_dot_v1_dot_inference__service__pb2.GetResponseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.inference.v1.InferenceService/DeleteResponse',
+            kyma_dot_inference_dot_v1_dot_inference__service__pb2.DeleteResponseRequest.SerializeToString,
+            kyma_dot_inference_dot_v1_dot_inference__service__pb2.DeleteResponseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.inference.v1.InferenceService/CreateMessage',
+            kyma_dot_inference_dot_v1_dot_inference__service__pb2.CreateMessageRequest.SerializeToString,
+            kyma_dot_inference_dot_v1_dot_inference__service__pb2.CreateMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kyma.inference.v1.InferenceService/StreamMessage',
+            kyma_dot_inference_dot_v1_dot_inference__service__pb2.StreamMessageRequest.SerializeToString,
+            kyma_dot_inference_dot_v1_dot_inference__service__pb2.StreamMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountMessageTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.inference.v1.InferenceService/CountMessageTokens',
+            kyma_dot_inference_dot_v1_dot_inference__service__pb2.CountMessageTokensRequest.SerializeToString,
+            kyma_dot_inference_dot_v1_dot_inference__service__pb2.CountMessageTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

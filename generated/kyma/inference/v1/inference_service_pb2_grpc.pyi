@@ -32,9 +32,16 @@ class InferenceServiceStub:
     bridge is one client of it; internal services call it directly with the same guarantees.
 
     Callers authenticate with the metadata `authorization: Bearer <api key>` and may pass
-    `x-request-id`. Request bodies are OpenAI JSON request bodies: every field reaches the
-    upstream unchanged except `model`, which is mapped to the deployment's model name.
-    Response bodies and chunks are OpenAI JSON, with `model` showing the public name.
+    `x-request-id`. Three API dialects are served, their bodies as JSON bytes:
+    - OpenAI chat completions, completions and embeddings (Create/StreamChatCompletion, …):
+      every field reaches the upstream unchanged except `model`, which is mapped to the
+      deployment's model name; response bodies and chunks are OpenAI JSON, with `model`
+      showing the public name.
+    - OpenAI's Responses API (Create/StreamResponse, Get/DeleteResponse).
+    - Anthropic's Messages API (Create/StreamMessage, CountMessageTokens).
+    A deployment serving the dialect natively gets the request passed through; any other gets
+    it translated to chat completions (a field that cannot be translated faithfully is refused
+    with INVALID_REQUEST naming it). Every dialect goes through the same policy.
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "kyma.ai", reason such as
     INVALID_API_KEY, INSUFFICIENT_QUOTA, RATE_LIMIT_EXCEEDED, MODEL_NOT_FOUND) and, where it
@@ -50,6 +57,17 @@ class InferenceServiceStub:
     CreateCompletion: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.CreateCompletionRequest, _inference_service_pb2.CreateCompletionResponse]
     StreamCompletion: _grpc.UnaryStreamMultiCallable[_inference_service_pb2.StreamCompletionRequest, _inference_service_pb2.StreamCompletionResponse]
     CreateEmbedding: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.CreateEmbeddingRequest, _inference_service_pb2.CreateEmbeddingResponse]
+    CreateResponse: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.CreateResponseRequest, _inference_service_pb2.CreateResponseResponse]
+    StreamResponse: _grpc.UnaryStreamMultiCallable[_inference_service_pb2.StreamResponseRequest, _inference_service_pb2.StreamResponseResponse]
+    GetResponse: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.GetResponseRequest, _inference_service_pb2.GetResponseResponse]
+    """A response the caller's account stored (`store`, the default), until it is deleted or
+    its request log is purged; NOT_FOUND for anyone else's.
+    """
+    DeleteResponse: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.DeleteResponseRequest, _inference_service_pb2.DeleteResponseResponse]
+    CreateMessage: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.CreateMessageRequest, _inference_service_pb2.CreateMessageResponse]
+    StreamMessage: _grpc.UnaryStreamMultiCallable[_inference_service_pb2.StreamMessageRequest, _inference_service_pb2.StreamMessageResponse]
+    CountMessageTokens: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.CountMessageTokensRequest, _inference_service_pb2.CountMessageTokensResponse]
+    """Anthropic's count_tokens: free, and under no account rate limit."""
 
 @_typing.type_check_only
 class InferenceServiceAsyncStub(InferenceServiceStub):
@@ -58,9 +76,16 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     bridge is one client of it; internal services call it directly with the same guarantees.
 
     Callers authenticate with the metadata `authorization: Bearer <api key>` and may pass
-    `x-request-id`. Request bodies are OpenAI JSON request bodies: every field reaches the
-    upstream unchanged except `model`, which is mapped to the deployment's model name.
-    Response bodies and chunks are OpenAI JSON, with `model` showing the public name.
+    `x-request-id`. Three API dialects are served, their bodies as JSON bytes:
+    - OpenAI chat completions, completions and embeddings (Create/StreamChatCompletion, …):
+      every field reaches the upstream unchanged except `model`, which is mapped to the
+      deployment's model name; response bodies and chunks are OpenAI JSON, with `model`
+      showing the public name.
+    - OpenAI's Responses API (Create/StreamResponse, Get/DeleteResponse).
+    - Anthropic's Messages API (Create/StreamMessage, CountMessageTokens).
+    A deployment serving the dialect natively gets the request passed through; any other gets
+    it translated to chat completions (a field that cannot be translated faithfully is refused
+    with INVALID_REQUEST naming it). Every dialect goes through the same policy.
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "kyma.ai", reason such as
     INVALID_API_KEY, INSUFFICIENT_QUOTA, RATE_LIMIT_EXCEEDED, MODEL_NOT_FOUND) and, where it
@@ -73,6 +98,17 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     CreateCompletion: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.CreateCompletionRequest, _inference_service_pb2.CreateCompletionResponse]  # type: ignore[assignment]
     StreamCompletion: _aio.UnaryStreamMultiCallable[_inference_service_pb2.StreamCompletionRequest, _inference_service_pb2.StreamCompletionResponse]  # type: ignore[assignment]
     CreateEmbedding: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.CreateEmbeddingRequest, _inference_service_pb2.CreateEmbeddingResponse]  # type: ignore[assignment]
+    CreateResponse: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.CreateResponseRequest, _inference_service_pb2.CreateResponseResponse]  # type: ignore[assignment]
+    StreamResponse: _aio.UnaryStreamMultiCallable[_inference_service_pb2.StreamResponseRequest, _inference_service_pb2.StreamResponseResponse]  # type: ignore[assignment]
+    GetResponse: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.GetResponseRequest, _inference_service_pb2.GetResponseResponse]  # type: ignore[assignment]
+    """A response the caller's account stored (`store`, the default), until it is deleted or
+    its request log is purged; NOT_FOUND for anyone else's.
+    """
+    DeleteResponse: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.DeleteResponseRequest, _inference_service_pb2.DeleteResponseResponse]  # type: ignore[assignment]
+    CreateMessage: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.CreateMessageRequest, _inference_service_pb2.CreateMessageResponse]  # type: ignore[assignment]
+    StreamMessage: _aio.UnaryStreamMultiCallable[_inference_service_pb2.StreamMessageRequest, _inference_service_pb2.StreamMessageResponse]  # type: ignore[assignment]
+    CountMessageTokens: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.CountMessageTokensRequest, _inference_service_pb2.CountMessageTokensResponse]  # type: ignore[assignment]
+    """Anthropic's count_tokens: free, and under no account rate limit."""
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """InferenceService runs every model request through Kyma's policy: authentication,
@@ -80,9 +116,16 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     bridge is one client of it; internal services call it directly with the same guarantees.
 
     Callers authenticate with the metadata `authorization: Bearer <api key>` and may pass
-    `x-request-id`. Request bodies are OpenAI JSON request bodies: every field reaches the
-    upstream unchanged except `model`, which is mapped to the deployment's model name.
-    Response bodies and chunks are OpenAI JSON, with `model` showing the public name.
+    `x-request-id`. Three API dialects are served, their bodies as JSON bytes:
+    - OpenAI chat completions, completions and embeddings (Create/StreamChatCompletion, …):
+      every field reaches the upstream unchanged except `model`, which is mapped to the
+      deployment's model name; response bodies and chunks are OpenAI JSON, with `model`
+      showing the public name.
+    - OpenAI's Responses API (Create/StreamResponse, Get/DeleteResponse).
+    - Anthropic's Messages API (Create/StreamMessage, CountMessageTokens).
+    A deployment serving the dialect natively gets the request passed through; any other gets
+    it translated to chat completions (a field that cannot be translated faithfully is refused
+    with INVALID_REQUEST naming it). Every dialect goes through the same policy.
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "kyma.ai", reason such as
     INVALID_API_KEY, INSUFFICIENT_QUOTA, RATE_LIMIT_EXCEEDED, MODEL_NOT_FOUND) and, where it
@@ -123,5 +166,58 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inference_service_pb2.CreateEmbeddingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inference_service_pb2.CreateEmbeddingResponse, _abc.Awaitable[_inference_service_pb2.CreateEmbeddingResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateResponse(
+        self,
+        request: _inference_service_pb2.CreateResponseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_service_pb2.CreateResponseResponse, _abc.Awaitable[_inference_service_pb2.CreateResponseResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def StreamResponse(
+        self,
+        request: _inference_service_pb2.StreamResponseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_inference_service_pb2.StreamResponseResponse], _abc.AsyncIterator[_inference_service_pb2.StreamResponseResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetResponse(
+        self,
+        request: _inference_service_pb2.GetResponseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_service_pb2.GetResponseResponse, _abc.Awaitable[_inference_service_pb2.GetResponseResponse]]:
+        """A response the caller's account stored (`store`, the default), until it is deleted or
+        its request log is purged; NOT_FOUND for anyone else's.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteResponse(
+        self,
+        request: _inference_service_pb2.DeleteResponseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_service_pb2.DeleteResponseResponse, _abc.Awaitable[_inference_service_pb2.DeleteResponseResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateMessage(
+        self,
+        request: _inference_service_pb2.CreateMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_service_pb2.CreateMessageResponse, _abc.Awaitable[_inference_service_pb2.CreateMessageResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def StreamMessage(
+        self,
+        request: _inference_service_pb2.StreamMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_inference_service_pb2.StreamMessageResponse], _abc.AsyncIterator[_inference_service_pb2.StreamMessageResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CountMessageTokens(
+        self,
+        request: _inference_service_pb2.CountMessageTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_service_pb2.CountMessageTokensResponse, _abc.Awaitable[_inference_service_pb2.CountMessageTokensResponse]]:
+        """Anthropic's count_tokens: free, and under no account rate limit."""
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,81 @@
+"""What every dialect does with an upstream's bytes: read JSON that may be slightly wrong, and
+name the things Kyma makes (response and item ids)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+import orjson
+
+from core_service.errors import InvalidRequest, UpstreamError
+from core_service.inference.requests import MAX_MODEL_CHARS
+from core_service.inference.validation import check_depth, too_deep
+
+
+def request_body(raw: bytes, *, missing_model: str) -> dict[str, Any]:
+    """A client's JSON object body, nested no deeper than Kyma allows, naming a model (what
+    `missing_model` says when it does not)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        if "depth limit" in str(error) or "ecursion limit" in str(error):
+            raise too_deep() from None
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. Send a valid JSON object."
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    check_depth(body)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest(missing_model, param="model")
+    if len(model) > MAX_MODEL_CHARS:
+        raise InvalidRequest(
+            f"'model' is longer than {MAX_MODEL_CHARS} characters; no model has such a name.",
+            param="model",
+        )
+    return body
+
+
+def json_object(reply: bytes) -> dict[str, Any]:
+    """An upstream's JSON object reply, or UpstreamError."""
+    try:
+        parsed = orjson.loads(reply)
+    except orjson.JSONDecodeError:
+        # Some servers write NaN or Infinity (not JSON, but the stdlib reads them); the answer
+        # is still worth relaying, and usage that is not a whole number is estimated anyway.
+        try:
+            parsed = json.loads(reply)
+        except (ValueError, UnicodeDecodeError):
+            raise UpstreamError("The model's upstream sent a malformed response.") from None
+    if not isinstance(parsed, dict):
+        raise UpstreamError("The model's upstream sent a malformed response.")
+    return parsed
+
+
+def stream_event(data: bytes) -> dict[str, Any]:
+    """One upstream stream event's data, or UpstreamError (malformed, or an error report)."""
+    try:
+        event: Any = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("The model's upstream sent a malformed stream event.") from None
+    if not isinstance(event, dict):
+        raise UpstreamError("The model's upstream sent a malformed stream event.")
+    return event
+
+
+def upstream_failure(event: dict[str, Any]) -> UpstreamError:
+    """The error an upstream reported in its stream."""
+    error = event.get("error")
+    if not isinstance(error, dict):
+        response = event.get("response")
+        error = response.get("error") if isinstance(response, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return UpstreamError(f"The model's upstream failed mid-stream: {message or 'error'}")
+
+
+def new_id(prefix: str) -> str:
+    """An id of Kyma's making, in the dialect's style: `resp_…`, `msg_…`, `fc_…`."""
+    return f"{prefix}_{secrets.token_hex(16)}"
