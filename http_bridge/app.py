@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from core_service.settings import Settings
 from http_bridge import account_routes, auth_routes, inference_routes
+from http_bridge.console.pages import console_router
 from http_bridge.core_client import GRPC_OPTIONS, CoreStubs, new_request_id, stubs
 from http_bridge.errors import OpenAIError
 from kyma.contract.v1.constants import SHARED_LIMITS_HEALTH_SERVICE
@@ -50,6 +51,8 @@ def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -
     app.include_router(inference_routes.router)
     app.include_router(account_routes.router)
     app.include_router(auth_routes.router)
+    # The web console: pages at / whose scripts use the routes above (http_bridge/console/).
+    app.include_router(console_router())
 
     @app.get("/healthz")
     async def healthz() -> Response:
