@@ -272,8 +272,11 @@ async def running_kyma(
     backend: str,
     *,
     clock: Any = None,
+    sock: socket.socket | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Kyma]:
+    """A core and a bridge; the bridge serves on `sock` when given (bound beforehand, so that
+    settings such as public_base_url can name its address)."""
     settings = Settings(
         data_dir=tmp,
         database_url=database_url,
@@ -296,7 +299,7 @@ async def running_kyma(
     target = f"127.0.0.1:{port}"
     channel = grpc.aio.insecure_channel(target)
     app = create_app(settings.model_copy(update={"core_address": target}))
-    sock = bound_socket()
+    sock = sock or bound_socket()
     server = uvicorn.Server(
         uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     )

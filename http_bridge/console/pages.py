@@ -10,8 +10,9 @@ the core for a page.
   page's script goes to `/signin` when the API answers 401.
 - Every page is sent with a Content-Security-Policy that allows scripts, styles and
   connections from this origin only (no inline script or style), and may not be framed.
-- Stripe sends the buyer back to `/billing/success?session_id=…` (or `/billing/cancelled`):
-  both redirect to the console page that shows the outcome.
+- Stripe sends the buyer back to `/console/billing?checkout=success|cancelled[&session_id=…]`
+  (or, the older defaults, `/billing/success?session_id=…` and `/billing/cancelled`): each
+  redirects to the console page that shows the outcome.
 """
 
 from __future__ import annotations
@@ -93,6 +94,14 @@ def _environment(assets: Assets) -> jinja2.Environment:
     return env
 
 
+def checkout_returned(request: Request) -> Response:
+    """Back from Stripe Checkout: to the dashboard, which waits for the purchase to land
+    (`purchase` names the Checkout Session when Stripe said which; else the page knows it)."""
+    session_id = request.query_params.get("session_id", "")
+    known = _CHECKOUT_SESSION_ID.fullmatch(session_id)
+    return RedirectResponse("/?purchase=" + (quote(session_id) if known else ""), 303, PAGE_HEADERS)
+
+
 def console_router(assets: Assets | None = None) -> APIRouter:
     """The routes of the console's pages and assets."""
     assets = assets or Assets()
@@ -124,16 +133,21 @@ def console_router(assets: Assets | None = None) -> APIRouter:
     for page in PAGES:
         add(page)
 
+    @router.get("/console/billing", include_in_schema=False)
+    async def checkout_outcome(request: Request) -> Response:
+        outcome = request.query_params.get("checkout")
+        if outcome == "success":
+            return checkout_returned(request)
+        if outcome == "cancelled":
+            return RedirectResponse("/billing?cancelled=1", 303, PAGE_HEADERS)
+        return RedirectResponse("/billing", 303, PAGE_HEADERS)
+
     @router.get("/billing/success", include_in_schema=False)
-    async def checkout_returned(request: Request) -> Response:
-        session_id = request.query_params.get("session_id", "")
-        target = "/"
-        if _CHECKOUT_SESSION_ID.fullmatch(session_id):
-            target = "/?purchase=" + quote(session_id)
-        return RedirectResponse(target, 303, PAGE_HEADERS)
+    async def billing_success(request: Request) -> Response:
+        return checkout_returned(request)
 
     @router.get("/billing/cancelled", include_in_schema=False)
-    async def checkout_cancelled() -> Response:
+    async def billing_cancelled() -> Response:
         return RedirectResponse("/billing?cancelled=1", 303, PAGE_HEADERS)
 
     @router.get(URL_PREFIX + "{name:path}", include_in_schema=False)

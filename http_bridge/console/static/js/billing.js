@@ -20,6 +20,12 @@ run(async () => {
       throw Object.assign(new Error("Enter an amount in US dollars, like 25 or 12.50."), { param: "amount_usd" });
     }
     const session = await api("/v1/billing/checkout", { method: "POST", body: { amount_usd: value } });
+    // Stripe may send the person back without naming the session: the dashboard finds it here.
+    try {
+      sessionStorage.setItem("kyma-checkout", session.id);
+    } catch {
+      // without storage the dashboard waits for the next purchase instead
+    }
     location.assign(session.url);
   });
   const account = await api("/v1/account");

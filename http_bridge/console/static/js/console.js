@@ -210,7 +210,13 @@ export function deviceId() {
   }
 }
 
-// Show a page's failure to load in its live region instead of leaving "…" forever.
+// Run a page's script. A failure to load shows in the live region instead of "…" forever;
+// either way the page marks itself loaded (body[data-ready]), which the browser tests wait on.
 export function run(main) {
-  main().catch((error) => flash(error.message || String(error), "error"));
+  main()
+    .then(() => (document.body.dataset.ready = "ok"))
+    .catch((error) => {
+      flash(error.message || String(error), "error");
+      document.body.dataset.ready = "failed";
+    });
 }

@@ -27,8 +27,17 @@ run(async () => {
   $("#requests-more").addEventListener("click", () => loadRequests(true));
   $("#ledger-more").addEventListener("click", () => loadLedger(true));
   await refresh();
-  const purchase = new URLSearchParams(location.search).get("purchase");
-  if (purchase) await awaitPurchase(purchase);
+  const params = new URLSearchParams(location.search);
+  if (params.has("purchase")) {
+    let sessionId = params.get("purchase");
+    try {
+      sessionId = sessionId || sessionStorage.getItem("kyma-checkout");
+      sessionStorage.removeItem("kyma-checkout");
+    } catch {
+      // no storage: any purchase newer than this page counts
+    }
+    awaitPurchase(sessionId, Date.now()).catch((error) => flash(error.message, "error"));
+  }
 });
 
 async function refresh() {
@@ -244,7 +253,10 @@ function sleep(ms) {
 // Back from Stripe Checkout: the credit lands when Stripe's webhook does, maybe later than the
 // person. Look for the purchase's ledger entry (its reference is the Checkout Session) until
 // it is there; then show it and everything it changed (balance, tier).
-async function awaitPurchase(sessionId) {
+async function awaitPurchase(sessionId, since) {
+  // Without a session id: the first purchase credited after the person left for Stripe.
+  const matches = (entry) =>
+    entry.kind === "purchase" && (sessionId ? entry.reference === sessionId : timestamp(entry.created_at) >= since - 3600 * 1000);
   const box = $("#purchase-status");
   box.hidden = false;
   box.className = "notice";
@@ -252,7 +264,7 @@ async function awaitPurchase(sessionId) {
   box.focus();
   for (let attempt = 0; attempt < 120; attempt++) {
     const reply = await api("/v1/account/ledger?limit=50");
-    const entry = reply.data.find((e) => e.kind === "purchase" && e.reference === sessionId);
+    const entry = reply.data.find(matches);
     if (entry) {
       box.className = "notice ok";
       box.textContent = `Your purchase of ${usd(entry.amount_usd)} is credited.`;
