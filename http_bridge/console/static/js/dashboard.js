@@ -113,10 +113,14 @@ async function loadUsage() {
   $('[data-total="cost"]', foot).textContent = usd(totals.cost);
   setText(
     "#usage-summary",
-    `${count(totals.requests)} requests, ${count(totals.prompt + totals.completion)} tokens, ${usd(totals.cost)} in the last ${DAYS} days.`,
+    `${plural(totals.requests, "request")}, ${plural(totals.prompt + totals.completion, "token")}, ${usd(totals.cost)} in the last ${DAYS} days.`,
   );
   drawChart(days, rows);
   await reconcile(days[0], totals.cost);
+}
+
+function plural(n, noun) {
+  return `${count(n)} ${noun}${n === 1 ? "" : "s"}`;
 }
 
 function drawChart(days, rows) {
@@ -146,7 +150,12 @@ function drawChart(days, rows) {
       maintainAspectRatio: false,
       scales: {
         x: { stacked: true, ticks: { maxRotation: 0, autoSkipPadding: 12 } },
-        y: { stacked: true, beginAtZero: true, title: { display: true, text: "USD" } },
+        y: {
+          stacked: true,
+          beginAtZero: true,
+          title: { display: true, text: "USD" },
+          ticks: { callback: (value) => "$" + Number(value).toLocaleString("en-US", { maximumSignificantDigits: 3 }) },
+        },
       },
       plugins: {
         legend: { position: "bottom" },
@@ -202,6 +211,7 @@ async function loadRequests(more) {
     if (error.status !== 404) throw error;
     setText("#requests-empty", "Request history is not available on this Kyma.");
     $("#requests-empty").hidden = false;
+    $("#requests-table").closest(".table-wrap").hidden = true;
     return;
   }
   const rows = reply.data.map((request) =>

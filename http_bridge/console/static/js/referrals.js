@@ -21,13 +21,14 @@ run(async () => {
   $("#program-off").hidden = referrals.program_enabled !== false;
 
   const rows = referrals.data;
-  const threshold = rows.map(required).find(Boolean);
+  const threshold = referrals.tokens_required ?? rows.map(required).find(Boolean);
   setText(
     "#referral-terms",
     `When someone signs up with your link and has used ${threshold ? count(threshold) : "enough"} tokens, ` +
       `you both receive ${usd(referrals.reward_usd)} of credit.`,
   );
   $("#referrals-empty").hidden = rows.length > 0;
+  $("#referrals-table").closest(".table-wrap").hidden = rows.length === 0;
   $("#referrals-table tbody").replaceChildren(...rows.map(row));
 });
 
