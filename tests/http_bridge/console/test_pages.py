@@ -138,3 +138,11 @@ def test_every_console_file_ships_in_the_package() -> None:
         assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), relative
     licence = STATIC_DIR / "vendor" / "chart.js-LICENSE.md"
     assert "MIT License" in licence.read_text()
+
+
+def test_pages_are_counted_by_route() -> None:
+    from http_bridge.metrics import route_of
+
+    assert route_of("/keys") == "/keys"
+    assert route_of("/static/js/keys.js") == "/static/{name}"
+    assert route_of("/keys/../../etc/passwd") == "other"
