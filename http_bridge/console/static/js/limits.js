@@ -10,7 +10,7 @@ export async function knownModels() {
   if (modelIds === null) {
     try {
       const status = await api("/v1/status");
-      modelIds = (status.models || []).map((model) => model.id).sort();
+      modelIds = (status.models || []).map((model) => model.id ?? model.model).sort();
     } catch {
       modelIds = []; // the free-text field still takes any id
     }

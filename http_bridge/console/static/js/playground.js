@@ -59,7 +59,7 @@ function setModels(ids) {
 async function publicModels() {
   try {
     const status = await api("/v1/status");
-    setModels(status.models.map((model) => model.id).sort());
+    setModels(status.models.map((model) => model.id ?? model.model).sort());
   } catch {
     // filled once a key is there
   }

@@ -2,6 +2,12 @@
 
 import { $, api, el, run, time } from "./console.js";
 
+const STATES = {
+  operational: "Operational",
+  degraded: "Degraded: some of its providers are failing",
+  down: "Down",
+};
+
 function percent(value) {
   if (value == null) return "no requests";
   return (Number(value) * 100).toFixed(2) + "%";
@@ -14,8 +20,8 @@ run(async () => {
       el(
         "tr",
         {},
-        el("th", { scope: "row", text: model.id }),
-        el("td", { text: model.state }),
+        el("th", { scope: "row", text: model.id ?? model.model }),
+        el("td", { text: STATES[model.state] || model.state }),
         el("td", { class: "num", text: percent(model.availability_1h) }),
         el("td", { class: "num", text: percent(model.availability_24h) }),
       ),
