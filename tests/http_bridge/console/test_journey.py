@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import secrets
 from decimal import ROUND_CEILING, Decimal
+from typing import Any
 
 import openai
 import pytest
@@ -270,3 +271,38 @@ async def test_the_main_pages_fit_a_phone_screen(browser: Ui) -> None:
             "document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )
         assert overflow <= 0, f"{path} is {overflow}px wider than a phone's screen"
+
+
+async def test_another_origin_cannot_use_the_session(browser: Ui) -> None:
+    """A page on another origin of the same site (another port of 127.0.0.1: the browser sends
+    the SameSite cookie along) posts to the API with the person's session: nothing happens."""
+    ui, kyma, page = browser, browser.kyma, browser.page
+    address = f"eve-target-{secrets.token_hex(4)}@example.com"
+    await kyma.create_account(address)
+    await sign_in(ui, address, mails_before=0)
+    await page.wait_for_url(kyma.http_url + "/")
+
+    attacker = "http://127.0.0.1:9"  # never contacted: the browser is answered by the route
+    api = kyma.http_url + "/v1/account/keys"
+    attack = f"""<!doctype html><html lang="en"><head><title>Win a prize</title></head><body>
+<form id="form" method="post" action="{api}" enctype="text/plain">
+<input name='{{"name":"by-form","x":"' value='"}}'></form>
+<script>
+fetch("{api}", {{method: "POST", credentials: "include", mode: "no-cors",
+  headers: {{"content-type": "text/plain"}}, body: JSON.stringify({{name: "by-fetch"}})}})
+  .finally(() => {{ document.title = "fetched"; document.getElementById("form").submit(); }});
+</script></body></html>"""
+
+    async def serve(route: Any) -> None:
+        await route.fulfill(status=200, content_type="text/html", body=attack)
+
+    await page.route(attacker + "/**", serve)
+    await page.goto(attacker + "/prize")
+    await page.wait_for_url(api)  # the form was posted, and answered
+    assert "csrf" in ((await page.text_content("body")) or "").lower()
+
+    await ui.visit("/keys")
+    names = await page.evaluate(
+        """async () => (await (await fetch("/v1/account/keys")).json()).data.map((k) => k.name)"""
+    )
+    assert not {"by-form", "by-fetch"} & set(names), names
