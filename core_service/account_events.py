@@ -30,6 +30,9 @@ from core_service.db.models import AccountEvent
 log = logging.getLogger(__name__)
 
 KEY_REVOKED = "key_revoked"
+KEY_CHANGED = "key_changed"  # its limits: every node drops its cached lookup
+SESSION_ENDED = "session_ended"  # key_hash holds the session token's hash
+SESSIONS_ENDED = "sessions_ended"  # every session of account_id
 ACCOUNT_CHANGED = "account_changed"
 LOOKBACK = timedelta(seconds=30)
 

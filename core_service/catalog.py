@@ -265,6 +265,9 @@ class CatalogHolder:
     def get(self, name: str) -> Model:
         return self._catalog.get(name)
 
+    def has(self, name: str) -> bool:
+        return any(model.name == name for model in self._catalog.models())
+
     def models(self) -> list[Model]:
         return self._catalog.models()
 

@@ -133,3 +133,33 @@ class ServiceUnavailable(KymaError):
     def __init__(self, message: str, *, retry_after_seconds: int = 1) -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
+
+
+class CsrfFailed(KymaError):
+    """A state-changing call authenticated by a web session came without its CSRF token."""
+
+    reason = ErrorReason.CSRF_FAILED
+
+
+class InvalidSession(KymaError):
+    """The web session is missing, unknown, expired or ended."""
+
+    reason = ErrorReason.INVALID_SESSION
+
+
+class KeyExpired(KymaError):
+    reason = ErrorReason.KEY_EXPIRED
+
+
+class ModelNotAllowed(KymaError):
+    reason = ErrorReason.MODEL_NOT_ALLOWED
+
+
+class KeySpendCapReached(KymaError):
+    reason = ErrorReason.KEY_SPEND_CAP_REACHED
+
+
+class PermissionDenied(KymaError):
+    """The credential may not do this (a limited key managing keys)."""
+
+    reason = ErrorReason.PERMISSION_DENIED

@@ -116,6 +116,26 @@ class Settings(BaseSettings):
     verifications_per_ip_per_minute: int = Field(
         default=20, gt=0, description="Code checks per client address."
     )
+    session_lifetime_seconds: float = Field(
+        default=7 * 86400,
+        gt=0,
+        description="How long a web session (console sign-in) lasts at most, whatever its use.",
+    )
+    session_idle_seconds: float = Field(
+        default=86400,
+        gt=0,
+        description="A web session unused for this long ends.",
+    )
+    terms_dir: pathlib.Path | None = Field(
+        default=None,
+        description="Directory of the terms of service, one YYYY-MM-DD.txt per version (the "
+        "newest is current). Unset: the terms Kyma ships.",
+    )
+    cors_allowed_origins: str = Field(
+        default="",
+        description="Origins whose pages may call the API from a browser with an API key "
+        "(comma-separated; '*' = any). Never with the session cookie. Empty: none.",
+    )
     welcome_bonus_usd: Decimal = Decimal("0.50")
     referrals_enabled: bool = Field(
         default=True, description="Switch the referral program on or off."
@@ -179,10 +199,15 @@ class Settings(BaseSettings):
         default="https://api.stripe.com",
         description="Stripe API base URL (tests point it at a fake).",
     )
-    checkout_success_url: str = (
-        "http://127.0.0.1:8000/billing/success?session_id={CHECKOUT_SESSION_ID}"
+    checkout_success_url: str | None = Field(
+        default=None,
+        description="Where Stripe sends the buyer after paying. Unset: the console's billing "
+        "page (public_base_url + /console/billing?checkout=success).",
     )
-    checkout_cancel_url: str = "http://127.0.0.1:8000/billing/cancelled"
+    checkout_cancel_url: str | None = Field(
+        default=None,
+        description="Where Stripe sends a buyer who cancels. Unset: the console's billing page.",
+    )
     checkout_min_usd: Decimal = Decimal("5")
     checkout_max_usd: Decimal = Decimal("10000")
     tiers: tuple[Tier, ...] = Field(
@@ -294,6 +319,20 @@ class Settings(BaseSettings):
             if url.startswith(plain):
                 return driver + url[len(plain) :]
         return url
+
+    @property
+    def checkout_urls(self) -> tuple[str, str]:
+        """(success, cancel) URLs of a Checkout Session."""
+        base = self.public_base_url.rstrip("/")
+        return (
+            self.checkout_success_url
+            or f"{base}/console/billing?checkout=success&session_id={{CHECKOUT_SESSION_ID}}",
+            self.checkout_cancel_url or f"{base}/console/billing?checkout=cancelled",
+        )
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_allowed_origins.split(",") if o.strip()]
 
     @property
     def core_target(self) -> str:

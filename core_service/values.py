@@ -47,9 +47,37 @@ DEFAULT_TIERS: tuple[Tier, ...] = (
 )
 
 
+CapInterval = Literal["daily", "weekly", "monthly"]
+CAP_INTERVALS: tuple[CapInterval, ...] = ("daily", "weekly", "monthly")
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """What a key's owner limited it to (each None: not limited that way). The spend cap is
+    decided with the hold, in the database (`billing/hold_store.py`); these copies serve the
+    checks before it and the messages."""
+
+    spend_cap_nanos: int | None = None
+    cap_interval: CapInterval | None = None
+    expires_at: datetime | None = None
+    allowed_models: frozenset[str] | None = None
+
+    @property
+    def any(self) -> bool:
+        return (
+            self.spend_cap_nanos is not None
+            or self.expires_at is not None
+            or self.allowed_models is not None
+        )
+
+
+NO_KEY_LIMITS = KeyLimits()
+
+
 @dataclass(frozen=True)
 class Principal:
-    """The caller of a request: who pays for it and through which key."""
+    """The caller of a request: who pays for it and through which key (or, for the account's
+    own calls, which web session)."""
 
     account_id: str
     key_id: str
@@ -59,6 +87,9 @@ class Principal:
     pinned: bool = False
     status_reason: str | None = None
     suspended_until: datetime | None = None
+    key_limits: KeyLimits = NO_KEY_LIMITS
+    # Set when a web session authenticated the call (then key_id is empty).
+    session_id: str | None = None
 
 
 @dataclass(frozen=True)

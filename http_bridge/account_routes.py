@@ -1,15 +1,21 @@
-"""The account holder's endpoints (`/v1/account…`) and Stripe billing (`/v1/billing…`)."""
+"""The account holder's endpoints (`/v1/account…`) and Stripe billing (`/v1/billing…`),
+called with an API key or the console's web session (the core decides which counts)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
+from google.protobuf import field_mask_pb2
 from starlette.responses import Response
 
 from http_bridge.bodies import (
     BodyTooLarge,
+    bad_field,
     json_object,
     json_response,
     read_body,
+    small_json,
     too_large,
 )
 from http_bridge.calls import call_core, failed_response, unix
@@ -38,38 +44,136 @@ _OUTCOME = {
 router = APIRouter()
 
 
+def _terms(terms: accounting_pb.TermsAcceptance) -> dict[str, Any]:
+    return {
+        "accepted_version": terms.accepted_version or None,
+        "accepted_at": unix(terms.accepted_at),
+        "current_version": terms.current_version,
+        "needs_acceptance": terms.needs_acceptance,
+        "in_use_version": terms.in_use_version or None,
+        "in_use_since": unix(terms.in_use_since),
+    }
+
+
+def _account_object(reply: accounting_pb.GetAccountResponse) -> dict[str, Any]:
+    account, balance, limits = reply.account, reply.balance, reply.limits
+    notices = [
+        {"kind": n.kind or "warning", "message": n.message, "created_at": unix(n.created_at)}
+        for n in reply.notices
+    ]
+    return {
+        "object": "account",
+        "id": account.id,
+        "email": account.email,
+        "status": _STATUS.get(account.status, "unknown"),
+        "status_reason": account.status_reason or None,
+        "suspended_until": unix(account.suspended_until),
+        "tier": account.tier,
+        "created_at": unix(account.created_at),
+        "balance_usd": balance.balance.usd,
+        "held_usd": balance.held.usd,
+        "available_usd": balance.available.usd,
+        "total_purchased_usd": balance.total_purchased.usd,
+        "limits": {
+            "tier": limits.tier,
+            "requests_per_minute": limits.rpm,
+            "requests_per_minute_per_model": limits.model_rpm,
+            "tokens_per_minute": limits.tpm,
+            "pinned": limits.pinned,
+        },
+        "notices": notices,
+        "referral_code": account.referral_code or None,
+        "referral_link": reply.referral_link or None,
+        "terms": _terms(reply.terms),
+        "low_balance_threshold_usd": reply.low_balance_threshold.usd
+        if reply.HasField("low_balance_threshold")
+        else None,
+    }
+
+
 @router.get("/v1/account")
 @failed_response
 async def get_account(request: Request) -> Response:
     reply, headers = await call_core(
         request, stubs(request).accounting.GetAccount, accounting_pb.GetAccountRequest()
     )
-    account, balance, limits = reply.account, reply.balance, reply.limits
-    notices = [{"message": n.message, "created_at": unix(n.created_at)} for n in reply.notices]
+    return json_response(_account_object(reply), headers)
+
+
+@router.patch("/v1/account")
+@failed_response
+async def update_account(request: Request) -> Response:
+    body = await small_json(request, 16 * 1024)
+    if isinstance(body, Response):
+        return body
+    message = accounting_pb.UpdateAccountRequest()
+    unknown = sorted(set(body) - {"low_balance_threshold_usd"})
+    if unknown:
+        return bad_field(unknown[0], f"'{unknown[0]}' cannot be changed here.")
+    if "low_balance_threshold_usd" in body:
+        value = body["low_balance_threshold_usd"]
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                return bad_field(
+                    "low_balance_threshold_usd",
+                    "'low_balance_threshold_usd' is a decimal amount of USD, e.g. \"5\", or null.",
+                )
+            message.low_balance_threshold_usd = str(value)
+        message.update_mask.CopyFrom(field_mask_pb2.FieldMask(paths=["low_balance_threshold_usd"]))
+    reply, headers = await call_core(request, stubs(request).accounting.UpdateAccount, message)
+    return json_response(_account_object(reply.account), headers)
+
+
+@router.post("/v1/account/terms/accept")
+@failed_response
+async def accept_terms(request: Request) -> Response:
+    body = await small_json(request, 16 * 1024)
+    if isinstance(body, Response):
+        return body
+    version = body.get("version")
+    if not isinstance(version, str):
+        return bad_field("version", "'version' is the terms version accepted (GET /v1/terms).")
+    reply, headers = await call_core(
+        request,
+        stubs(request).accounting.AcceptTerms,
+        accounting_pb.AcceptTermsRequest(version=version),
+    )
+    return json_response({"object": "terms.acceptance", **_terms(reply.terms)}, headers)
+
+
+@router.get("/v1/account/requests")
+@failed_response
+async def list_requests(request: Request) -> Response:
+    limit = request.query_params.get("limit", "50")
+    if not limit.isdigit() or not 1 <= int(limit) <= 200:
+        return bad_field("limit", "'limit' must be a whole number from 1 to 200.")
+    message = accounting_pb.ListRequestsRequest(
+        page_size=int(limit), page_token=request.query_params.get("page_token", "")
+    )
+    reply, headers = await call_core(request, stubs(request).accounting.ListRequests, message)
+    rows = [
+        {
+            "object": "request",
+            "id": r.request_id,
+            "created_at": unix(r.created_at),
+            "endpoint": r.endpoint,
+            "model": r.model,
+            "status": r.status,
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "cost_usd": r.cost.usd,
+            "estimated": r.estimated,
+            "stream": r.stream,
+            "key_id": r.key_id or None,
+        }
+        for r in reply.requests
+    ]
     return json_response(
         {
-            "object": "account",
-            "id": account.id,
-            "email": account.email,
-            "status": _STATUS.get(account.status, "unknown"),
-            "status_reason": account.status_reason or None,
-            "suspended_until": unix(account.suspended_until),
-            "tier": account.tier,
-            "created_at": unix(account.created_at),
-            "balance_usd": balance.balance.usd,
-            "held_usd": balance.held.usd,
-            "available_usd": balance.available.usd,
-            "total_purchased_usd": balance.total_purchased.usd,
-            "limits": {
-                "tier": limits.tier,
-                "requests_per_minute": limits.rpm,
-                "requests_per_minute_per_model": limits.model_rpm,
-                "tokens_per_minute": limits.tpm,
-                "pinned": limits.pinned,
-            },
-            "notices": notices,
-            "referral_code": account.referral_code or None,
-            "referral_link": reply.referral_link or None,
+            "object": "list",
+            "data": rows,
+            "has_more": bool(reply.next_page_token),
+            "next_page_token": reply.next_page_token or None,
         },
         headers,
     )
@@ -171,7 +275,9 @@ async def stripe_webhook(request: Request) -> Response:
     if not (signature.isascii() and signature.isprintable()):
         signature = ""
     message = billing_pb.HandleStripeWebhookRequest(payload=payload, signature=signature)
-    reply, headers = await call_core(request, stubs(request).billing.HandleStripeWebhook, message)
+    reply, headers = await call_core(
+        request, stubs(request).billing.HandleStripeWebhook, message, session=False
+    )
     return json_response(
         {"received": True, "outcome": _OUTCOME.get(reply.outcome, "unknown")}, headers
     )

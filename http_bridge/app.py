@@ -3,6 +3,10 @@
 It holds no business logic and no database. It reads the body (bounded), checks only that it is
 a JSON object and whether it asks to stream, and hands it over unchanged; everything else —
 authentication, credits, limits, routing — is the core's.
+
+Browser pages on other origins may call the API with an API key when their origin is in
+KYMA_CORS_ALLOWED_ORIGINS (preflights answered here, before any route); never with
+credentials, so the console's session cookie is of no use to them (`cookies.py`).
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import orjson
 from fastapi import FastAPI, Request
 from grpc_health.v1 import health_pb2
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
 from core_service.settings import Settings
-from http_bridge import account_routes, auth_routes, inference_routes
+from http_bridge import account_routes, auth_routes, inference_routes, key_routes, status_routes
 from http_bridge.console.pages import console_router
 from http_bridge.core_client import GRPC_OPTIONS, CoreStubs, new_request_id, stubs
 from http_bridge.errors import OpenAIError
@@ -27,6 +32,18 @@ from kyma.contract.v1.constants import SHARED_LIMITS_HEALTH_SERVICE
 
 log = logging.getLogger(__name__)
 _JSON = "application/json"
+# What a page on another origin may read of a response (beside the CORS-safelisted ones).
+CORS_EXPOSED_HEADERS = [
+    "x-request-id",
+    "x-kyma-cost",
+    "retry-after",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+]
 
 
 def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -> FastAPI:
@@ -51,6 +68,18 @@ def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -
     app.include_router(inference_routes.router)
     app.include_router(account_routes.router)
     app.include_router(auth_routes.router)
+    app.include_router(key_routes.router)
+    app.include_router(status_routes.router)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        # Never: a page on another origin must not ride on the console's session cookie.
+        allow_credentials=False,
+        allow_methods=["GET", "POST", "PATCH", "DELETE"],
+        allow_headers=["*"],
+        expose_headers=CORS_EXPOSED_HEADERS,
+        max_age=600,
+    )
     # The web console: pages at / whose scripts use the routes above (http_bridge/console/).
     app.include_router(console_router())
 

@@ -8,6 +8,7 @@ import orjson
 from fastapi import Request
 from starlette.responses import Response
 
+from http_bridge.core_client import new_request_id
 from http_bridge.errors import OpenAIError
 
 
@@ -50,3 +51,20 @@ def json_object(body: bytes) -> dict[str, Any] | OpenAIError:
 
 def json_response(body: Any, headers: dict[str, str], status: int = 200) -> Response:
     return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
+async def small_json(request: Request, limit: int) -> dict[str, Any] | Response:
+    """A small JSON object body, or the 4xx response to answer with."""
+    headers = {"x-request-id": new_request_id()}
+    try:
+        body = await read_body(request, limit)
+    except BodyTooLarge:
+        return too_large(limit).response(headers)
+    parsed = json_object(body)
+    if isinstance(parsed, OpenAIError):
+        return parsed.response(headers)
+    return parsed
+
+
+def bad_field(name: str, message: str) -> Response:
+    return OpenAIError(400, message, param=name).response({"x-request-id": new_request_id()})

@@ -26,13 +26,16 @@ async def call_core(
     message: Any,
     *,
     extra: tuple[tuple[str, str], ...] = (),
+    session: bool = True,
 ) -> tuple[Any, dict[str, str]]:
-    """One call on the core with the caller's credentials; a failure ends the handler with the
-    OpenAI error response (see `failed_response`)."""
+    """One call on the core with the caller's credentials (an API key; or, with `session`, the
+    web session of the cookie); a failure ends the handler with the OpenAI error response
+    (see `failed_response`)."""
     request_id = new_request_id()
     headers = {"x-request-id": request_id}
+    metadata = call_metadata(request, request_id, session=session) + extra
     try:
-        return await rpc(message, metadata=call_metadata(request, request_id) + extra), headers
+        return await rpc(message, metadata=metadata), headers
     except grpc.aio.AioRpcError as error:
         raise _Failed(from_grpc(error).response(headers)) from None
 

@@ -10,11 +10,17 @@ from fastapi import Request
 from grpc_health.v1 import health_pb2
 
 from core_service.settings import Settings
-from kyma.accounting.v1 import accounting_service_pb2_grpc, signup_service_pb2_grpc
+from http_bridge.cookies import csrf_header, session_token
+from kyma.accounting.v1 import (
+    accounting_service_pb2_grpc,
+    session_service_pb2_grpc,
+    signup_service_pb2_grpc,
+)
 from kyma.billing.v1 import billing_service_pb2_grpc
 from kyma.contract.v1.constants import MAX_MESSAGE_BYTES, REQUEST_ID_PREFIX, MetadataKey
 from kyma.inference.v1 import inference_service_pb2_grpc
 from kyma.routing.v1 import routing_service_pb2_grpc
+from kyma.status.v1 import status_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,8 @@ class CoreStubs:
         self.accounting = accounting_service_pb2_grpc.AccountingServiceStub(channel)
         self.billing = billing_service_pb2_grpc.BillingServiceStub(channel)
         self.signup = signup_service_pb2_grpc.SignupServiceStub(channel)
+        self.sessions = session_service_pb2_grpc.SessionServiceStub(channel)
+        self.status = status_service_pb2_grpc.StatusServiceStub(channel)
         # Health's Check, called directly (the published stubs do not type HealthStub's methods).
         self.health_check = channel.unary_unary(
             "/grpc.health.v1.Health/Check",
@@ -72,11 +80,22 @@ def new_request_id() -> str:
     return f"{REQUEST_ID_PREFIX}{secrets.token_hex(12)}"
 
 
-def call_metadata(request: Request, request_id: str) -> Metadata:
-    """The caller's credentials and the request id, as the core reads them."""
+def call_metadata(request: Request, request_id: str, *, session: bool = False) -> Metadata:
+    """The caller's credentials and the request id, as the core reads them. With `session`
+    (the account's own endpoints), also the web session from the cookie and the CSRF header,
+    which the core weighs only when there is no API key."""
     authorization = request.headers.get("authorization")
     if authorization is None:
-        return ((MetadataKey.REQUEST_ID, request_id),)
+        own: Metadata = ((MetadataKey.REQUEST_ID, request_id),)
+        token = session_token(request) if session else None
+        if token is None:
+            return own
+        csrf = csrf_header(request)
+        return (
+            *own,
+            (MetadataKey.SESSION, token),
+            *(((MetadataKey.CSRF_TOKEN, csrf),) if csrf else ()),
+        )
     if not (authorization.isascii() and authorization.isprintable()):
         # gRPC metadata is printable ASCII; such a header cannot hold a key, so the core is
         # asked about a token that fails its checks, and answers as for any wrong key.

@@ -39,6 +39,12 @@ BY_REASON: dict[ErrorReason, tuple[int, str, str | None]] = {
     ErrorReason.PAYMENT_PROVIDER_ERROR: (502, "api_error", "payment_provider_error"),
     ErrorReason.MAIL_UNAVAILABLE: (503, "api_error", "mail_unavailable"),
     ErrorReason.SERVICE_UNAVAILABLE: (503, "api_error", "service_unavailable"),
+    ErrorReason.CSRF_FAILED: (403, "permission_error", "csrf_failed"),
+    ErrorReason.INVALID_SESSION: (401, "invalid_request_error", "invalid_session"),
+    ErrorReason.KEY_EXPIRED: (401, "invalid_request_error", "key_expired"),
+    ErrorReason.MODEL_NOT_ALLOWED: (403, "permission_error", "model_not_allowed"),
+    ErrorReason.KEY_SPEND_CAP_REACHED: (403, "permission_error", "key_spend_cap_reached"),
+    ErrorReason.PERMISSION_DENIED: (403, "permission_error", "permission_denied"),
 }
 
 _BY_CODE: dict[grpc.StatusCode, tuple[int, str, str | None]] = {

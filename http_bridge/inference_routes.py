@@ -159,7 +159,7 @@ async def embeddings(request: Request) -> Response:
 @failed_response
 async def list_models(request: Request) -> Response:
     reply, headers = await call_core(
-        request, stubs(request).routing.ListModels, routing_pb.ListModelsRequest()
+        request, stubs(request).routing.ListModels, routing_pb.ListModelsRequest(), session=False
     )
     return json_response(
         {"object": "list", "data": [_model_object(m) for m in reply.models]}, headers
@@ -170,6 +170,9 @@ async def list_models(request: Request) -> Response:
 @failed_response
 async def get_model(model: str, request: Request) -> Response:
     reply, headers = await call_core(
-        request, stubs(request).routing.GetModel, routing_pb.GetModelRequest(id=model)
+        request,
+        stubs(request).routing.GetModel,
+        routing_pb.GetModelRequest(id=model),
+        session=False,
     )
     return json_response(_model_object(reply.model), headers)

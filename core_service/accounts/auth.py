@@ -8,6 +8,12 @@ Concurrent first requests with one key share a single lookup.
 
 Only hashes are ever compared (by the database index, or as cache keys), so the time a check
 takes says nothing about how much of a secret key a guess got right.
+
+A key past the expiry its owner gave it is refused (401 key_expired) from that moment on every
+node: the expiry travels with the cached lookup and is compared with the clock on each request.
+
+Continued use under newer terms of service than the account accepted is recorded once per
+account (SPEC §3), in the same periodic flush as keys' last use: never a write per request.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from core_service import keys
 from core_service.account_events import Event
 from core_service.accounts.store import AccountStore, KeyOwner
 from core_service.clock import Clock
-from core_service.errors import NotFound, Unauthenticated
+from core_service.errors import KeyExpired, NotFound, Unauthenticated
 from core_service.ratelimit.tiers import TierTable
 from core_service.values import Principal
 
@@ -51,9 +57,15 @@ class Authenticator:
         tiers: TierTable,
         *,
         cache_seconds: float,
+        terms_version: str | None = None,
     ) -> None:
         self._store = store
         self._tiers = tiers
+        # The current terms of service: use under them by an account that accepted older ones
+        # is recorded (once) by `flush_last_used`.
+        self._terms_version = terms_version
+        self._terms_pending: set[str] = set()
+        self._terms_recorded: set[str] = set()
         self._clock = clock
         self._cache_seconds = cache_seconds
         self._miss_seconds = min(cache_seconds, _MISS_SECONDS)
@@ -72,8 +84,27 @@ class Authenticator:
         owner = await self._lookup(key_hash)
         if owner is None or owner.revoked:
             raise Unauthenticated("Incorrect API key provided. Check it, or create a new one.")
+        expires = owner.key_limits.expires_at
+        if expires is not None and expires <= self._clock.now():
+            raise KeyExpired(
+                f"This API key expired at {expires.isoformat().replace('+00:00', 'Z')}. "
+                "Create a new key, or give this one a later expiry."
+            )
         self._used.add(owner.key_id)
+        self.note_terms(owner)
         return self.principal_for(owner)
+
+    def note_terms(self, owner: KeyOwner) -> None:
+        """Remember that the account is in use under the current terms, if it accepted older
+        ones (recorded by the next flush, once)."""
+        current = self._terms_version
+        if (
+            current is not None
+            and owner.terms_version != current
+            and owner.terms_in_use_version != current
+            and owner.account_id not in self._terms_recorded
+        ):
+            self._terms_pending.add(owner.account_id)
 
     def principal_for(self, owner: KeyOwner) -> Principal:
         return Principal(
@@ -84,6 +115,7 @@ class Authenticator:
             pinned=owner.pinned_tier is not None,
             status_reason=owner.status_reason,
             suspended_until=owner.suspended_until,
+            key_limits=owner.key_limits,
         )
 
     async def principal_for_account(self, account_id: str) -> Principal:
@@ -114,7 +146,8 @@ class Authenticator:
             self.forget_account(event.account_id)
 
     async def flush_last_used(self) -> int:
-        """Write "last used" for every key used since the last flush, in one statement."""
+        """Write "last used" for every key used since the last flush, in one statement, and
+        the accounts seen in use under terms they had not accepted."""
         used, self._used = self._used, set()
         if used:
             try:
@@ -122,6 +155,16 @@ class Authenticator:
             except BaseException:
                 self._used |= used
                 raise
+        pending, self._terms_pending = self._terms_pending, set()
+        if pending and self._terms_version is not None:
+            try:
+                await self._store.record_terms_in_use(sorted(pending), self._terms_version)
+            except BaseException:
+                self._terms_pending |= pending
+                raise
+            if len(self._terms_recorded) > _MAX_CACHED_KEYS:
+                self._terms_recorded.clear()
+            self._terms_recorded |= pending
         return len(used)
 
     async def _lookup(self, key_hash: bytes) -> KeyOwner | None:

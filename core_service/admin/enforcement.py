@@ -10,6 +10,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core_service.account_events import ACCOUNT_CHANGED, AccountEvents
+from core_service.audit import audit_in
 from core_service.billing.ledger import SYSTEM_ADJUSTMENTS, EntryKind, Transfer, post_in
 from core_service.clock import Clock
 from core_service.db.models import Account, AccountNotice, AuditEntry, Balance
@@ -45,27 +46,14 @@ class Enforcement:
         reason: str,
         details: str = "",
     ) -> AuditEntry:
-        now = self._clock.now()
-        entry_id = await conn.scalar(
-            insert(AuditEntry)
-            .values(
-                actor=actor[:100],
-                action=action,
-                account_id=account_id,
-                reason=reason,
-                details=details[:MAX_TEXT],
-                created_at=now,
-            )
-            .returning(AuditEntry.id)
-        )
-        return AuditEntry(
-            id=entry_id,
-            actor=actor[:100],
+        return await audit_in(
+            conn,
+            self._clock.now(),
+            actor=actor,
             action=action,
             account_id=account_id,
             reason=reason,
-            details=details[:MAX_TEXT],
-            created_at=now,
+            details=details,
         )
 
     @staticmethod

@@ -17,12 +17,16 @@ A batch is decided as one transaction:
 4. new holds are decided per account, in the order they were asked for, against the balance
    as steps 2 and 3b left it: each is placed if the available balance (balance − held)
    covers it, so the balance never goes below zero, however many requests of one account
-   share a batch;
-5. each account's balance row is updated once, with every change of the batch;
+   share a batch — and, for a hold placed through a key with a spend cap, only if the cap's
+   room (cap − spent in its current period − held by the key) covers it too;
+5. each account's balance row is updated once, with every change of the batch, and so is
+   each key's spend row (`key_spend.py`: what its holds set aside and what it was charged);
 6. usage entries (one per charged hold, idempotency key `usage:<hold id>`) and daily usage go
    in with one multi-row statement each.
 
-Each request still gets its own hold row and its own answer.
+The key rows are locked right after the balance rows, both in a fixed order, in the same
+statement, so a cap is as exact as the balance across nodes and under any concurrency. Each
+request still gets its own hold row and its own answer.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Protocol
+
+from core_service.billing.key_spend import KeySpendState
 
 USAGE_REVENUE = "system:usage_revenue"
 
@@ -45,6 +51,17 @@ class NewHold:
     created_at: datetime
     expires_at: datetime
     node_id: str | None = None
+    # The key it was asked through: its spend row counts the hold (and decides it, if capped).
+    key_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a hold was not placed: the available balance that fell short, or (`key_cap`) the
+    room the key's spend cap left."""
+
+    available_nanos: int
+    key_cap: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,8 @@ class EndOrder:
     ending: Ending
     now: datetime
     settlement: Settlement | None = None  # for SETTLED
+    # The hold's key, so that its spend row is locked with the balance (the hold row decides).
+    key_id: str | None = None
 
     @property
     def day(self) -> date:
@@ -100,11 +119,16 @@ class Batch:
         found = {h.account_id for h in self.places} | {e.account_id for e in self.ends}
         return sorted(found)
 
+    def keys(self) -> list[str]:
+        """Every key the batch touches, sorted: the order their spend rows are locked in."""
+        found = {h.key_id for h in self.places} | {e.key_id for e in self.ends}
+        return sorted(key for key in found if key is not None)
+
 
 @dataclass
 class BatchOutcome:
-    # hold id → None when placed, else the available balance that fell short.
-    placed: dict[str, int | None] = field(default_factory=dict)
+    # hold id → None when placed, else why not.
+    placed: dict[str, Refusal | None] = field(default_factory=dict)
     # hold id → what this batch charged it (ending it, or correcting a late settlement);
     # absent: it was not open, and nothing more was owed.
     ended: dict[str, int] = field(default_factory=dict)
@@ -134,6 +158,7 @@ class Ended:
     now: datetime
     # A late settlement's correction of an expired hold: a second entry, not a second end.
     late: bool = False
+    key_id: str | None = None
 
     @property
     def entry_key(self) -> str:
@@ -152,6 +177,7 @@ class Expired:
     request_id: str
     checkpoint_prompt_tokens: int
     checkpoint_completion_tokens: int
+    key_id: str | None = None
 
 
 def after_ends(available: dict[str, int], ended: list[Ended]) -> dict[str, int]:
@@ -200,28 +226,53 @@ def reconcile_late(
                 estimated=usage.estimated,
                 now=order.now,
                 late=True,
+                key_id=row.key_id,
             )
         )
     return corrections
 
 
+def keys_after_ends(keys: dict[str, KeySpendState], ended: list[Ended]) -> set[str]:
+    """Steps 2 and 3b for the keys: each ended hold's amount is no longer held by its key, and
+    what it was charged counts as spent in the period of its end. Returns the keys changed."""
+    changed = set()
+    for end in ended:
+        state = keys.get(end.key_id) if end.key_id is not None else None
+        if state is None:
+            continue
+        state.held_nanos -= end.amount_nanos
+        state.charge(end.charged_nanos, end.now)
+        changed.add(state.key_id)
+    return changed
+
+
 def decide_places(
-    places: list[NewHold], left: dict[str, int]
-) -> tuple[dict[str, int | None], dict[str, int]]:
+    places: list[NewHold], left: dict[str, int], keys: dict[str, KeySpendState] | None = None
+) -> tuple[dict[str, Refusal | None], dict[str, int]]:
     """Step 4: which new holds fit, account by account in order, against the available
-    balance `left` after the batch's ends and corrections. Returns (the answer per hold, the
-    amount placed per account)."""
+    balance `left` after the batch's ends and corrections, and against the room of their key's
+    cap (`keys`, after the ends; updated with what is placed). Returns (the answer per hold,
+    the amount placed per account)."""
     left = dict(left)
-    answers: dict[str, int | None] = {}
+    keys = keys or {}
+    answers: dict[str, Refusal | None] = {}
     placed: dict[str, int] = {}
     for hold in places:
         room = left.get(hold.account_id)
-        if room is not None and hold.amount_nanos <= room:
+        key = keys.get(hold.key_id) if hold.key_id is not None else None
+        if key is not None:
+            key.roll(hold.created_at)
+        cap_room = key.room() if key is not None else None
+        if room is None or hold.amount_nanos > room:
+            answers[hold.hold_id] = Refusal(max(room or 0, 0))
+        elif cap_room is not None and hold.amount_nanos > cap_room:
+            answers[hold.hold_id] = Refusal(max(cap_room, 0), key_cap=True)
+        else:
             answers[hold.hold_id] = None
             left[hold.account_id] = room - hold.amount_nanos
             placed[hold.account_id] = placed.get(hold.account_id, 0) + hold.amount_nanos
-        else:
-            answers[hold.hold_id] = max(room or 0, 0)
+            if key is not None:
+                key.held_nanos += hold.amount_nanos
     return answers, placed
 
 

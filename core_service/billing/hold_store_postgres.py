@@ -1,9 +1,10 @@
 """Holds on PostgreSQL through asyncpg: each batch is one transaction on the writer's own
 connection (no pool, so no reset round trip after each use), in at most six statements
-whatever the batch's size: BEGIN; lock the balance rows; end the holds that end; record
-checkpoints; insert holds, update balances, insert usage entries and daily usage in one
-statement of data-modifying CTEs; COMMIT. Rows go in as arrays (`unnest`), so a statement's
-text never depends on the batch and PostgreSQL plans it once.
+whatever the batch's size: BEGIN; lock the balance rows and the keys' spend rows (one
+statement); end the holds that end; record checkpoints; insert holds, update balances and
+keys' spend, insert usage entries and daily usage in one statement of data-modifying CTEs;
+COMMIT. Rows go in as arrays (`unnest`), so a statement's text never depends on the batch and
+PostgreSQL plans it once.
 
 Behind PgBouncer in transaction mode (`pgbouncer=True`), asyncpg keeps no prepared
 statements across transactions (statement_cache_size=0): each statement is parsed in the
@@ -31,15 +32,40 @@ from core_service.billing.hold_store import (
     balance_deltas,
     daily_usage,
     decide_places,
+    keys_after_ends,
     late_settlements,
     reconcile_late,
     usage_reason,
 )
+from core_service.billing.key_spend import KeySpendState
 
-_LOCK = """
-SELECT ledger_account, balance_nanos - held_nanos AS available
-FROM balances WHERE ledger_account = ANY($1::text[])
-ORDER BY ledger_account FOR UPDATE
+# Balance rows, then keys' spend rows, each in a fixed order, so no two batches can deadlock;
+# in one statement (one round trip). A spend row exists from its key's creation on (it is never
+# inserted while a batch runs), so FOR UPDATE returns its newest version even when another
+# transaction changed it while this one waited (READ COMMITTED re-reads an updated row).
+_KEY_COLUMNS = """key_id, cap_nanos, cap_interval, held_nanos, spent_total_nanos, spent_day_nanos,
+    spent_day, spent_week_nanos, spent_week, spent_month_nanos, spent_month"""
+_LOCK = f"""
+WITH b AS (
+    SELECT ledger_account, balance_nanos - held_nanos AS available
+    FROM balances WHERE ledger_account = ANY($1::text[])
+    ORDER BY ledger_account FOR UPDATE
+), k AS (
+    SELECT {_KEY_COLUMNS} FROM key_spend WHERE key_id = ANY($2::text[])
+    ORDER BY key_id FOR UPDATE
+)
+SELECT 'b' AS kind, ledger_account AS id, available, NULL::bigint AS cap_nanos,
+       NULL::text AS cap_interval, NULL::bigint AS held_nanos, NULL::bigint AS spent_total_nanos,
+       NULL::bigint AS spent_day_nanos, NULL::date AS spent_day,
+       NULL::bigint AS spent_week_nanos, NULL::date AS spent_week,
+       NULL::bigint AS spent_month_nanos, NULL::date AS spent_month
+FROM b
+UNION ALL
+SELECT 'k', {_KEY_COLUMNS.replace("key_id, ", "key_id, NULL, ")} FROM k
+"""
+# Only when a hold's row names a key the batch was not told of (never by Kyma's own callers).
+_LOCK_KEYS = f"""
+SELECT {_KEY_COLUMNS} FROM key_spend WHERE key_id = ANY($1::text[]) ORDER BY key_id FOR UPDATE
 """
 
 _END = """
@@ -52,7 +78,7 @@ SET status = o.ending, ended_at = o.at,
 FROM unnest($1::text[], $2::text[], $3::timestamp[], $4::bigint[]) AS o(id, ending, at, cost)
 WHERE h.id = o.id AND h.status = 'open'
 RETURNING h.id, h.account_id, h.amount_nanos, h.charged_nanos, h.model, h.request_id,
-          h.checkpoint_prompt_tokens, h.checkpoint_completion_tokens
+          h.checkpoint_prompt_tokens, h.checkpoint_completion_tokens, h.key_id
 """
 
 _CHECKPOINT = """
@@ -67,11 +93,24 @@ WHERE h.id = c.id AND h.status = 'open'
 _APPLY = """
 WITH placed AS (
     INSERT INTO credit_holds
-        (id, account_id, amount_nanos, request_id, model, status, created_at, expires_at, node_id)
-    SELECT id, account_id, amount, request_id, model, 'open', created_at, expires_at, node_id
+        (id, account_id, amount_nanos, request_id, model, status, created_at, expires_at, node_id,
+         key_id)
+    SELECT id, account_id, amount, request_id, model, 'open', created_at, expires_at, node_id,
+           key_id
     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-                $6::timestamp[], $7::timestamp[], $8::text[])
-        AS p(id, account_id, amount, request_id, model, created_at, expires_at, node_id)
+                $6::timestamp[], $7::timestamp[], $8::text[], $28::text[])
+        AS p(id, account_id, amount, request_id, model, created_at, expires_at, node_id, key_id)
+    RETURNING 1
+), keys_changed AS (
+    UPDATE key_spend s
+    SET held_nanos = k.held, spent_total_nanos = k.total,
+        spent_day_nanos = k.day_spent, spent_day = k.day,
+        spent_week_nanos = k.week_spent, spent_week = k.week,
+        spent_month_nanos = k.month_spent, spent_month = k.month
+    FROM unnest($29::text[], $30::bigint[], $31::bigint[], $32::bigint[], $33::date[],
+                $34::bigint[], $35::date[], $36::bigint[], $37::date[])
+        AS k(id, held, total, day_spent, day, week_spent, week, month_spent, month)
+    WHERE s.key_id = k.id
     RETURNING 1
 ), balances_changed AS (
     UPDATE balances b
@@ -166,12 +205,49 @@ class PostgresHoldStore:
                     conn.terminate()
 
 
-async def _commit(conn: asyncpg.Connection, batch: Batch) -> BatchOutcome:
-    accounts = batch.accounts()
+def _key_state(row: Any, key_id: str) -> KeySpendState:
+    """A key's spend row, by column name (from _LOCK or _LOCK_KEYS)."""
+    return KeySpendState(
+        key_id=key_id,
+        cap_nanos=None if row["cap_nanos"] is None else int(row["cap_nanos"]),
+        cap_interval=row["cap_interval"],
+        held_nanos=int(row["held_nanos"]),
+        spent_total_nanos=int(row["spent_total_nanos"]),
+        spent_day_nanos=int(row["spent_day_nanos"]),
+        spent_day=row["spent_day"],
+        spent_week_nanos=int(row["spent_week_nanos"]),
+        spent_week=row["spent_week"],
+        spent_month_nanos=int(row["spent_month_nanos"]),
+        spent_month=row["spent_month"],
+    )
+
+
+async def _lock(
+    conn: asyncpg.Connection, batch: Batch
+) -> tuple[dict[str, int], dict[str, KeySpendState]]:
     available: dict[str, int] = {}
+    keys: dict[str, KeySpendState] = {}
+    accounts = batch.accounts()
     if accounts:
-        for row in await conn.fetch(_LOCK, accounts):
-            available[row["ledger_account"]] = int(row["available"])
+        for row in await conn.fetch(_LOCK, accounts, batch.keys()):
+            if row["kind"] == "b":
+                available[row["id"]] = int(row["available"])
+            else:
+                keys[row["id"]] = _key_state(row, row["id"])
+    return available, keys
+
+
+async def _lock_missing_keys(
+    conn: asyncpg.Connection, ended: list[Ended], keys: dict[str, KeySpendState]
+) -> None:
+    missing = sorted({e.key_id for e in ended if e.key_id is not None and e.key_id not in keys})
+    if missing:
+        for row in await conn.fetch(_LOCK_KEYS, missing):
+            keys[row["key_id"]] = _key_state(row, row["key_id"])
+
+
+async def _commit(conn: asyncpg.Connection, batch: Batch) -> BatchOutcome:
+    available, keys = await _lock(conn, batch)
     ended = await _end(conn, batch)
     if batch.checkpoints:
         points = batch.checkpoints
@@ -185,13 +261,17 @@ async def _commit(conn: asyncpg.Connection, batch: Batch) -> BatchOutcome:
         )
     left = after_ends(available, ended)
     corrections = await _reconcile(conn, late_settlements(batch, ended), left)
-    answers, placed = decide_places(batch.places, left)
     charges = ended + corrections
+    await _lock_missing_keys(conn, charges, keys)
+    changed = keys_after_ends(keys, charges)
+    answers, placed = decide_places(batch.places, left, keys)
     new = [hold for hold in batch.places if answers[hold.hold_id] is None]
+    changed |= {h.key_id for h in new if h.key_id in keys}
     deltas = balance_deltas(charges, placed)
     charged = [end for end in charges if end.charged_nanos > 0]
     daily = daily_usage(charges)
-    if new or deltas or charged or daily:
+    spends = [keys[key] for key in sorted(changed)]
+    if new or deltas or charged or daily or spends:
         args: list[Any] = [
             [h.hold_id for h in new],
             [h.account_id for h in new],
@@ -226,14 +306,30 @@ async def _commit(conn: asyncpg.Connection, batch: Batch) -> BatchOutcome:
             [d.cost_nanos for d in daily],
             [d.estimated_requests for d in daily],
             [e.entry_key for e in charged],
+            [h.key_id for h in new],
+            *_spend_columns(spends),
         ]
         await conn.execute(_APPLY, *args)
     return BatchOutcome(placed=answers, ended={end.hold_id: end.charged_nanos for end in charges})
 
 
+def _spend_columns(spends: list[KeySpendState]) -> list[list[Any]]:
+    return [
+        [k.key_id for k in spends],
+        [k.held_nanos for k in spends],
+        [k.spent_total_nanos for k in spends],
+        [k.spent_day_nanos for k in spends],
+        [k.spent_day for k in spends],
+        [k.spent_week_nanos for k in spends],
+        [k.spent_week for k in spends],
+        [k.spent_month_nanos for k in spends],
+        [k.spent_month for k in spends],
+    ]
+
+
 _EXPIRED = """
 SELECT id, account_id, amount_nanos, charged_nanos, model, request_id,
-       checkpoint_prompt_tokens, checkpoint_completion_tokens
+       checkpoint_prompt_tokens, checkpoint_completion_tokens, key_id
 FROM credit_holds WHERE status = 'expired' AND id = ANY($1::text[]) AND late_settled_at IS NULL
 """
 
@@ -302,6 +398,7 @@ async def _end(conn: asyncpg.Connection, batch: Batch) -> list[Ended]:
                 completion_tokens=completion,
                 estimated=estimated,
                 now=order.now,
+                key_id=row["key_id"],
             )
         )
     return ended

@@ -1,7 +1,8 @@
 """Holds on SQLite: each batch is one transaction on one connection, run whole on a dedicated
 thread (one thread hop per batch, not per statement). BEGIN IMMEDIATE takes the write lock
 up front, so the batch cannot be refused half-way by another writer: it waits its turn (the
-busy timeout) instead. Reads elsewhere never wait for it (WAL)."""
+busy timeout) instead; the balances and keys' spend rows it reads are therefore as good as
+locked. Reads elsewhere never wait for it (WAL)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pathlib
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
-from typing import TypeVar
+from datetime import UTC, date, datetime
+from typing import Any, TypeVar
 
 from core_service.billing.hold_store import (
     USAGE_REVENUE,
@@ -26,10 +27,12 @@ from core_service.billing.hold_store import (
     balance_deltas,
     daily_usage,
     decide_places,
+    keys_after_ends,
     late_settlements,
     reconcile_late,
     usage_reason,
 )
+from core_service.billing.key_spend import KeySpendState
 
 T = TypeVar("T")
 
@@ -45,8 +48,42 @@ _END = (
     "WHEN 'expired' THEN min(checkpoint_nanos, amount_nanos) ELSE 0 END "
     "WHERE id = ? AND status = 'open' "
     "RETURNING account_id, amount_nanos, charged_nanos, model, request_id, "
-    "checkpoint_prompt_tokens, checkpoint_completion_tokens"
+    "checkpoint_prompt_tokens, checkpoint_completion_tokens, key_id"
 )
+_KEY_COLUMNS = (
+    "key_id, cap_nanos, cap_interval, held_nanos, spent_total_nanos, spent_day_nanos, "
+    "spent_day, spent_week_nanos, spent_week, spent_month_nanos, spent_month"
+)
+
+
+def _day(value: Any) -> date | None:
+    return None if value is None else date.fromisoformat(value)
+
+
+def _read_keys(db: sqlite3.Connection, key_ids: list[str], into: dict[str, KeySpendState]) -> None:
+    if not key_ids:
+        return
+    marks = ",".join("?" for _ in key_ids)
+    for row in db.execute(
+        f"SELECT {_KEY_COLUMNS} FROM key_spend WHERE key_id IN ({marks})", key_ids
+    ):
+        into[row[0]] = KeySpendState(
+            key_id=row[0],
+            cap_nanos=None if row[1] is None else int(row[1]),
+            cap_interval=row[2],
+            held_nanos=int(row[3]),
+            spent_total_nanos=int(row[4]),
+            spent_day_nanos=int(row[5]),
+            spent_day=_day(row[6]),
+            spent_week_nanos=int(row[7]),
+            spent_week=_day(row[8]),
+            spent_month_nanos=int(row[9]),
+            spent_month=_day(row[10]),
+        )
+
+
+def _iso(value: date | None) -> str | None:
+    return None if value is None else value.isoformat()
 
 
 class SqliteHoldStore:
@@ -102,6 +139,8 @@ def _commit(db: sqlite3.Connection, batch: Batch) -> BatchOutcome:
             accounts,
         ):
             available[account] = int(value)
+    keys: dict[str, KeySpendState] = {}
+    _read_keys(db, batch.keys(), keys)
     ended = _end(db, batch)
     for checkpoint in batch.checkpoints:
         usage = checkpoint.settlement
@@ -118,11 +157,16 @@ def _commit(db: sqlite3.Connection, batch: Batch) -> BatchOutcome:
         )
     left = after_ends(available, ended)
     corrections = _reconcile(db, late_settlements(batch, ended), left)
-    answers, placed = decide_places(batch.places, left)
     charges = ended + corrections
+    # Only when a hold's row names a key the batch was not told of (never by Kyma's callers).
+    _read_keys(db, sorted({e.key_id for e in charges if e.key_id and e.key_id not in keys}), keys)
+    changed = keys_after_ends(keys, charges)
+    answers, placed = decide_places(batch.places, left, keys)
+    new = [hold for hold in batch.places if answers[hold.hold_id] is None]
+    changed |= {hold.key_id for hold in new if hold.key_id in keys}
     db.executemany(
         "INSERT INTO credit_holds (id, account_id, amount_nanos, request_id, model, status, "
-        "created_at, expires_at, node_id) VALUES (?, ?, ?, ?, ?, 'open', ?, ?, ?)",
+        "created_at, expires_at, node_id, key_id) VALUES (?, ?, ?, ?, ?, 'open', ?, ?, ?, ?)",
         [
             (
                 hold.hold_id,
@@ -133,9 +177,28 @@ def _commit(db: sqlite3.Connection, batch: Batch) -> BatchOutcome:
                 _stamp(hold.created_at),
                 _stamp(hold.expires_at),
                 hold.node_id,
+                hold.key_id,
             )
-            for hold in batch.places
-            if answers[hold.hold_id] is None
+            for hold in new
+        ],
+    )
+    db.executemany(
+        "UPDATE key_spend SET held_nanos = ?, spent_total_nanos = ?, spent_day_nanos = ?, "
+        "spent_day = ?, spent_week_nanos = ?, spent_week = ?, spent_month_nanos = ?, "
+        "spent_month = ? WHERE key_id = ?",
+        [
+            (
+                k.held_nanos,
+                k.spent_total_nanos,
+                k.spent_day_nanos,
+                _iso(k.spent_day),
+                k.spent_week_nanos,
+                _iso(k.spent_week),
+                k.spent_month_nanos,
+                _iso(k.spent_month),
+                k.key_id,
+            )
+            for k in (keys[key] for key in sorted(changed))
         ],
     )
     db.executemany(
@@ -202,7 +265,7 @@ def _reconcile(db: sqlite3.Connection, late: list[EndOrder], left: dict[str, int
     marks = ",".join("?" for _ in late)
     rows = db.execute(
         "SELECT id, account_id, amount_nanos, charged_nanos, model, request_id, "
-        "checkpoint_prompt_tokens, checkpoint_completion_tokens FROM credit_holds h "
+        "checkpoint_prompt_tokens, checkpoint_completion_tokens, key_id FROM credit_holds h "
         f"WHERE status = 'expired' AND id IN ({marks}) AND late_settled_at IS NULL",
         [order.hold_id for order in late],
     ).fetchall()
@@ -233,7 +296,7 @@ def _end(db: sqlite3.Connection, batch: Batch) -> list[Ended]:
         ).fetchone()
         if row is None:
             continue
-        account_id, amount, charged, model, request_id, cp_prompt, cp_completion = row
+        account_id, amount, charged, model, request_id, cp_prompt, cp_completion, key_id = row
         if order.ending is Ending.EXPIRED:
             prompt, completion, estimated = int(cp_prompt), int(cp_completion), True
         elif usage is not None:
@@ -257,6 +320,7 @@ def _end(db: sqlite3.Connection, batch: Batch) -> list[Ended]:
                 completion_tokens=completion,
                 estimated=estimated,
                 now=order.now,
+                key_id=key_id,
             )
         )
     return ended

@@ -28,7 +28,14 @@ from datetime import timedelta
 from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core_service.billing.hold_store import Checkpoint, Ending, EndOrder, NewHold, Settlement
+from core_service.billing.hold_store import (
+    Checkpoint,
+    Ending,
+    EndOrder,
+    NewHold,
+    Refusal,
+    Settlement,
+)
 from core_service.billing.writer import HoldWriter
 from core_service.clock import Clock
 from core_service.db.models import CoreNode, CreditHold
@@ -42,8 +49,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Placed:
-    hold_id: str | None  # None: not placed, the available balance was short
+    hold_id: str | None  # None: not placed, the available balance (or the key's cap) was short
     available_nanos: int
+    # Not placed because the key's spend cap left only `available_nanos`.
+    key_cap: bool = False
 
 
 class Holds:
@@ -71,7 +80,13 @@ class Holds:
         return self._writer
 
     async def place(
-        self, account_id: str, amount_nanos: int, *, request_id: str, model: str
+        self,
+        account_id: str,
+        amount_nanos: int,
+        *,
+        request_id: str,
+        model: str,
+        key_id: str | None = None,
     ) -> Placed:
         now = self._clock.now()
         hold = NewHold(
@@ -83,6 +98,7 @@ class Holds:
             created_at=now,
             expires_at=now + self._ttl,
             node_id=self._lease.node_id if self._lease else None,
+            key_id=key_id or None,
         )
         decided = self._writer.place(hold)
         self._open.add(hold.hold_id)
@@ -97,25 +113,34 @@ class Holds:
             raise
         if short is not None:
             self._open.discard(hold.hold_id)
-            return Placed(hold_id=None, available_nanos=short)
+            return Placed(
+                hold_id=None, available_nanos=short.available_nanos, key_cap=short.key_cap
+            )
         return Placed(hold_id=hold.hold_id, available_nanos=0)
 
-    def _abandon(self, decided: asyncio.Future[int | None], hold: NewHold) -> None:
+    def _abandon(self, decided: asyncio.Future[Refusal | None], hold: NewHold) -> None:
         if decided.cancelled() or decided.exception() is not None or decided.result() is not None:
             self._open.discard(hold.hold_id)
             return  # not placed
-        self.release(hold.hold_id, hold.account_id)
+        self.release(hold.hold_id, hold.account_id, key_id=hold.key_id)
 
     def settle(
-        self, hold_id: str, account_id: str, usage: Settlement
+        self, hold_id: str, account_id: str, usage: Settlement, *, key_id: str | None = None
     ) -> asyncio.Future[int | None]:
         """End the hold at the actual cost (never more than the hold), retried until it lands.
-        Resolves to the amount charged, or None when the hold had already ended."""
-        return self._end(EndOrder(hold_id, account_id, Ending.SETTLED, self._clock.now(), usage))
+        Resolves to the amount charged, or None when the hold had already ended. `key_id` is
+        the key it was placed through (its spend row is locked with the balance)."""
+        return self._end(
+            EndOrder(hold_id, account_id, Ending.SETTLED, self._clock.now(), usage, key_id)
+        )
 
-    def release(self, hold_id: str, account_id: str) -> asyncio.Future[int | None]:
+    def release(
+        self, hold_id: str, account_id: str, *, key_id: str | None = None
+    ) -> asyncio.Future[int | None]:
         """End the hold charging nothing (the request failed before any usage)."""
-        return self._end(EndOrder(hold_id, account_id, Ending.RELEASED, self._clock.now()))
+        return self._end(
+            EndOrder(hold_id, account_id, Ending.RELEASED, self._clock.now(), key_id=key_id)
+        )
 
     def checkpoint(self, hold_id: str, account_id: str, usage: Settlement) -> None:
         """Record what the hold's request has used so far (a stream: what it delivered)."""
@@ -139,7 +164,7 @@ class Holds:
         if self._lease is not None and self._lease.may_judge_others():
             due.append(and_(CreditHold.node_id != mine, self._lease.lapsed_condition()))
         statement = (
-            select(CreditHold.id, CreditHold.account_id, CreditHold.node_id)
+            select(CreditHold.id, CreditHold.account_id, CreditHold.node_id, CreditHold.key_id)
             .outerjoin(CoreNode, CoreNode.node_id == CreditHold.node_id)
             .where(CreditHold.status == "open", or_(*due))
             .limit(batch)
@@ -147,7 +172,9 @@ class Holds:
         async with self._reads.connect() as conn:
             rows = (await conn.execute(statement)).all()
         orders = [
-            self._writer.end(EndOrder(row.id, row.account_id, Ending.EXPIRED, now))
+            self._writer.end(
+                EndOrder(row.id, row.account_id, Ending.EXPIRED, now, key_id=row.key_id)
+            )
             for row in rows
             if not (row.node_id == mine and row.id in self._open)
         ]

@@ -6,6 +6,10 @@ The worst case is the prompt estimate with a margin (Kyma's token count is an ap
 the upstream's tokenizer, and chat templates add their own preamble: it holds estimate × 1.25
 plus the model's `prompt_overhead_tokens`, 64 unless the catalogue says) at the input price, plus the
 output the request allows (`max_tokens` × `n`, or the model's output cap) at the output price.
+
+The hold is placed through the caller's key: if the key has a spend cap, the same batch that
+decides it against the balance decides it against the cap's room (403 key_spend_cap_reached,
+nothing charged, when the cap cannot cover it).
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from core_service.billing.holds import Holds, Settlement
+from core_service.billing.holds import Holds, Placed, Settlement
+from core_service.billing.key_spend import resets_at
 from core_service.billing.pricing import cost_nanos, nanos_to_usd, usage_cost_nanos
 from core_service.catalog import Deployment, Model, Price
-from core_service.errors import InsufficientCredits
+from core_service.clock import Clock, SystemClock
+from core_service.errors import InsufficientCredits, KeySpendCapReached
 from core_service.values import InferenceRequest, Principal, TokenUsage
 
 
@@ -74,12 +80,15 @@ class Reservation:
     """One request's hold. End it once: `settle` with what was used, or `release`; record a
     stream's progress with `checkpoint` meanwhile."""
 
-    __slots__ = ("_metering", "_hold_id", "_account_id", "_amount", "_ended")
+    __slots__ = ("_metering", "_hold_id", "_account_id", "_key_id", "_amount", "_ended")
 
-    def __init__(self, metering: Metering, hold_id: str, account_id: str, amount: int) -> None:
+    def __init__(
+        self, metering: Metering, hold_id: str, account_id: str, amount: int, key_id: str | None
+    ) -> None:
         self._metering = metering
         self._hold_id = hold_id
         self._account_id = account_id
+        self._key_id = key_id
         self._amount = amount
         self._ended = False
 
@@ -103,14 +112,16 @@ class Reservation:
         if self._ended:
             return
         self._ended = True
-        self._metering.holds.settle(self._hold_id, self._account_id, settlement_of(charge))
+        self._metering.holds.settle(
+            self._hold_id, self._account_id, settlement_of(charge), key_id=self._key_id
+        )
         self._metering.counted("settled")
 
     def release(self) -> None:
         if self._ended:
             return
         self._ended = True
-        self._metering.holds.release(self._hold_id, self._account_id)
+        self._metering.holds.release(self._hold_id, self._account_id, key_id=self._key_id)
         self._metering.counted("released")
 
     def checkpoint(self, charge: Charge) -> None:
@@ -119,10 +130,17 @@ class Reservation:
 
 
 class Metering:
-    def __init__(self, holds: Holds, *, counted: Callable[[str], None] = lambda _: None) -> None:
+    def __init__(
+        self,
+        holds: Holds,
+        *,
+        counted: Callable[[str], None] = lambda _: None,
+        clock: Clock | None = None,
+    ) -> None:
         self.holds = holds
         # Counts hold outcomes for metrics: placed, refused, settled, released.
         self.counted = counted
+        self._clock = clock or SystemClock()
 
     async def reserve(
         self, principal: Principal, request: InferenceRequest, model: Model, request_id: str
@@ -138,13 +156,19 @@ class Metering:
         prompt_cost = -(-prompt_tokens * highest // 10**6)
         amount = prompt_cost + cost_nanos(model.price, 0, output_tokens)
         placed = await self.holds.place(
-            principal.account_id, amount, request_id=request_id, model=model.name
+            principal.account_id,
+            amount,
+            request_id=request_id,
+            model=model.name,
+            key_id=principal.key_id,
         )
         self.counted("refused" if placed.hold_id is None else "placed")
         if placed.hold_id is None:
             affordable = _affordable_max_tokens(
                 placed.available_nanos, prompt_cost, model, request.choices
             )
+            if placed.key_cap:
+                raise self._over_cap(principal, placed, amount, affordable)
             advice = (
                 f"With this prompt your balance affords max_tokens={affordable}."
                 if affordable > 0
@@ -155,4 +179,30 @@ class Metering:
                 f"and your available balance is ${nanos_to_usd(placed.available_nanos)}. "
                 f"{advice} Add credits to continue."
             )
-        return Reservation(self, placed.hold_id, principal.account_id, amount)
+        return Reservation(self, placed.hold_id, principal.account_id, amount, principal.key_id)
+
+    def _over_cap(
+        self, principal: Principal, placed: Placed, amount: int, affordable: int
+    ) -> KeySpendCapReached:
+        limits = principal.key_limits
+        cap = limits.spend_cap_nanos
+        per = {"daily": " a day", "weekly": " a week", "monthly": " a month"}.get(
+            limits.cap_interval or "", ""
+        )
+        reset = resets_at(limits.cap_interval, self._clock.now())
+        when = (
+            f" It starts again at {reset.isoformat().replace('+00:00', 'Z')}."
+            if reset
+            else " Raise the cap to go on."
+        )
+        cap_text = f"${nanos_to_usd(cap)}{per}" if cap is not None else "its cap"
+        advice = (
+            f" With this prompt the room left affords max_tokens={affordable}."
+            if affordable > 0
+            else ""
+        )
+        return KeySpendCapReached(
+            f"This API key's spend cap ({cap_text}) is reached: this request may cost up to "
+            f"${nanos_to_usd(amount)} and the cap leaves ${nanos_to_usd(placed.available_nanos)}."
+            f"{advice}{when}"
+        )

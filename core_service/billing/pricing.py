@@ -7,9 +7,11 @@ nothing.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 from core_service.catalog import Price
+from core_service.errors import InvalidRequest
 from core_service.values import TokenUsage
 
 NANOS_PER_USD = 10**9
@@ -53,3 +55,22 @@ def usd_to_nanos(usd: Decimal) -> int:
     if nanos != nanos.to_integral_value():
         raise ValueError("amount finer than a nano-dollar")
     return int(nanos)
+
+
+# A plain decimal amount of USD, as people write it (no exponent, NaN or digit groups).
+_PLAIN_USD = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?")
+
+
+def parse_usd_nanos(text: str, *, param: str, max_usd: int = 1_000_000) -> int:
+    """A non-negative amount of USD given as text ("10", "2.50") in nano-dollars, or
+    InvalidRequest naming `param`."""
+    text = text.strip()
+    if not _PLAIN_USD.fullmatch(text):
+        raise InvalidRequest(
+            f'{param} must be a plain decimal amount of US dollars, such as "10" or "2.50".',
+            param=param,
+        )
+    amount = Decimal(text)
+    if amount > max_usd:
+        raise InvalidRequest(f"{param} is at most ${max_usd:,}.", param=param)
+    return usd_to_nanos(amount)

@@ -28,6 +28,7 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from core_service.billing.hold_store import (
     Batch,
@@ -37,12 +38,16 @@ from core_service.billing.hold_store import (
     EndOrder,
     HoldStore,
     NewHold,
+    Refusal,
 )
 from core_service.clock import Clock
 from core_service.db.errors import is_unavailable
 from core_service.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
+
+# An operation of a batch (None: a duplicate end) and the future its caller waits on.
+_Waiter = tuple[object, "asyncio.Future[Any]"]
 
 # Batches larger than this are split: a transaction's statements grow with it.
 MAX_BATCH = 1000
@@ -51,7 +56,7 @@ MAX_BATCH = 1000
 @dataclass
 class _Pending:
     ends: deque[tuple[EndOrder, asyncio.Future[int | None]]] = field(default_factory=deque)
-    places: list[tuple[NewHold, asyncio.Future[int | None]]] = field(default_factory=list)
+    places: list[tuple[NewHold, asyncio.Future[Refusal | None]]] = field(default_factory=list)
     checkpoints: dict[str, Checkpoint] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -86,14 +91,17 @@ class HoldWriter:
         self._failing = False
         self._isolating = False
         self._oldest_queued: float | None = None
+        # Accounts whose balance a committed batch charged, for the low-balance check.
+        self._charged: set[str] = set()
         self.stats = WriterStats()
 
     # -- what callers ask for -------------------------------------------------------------
 
-    def place(self, hold: NewHold) -> asyncio.Future[int | None]:
-        """The hold, in the next batch: resolves to None when placed, or to the available
-        balance that fell short. ServiceUnavailable while the database is failing."""
-        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+    def place(self, hold: NewHold) -> asyncio.Future[Refusal | None]:
+        """The hold, in the next batch: resolves to None when placed, or to why not (the
+        available balance, or the key's cap, fell short). ServiceUnavailable while the
+        database is failing."""
+        future: asyncio.Future[Refusal | None] = asyncio.get_running_loop().create_future()
         if self._failing:
             future.set_exception(_unavailable())
             return future
@@ -132,6 +140,11 @@ class HoldWriter:
     def failing(self) -> bool:
         return self._failing
 
+    def take_charged(self) -> set[str]:
+        """The accounts charged since the last call (their balance went down)."""
+        charged, self._charged = self._charged, set()
+        return charged
+
     # -- running ----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -167,10 +180,10 @@ class HoldWriter:
         self._idle.clear()
         self._wake.set()
 
-    def _take(self, size: int) -> tuple[Batch, list[tuple[object, asyncio.Future[int | None]]]]:
+    def _take(self, size: int) -> tuple[Batch, list[_Waiter]]:
         pending = self._pending
         batch = Batch()
-        waiters: list[tuple[object, asyncio.Future[int | None]]] = []
+        waiters: list[_Waiter] = []
         seen: set[str] = set()
         while pending.ends and len(batch) < size:
             order, future = pending.ends.popleft()
@@ -182,9 +195,9 @@ class HoldWriter:
             waiters.append((order, future))
         room = max(0, size - len(batch))
         places, pending.places = pending.places[:room], pending.places[room:]
-        for hold, future in places:
+        for hold, place in places:
             batch.places.append(hold)
-            waiters.append((hold, future))
+            waiters.append((hold, place))
         room = max(0, size - len(batch))
         for hold_id in list(pending.checkpoints)[:room]:
             point = pending.checkpoints.pop(hold_id)
@@ -192,9 +205,7 @@ class HoldWriter:
                 batch.checkpoints.append(point)
         return batch, waiters
 
-    def _requeue(
-        self, batch: Batch, waiters: list[tuple[object, asyncio.Future[int | None]]]
-    ) -> None:
+    def _requeue(self, batch: Batch, waiters: list[_Waiter]) -> None:
         """Put a failed batch back as it was (its operations first, in order)."""
         pending = self._pending
         ends = [(o, f) for o, f in waiters if isinstance(o, EndOrder)]
@@ -207,9 +218,7 @@ class HoldWriter:
                 future.set_result(None)
 
     @staticmethod
-    def _drop(
-        batch: Batch, waiters: list[tuple[object, asyncio.Future[int | None]]], error: Exception
-    ) -> None:
+    def _drop(batch: Batch, waiters: list[_Waiter], error: Exception) -> None:
         """An operation the database refuses on its own (not an outage): no retry can land
         it. Said loudly; `kyma admin ledger verify` shows the hold it leaves open."""
         log.error("dropping a hold operation the database refuses: %s (%r)", batch, error)
@@ -251,6 +260,7 @@ class HoldWriter:
             backoff = self._first_backoff
             self.stats.batches += 1
             self.stats.operations += len(batch)
+            self._charged.update(o.account_id for o in batch.ends if outcome.ended.get(o.hold_id))
             self._resolve(waiters, outcome)
             if self._pending:
                 self._oldest_queued = self._clock.monotonic()
@@ -258,7 +268,7 @@ class HoldWriter:
     def _failed(
         self,
         batch: Batch,
-        waiters: list[tuple[object, asyncio.Future[int | None]]],
+        waiters: list[_Waiter],
         error: Exception,
         backoff: float,
     ) -> None:
@@ -284,7 +294,13 @@ class HoldWriter:
                 # The COMMIT may have happened after all: end it if it exists.
                 pending.ends.append(
                     (
-                        EndOrder(hold.hold_id, hold.account_id, Ending.RELEASED, self._clock.now()),
+                        EndOrder(
+                            hold.hold_id,
+                            hold.account_id,
+                            Ending.RELEASED,
+                            self._clock.now(),
+                            key_id=hold.key_id,
+                        ),
                         asyncio.get_running_loop().create_future(),
                     )
                 )
@@ -295,9 +311,7 @@ class HoldWriter:
         pending.places = []
 
     @staticmethod
-    def _resolve(
-        waiters: list[tuple[object, asyncio.Future[int | None]]], outcome: BatchOutcome
-    ) -> None:
+    def _resolve(waiters: list[_Waiter], outcome: BatchOutcome) -> None:
         for item, future in waiters:
             if future.done():
                 continue

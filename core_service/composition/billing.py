@@ -1,5 +1,5 @@
-"""Billing: holds and metering on the request path, usage reports, and purchases through
-Stripe (Checkout Sessions and the signed webhook)."""
+"""Billing: holds and metering on the request path, usage reports, purchases through Stripe
+(Checkout Sessions and the signed webhook), and low-balance alerts."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ import stripe
 from core_service.account_events import AccountEvents
 from core_service.billing.checkout import CheckoutSessions
 from core_service.billing.holds import Holds
+from core_service.billing.low_balance import LowBalanceAlerts
 from core_service.billing.metering import Metering
 from core_service.billing.usage import UsageReport
 from core_service.billing.webhooks import StripeWebhooks
 from core_service.clock import Clock
 from core_service.composition.storage import Storage
+from core_service.mail.mailer import Mailer
 from core_service.settings import Settings
 
 
@@ -27,6 +29,7 @@ class Billing:
     usage: UsageReport
     checkout: CheckoutSessions
     webhooks: StripeWebhooks
+    low_balance: LowBalanceAlerts
 
 
 def _stripe_client(
@@ -54,6 +57,7 @@ def open_billing(
     longest_request_seconds: float,
     counted: Callable[[str], None],
     events: AccountEvents,
+    mailer: Mailer,
 ) -> Billing:
     holds = Holds(
         storage.writer,
@@ -67,12 +71,12 @@ def open_billing(
     secret = settings.stripe_webhook_secret
     return Billing(
         holds=holds,
-        metering=Metering(holds, counted=counted),
+        metering=Metering(holds, counted=counted, clock=clock),
         usage=UsageReport(storage.engine, clock),
         checkout=CheckoutSessions(
             _stripe_client(settings, stack),
-            success_url=settings.checkout_success_url,
-            cancel_url=settings.checkout_cancel_url,
+            success_url=settings.checkout_urls[0],
+            cancel_url=settings.checkout_urls[1],
             min_usd=settings.checkout_min_usd,
             max_usd=settings.checkout_max_usd,
         ),
@@ -81,5 +85,12 @@ def open_billing(
             clock,
             webhook_secret=secret.get_secret_value() if secret else None,
             events=events,
+        ),
+        low_balance=LowBalanceAlerts(
+            storage.engine,
+            clock,
+            mailer,
+            charged=storage.writer.take_charged,
+            billing_link=f"{settings.public_base_url.rstrip('/')}/console/billing",
         ),
     )

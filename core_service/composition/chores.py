@@ -1,5 +1,6 @@
 """The core's background chores: hold expiry, request-log retention, database health, probes
-of ejected deployments, referral checks, and the shared-limits health entry. Each runs until
+of ejected deployments, referral checks, low-balance alerts, keys' and sessions' last use, and
+the shared-limits health entry. Each runs until
 cancelled; a failed round is logged and tried again at the next interval."""
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from grpc_health.v1 import health, health_pb2
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core_service.accounts.auth import Authenticator
 from core_service.billing.holds import Holds
 from core_service.logs.retention import LogRetention
 from core_service.nodes import NodeLease
 from core_service.ratelimit.limiter import AccountLimiter
 from core_service.settings import Settings
+from core_service.status.outcomes import OutcomeCounter
 from kyma.contract.v1.constants import SHARED_LIMITS_HEALTH_SERVICE
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ DATABASE_CHECK_INTERVAL_SECONDS = 1.0
 DATABASE_CHECK_TIMEOUT_SECONDS = 2.0
 LIMITER_REPORT_INTERVAL_SECONDS = 0.5
 LAST_USED_INTERVAL_SECONDS = 30.0
+LOW_BALANCE_INTERVAL_SECONDS = 5.0
+OUTCOMES_INTERVAL_SECONDS = 5.0
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -49,13 +52,32 @@ async def expire_holds(holds: Holds) -> None:
     await periodically(HOLD_EXPIRY_INTERVAL_SECONDS, holds.expire_due, "hold expiry")
 
 
-async def last_used(authenticator: Authenticator) -> None:
-    """Write keys' last use in one statement for all of them, every so often."""
+async def last_used(flush: Callable[[], Awaitable[int]]) -> None:
+    """Write keys' and sessions' last use, a statement for all of each, every so often."""
     try:
-        await periodically(LAST_USED_INTERVAL_SECONDS, authenticator.flush_last_used, "last used")
+        await periodically(LAST_USED_INTERVAL_SECONDS, flush, "last used")
     finally:
         with contextlib.suppress(Exception):
-            await authenticator.flush_last_used()
+            await flush()
+
+
+async def count_outcomes(outcomes: OutcomeCounter) -> None:
+    """Add this node's request outcomes to the shared counts every few seconds, and drop
+    counts older than the status page looks (hourly)."""
+    rounds = 0
+
+    async def work() -> None:
+        nonlocal rounds
+        await outcomes.flush()
+        rounds += 1
+        if rounds % int(LOG_MAINTENANCE_INTERVAL_SECONDS / OUTCOMES_INTERVAL_SECONDS) == 1:
+            await outcomes.prune()
+
+    try:
+        await periodically(OUTCOMES_INTERVAL_SECONDS, work, "request outcomes")
+    finally:
+        with contextlib.suppress(Exception):
+            await outcomes.flush()
 
 
 async def heartbeat(lease: NodeLease) -> None:

@@ -26,6 +26,7 @@ from core_service.composition.billing import Billing, open_billing
 from core_service.composition.limits import Limits, open_limits
 from core_service.composition.routing import Routing, open_routing
 from core_service.composition.server import SERVICES, Server, build_server
+from core_service.composition.status import Status, open_status
 from core_service.composition.storage import Storage, open_storage
 from core_service.inference.observer import RequestObserver
 from core_service.inference.pipeline import InferencePipeline
@@ -55,6 +56,7 @@ class Core:
         routing: Routing,
         accounts: Accounts,
         billing: Billing,
+        status: Status,
         pipeline: InferencePipeline,
         server: Server,
     ) -> None:
@@ -66,6 +68,7 @@ class Core:
         self.routing = routing
         self.accounts = accounts
         self.billing = billing
+        self.status = status
         self.pipeline = pipeline
         self.server = server
         self.port = server.port
@@ -119,15 +122,23 @@ class Core:
         await self.accounts.events.start_from_now()
         self._chore(
             self.accounts.events.follow(
-                self.accounts.authenticator.apply,
-                poll_seconds=self.settings.account_events_poll_seconds,
+                self.accounts.apply, poll_seconds=self.settings.account_events_poll_seconds
             ),
             "account events",
         )
-        self._chore(chores.last_used(self.accounts.authenticator), "keys' last use")
+        self._chore(chores.last_used(self.accounts.flush_last_used), "last use")
+        self._chore(
+            chores.periodically(
+                chores.LOW_BALANCE_INTERVAL_SECONDS,
+                self.billing.low_balance.check,
+                "low-balance alerts",
+            ),
+            "low-balance alerts",
+        )
         self._chore(chores.expire_holds(self.billing.holds), "expire holds")
         self._chore(chores.prune(self.billing.holds, self.storage.lease, self.settings), "prune")
         self._chore(chores.maintain_logs(self.storage.retention), "log retention")
+        self._chore(chores.count_outcomes(self.status.outcomes), "request outcomes")
         self._chore(chores.watch_database(self.storage.reads, health), "database health")
         self._chore(
             chores.periodically(
@@ -328,7 +339,9 @@ async def build_core(
             longest_request_seconds=routing.longest_request_seconds,
             counted=lambda outcome: metrics.holds.labels(outcome).inc(),
             events=accounts.events,
+            mailer=accounts.mailer,
         )
+        status = open_status(clock, storage=storage, routing=routing)
         pipeline = InferencePipeline(
             authenticator=accounts.authenticator,
             catalog=routing.catalogue,
@@ -338,7 +351,7 @@ async def build_core(
             limiter=limits.limiter,
             gate=limits.gate,
             clock=clock,
-            observer=RequestObserver(metrics, clock, storage.request_log),
+            observer=RequestObserver(metrics, clock, storage.request_log, status.outcomes),
         )
         server = build_server(
             settings.grpc_host,
@@ -351,6 +364,8 @@ async def build_core(
             routing=routing,
             accounts=accounts,
             billing=billing,
+            status=status,
+            public_base_url=settings.public_base_url,
         )
         # Built whole: from here the Core owns what the stack holds.
         return Core(
@@ -363,6 +378,7 @@ async def build_core(
             routing=routing,
             accounts=accounts,
             billing=billing,
+            status=status,
             pipeline=pipeline,
             server=server,
         )

@@ -15,12 +15,14 @@ from core_service.composition.accounts import Accounts
 from core_service.composition.billing import Billing
 from core_service.composition.limits import Limits
 from core_service.composition.routing import Routing
+from core_service.composition.status import Status
 from core_service.composition.storage import Storage
 from core_service.edge.accounting import AccountingServicer
 from core_service.edge.admin.accounts import AccountAdmin
 from core_service.edge.admin.catalogue import CatalogueAdmin
 from core_service.edge.admin.credits import CreditAdmin
 from core_service.edge.admin.enforcement import EnforcementAdmin
+from core_service.edge.admin.incidents import IncidentAdmin
 from core_service.edge.admin.limits import LimitAdmin
 from core_service.edge.admin.logs import LogAdmin
 from core_service.edge.admin.referrals import ReferralAdmin
@@ -31,12 +33,16 @@ from core_service.edge.inference import InferenceServicer
 from core_service.edge.interceptors import AdminToken, ErrorTranslation
 from core_service.edge.ratelimit import RateLimitServicer
 from core_service.edge.routing import RoutingServicer
+from core_service.edge.sessions import SessionServicer
 from core_service.edge.signup import SignupServicer
+from core_service.edge.status import StatusServicer
 from core_service.inference.pipeline import InferencePipeline
 from core_service.logs.query import RequestLogQuery
 from kyma.accounting.v1 import (
     accounting_service_pb2,
     accounting_service_pb2_grpc,
+    session_service_pb2,
+    session_service_pb2_grpc,
     signup_service_pb2,
     signup_service_pb2_grpc,
 )
@@ -46,6 +52,7 @@ from kyma.contract.v1.constants import MAX_MESSAGE_BYTES
 from kyma.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from kyma.ratelimit.v1 import ratelimit_service_pb2, ratelimit_service_pb2_grpc
 from kyma.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
+from kyma.status.v1 import status_service_pb2, status_service_pb2_grpc
 
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -59,9 +66,11 @@ SERVICES = [
     routing_service_pb2.DESCRIPTOR.services_by_name["RoutingService"].full_name,
     accounting_service_pb2.DESCRIPTOR.services_by_name["AccountingService"].full_name,
     signup_service_pb2.DESCRIPTOR.services_by_name["SignupService"].full_name,
+    session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
     ADMIN_SERVICE.full_name,
     billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
     ratelimit_service_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name,
+    status_service_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name,
 ]
 
 
@@ -84,6 +93,8 @@ def build_server(
     routing: Routing,
     accounts: Accounts,
     billing: Billing,
+    status: Status,
+    public_base_url: str = "http://127.0.0.1:8000",
 ) -> Server:
     server = grpc.aio.server(
         options=GRPC_OPTIONS,
@@ -102,13 +113,18 @@ def build_server(
     )
     accounting_service_pb2_grpc.add_AccountingServiceServicer_to_server(
         AccountingServicer(
-            authenticator,
+            accounts.callers,
             accounts.store,
             storage.ledger,
             billing.usage,
             accounts.enforcement,
             clock,
             accounts.referrals,
+            terms=accounts.terms,
+            catalogue=routing.catalogue,
+            logs=RequestLogQuery(storage.reads),
+            low_balance=billing.low_balance,
+            terms_link=f"{public_base_url.rstrip('/')}/terms",
         ),
         server,
     )
@@ -122,11 +138,12 @@ def build_server(
         CatalogueAdmin(routing.router, routing.catalogue),
         ReferralAdmin(accounts.referrals),
         LogAdmin(RequestLogQuery(storage.engine), storage.retention),
+        IncidentAdmin(status.incidents, status.report),
     )
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)  # type: ignore[arg-type]
     billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
         BillingServicer(
-            authenticator, accounts.store, billing.checkout, billing.webhooks, clock=clock
+            accounts.callers, accounts.store, billing.checkout, billing.webhooks, clock=clock
         ),
         server,
     )
@@ -134,7 +151,20 @@ def build_server(
         RateLimitServicer(authenticator, limits.limiter), server
     )
     signup_service_pb2_grpc.add_SignupServiceServicer_to_server(
-        SignupServicer(accounts.signup, bridge_token=accounts.bridge_token), server
+        SignupServicer(accounts.signup, bridge_token=accounts.bridge_token, terms=accounts.terms),
+        server,
+    )
+    session_service_pb2_grpc.add_SessionServiceServicer_to_server(
+        SessionServicer(
+            accounts.signin,
+            accounts.sessions,
+            accounts.callers,
+            bridge_token=accounts.bridge_token,
+        ),
+        server,
+    )
+    status_service_pb2_grpc.add_StatusServiceServicer_to_server(
+        StatusServicer(status.report), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

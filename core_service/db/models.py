@@ -14,6 +14,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -54,6 +55,18 @@ class Account(Base):
     # Abuse-review signals recorded at sign-up.
     signup_ip: Mapped[str | None] = mapped_column(String(64), default=None)
     signup_fingerprint: Mapped[str | None] = mapped_column(String(200), default=None)
+    # The terms of service the account holder accepted (at sign-up, or explicitly later), and
+    # the newer version its continued use began under (recorded once, not per request).
+    terms_version: Mapped[str | None] = mapped_column(String(32), default=None)
+    terms_accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    terms_in_use_version: Mapped[str | None] = mapped_column(String(32), default=None)
+    terms_in_use_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # Low-balance alert: the threshold, and when the alert for the current crossing went out
+    # (None: armed).
+    low_balance_threshold_nanos: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    low_balance_alerted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+    __table_args__ = (Index("ix_accounts_low_balance_alerted_at", "low_balance_alerted_at"),)
 
 
 class ApiKey(Base):
@@ -67,8 +80,58 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # Limits its owner gave it: refused after `expires_at`; only the models in
+    # `allowed_models` (a JSON list; None = every model). Its spend cap is in KeySpend.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    allowed_models: Mapped[str | None] = mapped_column(Text, default=None)
 
     __table_args__ = (Index("ix_api_keys_account_id", "account_id"),)
+
+
+class KeySpend(Base):
+    """A key's spend cap and what it spent, per calendar period (UTC day, ISO week, month) and
+    in all, with what its open holds set aside. Locked and updated by the hold stores in the
+    same transaction as the account's balance row, so a cap is decided as exactly as the
+    balance (`billing/hold_store.py`). One row per key, made with the key."""
+
+    __tablename__ = "key_spend"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(32))
+    cap_nanos: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # "daily", "weekly", "monthly"; None = the cap counts everything the key ever spent.
+    cap_interval: Mapped[str | None] = mapped_column(String(16), default=None)
+    held_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    spent_total_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Each counter with the first day of the period it counts.
+    spent_day_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    spent_day: Mapped[date | None] = mapped_column(Date, default=None)
+    spent_week_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    spent_week: Mapped[date | None] = mapped_column(Date, default=None)
+    spent_month_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    spent_month: Mapped[date | None] = mapped_column(Date, default=None)
+
+
+class WebSession(Base):
+    """A signed-in browser: only the token's hash is kept. It ends at `expires_at`, after the
+    idle timeout since `last_used_at` (written in batches, not per request), or when revoked."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    created_ip: Mapped[str | None] = mapped_column(String(64), default=None)
+
+    __table_args__ = (
+        Index("ix_web_sessions_account_id", "account_id"),
+        Index("ix_web_sessions_expires_at", "expires_at"),
+    )
 
 
 class LedgerEntry(Base):
@@ -143,6 +206,8 @@ class CreditHold(Base):
     checkpoint_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     # When the settlement that came after the hold expired was reconciled (once, charged or not).
     late_settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # The key whose spend (KeySpend) the hold counts in; None for holds placed without one.
+    key_id: Mapped[str | None] = mapped_column(String(32), default=None)
 
     __table_args__ = (
         CheckConstraint("amount_nanos >= 0", name="amount_non_negative"),
@@ -213,6 +278,8 @@ class SignupCode(Base):
     signup_ip: Mapped[str | None] = mapped_column(String(64), default=None)
     signup_fingerprint: Mapped[str | None] = mapped_column(String(200), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # "signup" or "signin": a code is only good for what it was sent for.
+    purpose: Mapped[str] = mapped_column(String(16), default="signup", server_default="signup")
 
 
 class AccountNotice(Base):
@@ -268,3 +335,36 @@ class Referral(Base):
         Index("ix_referrals_referrer_id", "referrer_id"),
         Index("ix_referrals_status", "status"),
     )
+
+
+class Incident(Base):
+    """An incident on the public status page, posted and updated by admins (audited)."""
+
+    __tablename__ = "incidents"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    title: Mapped[str] = mapped_column(String(200))
+    # investigating, identified, monitoring, resolved
+    status: Mapped[str] = mapped_column(String(16))
+    body: Mapped[str] = mapped_column(String(4000))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+    __table_args__ = (Index("ix_incidents_resolved_at", "resolved_at"),)
+
+
+class ModelOutcome(Base):
+    """How a model's requests ended, per UTC minute: answered, or failed for a reason that is
+    the service's (its upstreams, or Kyma), summed from every node's counts."""
+
+    __tablename__ = "model_outcomes"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    minute: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    answered: Mapped[int] = mapped_column(BigInteger)
+    failed: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_model_outcomes_minute", "minute"),)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import grpc
 
-from core_service.accounts.auth import Authenticator
+from core_service.accounts.callers import Callers
 from core_service.accounts.store import AccountStore
 from core_service.billing.checkout import CheckoutSessions
 from core_service.billing.webhooks import StripeWebhooks, WebhookOutcome
 from core_service.clock import Clock, SystemClock
-from core_service.edge.metadata import authorization
+from core_service.edge.metadata import credentials
 from core_service.errors import Unauthenticated
 from core_service.standing import check_in_good_standing
 from kyma.billing.v1 import billing_service_pb2 as pb
@@ -25,14 +25,14 @@ _OUTCOMES = {
 class BillingServicer(pb_grpc.BillingServiceServicer):
     def __init__(
         self,
-        authenticator: Authenticator,
+        callers: Callers,
         store: AccountStore,
         checkout: CheckoutSessions,
         webhooks: StripeWebhooks,
         *,
         clock: Clock | None = None,
     ) -> None:
-        self._authenticator = authenticator
+        self._callers = callers
         self._store = store
         self._checkout = checkout
         self._webhooks = webhooks
@@ -41,7 +41,9 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
     async def CreateCheckoutSession(
         self, request: pb.CreateCheckoutSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateCheckoutSessionResponse:
-        principal = await self._authenticator.authenticate(authorization(context))
+        # A key, or a web session (with its CSRF token: buying is a change).
+        caller = await self._callers.identify(credentials(context), changes=True)
+        principal = caller.principal
         # A suspended or banned account buys nothing it could not use.
         check_in_good_standing(principal, self._clock.now())
         account = await self._store.get_account(principal.account_id)

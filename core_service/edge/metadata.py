@@ -1,4 +1,5 @@
-"""Reading call metadata: the caller's credentials, its request id and the end user's signals.
+"""Reading call metadata: the caller's credentials (API key, or web session and CSRF token),
+its request id and the end user's signals.
 
 The keys are the contract's (`MetadataKey` in protos/kyma/contract/v1/contract.proto).
 """
@@ -11,6 +12,7 @@ from collections.abc import Iterable
 
 import grpc
 
+from core_service.accounts.callers import Credentials
 from kyma.contract.v1.constants import REQUEST_ID_PATTERN, REQUEST_ID_PREFIX, MetadataKey
 
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
@@ -43,3 +45,12 @@ def request_id(context: grpc.aio.ServicerContext) -> str:
     if given and _REQUEST_ID.fullmatch(given):
         return given
     return new_request_id()
+
+
+def credentials(context: grpc.aio.ServicerContext) -> Credentials:
+    """The caller's API key, web session and CSRF token, as the call carries them."""
+    return Credentials(
+        authorization=metadata_value(context, MetadataKey.AUTHORIZATION),
+        session=metadata_value(context, MetadataKey.SESSION),
+        csrf=metadata_value(context, MetadataKey.CSRF_TOKEN),
+    )

@@ -20,8 +20,11 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        await self._authenticator.authenticate(authorization(context))
-        return pb.ListModelsResponse(models=[model_message(m) for m in self._catalog.models()])
+        principal = await self._authenticator.authenticate(authorization(context))
+        # A key limited to some models lists those.
+        allowed = principal.key_limits.allowed_models
+        models = [m for m in self._catalog.models() if allowed is None or m.name in allowed]
+        return pb.ListModelsResponse(models=[model_message(m) for m in models])
 
     async def GetModel(
         self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext

@@ -22,8 +22,14 @@ import grpc
 from pydantic import SecretStr
 
 from core_service.accounts.signup import SignupFlow
-from core_service.edge.messages.accounts import account_message, key_message
+from core_service.edge.messages.accounts import (
+    account_message,
+    key_message,
+    session_message,
+    timestamp,
+)
 from core_service.edge.metadata import metadata_value
+from core_service.terms import TermsCatalogue
 from kyma.accounting.v1 import signup_service_pb2 as pb
 from kyma.accounting.v1 import signup_service_pb2_grpc as pb_grpc
 from kyma.contract.v1.constants import MetadataKey
@@ -72,8 +78,9 @@ def client_signals(context: grpc.aio.ServicerContext, bridge_token: bytes) -> Cl
 
 
 class SignupServicer(pb_grpc.SignupServiceServicer):
-    def __init__(self, flow: SignupFlow, *, bridge_token: SecretStr) -> None:
+    def __init__(self, flow: SignupFlow, *, bridge_token: SecretStr, terms: TermsCatalogue) -> None:
         self._flow = flow
+        self._terms = terms
         self._bridge_token = bridge_token.get_secret_value().encode()
         self._warned = False
 
@@ -105,9 +112,31 @@ class SignupServicer(pb_grpc.SignupServiceServicer):
         self, request: pb.CompleteSignupRequest, context: grpc.aio.ServicerContext
     ) -> pb.CompleteSignupResponse:
         signals = self._signals(context)
-        created = await self._flow.complete(request.email, request.code, ip=signals.ip)
-        return pb.CompleteSignupResponse(
+        done = await self._flow.complete(
+            request.email,
+            request.code,
+            ip=signals.ip,
+            session=request.session,
+            accepted_terms_version=request.accepted_terms_version,
+        )
+        created = done.created
+        reply = pb.CompleteSignupResponse(
             account=account_message(created.account, tier=0),
-            api_key=key_message(created.key),
             api_key_secret=created.secret,
+        )
+        if created.key is not None:
+            reply.api_key.CopyFrom(key_message(created.key))
+        if done.session is not None:
+            reply.session.CopyFrom(session_message(done.session.owner))
+            reply.session_token = done.session.token
+        return reply
+
+    async def GetTerms(
+        self, request: pb.GetTermsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetTermsResponse:
+        current = self._terms.current
+        return pb.GetTermsResponse(
+            version=current.version,
+            published_at=timestamp(current.published_at),
+            text=current.text,
         )

@@ -1,5 +1,6 @@
-"""What happened to each inference request, recorded once it ends: Prometheus metrics, and a
-row in the request log (written off the request path, in batches).
+"""What happened to each inference request, recorded once it ends: Prometheus metrics, its
+outcome for the status page (counted in memory), and a row in the request log (written off
+the request path, in batches).
 
 An `Observation` is filled in as the request goes (who, which model and deployment, what it
 used) and ended exactly once, however the request ends: answered, refused, failed, or the
@@ -41,11 +42,23 @@ class Observation:
     _ended: bool = field(default=False, repr=False)
 
 
+class OutcomeSink(Protocol):
+    def count(self, model: str | None, status: str, at: datetime) -> None: ...
+
+
 class RequestObserver:
-    def __init__(self, metrics: CoreMetrics, clock: Clock, log: LogSink | None = None) -> None:
+    def __init__(
+        self,
+        metrics: CoreMetrics,
+        clock: Clock,
+        log: LogSink | None = None,
+        outcomes: OutcomeSink | None = None,
+    ) -> None:
         self._metrics = metrics
         self._clock = clock
         self._log = log
+        # Each model's answered and failed requests, for the status page.
+        self._outcomes = outcomes
 
     def begin(self, endpoint: str, request_id: str, body: bytes, *, stream: bool) -> Observation:
         return Observation(
@@ -83,6 +96,8 @@ class RequestObserver:
             metrics.tokens.labels(model, "prompt").inc(charge.usage.prompt_tokens)
             metrics.tokens.labels(model, "completion").inc(charge.usage.completion_tokens)
             metrics.cost.labels(model).inc(charge.cost_nanos)
+        if self._outcomes is not None:
+            self._outcomes.count(observation.model, observation.status, observation.created_at)
         if self._log is None:
             return
         principal = observation.principal

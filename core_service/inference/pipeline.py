@@ -31,6 +31,7 @@ from core_service.clock import Clock
 from core_service.errors import (
     InvalidRequest,
     KymaError,
+    ModelNotAllowed,
     RateLimited,
     UpstreamError,
     UpstreamUnavailable,
@@ -137,6 +138,13 @@ class InferencePipeline:
         request = parse_request(endpoint, raw, stream=observation.stream)
         model = self._catalog.get(request.model)
         observation.model = model.name
+        allowed = principal.key_limits.allowed_models
+        if allowed is not None and model.name not in allowed:
+            raise ModelNotAllowed(
+                f"This API key may not use the model '{model.name}': its owner allowed only "
+                f"{', '.join(sorted(allowed))}.",
+                param="model",
+            )
         if endpoint not in model.endpoints:
             raise InvalidRequest(
                 f"The model '{model.name}' does not support the {endpoint} endpoint.",

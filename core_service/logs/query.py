@@ -1,7 +1,9 @@
-"""Looking request logs up (admin): by account, request id and time, newest first."""
+"""Looking request logs up: by account, request id and time, newest first (admins), and an
+account's own request history without content (its holder)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -79,3 +81,61 @@ class RequestLogQuery:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(statement)).mappings().all()
         return [RequestLogEntry(**row) for row in rows]
+
+    async def history(
+        self, account_id: str, *, limit: int, before: tuple[datetime, str] | None = None
+    ) -> list[RequestSummary]:
+        """The account's requests, newest first, without their content; `before` (created_at,
+        id) continues after the last of a previous page."""
+        table = REQUEST_LOGS
+        statement = (
+            sa.select(*(table.c[name] for name in _SUMMARY))
+            .where(table.c.account_id == account_id)
+            .order_by(table.c.created_at.desc(), table.c.id.desc())
+            .limit(limit)
+        )
+        if before is not None:
+            at, entry_id = before
+            statement = statement.where(
+                sa.or_(
+                    table.c.created_at < at,
+                    sa.and_(table.c.created_at == at, table.c.id < entry_id),
+                )
+            )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(statement)).mappings().all()
+        return [RequestSummary(**row) for row in rows]
+
+
+_SUMMARY = (
+    "id",
+    "created_at",
+    "request_id",
+    "key_id",
+    "endpoint",
+    "model",
+    "status",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_nanos",
+    "estimated",
+    "stream",
+)
+
+
+@dataclass(frozen=True)
+class RequestSummary:
+    """A logged request without its content (what an account's history lists)."""
+
+    id: str
+    created_at: datetime
+    request_id: str
+    key_id: str | None
+    endpoint: str
+    model: str
+    status: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_nanos: int
+    estimated: bool
+    stream: bool

@@ -223,7 +223,8 @@ async def test_enforcement_through_the_cli(kyma) -> None:
     assert code == 0
     async with kyma.http() as http:
         account = (await http.get("/v1/account", headers=auth)).json()
-    assert [n["message"] for n in account["notices"]] == ["Please stop sharing your key."]
+    warnings = [n["message"] for n in account["notices"] if n["kind"] == "warning"]
+    assert warnings == ["Please stop sharing your key."]
 
     code, _, _ = await kyma_cli(
         kyma,

@@ -58,7 +58,7 @@ class AccountAdmin:
         )
         return pb.CreateAccountResponse(
             account=account_message(created.account, tier=0),
-            api_key=key_message(created.key),
+            api_key=key_message(created.key) if created.key is not None else None,
             api_key_secret=created.secret,
         )
 

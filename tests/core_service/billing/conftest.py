@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
 from decimal import Decimal
 
 import grpc
@@ -14,7 +15,9 @@ import stripe
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core_service.accounts.auth import Authenticator
+from core_service.accounts.callers import Callers
 from core_service.accounts.emails import parse_email
+from core_service.accounts.sessions import SessionPolicy, Sessions
 from core_service.accounts.store import AccountStore
 from core_service.billing.checkout import CheckoutSessions
 from core_service.billing.webhooks import StripeWebhooks
@@ -119,15 +122,25 @@ def checkout(stripe_client: stripe.StripeClient) -> CheckoutSessions:
 
 @pytest_asyncio.fixture
 async def billing_stub(
-    account_store: AccountStore, checkout: CheckoutSessions, webhooks: StripeWebhooks
+    account_store: AccountStore,
+    checkout: CheckoutSessions,
+    webhooks: StripeWebhooks,
+    billing_engine: AsyncEngine,
 ) -> AsyncIterator[billing_service_pb2_grpc.BillingServiceStub]:
     """BillingService on a real grpc.aio server (port 0), wired as the core wires it."""
     authenticator = Authenticator(
         account_store, SystemClock(), TierTable(DEFAULT_TIERS), cache_seconds=0
     )
+    sessions = Sessions(
+        billing_engine,
+        billing_engine,
+        SystemClock(),
+        SessionPolicy(lifetime=timedelta(days=7), idle=timedelta(days=1)),
+    )
     server = grpc.aio.server(interceptors=[ErrorTranslation()])
     billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
-        BillingServicer(authenticator, account_store, checkout, webhooks), server
+        BillingServicer(Callers(authenticator, sessions), account_store, checkout, webhooks),
+        server,
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

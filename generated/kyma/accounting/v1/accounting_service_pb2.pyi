@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -64,6 +65,34 @@ REFERRAL_STATUS_VERIFIED: ReferralStatus.ValueType  # 2
 REFERRAL_STATUS_REJECTED: ReferralStatus.ValueType  # 3
 """Earns nothing (see the flag reason)."""
 Global___ReferralStatus: _TypeAlias = ReferralStatus  # noqa: Y015
+
+class _CapInterval:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CapIntervalEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CapInterval.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CAP_INTERVAL_UNSPECIFIED: _CapInterval.ValueType  # 0
+    """Never: the cap counts everything the key spent."""
+    CAP_INTERVAL_DAILY: _CapInterval.ValueType  # 1
+    """Each UTC day."""
+    CAP_INTERVAL_WEEKLY: _CapInterval.ValueType  # 2
+    """Each ISO week (from Monday 00:00 UTC)."""
+    CAP_INTERVAL_MONTHLY: _CapInterval.ValueType  # 3
+    """Each calendar month (from the 1st, 00:00 UTC)."""
+
+class CapInterval(_CapInterval, metaclass=_CapIntervalEnumTypeWrapper):
+    """How often a key's spend cap starts again: calendar periods in UTC."""
+
+CAP_INTERVAL_UNSPECIFIED: CapInterval.ValueType  # 0
+"""Never: the cap counts everything the key spent."""
+CAP_INTERVAL_DAILY: CapInterval.ValueType  # 1
+"""Each UTC day."""
+CAP_INTERVAL_WEEKLY: CapInterval.ValueType  # 2
+"""Each ISO week (from Monday 00:00 UTC)."""
+CAP_INTERVAL_MONTHLY: CapInterval.ValueType  # 3
+"""Each calendar month (from the 1st, 00:00 UTC)."""
+Global___CapInterval: _TypeAlias = CapInterval  # noqa: Y015
 
 class _LedgerEntryKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -191,13 +220,16 @@ Global___Referral: _TypeAlias = Referral  # noqa: Y015
 
 @_typing.final
 class Notice(_message.Message):
-    """A warning from Kyma's admins, shown to the account holder."""
+    """Something the account holder should read: an admins' warning, or news about their account."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     message: _builtins.str
+    kind: _builtins.str
+    """"warning" (from Kyma's admins) or "terms_changed" (newer terms than the ones accepted)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -205,14 +237,52 @@ class Notice(_message.Message):
         *,
         message: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        kind: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "kind", b"kind", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Notice: _TypeAlias = Notice  # noqa: Y015
+
+@_typing.final
+class KeyLimitsInput(_message.Message):
+    """Limits an owner gives a key (all optional; they only ever restrict)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEND_CAP_USD_FIELD_NUMBER: _builtins.int
+    CAP_INTERVAL_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    ALLOWED_MODELS_FIELD_NUMBER: _builtins.int
+    spend_cap_usd: _builtins.str
+    """Decimal USD, e.g. "10" or "2.50"; empty = no cap."""
+    cap_interval: Global___CapInterval.ValueType
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """After this the key is refused; unset = never. Must be in the future."""
+
+    @_builtins.property
+    def allowed_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The public model names the key may call; empty = every model."""
+
+    def __init__(
+        self,
+        *,
+        spend_cap_usd: _builtins.str = ...,
+        cap_interval: Global___CapInterval.ValueType = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        allowed_models: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_models", b"allowed_models", "cap_interval", b"cap_interval", "expires_at", b"expires_at", "spend_cap_usd", b"spend_cap_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyLimitsInput: _TypeAlias = KeyLimitsInput  # noqa: Y015
 
 @_typing.final
 class ApiKey(_message.Message):
@@ -226,10 +296,18 @@ class ApiKey(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     REVOKED_AT_FIELD_NUMBER: _builtins.int
     LAST_USED_AT_FIELD_NUMBER: _builtins.int
+    SPEND_CAP_FIELD_NUMBER: _builtins.int
+    CAP_INTERVAL_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    ALLOWED_MODELS_FIELD_NUMBER: _builtins.int
+    SPENT_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    CAP_RESETS_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     display_prefix: _builtins.str
     """The first characters of the key, e.g. "ky_4fT9aQ", to recognise it by."""
+    cap_interval: Global___CapInterval.ValueType
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -237,6 +315,30 @@ class ApiKey(_message.Message):
     @_builtins.property
     def last_used_at(self) -> _timestamp_pb2.Timestamp:
         """When it was last used (to within the key cache's few seconds)."""
+
+    @_builtins.property
+    def spend_cap(self) -> Global___Money:
+        """Unset: no cap."""
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset: never expires."""
+
+    @_builtins.property
+    def allowed_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Empty: every model."""
+
+    @_builtins.property
+    def spent(self) -> Global___Money:
+        """Charged through the key in its cap's current period (every charge ever, without an interval)."""
+
+    @_builtins.property
+    def held(self) -> Global___Money:
+        """Set aside for the key's requests in flight."""
+
+    @_builtins.property
+    def cap_resets_at(self) -> _timestamp_pb2.Timestamp:
+        """When the cap's current period ends (unset without an interval)."""
 
     def __init__(
         self,
@@ -247,14 +349,102 @@ class ApiKey(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         revoked_at: _timestamp_pb2.Timestamp | None = ...,
         last_used_at: _timestamp_pb2.Timestamp | None = ...,
+        spend_cap: Global___Money | None = ...,
+        cap_interval: Global___CapInterval.ValueType = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        allowed_models: _abc.Iterable[_builtins.str] | None = ...,
+        spent: Global___Money | None = ...,
+        held: Global___Money | None = ...,
+        cap_resets_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "last_used_at", b"last_used_at", "revoked_at", b"revoked_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cap_resets_at", b"cap_resets_at", "created_at", b"created_at", "expires_at", b"expires_at", "held", b"held", "last_used_at", b"last_used_at", "revoked_at", b"revoked_at", "spend_cap", b"spend_cap", "spent", b"spent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "display_prefix", b"display_prefix", "id", b"id", "last_used_at", b"last_used_at", "name", b"name", "revoked_at", b"revoked_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_models", b"allowed_models", "cap_interval", b"cap_interval", "cap_resets_at", b"cap_resets_at", "created_at", b"created_at", "display_prefix", b"display_prefix", "expires_at", b"expires_at", "held", b"held", "id", b"id", "last_used_at", b"last_used_at", "name", b"name", "revoked_at", b"revoked_at", "spend_cap", b"spend_cap", "spent", b"spent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ApiKey: _TypeAlias = ApiKey  # noqa: Y015
+
+@_typing.final
+class Session(_message.Message):
+    """A web session: how the console is signed in. Its token is given once, when it is made."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    CSRF_TOKEN_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    account_id: _builtins.str
+    email: _builtins.str
+    csrf_token: _builtins.str
+    """What every state-changing call authenticated by this session must carry as x-csrf-token."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When it ends whatever happens (absolute lifetime)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+        csrf_token: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "created_at", b"created_at", "csrf_token", b"csrf_token", "email", b"email", "expires_at", b"expires_at", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Session: _TypeAlias = Session  # noqa: Y015
+
+@_typing.final
+class TermsAcceptance(_message.Message):
+    """Which terms of service the account holder accepted, and which are current."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_VERSION_FIELD_NUMBER: _builtins.int
+    ACCEPTED_AT_FIELD_NUMBER: _builtins.int
+    CURRENT_VERSION_FIELD_NUMBER: _builtins.int
+    NEEDS_ACCEPTANCE_FIELD_NUMBER: _builtins.int
+    IN_USE_VERSION_FIELD_NUMBER: _builtins.int
+    IN_USE_SINCE_FIELD_NUMBER: _builtins.int
+    accepted_version: _builtins.str
+    current_version: _builtins.str
+    needs_acceptance: _builtins.bool
+    """The accepted version is not the current one: the account holder should read the new terms."""
+    in_use_version: _builtins.str
+    """Continued use under newer terms than the accepted ones: the version, and when it began."""
+    @_builtins.property
+    def accepted_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def in_use_since(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        accepted_version: _builtins.str = ...,
+        accepted_at: _timestamp_pb2.Timestamp | None = ...,
+        current_version: _builtins.str = ...,
+        needs_acceptance: _builtins.bool = ...,
+        in_use_version: _builtins.str = ...,
+        in_use_since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "in_use_since", b"in_use_since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "accepted_version", b"accepted_version", "current_version", b"current_version", "in_use_since", b"in_use_since", "in_use_version", b"in_use_version", "needs_acceptance", b"needs_acceptance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TermsAcceptance: _TypeAlias = TermsAcceptance  # noqa: Y015
 
 @_typing.final
 class Money(_message.Message):
@@ -344,6 +534,8 @@ class GetAccountResponse(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     NOTICES_FIELD_NUMBER: _builtins.int
     REFERRAL_LINK_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    LOW_BALANCE_THRESHOLD_FIELD_NUMBER: _builtins.int
     referral_link: _builtins.str
     """A sign-up link carrying the account's referral code."""
     @_builtins.property
@@ -356,6 +548,12 @@ class GetAccountResponse(_message.Message):
 
     @_builtins.property
     def notices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Notice]: ...
+    @_builtins.property
+    def terms(self) -> Global___TermsAcceptance: ...
+    @_builtins.property
+    def low_balance_threshold(self) -> Global___Money:
+        """An email goes out each time the available balance falls below it; unset = no alert."""
+
     def __init__(
         self,
         *,
@@ -364,14 +562,204 @@ class GetAccountResponse(_message.Message):
         limits: _ratelimit_service_pb2.TierLimits | None = ...,
         notices: _abc.Iterable[Global___Notice] | None = ...,
         referral_link: _builtins.str = ...,
+        terms: Global___TermsAcceptance | None = ...,
+        low_balance_threshold: Global___Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "limits", b"limits", "low_balance_threshold", b"low_balance_threshold", "terms", b"terms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "limits", b"limits", "notices", b"notices", "referral_link", b"referral_link"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "limits", b"limits", "low_balance_threshold", b"low_balance_threshold", "notices", b"notices", "referral_link", b"referral_link", "terms", b"terms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAccountResponse: _TypeAlias = GetAccountResponse  # noqa: Y015
+
+@_typing.final
+class UpdateAccountRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOW_BALANCE_THRESHOLD_USD_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    low_balance_threshold_usd: _builtins.str
+    """Decimal USD; empty (with the path in update_mask) = no alert."""
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Which fields to change: "low_balance_threshold_usd"."""
+
+    def __init__(
+        self,
+        *,
+        low_balance_threshold_usd: _builtins.str = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["low_balance_threshold_usd", b"low_balance_threshold_usd", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateAccountRequest: _TypeAlias = UpdateAccountRequest  # noqa: Y015
+
+@_typing.final
+class UpdateAccountResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> Global___GetAccountResponse: ...
+    def __init__(
+        self,
+        *,
+        account: Global___GetAccountResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateAccountResponse: _TypeAlias = UpdateAccountResponse  # noqa: Y015
+
+@_typing.final
+class AcceptTermsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """Must be the current version (what the person read)."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcceptTermsRequest: _TypeAlias = AcceptTermsRequest  # noqa: Y015
+
+@_typing.final
+class AcceptTermsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TERMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def terms(self) -> Global___TermsAcceptance: ...
+    def __init__(
+        self,
+        *,
+        terms: Global___TermsAcceptance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["terms", b"terms"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcceptTermsResponse: _TypeAlias = AcceptTermsResponse  # noqa: Y015
+
+@_typing.final
+class RequestSummary(_message.Message):
+    """One inference request, as its owner sees it in the history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    ESTIMATED_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    endpoint: _builtins.str
+    model: _builtins.str
+    status: _builtins.str
+    """"ok" or the error reason (e.g. RATE_LIMIT_EXCEEDED)."""
+    prompt_tokens: _builtins.int
+    completion_tokens: _builtins.int
+    stream: _builtins.bool
+    estimated: _builtins.bool
+    key_id: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def cost(self) -> Global___Money: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        endpoint: _builtins.str = ...,
+        model: _builtins.str = ...,
+        status: _builtins.str = ...,
+        prompt_tokens: _builtins.int = ...,
+        completion_tokens: _builtins.int = ...,
+        cost: Global___Money | None = ...,
+        stream: _builtins.bool = ...,
+        estimated: _builtins.bool = ...,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "cost", b"cost", "created_at", b"created_at", "endpoint", b"endpoint", "estimated", b"estimated", "key_id", b"key_id", "model", b"model", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "status", b"status", "stream", b"stream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestSummary: _TypeAlias = RequestSummary  # noqa: Y015
+
+@_typing.final
+class ListRequestsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """1..200; 0 = 50."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty = the newest."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRequestsRequest: _TypeAlias = ListRequestsRequest  # noqa: Y015
+
+@_typing.final
+class ListRequestsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when there are no older requests."""
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___RequestSummary]: ...
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___RequestSummary] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRequestsResponse: _TypeAlias = ListRequestsResponse  # noqa: Y015
 
 @_typing.final
 class ListApiKeysRequest(_message.Message):
@@ -413,16 +801,20 @@ class CreateApiKeyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Up to 100 printable characters; "default" when empty."""
+    @_builtins.property
+    def limits(self) -> Global___KeyLimitsInput: ...
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        limits: Global___KeyLimitsInput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -490,6 +882,60 @@ class RevokeApiKeyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeApiKeyResponse: _TypeAlias = RevokeApiKeyResponse  # noqa: Y015
+
+@_typing.final
+class UpdateApiKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    @_builtins.property
+    def limits(self) -> Global___KeyLimitsInput: ...
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Which fields to change: "name", "spend_cap_usd", "cap_interval", "expires_at",
+        "allowed_models". A named field left empty clears that limit.
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        limits: Global___KeyLimitsInput | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "limits", b"limits", "name", b"name", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateApiKeyRequest: _TypeAlias = UpdateApiKeyRequest  # noqa: Y015
+
+@_typing.final
+class UpdateApiKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def key(self) -> Global___ApiKey: ...
+    def __init__(
+        self,
+        *,
+        key: Global___ApiKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateApiKeyResponse: _TypeAlias = UpdateApiKeyResponse  # noqa: Y015
 
 @_typing.final
 class UsageRow(_message.Message):

@@ -27,7 +27,8 @@ if _version_not_supported:
 
 class AccountingServiceStub:
     """AccountingService is what an account holder sees of their own account.
-    Callers authenticate with the metadata `authorization: Bearer <api key>`.
+    Callers authenticate with the metadata `authorization: Bearer <api key>`, or with a web
+    session (`x-kyma-session`; then calls that change something also need `x-csrf-token`).
     """
 
     def __init__(self, channel):
@@ -40,6 +41,21 @@ class AccountingServiceStub:
                 '/kyma.accounting.v1.AccountingService/GetAccount',
                 request_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetAccountRequest.SerializeToString,
                 response_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetAccountResponse.FromString,
+                _registered_method=True)
+        self.UpdateAccount = channel.unary_unary(
+                '/kyma.accounting.v1.AccountingService/UpdateAccount',
+                request_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.UpdateAccountRequest.SerializeToString,
+                response_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.UpdateAccountResponse.FromString,
+                _registered_method=True)
+        self.AcceptTerms = channel.unary_unary(
+                '/kyma.accounting.v1.AccountingService/AcceptTerms',
+                request_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.AcceptTermsRequest.SerializeToString,
+                response_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.AcceptTermsResponse.FromString,
+                _registered_method=True)
+        self.ListRequests = channel.unary_unary(
+                '/kyma.accounting.v1.AccountingService/ListRequests',
+                request_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListRequestsRequest.SerializeToString,
+                response_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListRequestsResponse.FromString,
                 _registered_method=True)
         self.GetUsage = channel.unary_unary(
                 '/kyma.accounting.v1.AccountingService/GetUsage',
@@ -66,6 +82,11 @@ class AccountingServiceStub:
                 request_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.RevokeApiKeyResponse.FromString,
                 _registered_method=True)
+        self.UpdateApiKey = channel.unary_unary(
+                '/kyma.accounting.v1.AccountingService/UpdateApiKey',
+                request_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.UpdateApiKeyRequest.SerializeToString,
+                response_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.UpdateApiKeyResponse.FromString,
+                _registered_method=True)
         self.ListReferrals = channel.unary_unary(
                 '/kyma.accounting.v1.AccountingService/ListReferrals',
                 request_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListReferralsRequest.SerializeToString,
@@ -75,11 +96,33 @@ class AccountingServiceStub:
 
 class AccountingServiceServicer:
     """AccountingService is what an account holder sees of their own account.
-    Callers authenticate with the metadata `authorization: Bearer <api key>`.
+    Callers authenticate with the metadata `authorization: Bearer <api key>`, or with a web
+    session (`x-kyma-session`; then calls that change something also need `x-csrf-token`).
     """
 
     def GetAccount(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateAccount(self, request, context):
+        """Changes the account's own settings (the low-balance alert threshold).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcceptTerms(self, request, context):
+        """Records that the account holder accepted the current terms of service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRequests(self, request, context):
+        """The account's inference requests, newest first, a page at a time.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -119,6 +162,13 @@ class AccountingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateApiKey(self, request, context):
+        """Changes a key's name or limits (spend cap, expiry, model allow-list).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListReferrals(self, request, context):
         """The accounts this account referred, newest first.
         """
@@ -133,6 +183,21 @@ def add_AccountingServiceServicer_to_server(servicer, server):
                     servicer.GetAccount,
                     request_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetAccountRequest.FromString,
                     response_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetAccountResponse.SerializeToString,
+            ),
+            'UpdateAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAccount,
+                    request_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.UpdateAccountRequest.FromString,
+                    response_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.UpdateAccountResponse.SerializeToString,
+            ),
+            'AcceptTerms': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptTerms,
+                    request_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.AcceptTermsRequest.FromString,
+                    response_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.AcceptTermsResponse.SerializeToString,
+            ),
+            'ListRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRequests,
+                    request_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListRequestsRequest.FromString,
+                    response_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListRequestsResponse.SerializeToString,
             ),
             'GetUsage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUsage,
@@ -159,6 +224,11 @@ def add_AccountingServiceServicer_to_server(servicer, server):
                     request_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.RevokeApiKeyResponse.SerializeToString,
             ),
+            'UpdateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateApiKey,
+                    request_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.UpdateApiKeyRequest.FromString,
+                    response_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.UpdateApiKeyResponse.SerializeToString,
+            ),
             'ListReferrals': grpc.unary_unary_rpc_method_handler(
                     servicer.ListReferrals,
                     request_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListReferralsRequest.FromString,
@@ -174,7 +244,8 @@ def add_AccountingServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AccountingService:
     """AccountingService is what an account holder sees of their own account.
-    Callers authenticate with the metadata `authorization: Bearer <api key>`.
+    Callers authenticate with the metadata `authorization: Bearer <api key>`, or with a web
+    session (`x-kyma-session`; then calls that change something also need `x-csrf-token`).
     """
 
     @staticmethod
@@ -194,6 +265,87 @@ class AccountingService:
             '/kyma.accounting.v1.AccountingService/GetAccount',
             kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetAccountRequest.SerializeToString,
             kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.accounting.v1.AccountingService/UpdateAccount',
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.UpdateAccountRequest.SerializeToString,
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.UpdateAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptTerms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.accounting.v1.AccountingService/AcceptTerms',
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.AcceptTermsRequest.SerializeToString,
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.AcceptTermsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.accounting.v1.AccountingService/ListRequests',
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListRequestsRequest.SerializeToString,
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListRequestsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -329,6 +481,33 @@ class AccountingService:
             '/kyma.accounting.v1.AccountingService/RevokeApiKey',
             kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.RevokeApiKeyRequest.SerializeToString,
             kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.accounting.v1.AccountingService/UpdateApiKey',
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.UpdateApiKeyRequest.SerializeToString,
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.UpdateApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

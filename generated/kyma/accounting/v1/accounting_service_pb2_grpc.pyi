@@ -28,7 +28,8 @@ GRPC_VERSION: str
 
 class AccountingServiceStub:
     """AccountingService is what an account holder sees of their own account.
-    Callers authenticate with the metadata `authorization: Bearer <api key>`.
+    Callers authenticate with the metadata `authorization: Bearer <api key>`, or with a web
+    session (`x-kyma-session`; then calls that change something also need `x-csrf-token`).
     """
 
     @_typing.overload
@@ -36,6 +37,12 @@ class AccountingServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AccountingServiceAsyncStub: ...
     GetAccount: _grpc.UnaryUnaryMultiCallable[_accounting_service_pb2.GetAccountRequest, _accounting_service_pb2.GetAccountResponse]
+    UpdateAccount: _grpc.UnaryUnaryMultiCallable[_accounting_service_pb2.UpdateAccountRequest, _accounting_service_pb2.UpdateAccountResponse]
+    """Changes the account's own settings (the low-balance alert threshold)."""
+    AcceptTerms: _grpc.UnaryUnaryMultiCallable[_accounting_service_pb2.AcceptTermsRequest, _accounting_service_pb2.AcceptTermsResponse]
+    """Records that the account holder accepted the current terms of service."""
+    ListRequests: _grpc.UnaryUnaryMultiCallable[_accounting_service_pb2.ListRequestsRequest, _accounting_service_pb2.ListRequestsResponse]
+    """The account's inference requests, newest first, a page at a time."""
     GetUsage: _grpc.UnaryUnaryMultiCallable[_accounting_service_pb2.GetUsageRequest, _accounting_service_pb2.GetUsageResponse]
     """Usage per model and UTC day, newest day first."""
     ListLedgerEntries: _grpc.UnaryUnaryMultiCallable[_accounting_service_pb2.ListLedgerEntriesRequest, _accounting_service_pb2.ListLedgerEntriesResponse]
@@ -46,17 +53,26 @@ class AccountingServiceStub:
     """A new key; its secret is in the response and nowhere else, ever."""
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_accounting_service_pb2.RevokeApiKeyRequest, _accounting_service_pb2.RevokeApiKeyResponse]
     """Revokes a key of the account; every node refuses it within seconds."""
+    UpdateApiKey: _grpc.UnaryUnaryMultiCallable[_accounting_service_pb2.UpdateApiKeyRequest, _accounting_service_pb2.UpdateApiKeyResponse]
+    """Changes a key's name or limits (spend cap, expiry, model allow-list)."""
     ListReferrals: _grpc.UnaryUnaryMultiCallable[_accounting_service_pb2.ListReferralsRequest, _accounting_service_pb2.ListReferralsResponse]
     """The accounts this account referred, newest first."""
 
 @_typing.type_check_only
 class AccountingServiceAsyncStub(AccountingServiceStub):
     """AccountingService is what an account holder sees of their own account.
-    Callers authenticate with the metadata `authorization: Bearer <api key>`.
+    Callers authenticate with the metadata `authorization: Bearer <api key>`, or with a web
+    session (`x-kyma-session`; then calls that change something also need `x-csrf-token`).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetAccount: _aio.UnaryUnaryMultiCallable[_accounting_service_pb2.GetAccountRequest, _accounting_service_pb2.GetAccountResponse]  # type: ignore[assignment]
+    UpdateAccount: _aio.UnaryUnaryMultiCallable[_accounting_service_pb2.UpdateAccountRequest, _accounting_service_pb2.UpdateAccountResponse]  # type: ignore[assignment]
+    """Changes the account's own settings (the low-balance alert threshold)."""
+    AcceptTerms: _aio.UnaryUnaryMultiCallable[_accounting_service_pb2.AcceptTermsRequest, _accounting_service_pb2.AcceptTermsResponse]  # type: ignore[assignment]
+    """Records that the account holder accepted the current terms of service."""
+    ListRequests: _aio.UnaryUnaryMultiCallable[_accounting_service_pb2.ListRequestsRequest, _accounting_service_pb2.ListRequestsResponse]  # type: ignore[assignment]
+    """The account's inference requests, newest first, a page at a time."""
     GetUsage: _aio.UnaryUnaryMultiCallable[_accounting_service_pb2.GetUsageRequest, _accounting_service_pb2.GetUsageResponse]  # type: ignore[assignment]
     """Usage per model and UTC day, newest day first."""
     ListLedgerEntries: _aio.UnaryUnaryMultiCallable[_accounting_service_pb2.ListLedgerEntriesRequest, _accounting_service_pb2.ListLedgerEntriesResponse]  # type: ignore[assignment]
@@ -67,12 +83,15 @@ class AccountingServiceAsyncStub(AccountingServiceStub):
     """A new key; its secret is in the response and nowhere else, ever."""
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_accounting_service_pb2.RevokeApiKeyRequest, _accounting_service_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
     """Revokes a key of the account; every node refuses it within seconds."""
+    UpdateApiKey: _aio.UnaryUnaryMultiCallable[_accounting_service_pb2.UpdateApiKeyRequest, _accounting_service_pb2.UpdateApiKeyResponse]  # type: ignore[assignment]
+    """Changes a key's name or limits (spend cap, expiry, model allow-list)."""
     ListReferrals: _aio.UnaryUnaryMultiCallable[_accounting_service_pb2.ListReferralsRequest, _accounting_service_pb2.ListReferralsResponse]  # type: ignore[assignment]
     """The accounts this account referred, newest first."""
 
 class AccountingServiceServicer(metaclass=_abc_1.ABCMeta):
     """AccountingService is what an account holder sees of their own account.
-    Callers authenticate with the metadata `authorization: Bearer <api key>`.
+    Callers authenticate with the metadata `authorization: Bearer <api key>`, or with a web
+    session (`x-kyma-session`; then calls that change something also need `x-csrf-token`).
     """
 
     @_abc_1.abstractmethod
@@ -81,6 +100,30 @@ class AccountingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _accounting_service_pb2.GetAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_accounting_service_pb2.GetAccountResponse, _abc.Awaitable[_accounting_service_pb2.GetAccountResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateAccount(
+        self,
+        request: _accounting_service_pb2.UpdateAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounting_service_pb2.UpdateAccountResponse, _abc.Awaitable[_accounting_service_pb2.UpdateAccountResponse]]:
+        """Changes the account's own settings (the low-balance alert threshold)."""
+
+    @_abc_1.abstractmethod
+    def AcceptTerms(
+        self,
+        request: _accounting_service_pb2.AcceptTermsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounting_service_pb2.AcceptTermsResponse, _abc.Awaitable[_accounting_service_pb2.AcceptTermsResponse]]:
+        """Records that the account holder accepted the current terms of service."""
+
+    @_abc_1.abstractmethod
+    def ListRequests(
+        self,
+        request: _accounting_service_pb2.ListRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounting_service_pb2.ListRequestsResponse, _abc.Awaitable[_accounting_service_pb2.ListRequestsResponse]]:
+        """The account's inference requests, newest first, a page at a time."""
 
     @_abc_1.abstractmethod
     def GetUsage(
@@ -121,6 +164,14 @@ class AccountingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_accounting_service_pb2.RevokeApiKeyResponse, _abc.Awaitable[_accounting_service_pb2.RevokeApiKeyResponse]]:
         """Revokes a key of the account; every node refuses it within seconds."""
+
+    @_abc_1.abstractmethod
+    def UpdateApiKey(
+        self,
+        request: _accounting_service_pb2.UpdateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounting_service_pb2.UpdateApiKeyResponse, _abc.Awaitable[_accounting_service_pb2.UpdateApiKeyResponse]]:
+        """Changes a key's name or limits (spend cap, expiry, model allow-list)."""
 
     @_abc_1.abstractmethod
     def ListReferrals(

@@ -22,24 +22,29 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from kyma.accounting.v1 import accounting_service_pb2 as kyma_dot_accounting_dot_v1_dot_accounting__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'kyma/accounting/v1/signup_service.proto\x12\x12kyma.accounting.v1\x1a+kyma/accounting/v1/accounting_service.proto\":\n\x12StartSignupRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x15\n\rreferral_code\x18\x02 \x01(\t\"1\n\x13StartSignupResponse\x12\x1a\n\x12\x65xpires_in_seconds\x18\x01 \x01(\x03\"4\n\x15\x43ompleteSignupRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\"\x8b\x01\n\x16\x43ompleteSignupResponse\x12,\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1b.kyma.accounting.v1.Account\x12+\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x1a.kyma.accounting.v1.ApiKey\x12\x16\n\x0e\x61pi_key_secret\x18\x03 \x01(\t2\xd8\x01\n\rSignupService\x12^\n\x0bStartSignup\x12&.kyma.accounting.v1.StartSignupRequest\x1a\'.kyma.accounting.v1.StartSignupResponse\x12g\n\x0e\x43ompleteSignup\x12).kyma.accounting.v1.CompleteSignupRequest\x1a*.kyma.accounting.v1.CompleteSignupResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'kyma/accounting/v1/signup_service.proto\x12\x12kyma.accounting.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a+kyma/accounting/v1/accounting_service.proto\":\n\x12StartSignupRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x15\n\rreferral_code\x18\x02 \x01(\t\"1\n\x13StartSignupResponse\x12\x1a\n\x12\x65xpires_in_seconds\x18\x01 \x01(\x03\"e\n\x15\x43ompleteSignupRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07session\x18\x03 \x01(\x08\x12\x1e\n\x16\x61\x63\x63\x65pted_terms_version\x18\x04 \x01(\t\"\xd0\x01\n\x16\x43ompleteSignupResponse\x12,\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1b.kyma.accounting.v1.Account\x12+\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x1a.kyma.accounting.v1.ApiKey\x12\x16\n\x0e\x61pi_key_secret\x18\x03 \x01(\t\x12,\n\x07session\x18\x04 \x01(\x0b\x32\x1b.kyma.accounting.v1.Session\x12\x15\n\rsession_token\x18\x05 \x01(\t\"\x11\n\x0fGetTermsRequest\"c\n\x10GetTermsResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x30\n\x0cpublished_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04text\x18\x03 \x01(\t2\xaf\x02\n\rSignupService\x12^\n\x0bStartSignup\x12&.kyma.accounting.v1.StartSignupRequest\x1a\'.kyma.accounting.v1.StartSignupResponse\x12g\n\x0e\x43ompleteSignup\x12).kyma.accounting.v1.CompleteSignupRequest\x1a*.kyma.accounting.v1.CompleteSignupResponse\x12U\n\x08GetTerms\x12#.kyma.accounting.v1.GetTermsRequest\x1a$.kyma.accounting.v1.GetTermsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kyma.accounting.v1.signup_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STARTSIGNUPREQUEST']._serialized_start=108
-  _globals['_STARTSIGNUPREQUEST']._serialized_end=166
-  _globals['_STARTSIGNUPRESPONSE']._serialized_start=168
-  _globals['_STARTSIGNUPRESPONSE']._serialized_end=217
-  _globals['_COMPLETESIGNUPREQUEST']._serialized_start=219
-  _globals['_COMPLETESIGNUPREQUEST']._serialized_end=271
-  _globals['_COMPLETESIGNUPRESPONSE']._serialized_start=274
-  _globals['_COMPLETESIGNUPRESPONSE']._serialized_end=413
-  _globals['_SIGNUPSERVICE']._serialized_start=416
-  _globals['_SIGNUPSERVICE']._serialized_end=632
+  _globals['_STARTSIGNUPREQUEST']._serialized_start=141
+  _globals['_STARTSIGNUPREQUEST']._serialized_end=199
+  _globals['_STARTSIGNUPRESPONSE']._serialized_start=201
+  _globals['_STARTSIGNUPRESPONSE']._serialized_end=250
+  _globals['_COMPLETESIGNUPREQUEST']._serialized_start=252
+  _globals['_COMPLETESIGNUPREQUEST']._serialized_end=353
+  _globals['_COMPLETESIGNUPRESPONSE']._serialized_start=356
+  _globals['_COMPLETESIGNUPRESPONSE']._serialized_end=564
+  _globals['_GETTERMSREQUEST']._serialized_start=566
+  _globals['_GETTERMSREQUEST']._serialized_end=583
+  _globals['_GETTERMSRESPONSE']._serialized_start=585
+  _globals['_GETTERMSRESPONSE']._serialized_end=684
+  _globals['_SIGNUPSERVICE']._serialized_start=687
+  _globals['_SIGNUPSERVICE']._serialized_end=990
 # @@protoc_insertion_point(module_scope)

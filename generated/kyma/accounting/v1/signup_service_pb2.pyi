@@ -5,6 +5,7 @@ isort:skip_file
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from kyma.accounting.v1 import accounting_service_pb2 as _accounting_service_pb2
 import builtins as _builtins
 import sys
@@ -66,17 +67,27 @@ class CompleteSignupRequest(_message.Message):
 
     EMAIL_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    ACCEPTED_TERMS_VERSION_FIELD_NUMBER: _builtins.int
     email: _builtins.str
     code: _builtins.str
+    session: _builtins.bool
+    """Start a web session instead of making the first API key (the console does)."""
+    accepted_terms_version: _builtins.str
+    """The terms version the person accepted; when given it must be the current one. Empty: the
+    current terms are recorded as accepted by signing up.
+    """
     def __init__(
         self,
         *,
         email: _builtins.str = ...,
         code: _builtins.str = ...,
+        session: _builtins.bool = ...,
+        accepted_terms_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "email", b"email"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_terms_version", b"accepted_terms_version", "code", b"code", "email", b"email", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -89,23 +100,77 @@ class CompleteSignupResponse(_message.Message):
     ACCOUNT_FIELD_NUMBER: _builtins.int
     API_KEY_FIELD_NUMBER: _builtins.int
     API_KEY_SECRET_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
     api_key_secret: _builtins.str
     """The API key itself. Shown this once; Kyma keeps only its hash."""
+    session_token: _builtins.str
     @_builtins.property
     def account(self) -> _accounting_service_pb2.Account: ...
     @_builtins.property
-    def api_key(self) -> _accounting_service_pb2.ApiKey: ...
+    def api_key(self) -> _accounting_service_pb2.ApiKey:
+        """Unset with `session`."""
+
+    @_builtins.property
+    def session(self) -> _accounting_service_pb2.Session:
+        """With `session`: the new session, and its token (shown this once)."""
+
     def __init__(
         self,
         *,
         account: _accounting_service_pb2.Account | None = ...,
         api_key: _accounting_service_pb2.ApiKey | None = ...,
         api_key_secret: _builtins.str = ...,
+        session: _accounting_service_pb2.Session | None = ...,
+        session_token: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "api_key", b"api_key"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "api_key", b"api_key", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "api_key", b"api_key", "api_key_secret", b"api_key_secret"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "api_key", b"api_key", "api_key_secret", b"api_key_secret", "session", b"session", "session_token", b"session_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CompleteSignupResponse: _TypeAlias = CompleteSignupResponse  # noqa: Y015
+
+@_typing.final
+class GetTermsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTermsRequest: _TypeAlias = GetTermsRequest  # noqa: Y015
+
+@_typing.final
+class GetTermsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    PUBLISHED_AT_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """The version's id (its publication date, e.g. "2026-12-01")."""
+    text: _builtins.str
+    """The terms as plain text."""
+    @_builtins.property
+    def published_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        published_at: _timestamp_pb2.Timestamp | None = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["published_at", b"published_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["published_at", b"published_at", "text", b"text", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTermsResponse: _TypeAlias = GetTermsResponse  # noqa: Y015

@@ -48,6 +48,11 @@ class SignupServiceStub:
                 request_serializer=kyma_dot_accounting_dot_v1_dot_signup__service__pb2.CompleteSignupRequest.SerializeToString,
                 response_deserializer=kyma_dot_accounting_dot_v1_dot_signup__service__pb2.CompleteSignupResponse.FromString,
                 _registered_method=True)
+        self.GetTerms = channel.unary_unary(
+                '/kyma.accounting.v1.SignupService/GetTerms',
+                request_serializer=kyma_dot_accounting_dot_v1_dot_signup__service__pb2.GetTermsRequest.SerializeToString,
+                response_deserializer=kyma_dot_accounting_dot_v1_dot_signup__service__pb2.GetTermsResponse.FromString,
+                _registered_method=True)
 
 
 class SignupServiceServicer:
@@ -65,7 +70,15 @@ class SignupServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CompleteSignup(self, request, context):
-        """Checks the code and creates the account, with its welcome bonus and first API key.
+        """Checks the code and creates the account, with its welcome bonus and first API key (or,
+        with `session`, a web session instead of a key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTerms(self, request, context):
+        """The current terms of service, which a sign-up accepts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -83,6 +96,11 @@ def add_SignupServiceServicer_to_server(servicer, server):
                     servicer.CompleteSignup,
                     request_deserializer=kyma_dot_accounting_dot_v1_dot_signup__service__pb2.CompleteSignupRequest.FromString,
                     response_serializer=kyma_dot_accounting_dot_v1_dot_signup__service__pb2.CompleteSignupResponse.SerializeToString,
+            ),
+            'GetTerms': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTerms,
+                    request_deserializer=kyma_dot_accounting_dot_v1_dot_signup__service__pb2.GetTermsRequest.FromString,
+                    response_serializer=kyma_dot_accounting_dot_v1_dot_signup__service__pb2.GetTermsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -143,6 +161,33 @@ class SignupService:
             '/kyma.accounting.v1.SignupService/CompleteSignup',
             kyma_dot_accounting_dot_v1_dot_signup__service__pb2.CompleteSignupRequest.SerializeToString,
             kyma_dot_accounting_dot_v1_dot_signup__service__pb2.CompleteSignupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTerms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.accounting.v1.SignupService/GetTerms',
+            kyma_dot_accounting_dot_v1_dot_signup__service__pb2.GetTermsRequest.SerializeToString,
+            kyma_dot_accounting_dot_v1_dot_signup__service__pb2.GetTermsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,7 +40,11 @@ class SignupServiceStub:
     StartSignup: _grpc.UnaryUnaryMultiCallable[_signup_service_pb2.StartSignupRequest, _signup_service_pb2.StartSignupResponse]
     """Sends a one-time code to the address (replacing any earlier one)."""
     CompleteSignup: _grpc.UnaryUnaryMultiCallable[_signup_service_pb2.CompleteSignupRequest, _signup_service_pb2.CompleteSignupResponse]
-    """Checks the code and creates the account, with its welcome bonus and first API key."""
+    """Checks the code and creates the account, with its welcome bonus and first API key (or,
+    with `session`, a web session instead of a key).
+    """
+    GetTerms: _grpc.UnaryUnaryMultiCallable[_signup_service_pb2.GetTermsRequest, _signup_service_pb2.GetTermsResponse]
+    """The current terms of service, which a sign-up accepts."""
 
 @_typing.type_check_only
 class SignupServiceAsyncStub(SignupServiceStub):
@@ -54,7 +58,11 @@ class SignupServiceAsyncStub(SignupServiceStub):
     StartSignup: _aio.UnaryUnaryMultiCallable[_signup_service_pb2.StartSignupRequest, _signup_service_pb2.StartSignupResponse]  # type: ignore[assignment]
     """Sends a one-time code to the address (replacing any earlier one)."""
     CompleteSignup: _aio.UnaryUnaryMultiCallable[_signup_service_pb2.CompleteSignupRequest, _signup_service_pb2.CompleteSignupResponse]  # type: ignore[assignment]
-    """Checks the code and creates the account, with its welcome bonus and first API key."""
+    """Checks the code and creates the account, with its welcome bonus and first API key (or,
+    with `session`, a web session instead of a key).
+    """
+    GetTerms: _aio.UnaryUnaryMultiCallable[_signup_service_pb2.GetTermsRequest, _signup_service_pb2.GetTermsResponse]  # type: ignore[assignment]
+    """The current terms of service, which a sign-up accepts."""
 
 class SignupServiceServicer(metaclass=_abc_1.ABCMeta):
     """SignupService creates accounts from verified email addresses: one account per person.
@@ -77,6 +85,16 @@ class SignupServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _signup_service_pb2.CompleteSignupRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_signup_service_pb2.CompleteSignupResponse, _abc.Awaitable[_signup_service_pb2.CompleteSignupResponse]]:
-        """Checks the code and creates the account, with its welcome bonus and first API key."""
+        """Checks the code and creates the account, with its welcome bonus and first API key (or,
+        with `session`, a web session instead of a key).
+        """
+
+    @_abc_1.abstractmethod
+    def GetTerms(
+        self,
+        request: _signup_service_pb2.GetTermsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signup_service_pb2.GetTermsResponse, _abc.Awaitable[_signup_service_pb2.GetTermsResponse]]:
+        """The current terms of service, which a sign-up accepts."""
 
 def add_SignupServiceServicer_to_server(servicer: SignupServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,6 +12,7 @@ from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from kyma.accounting.v1 import accounting_service_pb2 as _accounting_service_pb2
 from kyma.ratelimit.v1 import ratelimit_pb2 as _ratelimit_pb2
 from kyma.ratelimit.v1 import ratelimit_service_pb2 as _ratelimit_service_pb2
+from kyma.status.v1 import status_service_pb2 as _status_service_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -1181,3 +1182,210 @@ class PurgeRequestLogsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PurgeRequestLogsResponse: _TypeAlias = PurgeRequestLogsResponse  # noqa: Y015
+
+@_typing.final
+class PostIncidentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TITLE_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    title: _builtins.str
+    body: _builtins.str
+    """What users read: what is wrong, what is affected."""
+    status: _status_service_pb2.IncidentStatus.ValueType
+    """UNSPECIFIED = INVESTIGATING; not RESOLVED."""
+    actor: _builtins.str
+    """Who posts it (the reason is the body)."""
+    def __init__(
+        self,
+        *,
+        title: _builtins.str = ...,
+        body: _builtins.str = ...,
+        status: _status_service_pb2.IncidentStatus.ValueType = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "body", b"body", "status", b"status", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PostIncidentRequest: _TypeAlias = PostIncidentRequest  # noqa: Y015
+
+@_typing.final
+class PostIncidentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_FIELD_NUMBER: _builtins.int
+    AUDIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def incident(self) -> _status_service_pb2.Incident: ...
+    @_builtins.property
+    def audit(self) -> Global___AuditEntry: ...
+    def __init__(
+        self,
+        *,
+        incident: _status_service_pb2.Incident | None = ...,
+        audit: Global___AuditEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "incident", b"incident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "incident", b"incident"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PostIncidentResponse: _TypeAlias = PostIncidentResponse  # noqa: Y015
+
+@_typing.final
+class UpdateIncidentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    body: _builtins.str
+    """The latest word on it."""
+    status: _status_service_pb2.IncidentStatus.ValueType
+    """UNSPECIFIED = unchanged; RESOLVED resolves it (as ResolveIncident)."""
+    title: _builtins.str
+    """Empty = unchanged."""
+    actor: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        body: _builtins.str = ...,
+        status: _status_service_pb2.IncidentStatus.ValueType = ...,
+        title: _builtins.str = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "body", b"body", "id", b"id", "status", b"status", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateIncidentRequest: _TypeAlias = UpdateIncidentRequest  # noqa: Y015
+
+@_typing.final
+class UpdateIncidentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_FIELD_NUMBER: _builtins.int
+    AUDIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def incident(self) -> _status_service_pb2.Incident: ...
+    @_builtins.property
+    def audit(self) -> Global___AuditEntry: ...
+    def __init__(
+        self,
+        *,
+        incident: _status_service_pb2.Incident | None = ...,
+        audit: Global___AuditEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "incident", b"incident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "incident", b"incident"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateIncidentResponse: _TypeAlias = UpdateIncidentResponse  # noqa: Y015
+
+@_typing.final
+class ResolveIncidentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    body: _builtins.str
+    """Empty: "Resolved." """
+    actor: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        body: _builtins.str = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "body", b"body", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveIncidentRequest: _TypeAlias = ResolveIncidentRequest  # noqa: Y015
+
+@_typing.final
+class ResolveIncidentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_FIELD_NUMBER: _builtins.int
+    AUDIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def incident(self) -> _status_service_pb2.Incident: ...
+    @_builtins.property
+    def audit(self) -> Global___AuditEntry: ...
+    def __init__(
+        self,
+        *,
+        incident: _status_service_pb2.Incident | None = ...,
+        audit: Global___AuditEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "incident", b"incident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "incident", b"incident"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveIncidentResponse: _TypeAlias = ResolveIncidentResponse  # noqa: Y015
+
+@_typing.final
+class ListIncidentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCLUDE_RESOLVED_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    include_resolved: _builtins.bool
+    """Also the resolved ones."""
+    page_size: _builtins.int
+    """1..500; 0 = 100."""
+    def __init__(
+        self,
+        *,
+        include_resolved: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_resolved", b"include_resolved", "page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIncidentsRequest: _TypeAlias = ListIncidentsRequest  # noqa: Y015
+
+@_typing.final
+class ListIncidentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def incidents(self) -> _containers.RepeatedCompositeFieldContainer[_status_service_pb2.Incident]: ...
+    def __init__(
+        self,
+        *,
+        incidents: _abc.Iterable[_status_service_pb2.Incident] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incidents", b"incidents"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIncidentsResponse: _TypeAlias = ListIncidentsResponse  # noqa: Y015

@@ -131,6 +131,26 @@ class AdminServiceStub:
                 request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountDetailsRequest.SerializeToString,
                 response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountDetailsResponse.FromString,
                 _registered_method=True)
+        self.PostIncident = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/PostIncident',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.PostIncidentRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.PostIncidentResponse.FromString,
+                _registered_method=True)
+        self.UpdateIncident = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/UpdateIncident',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.UpdateIncidentRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.UpdateIncidentResponse.FromString,
+                _registered_method=True)
+        self.ResolveIncident = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/ResolveIncident',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ResolveIncidentRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ResolveIncidentResponse.FromString,
+                _registered_method=True)
+        self.ListIncidents = channel.unary_unary(
+                '/kyma.admin.v1.AdminService/ListIncidents',
+                request_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIncidentsRequest.SerializeToString,
+                response_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIncidentsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -265,6 +285,31 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PostIncident(self, request, context):
+        """Incidents on the public status page. Each change is written to the audit log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateIncident(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveIncident(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIncidents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -362,6 +407,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetAccountDetails,
                     request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountDetailsRequest.FromString,
                     response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountDetailsResponse.SerializeToString,
+            ),
+            'PostIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.PostIncident,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.PostIncidentRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.PostIncidentResponse.SerializeToString,
+            ),
+            'UpdateIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateIncident,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.UpdateIncidentRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.UpdateIncidentResponse.SerializeToString,
+            ),
+            'ResolveIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveIncident,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ResolveIncidentRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ResolveIncidentResponse.SerializeToString,
+            ),
+            'ListIncidents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIncidents,
+                    request_deserializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIncidentsRequest.FromString,
+                    response_serializer=kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIncidentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -879,6 +944,114 @@ class AdminService:
             '/kyma.admin.v1.AdminService/GetAccountDetails',
             kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountDetailsRequest.SerializeToString,
             kyma_dot_admin_dot_v1_dot_admin__service__pb2.GetAccountDetailsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PostIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/PostIncident',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.PostIncidentRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.PostIncidentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/UpdateIncident',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.UpdateIncidentRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.UpdateIncidentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/ResolveIncident',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ResolveIncidentRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ResolveIncidentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIncidents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.admin.v1.AdminService/ListIncidents',
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIncidentsRequest.SerializeToString,
+            kyma_dot_admin_dot_v1_dot_admin__service__pb2.ListIncidentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,6 +67,11 @@ class AdminServiceStub:
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAccountsRequest, _admin_service_pb2.ListAccountsResponse]
     GetAccountDetails: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetAccountDetailsRequest, _admin_service_pb2.GetAccountDetailsResponse]
     """An account with its balance, keys, notices, sign-up signals and the accounts sharing them."""
+    PostIncident: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.PostIncidentRequest, _admin_service_pb2.PostIncidentResponse]
+    """Incidents on the public status page. Each change is written to the audit log."""
+    UpdateIncident: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.UpdateIncidentRequest, _admin_service_pb2.UpdateIncidentResponse]
+    ResolveIncident: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ResolveIncidentRequest, _admin_service_pb2.ResolveIncidentResponse]
+    ListIncidents: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListIncidentsRequest, _admin_service_pb2.ListIncidentsResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -107,6 +112,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListAccounts: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAccountsRequest, _admin_service_pb2.ListAccountsResponse]  # type: ignore[assignment]
     GetAccountDetails: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetAccountDetailsRequest, _admin_service_pb2.GetAccountDetailsResponse]  # type: ignore[assignment]
     """An account with its balance, keys, notices, sign-up signals and the accounts sharing them."""
+    PostIncident: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.PostIncidentRequest, _admin_service_pb2.PostIncidentResponse]  # type: ignore[assignment]
+    """Incidents on the public status page. Each change is written to the audit log."""
+    UpdateIncident: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.UpdateIncidentRequest, _admin_service_pb2.UpdateIncidentResponse]  # type: ignore[assignment]
+    ResolveIncident: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ResolveIncidentRequest, _admin_service_pb2.ResolveIncidentResponse]  # type: ignore[assignment]
+    ListIncidents: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListIncidentsRequest, _admin_service_pb2.ListIncidentsResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService holds the operators' actions. It is served on the gRPC port only, never on
@@ -258,5 +268,34 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.GetAccountDetailsResponse, _abc.Awaitable[_admin_service_pb2.GetAccountDetailsResponse]]:
         """An account with its balance, keys, notices, sign-up signals and the accounts sharing them."""
+
+    @_abc_1.abstractmethod
+    def PostIncident(
+        self,
+        request: _admin_service_pb2.PostIncidentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.PostIncidentResponse, _abc.Awaitable[_admin_service_pb2.PostIncidentResponse]]:
+        """Incidents on the public status page. Each change is written to the audit log."""
+
+    @_abc_1.abstractmethod
+    def UpdateIncident(
+        self,
+        request: _admin_service_pb2.UpdateIncidentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.UpdateIncidentResponse, _abc.Awaitable[_admin_service_pb2.UpdateIncidentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ResolveIncident(
+        self,
+        request: _admin_service_pb2.ResolveIncidentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ResolveIncidentResponse, _abc.Awaitable[_admin_service_pb2.ResolveIncidentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListIncidents(
+        self,
+        request: _admin_service_pb2.ListIncidentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListIncidentsResponse, _abc.Awaitable[_admin_service_pb2.ListIncidentsResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

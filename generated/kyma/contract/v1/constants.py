@@ -21,6 +21,8 @@ class MetadataKey(StrEnum):
     CLIENT_IP = "x-client-ip"
     CLIENT_FINGERPRINT = "x-client-fingerprint"
     BRIDGE_TOKEN = "x-kyma-bridge-token"
+    SESSION = "x-kyma-session"
+    CSRF_TOKEN = "x-csrf-token"
 
 
 class ErrorReason(StrEnum):
@@ -45,3 +47,9 @@ class ErrorReason(StrEnum):
     PAYMENT_PROVIDER_ERROR = "PAYMENT_PROVIDER_ERROR"
     MAIL_UNAVAILABLE = "MAIL_UNAVAILABLE"
     SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+    CSRF_FAILED = "CSRF_FAILED"
+    INVALID_SESSION = "INVALID_SESSION"
+    KEY_EXPIRED = "KEY_EXPIRED"
+    MODEL_NOT_ALLOWED = "MODEL_NOT_ALLOWED"
+    KEY_SPEND_CAP_REACHED = "KEY_SPEND_CAP_REACHED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"

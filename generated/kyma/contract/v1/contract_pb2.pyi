@@ -57,6 +57,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """Mail could not be sent (the sign-up code did not go out)."""
     ERROR_REASON_SERVICE_UNAVAILABLE: _ErrorReason.ValueType  # 19
     """Kyma cannot serve right now (its database is unreachable); retry shortly."""
+    ERROR_REASON_CSRF_FAILED: _ErrorReason.ValueType  # 20
+    """A state-changing call authenticated by a web session without the session's CSRF token."""
+    ERROR_REASON_INVALID_SESSION: _ErrorReason.ValueType  # 21
+    """The web session is missing, unknown, expired or ended: sign in again."""
+    ERROR_REASON_KEY_EXPIRED: _ErrorReason.ValueType  # 22
+    """The API key is past the expiry its owner gave it."""
+    ERROR_REASON_MODEL_NOT_ALLOWED: _ErrorReason.ValueType  # 23
+    """The API key's allow-list does not name the requested model."""
+    ERROR_REASON_KEY_SPEND_CAP_REACHED: _ErrorReason.ValueType  # 24
+    """The API key's spend cap (for its current period) does not cover the request's worst case."""
+    ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 25
+    """The credential may not do this (e.g. a limited key managing keys)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """What the HTTP bridge, the core and internal gRPC callers agree on beyond the messages of
@@ -103,6 +115,18 @@ ERROR_REASON_MAIL_UNAVAILABLE: ErrorReason.ValueType  # 18
 """Mail could not be sent (the sign-up code did not go out)."""
 ERROR_REASON_SERVICE_UNAVAILABLE: ErrorReason.ValueType  # 19
 """Kyma cannot serve right now (its database is unreachable); retry shortly."""
+ERROR_REASON_CSRF_FAILED: ErrorReason.ValueType  # 20
+"""A state-changing call authenticated by a web session without the session's CSRF token."""
+ERROR_REASON_INVALID_SESSION: ErrorReason.ValueType  # 21
+"""The web session is missing, unknown, expired or ended: sign in again."""
+ERROR_REASON_KEY_EXPIRED: ErrorReason.ValueType  # 22
+"""The API key is past the expiry its owner gave it."""
+ERROR_REASON_MODEL_NOT_ALLOWED: ErrorReason.ValueType  # 23
+"""The API key's allow-list does not name the requested model."""
+ERROR_REASON_KEY_SPEND_CAP_REACHED: ErrorReason.ValueType  # 24
+"""The API key's spend cap (for its current period) does not cover the request's worst case."""
+ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 25
+"""The credential may not do this (e.g. a limited key managing keys)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _MetadataKey:
@@ -128,6 +152,15 @@ class _MetadataKeyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MetadataK
     """The credential the operator's own bridge presents (KYMA_BRIDGE_TOKEN, or data_dir/
     bridge_token) so that the core believes the client address and fingerprint it forwards.
     """
+    METADATA_KEY_SESSION: _MetadataKey.ValueType  # 6
+    """A web session's token (the bridge reads it from the session cookie). Authenticates the
+    account's own calls (AccountingService, checkout, SessionService) as an API key does, never
+    inference; `authorization` wins when both are sent.
+    """
+    METADATA_KEY_CSRF_TOKEN: _MetadataKey.ValueType  # 7
+    """The CSRF token a browser sent with a state-changing call (the bridge forwards its
+    x-csrf-token header); such calls authenticated by a session need it to equal the session's.
+    """
 
 class MetadataKey(_MetadataKey, metaclass=_MetadataKeyEnumTypeWrapper):
     """The metadata keys of calls on the core. Each value's wire name is its `key` option."""
@@ -148,6 +181,15 @@ valid bridge_token.
 METADATA_KEY_BRIDGE_TOKEN: MetadataKey.ValueType  # 5
 """The credential the operator's own bridge presents (KYMA_BRIDGE_TOKEN, or data_dir/
 bridge_token) so that the core believes the client address and fingerprint it forwards.
+"""
+METADATA_KEY_SESSION: MetadataKey.ValueType  # 6
+"""A web session's token (the bridge reads it from the session cookie). Authenticates the
+account's own calls (AccountingService, checkout, SessionService) as an API key does, never
+inference; `authorization` wins when both are sent.
+"""
+METADATA_KEY_CSRF_TOKEN: MetadataKey.ValueType  # 7
+"""The CSRF token a browser sent with a state-changing call (the bridge forwards its
+x-csrf-token header); such calls authenticated by a session need it to equal the session's.
 """
 Global___MetadataKey: _TypeAlias = MetadataKey  # noqa: Y015
 
