@@ -111,6 +111,8 @@ def console_router(assets: Assets | None = None) -> APIRouter:
     def render(page: Page, request: Request, **context: object) -> Response:
         html = env.get_template(page.template).render(
             page=page,
+            # A public page offers the way back to the dashboard to a signed-in browser.
+            has_session=bool(request.cookies.get(SESSION_COOKIE)),
             current=request.url.path,
             script=page.template.removesuffix(".html"),
             **context,

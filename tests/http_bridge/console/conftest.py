@@ -166,6 +166,9 @@ class Ui:
 async def browser(
     chromium: Any, console_kyma: Kyma, request: pytest.FixtureRequest
 ) -> AsyncIterator[Ui]:
+    from playwright.async_api import expect
+
+    expect.set_options(timeout=PATIENCE_MS)
     context = await chromium.new_context(viewport={"width": 1280, "height": 900})
     await context.grant_permissions(
         ["clipboard-read", "clipboard-write"], origin=console_kyma.http_url

@@ -204,6 +204,7 @@ async function send() {
     }
     conversation.push({ role: "assistant", content: answer });
     reply.meta.textContent = facts(usage, requestId);
+    if (usage && usage.cost == null && requestId) loggedCost(requestId, usage, reply.meta);
   } catch (error) {
     if (error.name === "AbortError") {
       conversation.push({ role: "assistant", content: answer });
@@ -220,6 +221,24 @@ async function send() {
     $("#send").disabled = false;
     $("#stop").hidden = true;
     $("#prompt").focus();
+  }
+}
+
+// An upstream whose stream carried no cost: the request log has it once written (in batches,
+// just after the reply), and the person's session may read it.
+async function loggedCost(requestId, usage, meta) {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    await new Promise((resolve) => setTimeout(resolve, 250 + attempt * 250));
+    try {
+      const rows = (await api("/v1/account/requests?limit=20")).data;
+      const row = rows.find((r) => r.id === requestId);
+      if (row) {
+        meta.textContent = facts({ ...usage, cost: row.cost_usd }, requestId);
+        return;
+      }
+    } catch {
+      return; // "cost not reported" stays
+    }
   }
 }
 
