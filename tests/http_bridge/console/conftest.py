@@ -7,7 +7,8 @@
   and Stripe's return URLs point at it), with the fake Stripe API.
 - `browser`: a fresh browser context and page per test (`Ui`), with axe-core injected into
   every page; a test fails on any script error or Content-Security-Policy violation, and on
-  failure the last screenshot of each page it visited is written to test-output/console/.
+  failure the last screenshot of each page it visited is written to test-output/console/
+  (always, with KYMA_TEST_SCREENSHOTS=always).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import os
 import pathlib
 import re
 import shutil
@@ -162,52 +164,57 @@ class Ui:
         return folder
 
 
-@pytest_asyncio.fixture
-async def browser(
-    chromium: Any, console_kyma: Kyma, request: pytest.FixtureRequest
-) -> AsyncIterator[Ui]:
+async def open_ui(chromium: Any, kyma: Kyma) -> Ui:
+    """A fresh browser context (a person's own browser) on the console."""
     from playwright.async_api import expect
 
     expect.set_options(timeout=PATIENCE_MS)
     context = await chromium.new_context(viewport={"width": 1280, "height": 900})
-    await context.grant_permissions(
-        ["clipboard-read", "clipboard-write"], origin=console_kyma.http_url
-    )
+    await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=kyma.http_url)
     # Injected by the browser itself, so the page's Content-Security-Policy does not apply.
     await context.add_init_script(path=str(DATA / "axe.min.js"))
-    ui = Ui(console_kyma, context, await context.new_page())
+    return Ui(kyma, context, await context.new_page())
+
+
+@pytest_asyncio.fixture
+async def browser(
+    chromium: Any, console_kyma: Kyma, request: pytest.FixtureRequest
+) -> AsyncIterator[Ui]:
+    ui = await open_ui(chromium, console_kyma)
     try:
         yield ui
         assert not ui.problems, "\n".join(ui.problems)
     finally:
-        if request.node.stash.get(_FAILED, False) or ui.problems:
+        failed = request.node.stash.get(_FAILED, False) or ui.problems
+        if failed or os.environ.get("KYMA_TEST_SCREENSHOTS") == "always":
             try:
-                await ui.snapshot("at-failure")
+                await ui.snapshot("at-failure" if failed else "last")
             except Exception:  # the page may be gone; the earlier shots are still written
                 pass
             folder = ui.save(request.node.name)
             print(f"screenshots of the pages visited: {folder}")
-        await context.close()
+        await ui.context.close()
 
 
 # --- what a person does outside the browser -------------------------------------------------
 
 
 async def mailed_code(kyma: Kyma, address: str, seen: int) -> str:
-    """The code in the `seen`+1-th mail to `address` (mail goes out before the API answers;
-    the loop only bounds a slow file system)."""
+    """The code in the `seen`+1-th mail with a code to `address` (other mails, such as a
+    low-balance alert, do not count). Mail goes out before the API answers; the loop only
+    bounds a slow file system."""
     directory = kyma.settings.data_dir / "mail"
     for _ in range(200):
-        mails = []
+        codes = []
         for path in sorted(directory.glob("*.eml")) if directory.exists() else []:
             message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-            if message["To"] == address:
-                mails.append(message)
-        if len(mails) > seen:
-            body = mails[seen].get_content()
-            return re.search(r"\b(\d{6})\b", body).group(1)  # type: ignore[union-attr]
+            found = re.search(r"code is (\d{6})", message.get_content())
+            if message["To"] == address and found:
+                codes.append(found.group(1))
+        if len(codes) > seen:
+            return codes[seen]
         await asyncio.sleep(0.05)
-    raise AssertionError(f"no mail number {seen + 1} to {address}")
+    raise AssertionError(f"no code mail number {seen + 1} to {address}")
 
 
 async def deliver_webhook(kyma: Kyma, event: dict[str, Any]) -> httpx.Response:

@@ -16,7 +16,7 @@ from playwright.async_api import expect
 
 from tests.conftest import ISSUED_KEYS, Kyma
 from tests.fakes.stripe_checkout import CHECKOUT_ORIGIN, FakeCheckoutPage
-from tests.http_bridge.console.conftest import Ui, deliver_webhook, mailed_code
+from tests.http_bridge.console.conftest import Ui, deliver_webhook, mailed_code, open_ui
 
 # The stripe library's own httpx call warns; see tests/integration/test_billing_http.py.
 pytestmark = pytest.mark.filterwarnings(
@@ -335,3 +335,44 @@ fetch("{api}", {{method: "POST", credentials: "include", mode: "no-cors",
         """async () => (await (await fetch("/v1/account/keys")).json()).data.map((k) => k.name)"""
     )
     assert not {"by-form", "by-fetch"} & set(names), names
+
+
+async def test_terms_alert_and_signing_out_everywhere(browser: Ui, chromium: Any) -> None:
+    """An account made by an operator has accepted no terms: the dashboard says so until the
+    person accepts them; the low-balance alert is kept; signing out everywhere ends the
+    session of another browser too."""
+    ui, kyma, page = browser, browser.kyma, browser.page
+    address = f"grace-{secrets.token_hex(4)}@example.com"
+    await kyma.create_account(address)
+    await sign_in(ui, address, mails_before=0)
+    await page.wait_for_url(kyma.http_url + "/")
+    await ui.ready("dashboard-terms")
+    notices = page.locator("#notices")
+    await expect(notices).to_be_visible()
+    await ui.expect_accessible()
+    await notices.get_by_role("button", name="Accept the terms (version 2026-04-07)").click()
+    await expect(page.locator("#flash")).to_contain_text("you accepted the current terms")
+    await expect(notices).to_be_hidden()
+
+    await ui.visit("/account", "account")
+    await expect(page.locator("#terms-accepted")).to_contain_text("Version 2026-04-07")
+    await page.get_by_label("Email me when my available balance falls below (USD)").fill("5")
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.locator("#flash")).to_contain_text("falls below $5.")
+    await ui.visit("/account", "account-saved")
+    await expect(page.locator("#threshold")).to_have_value("5")
+
+    other = await open_ui(chromium, kyma)  # the same person on another device
+    try:
+        await sign_in(other, address, mails_before=1)
+        await other.page.wait_for_url(kyma.http_url + "/")
+        await other.ready()
+
+        page.once("dialog", lambda dialog: dialog.accept())
+        await page.get_by_role("button", name="Sign out everywhere").click()
+        await page.wait_for_url(re.compile(r"/signin\?signed_out=1$"))
+        await other.page.goto(kyma.http_url + "/keys")
+        await other.page.wait_for_url(re.compile(r"/signin\?next=%2Fkeys$"))
+        assert not other.problems, other.problems
+    finally:
+        await other.context.close()

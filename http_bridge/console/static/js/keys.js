@@ -1,7 +1,7 @@
 // API keys: create one (its secret shown this once, with a copy button), see each key's use
 // and limits, change the limits, revoke.
 
-import { $, api, copy, el, flash, onSubmit, run, setText, signedIn, time, usd } from "./console.js";
+import { $, api, copy, el, flash, nanos, onSubmit, run, setText, signedIn, time, usd } from "./console.js";
 import { addModelChoices, fillLimits, knownModels, readLimits } from "./limits.js";
 
 const INTERVALS = { daily: "every day", weekly: "every week", monthly: "every month" };
@@ -65,6 +65,7 @@ async function loadKeys() {
 function capText(key) {
   if (!key.spend_cap_usd) return document.createTextNode("No cap");
   const span = el("span", {}, `${usd(key.spent_usd ?? "0")} of ${usd(key.spend_cap_usd)} spent`);
+  if (key.held_usd && nanos(key.held_usd) > 0n) span.append(` (${usd(key.held_usd)} held)`);
   if (key.cap_interval) {
     span.append(`, resets ${INTERVALS[key.cap_interval] || key.cap_interval}`);
     if (key.cap_resets_at) span.append(" (next ", time(key.cap_resets_at), ")");

@@ -8,9 +8,10 @@ const STATES = {
   down: "Down",
 };
 
-function percent(value) {
+function percent(value, requests) {
   if (value == null) return "no requests";
-  return (Number(value) * 100).toFixed(2) + "%";
+  const share = (Number(value) * 100).toFixed(2) + "%";
+  return requests == null ? share : `${share} of ${Number(requests).toLocaleString("en-US")}`;
 }
 
 run(async () => {
@@ -22,8 +23,8 @@ run(async () => {
         {},
         el("th", { scope: "row", text: model.id ?? model.model }),
         el("td", { text: STATES[model.state] || model.state }),
-        el("td", { class: "num", text: percent(model.availability_1h) }),
-        el("td", { class: "num", text: percent(model.availability_24h) }),
+        el("td", { class: "num", text: percent(model.availability_1h, model.requests_1h) }),
+        el("td", { class: "num", text: percent(model.availability_24h, model.requests_24h) }),
       ),
     ),
   );
