@@ -94,8 +94,7 @@ async def console_kyma(
             stripe_secret_key=API_KEY,
             stripe_webhook_secret=WEBHOOK_SECRET,
             stripe_api_base=stripe_api.url,
-            checkout_success_url=origin + "/billing/success?session_id={CHECKOUT_SESSION_ID}",
-            checkout_cancel_url=origin + "/billing/cancelled",
+            # Stripe's return URLs are left to their defaults: the console's, on this origin.
         ) as kyma:
             kyma.stripe = stripe_api  # type: ignore[attr-defined]
             yield kyma

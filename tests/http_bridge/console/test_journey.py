@@ -172,6 +172,11 @@ async def test_a_person_from_a_referral_link_to_signing_in_again(browser: Ui) ->
     await ui.expect_accessible()
     await page.get_by_label("Amount in USD").fill("25")
     await page.get_by_role("button", name="Continue to payment").click()
+    await page.get_by_role("link", name="Back to Kyma").click()  # changed their mind
+    await page.wait_for_url(kyma.http_url + "/billing?cancelled=1")
+    await expect(page.locator("#checkout-cancelled")).to_contain_text("nothing was charged")
+    await page.get_by_label("Amount in USD").fill("25")
+    await page.get_by_role("button", name="Continue to payment").click()
     await page.get_by_role("button", name="Pay $25.00").click()
     await page.wait_for_url(re.compile(re.escape(kyma.http_url) + r"/\?purchase="))
     status = page.locator("#purchase-status")
