@@ -8,8 +8,9 @@ import { acceptTermsButton } from "./terms-accept.js";
 
 const DAYS = 30;
 const PAGE = 20;
-// Distinguishable on white and for the common colour-vision deficiencies (Okabe–Ito).
-const COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"];
+// At least 3:1 against the white background, and apart from each other for the common
+// colour-vision deficiencies (after Okabe–Ito, darkened where it was too light).
+const COLOURS = ["#0072B2", "#D55E00", "#007A5A", "#A3367F", "#000000", "#7B3294", "#8C510A", "#01665E"];
 const KINDS = {
   welcome_bonus: "Welcome bonus",
   purchase: "Purchase",
