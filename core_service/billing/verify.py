@@ -5,6 +5,7 @@ Checks, each reported as a readable problem line:
 - each customer's balance row equals the replay of its entries, and its total purchased equals
   the sum of its purchase entries;
 - each customer's held amount equals the sum of its open holds, and 0 <= held <= balance;
+  likewise each key's held amount (its spend row, which its cap is decided against);
 - every hold ended exactly once: settled holds (and expired ones, settled at their last
   checkpoint) have one usage entry no larger than the hold (none when they charged nothing);
   released holds have none; no hold stays open long past its expiry once its node is gone;
@@ -23,7 +24,14 @@ from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core_service.clock import Clock
-from core_service.db.models import Balance, CoreNode, CreditHold, LedgerEntry, UsageDaily
+from core_service.db.models import (
+    Balance,
+    CoreNode,
+    CreditHold,
+    KeySpend,
+    LedgerEntry,
+    UsageDaily,
+)
 from core_service.logs.query import REQUEST_LOGS
 
 
@@ -117,6 +125,22 @@ async def verify_ledger(
             if not account.startswith("system:") and account not in known:
                 report.problems.append(f"{account}: entries but no balance row")
 
+        key_held = (
+            select(CreditHold.key_id, func.sum(CreditHold.amount_nanos).label("held"))
+            .where(CreditHold.status == "open", CreditHold.key_id.is_not(None))
+            .group_by(CreditHold.key_id)
+            .subquery()
+        )
+        for row in await conn.execute(
+            select(KeySpend.key_id, KeySpend.held_nanos, key_held.c.held)
+            .outerjoin(key_held, key_held.c.key_id == KeySpend.key_id)
+            .where(KeySpend.held_nanos != func.coalesce(key_held.c.held, 0))
+            .limit(100)
+        ):
+            report.problems.append(
+                f"key {row.key_id}: holds {row.held_nanos} but its open holds add up to "
+                f"{int(row.held or 0)}"
+            )
         usage_entries = (
             select(
                 LedgerEntry.reference,

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from core_service.cli.incidents import add_incident_commands
 from core_service.settings import Settings
 from kyma.accounting.v1 import accounting_service_pb2 as accounting_pb
 from kyma.admin.v1 import admin_service_pb2 as pb
@@ -499,3 +500,5 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(run=_run(_ledger_verify))
+
+    add_incident_commands(groups, admin=lambda: _Admin(Settings()), show=_print, run=_run)
