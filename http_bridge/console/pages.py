@@ -27,11 +27,12 @@ from fastapi import APIRouter, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from http_bridge.console.assets import URL_PREFIX, Assets
+from http_bridge.cookies import COOKIE
 from http_bridge.core_client import new_request_id
 from http_bridge.errors import OpenAIError
 
 TEMPLATES_DIR = pathlib.Path(__file__).parent / "templates"
-SESSION_COOKIE = "kyma_session"
+SESSION_COOKIE = COOKIE
 # What Stripe puts in {CHECKOUT_SESSION_ID}; anything else is not passed on to the page.
 _CHECKOUT_SESSION_ID = re.compile(r"cs_[A-Za-z0-9_]{1,250}")
 _REFERRAL_CODE = re.compile(r"[A-Za-z0-9_-]{1,64}")
