@@ -6,7 +6,7 @@ import { codeSteps } from "./codes.js";
 run(async () => {
   const params = new URLSearchParams(location.search);
   if (params.has("signed_out")) flash("You are signed out.", "ok");
-  else if (params.has("next")) flash("Please sign in to continue.");
+  else if (params.has("next") && params.get("next") !== "/") flash("Please sign in to continue.");
   codeSteps("signin", {
     async send(email) {
       await api("/v1/auth/signin", { method: "POST", body: { email } });
