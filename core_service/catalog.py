@@ -148,6 +148,19 @@ class Deployment(_Strict):
         return value.rstrip("/")
 
 
+class Capabilities(_Strict):
+    """What the model can do, as the catalogue declares it; None: not declared (unknown, and
+    shown to clients as absent, never guessed)."""
+
+    tools: bool | None = None
+    structured_outputs: bool | None = None
+    vision: bool | None = None
+    reasoning: bool | None = None
+
+    def declared(self) -> dict[str, bool]:
+        return {name: value for name, value in self.model_dump().items() if value is not None}
+
+
 class Model(_Strict):
     name: str = Field(min_length=1, max_length=200)
     owned_by: str = "kyma"
@@ -159,9 +172,14 @@ class Model(_Strict):
     prompt_overhead_tokens: int = Field(default=64, ge=0)
     price: Price = Price()
     endpoints: tuple[Endpoint, ...] = ALL_ENDPOINTS
+    capabilities: Capabilities = Capabilities()
     # How deployments are ordered for a request (see routing/router.py).
     strategy: Literal["weighted", "least_outstanding", "lowest_latency"] = "weighted"
     deployments: tuple[Deployment, ...] = Field(min_length=1)
+
+    def declares(self, field: str) -> bool:
+        """Whether the catalogue set `field` (rather than Kyma's default standing in)."""
+        return field in self.model_fields_set
 
 
 class _CatalogFile(_Strict):

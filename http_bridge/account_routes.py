@@ -194,12 +194,61 @@ async def get_usage(request: Request) -> Response:
             "requests": row.requests,
             "prompt_tokens": row.prompt_tokens,
             "completion_tokens": row.completion_tokens,
+            "cached_tokens": row.cached_tokens,
+            "cache_write_tokens": row.cache_write_tokens,
+            "reasoning_tokens": row.reasoning_tokens,
             "cost_usd": row.cost.usd,
             "estimated_requests": row.estimated_requests,
         }
         for row in reply.rows
     ]
     return json_response({"object": "list", "data": rows}, headers)
+
+
+def _entry_object(entry: accounting_pb.LedgerEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "object": "ledger.entry",
+        "kind": _KIND.get(entry.kind, "unknown"),
+        "amount_usd": entry.amount.usd,
+        "reason": entry.reason,
+        "reference": entry.reference or None,
+        "created_at": unix(entry.created_at),
+    }
+
+
+@router.get("/v1/account/requests/{request_id}")
+@failed_response
+async def get_request(request_id: str, request: Request) -> Response:
+    message = accounting_pb.GetRequestRecordRequest(request_id=request_id)
+    reply, headers = await call_core(request, stubs(request).accounting.GetRequestRecord, message)
+    record = reply.request
+    tokens = record.tokens
+    return json_response(
+        {
+            "object": "request",
+            "id": record.request_id,
+            "created_at": unix(record.created_at),
+            "endpoint": record.endpoint,
+            "model": record.model,
+            "deployment": record.deployment or None,
+            "status": record.status,
+            "stream": record.stream,
+            "latency_ms": round(record.latency_ms, 3),
+            "usage": {
+                "prompt_tokens": tokens.prompt_tokens,
+                "completion_tokens": tokens.completion_tokens,
+                "total_tokens": tokens.total_tokens,
+                "cached_tokens": tokens.cached_tokens,
+                "cache_write_tokens": tokens.cache_write_tokens,
+                "reasoning_tokens": tokens.reasoning_tokens,
+                "estimated": record.estimated,
+            },
+            "cost_usd": record.cost.usd,
+            "ledger_entries": [_entry_object(entry) for entry in record.ledger_entries],
+        },
+        headers,
+    )
 
 
 @router.get("/v1/account/ledger")
@@ -214,18 +263,7 @@ async def get_ledger(request: Request) -> Response:
         page_size=int(limit), page_token=request.query_params.get("page_token", "")
     )
     reply, headers = await call_core(request, stubs(request).accounting.ListLedgerEntries, message)
-    entries = [
-        {
-            "id": entry.id,
-            "object": "ledger.entry",
-            "kind": _KIND.get(entry.kind, "unknown"),
-            "amount_usd": entry.amount.usd,
-            "reason": entry.reason,
-            "reference": entry.reference or None,
-            "created_at": unix(entry.created_at),
-        }
-        for entry in reply.entries
-    ]
+    entries = [_entry_object(entry) for entry in reply.entries]
     return json_response(
         {
             "object": "list",

@@ -96,6 +96,8 @@ async def _infer(request: Request, route: _Route) -> Response:
     except grpc.aio.AioRpcError as error:
         return from_grpc(error).response(headers)
     headers.update(rate_limit_headers(reply.rate_limit))
+    # The exact charge, as in the body's usage.cost (decimal USD).
+    headers["x-kyma-cost"] = reply.usage.cost_usd
     return Response(reply.body, 200, headers, media_type=_JSON)
 
 
@@ -134,7 +136,44 @@ async def _stream(request: Request, call: Any, headers: dict[str, str]) -> Respo
 
 
 def _model_object(model: routing_pb.Model) -> dict[str, Any]:
-    return {"id": model.id, "object": "model", "created": model.created, "owned_by": model.owned_by}
+    """OpenAI's four fields as OpenAI has them (the SDK parses them), Kyma's beside them: what
+    the catalogue does not declare is absent."""
+    found: dict[str, Any] = {
+        "id": model.id,
+        "object": "model",
+        "created": model.created,
+        "owned_by": model.owned_by,
+    }
+    if model.HasField("context_window"):
+        found["context_length"] = model.context_window
+    if model.HasField("max_output_tokens"):
+        found["max_output_tokens"] = model.max_output_tokens
+    price = model.price
+    found["pricing"] = {
+        "currency": "USD",
+        "input_per_million": price.input_usd_per_million,
+        "cached_input_per_million": price.cached_input_usd_per_million,
+        "cache_write_per_million": price.cache_write_usd_per_million,
+        "output_per_million": price.output_usd_per_million,
+    }
+    found["endpoints"] = [endpoint.path for endpoint in model.endpoint_details]
+    found["dialects"] = [endpoint.dialect for endpoint in model.endpoint_details]
+    capabilities = {
+        name: getattr(model.capabilities, name)
+        for name in ("tools", "structured_outputs", "vision", "reasoning")
+        if model.capabilities.HasField(name)
+    }
+    if capabilities:
+        found["capabilities"] = capabilities
+    if model.HasField("caller_limits"):
+        limits = model.caller_limits
+        found["limits"] = {
+            "tier": limits.tier,
+            "requests_per_minute": limits.rpm,
+            "requests_per_minute_per_model": limits.model_rpm,
+            "tokens_per_minute": limits.tpm,
+        }
+    return found
 
 
 router = APIRouter()

@@ -4,7 +4,8 @@
 - `pg_url`: a fresh PostgreSQL database on 127.0.0.1:5432, dropped at the end.
 - `kyma`: the real core (grpc.aio on port 0) and the real bridge (uvicorn on port 0) in this
   event loop, on SQLite and on PostgreSQL (parametrized), with a catalogue that routes
-  `test-model` to the test upstream beside the built-in demo model.
+  `test-model` (and `test-model-cached`, with prompt-cache prices and declared capabilities) to
+  the test upstream beside the built-in demo model.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -41,6 +42,7 @@ from core_service.logging_setup import quiet_libraries
 from core_service.settings import Settings
 from http_bridge.app import create_app
 from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
+from tests.costs import CostRecorder
 from tests.fakes.postgres import fresh_database
 
 ADMIN_TOKEN = "kyadm_test_" + secrets.token_hex(8)
@@ -114,6 +116,8 @@ class Upstream:
             fail_on_text=None,
             overrun_tokens=0,
             omit_usage=False,
+            cached_prompt_fraction=0,
+            reasoning_fraction=0,
         )
 
 
@@ -165,6 +169,23 @@ models:
     deployments:
       - base_url: demo://local/v1
         model: kyma-demo
+  - name: test-model-cached
+    owned_by: kyma-tests
+    context_window: 65536
+    max_output_tokens: 1024
+    capabilities: {{tools: true, structured_outputs: true, vision: false, reasoning: true}}
+    price:
+      input_per_million: "1.00"
+      cached_input_per_million: "0.25"
+      cache_write_per_million: "1.25"
+      output_per_million: "2.00"
+    endpoints: [chat.completions, completions]
+    deployments:
+      - name: upstream-cached
+        base_url: {upstream.base_url}
+        model: upstream-model
+        api_key_env: KYMA_TEST_UPSTREAM_KEY
+        timeouts: {{connect: 2, first_token: 2, idle: 5, total: 30}}
 """
     )
     return path
@@ -188,6 +209,9 @@ class Kyma:
     backend: str
     upstream: Upstream
     channel: grpc.aio.Channel
+    # Every answer its SDK clients got, with the cost it showed (checked against the ledger
+    # after each test that uses the session's `kyma`).
+    costs: CostRecorder = field(default_factory=CostRecorder)
 
     @property
     def base_url(self) -> str:
@@ -219,6 +243,10 @@ class Kyma:
         return re.search(r"code is (\d{6})", body).group(1)  # type: ignore[union-attr]
 
     def client(self, api_key: str, **kwargs: Any) -> openai.AsyncOpenAI:
+        """The official SDK on this Kyma; its answers' costs are recorded (`costs`)."""
+        kwargs.setdefault(
+            "http_client", openai.DefaultAsyncHttpxClient(transport=self.costs.transport())
+        )
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, **kwargs)
 
     def http(self) -> httpx.AsyncClient:
@@ -342,9 +370,13 @@ async def client(kyma: Kyma, account: tuple[str, str]) -> AsyncIterator[openai.A
 async def _fresh_upstream_and_ledger_check(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     """Tests that use the upstream start with no faults and zeroed counters; tests that use a
     running Kyma end with the ledger check (every balance equals its entries, every hold ended
-    exactly once or still open)."""
+    exactly once or still open) and the cost check (every usage.cost an SDK client was shown
+    equals its ledger entries: tests/costs.py)."""
     if "upstream" in request.fixturenames:
         await request.getfixturevalue("upstream").reset()
     yield
     if "kyma" in request.fixturenames:
-        await request.getfixturevalue("kyma").verify_ledger()
+        kyma = request.getfixturevalue("kyma")
+        await kyma.verify_ledger()
+        # Every answer's usage.cost is what the ledger charged for it.
+        await kyma.costs.check(kyma)

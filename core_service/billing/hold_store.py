@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from core_service.billing.key_spend import KeySpendState
 
@@ -72,6 +72,10 @@ class Settlement:
     prompt_tokens: int
     completion_tokens: int
     estimated: bool
+    # Of the prompt: cache reads and cache writes; of the completion: reasoning.
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 class Ending(StrEnum):
@@ -158,6 +162,9 @@ class Ended:
     now: datetime
     # A late settlement's correction of an expired hold: a second entry, not a second end.
     late: bool = False
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
     key_id: str | None = None
 
     @property
@@ -178,6 +185,31 @@ class Expired:
     checkpoint_prompt_tokens: int
     checkpoint_completion_tokens: int
     key_id: str | None = None
+
+
+def tokens_at_end(
+    order: EndOrder, checkpoint_prompt_tokens: int, checkpoint_completion_tokens: int
+) -> dict[str, Any]:
+    """The tokens an ended hold is recorded with (the token fields of `Ended`): a settled
+    one's usage; an expired one's last checkpoint, estimated (checkpoints keep no cached or
+    reasoning parts: its late settlement, if one comes, brings them); a released one's none."""
+    usage = order.settlement
+    if order.ending is Ending.EXPIRED:
+        return {
+            "prompt_tokens": int(checkpoint_prompt_tokens),
+            "completion_tokens": int(checkpoint_completion_tokens),
+            "estimated": True,
+        }
+    if usage is None:
+        return {"prompt_tokens": 0, "completion_tokens": 0, "estimated": False}
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "estimated": usage.estimated,
+        "cached_tokens": usage.cached_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+    }
 
 
 def after_ends(available: dict[str, int], ended: list[Ended]) -> dict[str, int]:
@@ -226,6 +258,10 @@ def reconcile_late(
                 estimated=usage.estimated,
                 now=order.now,
                 late=True,
+                # The expired end recorded none of the parts: the correction brings them all.
+                cached_tokens=usage.cached_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
                 key_id=row.key_id,
             )
         )
@@ -297,6 +333,9 @@ class DailyUsage:
     completion_tokens: int
     cost_nanos: int
     estimated_requests: int
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 def daily_usage(ended: list[Ended]) -> list[DailyUsage]:
@@ -309,12 +348,15 @@ def daily_usage(ended: list[Ended]) -> list[DailyUsage]:
         if end.ending is Ending.EXPIRED and not (end.prompt_tokens or end.completion_tokens):
             continue
         request = 0 if end.late else 1  # a correction adds cost and tokens, not a request
-        row = rows.setdefault((end.account_id, end.now.date(), end.model), [0, 0, 0, 0, 0])
+        row = rows.setdefault((end.account_id, end.now.date(), end.model), [0] * 8)
         row[0] += request
         row[1] += end.prompt_tokens
         row[2] += end.completion_tokens
         row[3] += end.charged_nanos
         row[4] += 1 if end.estimated else 0
+        row[5] += end.cached_tokens
+        row[6] += end.cache_write_tokens
+        row[7] += end.reasoning_tokens
     return [
         DailyUsage(account, day, model, *values) for (account, day, model), values in rows.items()
     ]

@@ -24,7 +24,6 @@ from core_service.billing.hold_store import (
     Batch,
     BatchOutcome,
     Ended,
-    Ending,
     EndOrder,
     Expired,
     Settlement,
@@ -35,6 +34,7 @@ from core_service.billing.hold_store import (
     keys_after_ends,
     late_settlements,
     reconcile_late,
+    tokens_at_end,
     usage_reason,
 )
 from core_service.billing.key_spend import KeySpendState
@@ -98,7 +98,7 @@ WITH placed AS (
     SELECT id, account_id, amount, request_id, model, 'open', created_at, expires_at, node_id,
            key_id
     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-                $6::timestamp[], $7::timestamp[], $8::text[], $28::text[])
+                $6::timestamp[], $7::timestamp[], $8::text[], $31::text[])
         AS p(id, account_id, amount, request_id, model, created_at, expires_at, node_id, key_id)
     RETURNING 1
 ), keys_changed AS (
@@ -107,8 +107,8 @@ WITH placed AS (
         spent_day_nanos = k.day_spent, spent_day = k.day,
         spent_week_nanos = k.week_spent, spent_week = k.week,
         spent_month_nanos = k.month_spent, spent_month = k.month
-    FROM unnest($29::text[], $30::bigint[], $31::bigint[], $32::bigint[], $33::date[],
-                $34::bigint[], $35::date[], $36::bigint[], $37::date[])
+    FROM unnest($32::text[], $33::bigint[], $34::bigint[], $35::bigint[], $36::date[],
+                $37::bigint[], $38::date[], $39::bigint[], $40::date[])
         AS k(id, held, total, day_spent, day, week_spent, week, month_spent, month)
     WHERE s.key_id = k.id
     RETURNING 1
@@ -131,15 +131,19 @@ WITH placed AS (
 )
 INSERT INTO usage_daily AS u
     (account_id, day, model, requests, prompt_tokens, completion_tokens, cost_nanos,
-     estimated_requests)
+     estimated_requests, cached_tokens, cache_write_tokens, reasoning_tokens)
 SELECT * FROM unnest($19::text[], $20::date[], $21::text[], $22::bigint[], $23::bigint[],
-                     $24::bigint[], $25::bigint[], $26::bigint[])
+                     $24::bigint[], $25::bigint[], $26::bigint[], $28::bigint[],
+                     $29::bigint[], $30::bigint[])
 ON CONFLICT (account_id, day, model) DO UPDATE SET
     requests = u.requests + excluded.requests,
     prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
     completion_tokens = u.completion_tokens + excluded.completion_tokens,
     cost_nanos = u.cost_nanos + excluded.cost_nanos,
-    estimated_requests = u.estimated_requests + excluded.estimated_requests
+    estimated_requests = u.estimated_requests + excluded.estimated_requests,
+    cached_tokens = u.cached_tokens + excluded.cached_tokens,
+    cache_write_tokens = u.cache_write_tokens + excluded.cache_write_tokens,
+    reasoning_tokens = u.reasoning_tokens + excluded.reasoning_tokens
 """
 
 
@@ -306,6 +310,9 @@ async def _commit(conn: asyncpg.Connection, batch: Batch) -> BatchOutcome:
             [d.cost_nanos for d in daily],
             [d.estimated_requests for d in daily],
             [e.entry_key for e in charged],
+            [d.cached_tokens for d in daily],
+            [d.cache_write_tokens for d in daily],
+            [d.reasoning_tokens for d in daily],
             [h.key_id for h in new],
             *_spend_columns(spends),
         ]
@@ -372,19 +379,6 @@ async def _end(conn: asyncpg.Connection, batch: Batch) -> list[Ended]:
     ended = []
     for row in rows:
         order = orders[row["id"]]
-        usage = order.settlement
-        if order.ending is Ending.EXPIRED:
-            prompt = int(row["checkpoint_prompt_tokens"])
-            completion = int(row["checkpoint_completion_tokens"])
-            estimated = True
-        elif usage is not None:
-            prompt, completion, estimated = (
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                usage.estimated,
-            )
-        else:
-            prompt, completion, estimated = 0, 0, False
         ended.append(
             Ended(
                 hold_id=order.hold_id,
@@ -394,11 +388,11 @@ async def _end(conn: asyncpg.Connection, batch: Batch) -> list[Ended]:
                 charged_nanos=int(row["charged_nanos"]),
                 model=row["model"],
                 request_id=row["request_id"],
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                estimated=estimated,
                 now=order.now,
                 key_id=row["key_id"],
+                **tokens_at_end(
+                    order, row["checkpoint_prompt_tokens"], row["checkpoint_completion_tokens"]
+                ),
             )
         )
     return ended

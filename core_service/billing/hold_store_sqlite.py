@@ -19,7 +19,6 @@ from core_service.billing.hold_store import (
     Batch,
     BatchOutcome,
     Ended,
-    Ending,
     EndOrder,
     Expired,
     Settlement,
@@ -30,6 +29,7 @@ from core_service.billing.hold_store import (
     keys_after_ends,
     late_settlements,
     reconcile_late,
+    tokens_at_end,
     usage_reason,
 )
 from core_service.billing.key_spend import KeySpendState
@@ -235,13 +235,17 @@ def _commit(db: sqlite3.Connection, batch: Batch) -> BatchOutcome:
     )
     db.executemany(
         "INSERT INTO usage_daily (account_id, day, model, requests, prompt_tokens, "
-        "completion_tokens, cost_nanos, estimated_requests) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+        "completion_tokens, cost_nanos, estimated_requests, cached_tokens, cache_write_tokens, "
+        "reasoning_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (account_id, day, model) DO UPDATE SET "
         "requests = requests + excluded.requests, "
         "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
         "completion_tokens = completion_tokens + excluded.completion_tokens, "
         "cost_nanos = cost_nanos + excluded.cost_nanos, "
-        "estimated_requests = estimated_requests + excluded.estimated_requests",
+        "estimated_requests = estimated_requests + excluded.estimated_requests, "
+        "cached_tokens = cached_tokens + excluded.cached_tokens, "
+        "cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens, "
+        "reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens",
         [
             (
                 row.account_id,
@@ -252,6 +256,9 @@ def _commit(db: sqlite3.Connection, batch: Batch) -> BatchOutcome:
                 row.completion_tokens,
                 row.cost_nanos,
                 row.estimated_requests,
+                row.cached_tokens,
+                row.cache_write_tokens,
+                row.reasoning_tokens,
             )
             for row in daily_usage(charges)
         ],
@@ -297,16 +304,6 @@ def _end(db: sqlite3.Connection, batch: Batch) -> list[Ended]:
         if row is None:
             continue
         account_id, amount, charged, model, request_id, cp_prompt, cp_completion, key_id = row
-        if order.ending is Ending.EXPIRED:
-            prompt, completion, estimated = int(cp_prompt), int(cp_completion), True
-        elif usage is not None:
-            prompt, completion, estimated = (
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                usage.estimated,
-            )
-        else:
-            prompt, completion, estimated = 0, 0, False
         ended.append(
             Ended(
                 hold_id=order.hold_id,
@@ -316,11 +313,9 @@ def _end(db: sqlite3.Connection, batch: Batch) -> list[Ended]:
                 charged_nanos=int(charged),
                 model=model,
                 request_id=request_id,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                estimated=estimated,
                 now=order.now,
                 key_id=key_id,
+                **tokens_at_end(order, cp_prompt, cp_completion),
             )
         )
     return ended

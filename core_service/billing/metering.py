@@ -73,6 +73,9 @@ def settlement_of(charge: Charge) -> Settlement:
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         estimated=usage.estimated,
+        cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
     )
 
 

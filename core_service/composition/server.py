@@ -37,6 +37,7 @@ from core_service.edge.sessions import SessionServicer
 from core_service.edge.signup import SignupServicer
 from core_service.edge.status import StatusServicer
 from core_service.inference.pipeline import InferencePipeline
+from core_service.logs.lookup import RequestRecords
 from core_service.logs.query import RequestLogQuery
 from kyma.accounting.v1 import (
     accounting_service_pb2,
@@ -120,6 +121,7 @@ def build_server(
             accounts.enforcement,
             clock,
             accounts.referrals,
+            RequestRecords(storage.reads, storage.retention),
             terms=accounts.terms,
             catalogue=routing.catalogue,
             logs=RequestLogQuery(storage.reads),

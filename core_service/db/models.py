@@ -261,6 +261,11 @@ class UsageDaily(Base):
     cost_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     # Requests whose usage the upstream did not report and Kyma counted.
     estimated_requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Of the prompt tokens: read from the upstream's prompt cache, and written to it.
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Of the completion tokens: the model's reasoning.
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class SignupCode(Base):

@@ -32,8 +32,10 @@ from core_service.edge.messages.accounts import (
 from core_service.edge.messages.limits import tier_message
 from core_service.edge.messages.money import balance_message, entry_message, money
 from core_service.edge.messages.referrals import referral_message
+from core_service.edge.messages.requests import request_message
 from core_service.edge.metadata import credentials
 from core_service.errors import InvalidRequest, NotFound, Unauthenticated
+from core_service.logs.lookup import RequestRecords
 from core_service.logs.query import RequestLogQuery
 from core_service.referrals.program import ReferralProgram
 from core_service.standing import check_in_good_standing
@@ -119,6 +121,7 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
         enforcement: Enforcement,
         clock: Clock,
         referrals: ReferralProgram,
+        requests: RequestRecords,
         *,
         terms: TermsCatalogue,
         catalogue: CatalogHolder,
@@ -127,6 +130,7 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
         terms_link: str = "",
     ) -> None:
         self._callers = callers
+        self._requests = requests
         self._referrals = referrals
         self._clock = clock
         self._store = store
@@ -285,6 +289,9 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
                     completion_tokens=row.completion_tokens,
                     cost=money(row.cost_nanos),
                     estimated_requests=row.estimated_requests,
+                    cached_tokens=row.cached_tokens,
+                    cache_write_tokens=row.cache_write_tokens,
+                    reasoning_tokens=row.reasoning_tokens,
                 )
                 for row in rows
             ]
@@ -330,6 +337,13 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
             ],
             next_page_token=_encode_request_token(page[-1].created_at, page[-1].id) if more else "",
         )
+
+    async def GetRequestRecord(
+        self, request: pb.GetRequestRecordRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetRequestRecordResponse:
+        account_id = await self._account_id(context)
+        record = await self._requests.get(account_id, request.request_id)
+        return pb.GetRequestRecordResponse(request=request_message(record, account_id))
 
     async def ListReferrals(
         self, request: pb.ListReferralsRequest, context: grpc.aio.ServicerContext

@@ -20,14 +20,14 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        principal = await self._authenticator.authenticate(authorization(context))
+        caller = await self._authenticator.authenticate(authorization(context))
         # A key limited to some models lists those.
-        allowed = principal.key_limits.allowed_models
+        allowed = caller.key_limits.allowed_models
         models = [m for m in self._catalog.models() if allowed is None or m.name in allowed]
-        return pb.ListModelsResponse(models=[model_message(m) for m in models])
+        return pb.ListModelsResponse(models=[model_message(m, caller) for m in models])
 
     async def GetModel(
         self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelResponse:
-        await self._authenticator.authenticate(authorization(context))
-        return pb.GetModelResponse(model=model_message(self._catalog.get(request.id)))
+        caller = await self._authenticator.authenticate(authorization(context))
+        return pb.GetModelResponse(model=model_message(self._catalog.get(request.id), caller))

@@ -37,6 +37,8 @@ class Observation:
     deployment: str | None = None
     status: str = "ok"
     charge: Charge | None = None
+    # The request's credit hold, which names its ledger entry.
+    hold_id: str | None = None
     ttft: float | None = None
     response_body: str = ""
     _ended: bool = field(default=False, repr=False)
@@ -101,6 +103,7 @@ class RequestObserver:
         if self._log is None:
             return
         principal = observation.principal
+        usage = charge.usage if charge else None
         self._log.record(
             RequestLogEntry(
                 id=observation.request_id,
@@ -121,5 +124,9 @@ class RequestObserver:
                 stream=observation.stream,
                 request_body=observation.request_body.decode("utf-8", "replace"),
                 response_body=observation.response_body,
+                cached_tokens=usage.cached_tokens if usage else 0,
+                cache_write_tokens=usage.cache_write_tokens if usage else 0,
+                reasoning_tokens=usage.reasoning_tokens if usage else 0,
+                hold_id=observation.hold_id,
             )
         )

@@ -36,6 +36,7 @@ from core_service.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from core_service.inference.costs import priced_response
 from core_service.inference.observer import Observation, RequestObserver
 from core_service.inference.requests import UPSTREAM_PATHS, parse_request
 from core_service.inference.streams import StreamRelay
@@ -175,6 +176,7 @@ class InferencePipeline:
         except BaseException:  # no credit, no database, or the client left
             self._limiter.give_back(admission)
             raise
+        observation.hold_id = reservation.hold_id
         return _Admitted(principal, request, model, admission, reservation, counted)
 
     def _abandon(self, admitted: _Admitted, error: BaseException) -> None:
@@ -267,6 +269,7 @@ class InferencePipeline:
         charge = admitted.reservation.capped(charge_for(model, usage, ticket.deployment))
         observation.charge = charge
         self._finish(admitted, ticket, charge)
+        priced_response(parsed, charge, completion=request.endpoint != "embeddings")
         return UnaryResult(orjson.dumps(parsed), charge, admitted.admission.snapshot)
 
     async def _failover(
@@ -389,7 +392,7 @@ class InferencePipeline:
             observation.charge = charge
             observation.response_body = relay.delivered_text()
             self._finish(admitted, ticket, charge)
-        closing = relay.closing_chunks(charge.usage, cut=relay.cut)
+        closing = relay.closing_chunks(charge, cut=relay.cut)
         if closing:
             yield StreamChunks(closing, limits)
             limits = None

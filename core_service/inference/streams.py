@@ -6,9 +6,12 @@ an upstream that writes past the limit it was sent never gets the excess to the 
 is never sent tokens it was not charged for; the stream then ends as OpenAI ends one that
 reached its limit (finish_reason "length").
 
-Kyma always asks the upstream for usage. The client sees the upstream's usage chunk only if
-it asked for one (`stream_options.include_usage`); if it asked and the upstream sent none, it
-gets one all the same, from Kyma's count of what was delivered, marked `"estimated": true`.
+Kyma always asks the upstream for usage. The client sees a usage chunk only if it asked for
+one (`stream_options.include_usage`), and then always exactly one, last, carrying the charge
+(`usage.cost`): the upstream's usage chunk is held back until the stream has ended and the
+charge is known (usage an upstream put on a chunk with text moves to that last chunk); if the
+upstream sent none, or the stream was cut, the usage is Kyma's count of what was delivered,
+marked `"estimated": true`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from typing import Any
 import orjson
 
 from core_service import tokens
+from core_service.billing.metering import Charge
 from core_service.errors import UpstreamError
+from core_service.inference.costs import priced_usage
 from core_service.inference.usage import usage_from_upstream
 from core_service.values import TokenUsage
 
@@ -42,13 +47,14 @@ class StreamRelay:
         self._include_usage = include_usage
         self._prompt_estimate = prompt_estimate
         self._reported: TokenUsage | None = None
+        # The upstream's usage object, as it sent it (what the closing usage chunk shows).
+        self._reported_object: Any = None
         self._delivered_text: list[str] = []
         # Tokens delivered so far, counted chunk by chunk (a little over the whole text's
         # count, which is what a cut-short stream is billed by: never under it).
         self.delivered_tokens = 0
         self.chunks_delivered = 0
         self._envelope: dict[str, Any] = {}
-        self._usage_sent = False
 
     @property
     def prompt_tokens(self) -> int:
@@ -70,7 +76,9 @@ class StreamRelay:
             raise UpstreamError(f"The model's upstream failed mid-stream: {message or 'error'}")
         usage = chunk.get("usage")
         if usage is not None:
-            self._reported = usage_from_upstream(usage) or self._reported
+            reported = usage_from_upstream(usage)
+            if reported is not None:
+                self._reported, self._reported_object = reported, usage
         choices = chunk.get("choices")
         if isinstance(choices, list):
             texts = [_text_of(choice) for choice in choices]
@@ -83,13 +91,13 @@ class StreamRelay:
             self._delivered_text.extend(text for text in texts if text)
         if not self._envelope:
             self._envelope = {k: chunk[k] for k in ("id", "object", "created") if k in chunk}
+        if usage is not None and not choices:
+            return None  # the usage chunk: `closing_chunks` sends it, priced, if it was asked for
         if not self._include_usage:
             # Kyma asked the upstream for usage itself; the client did not, so it sees none.
-            if usage is not None and not choices:
-                return None
             chunk.pop("usage", None)
         elif usage is not None:
-            self._usage_sent = True
+            chunk["usage"] = None  # as OpenAI sends every chunk but the usage chunk
         if "model" in chunk:
             chunk["model"] = self._public_model
         self.chunks_delivered += 1
@@ -117,9 +125,9 @@ class StreamRelay:
             return TokenUsage(self._reported.prompt_tokens, max(counted, 0), estimated=True)
         return TokenUsage(self._prompt_estimate, counted, estimated=True)
 
-    def closing_chunks(self, usage: TokenUsage, *, cut: bool) -> list[bytes]:
+    def closing_chunks(self, charge: Charge, *, cut: bool) -> list[bytes]:
         """What the client is still owed at the end: the stop of a stream cut at its held
-        limit (finish_reason "length"), and the usage chunk it asked for if none came."""
+        limit (finish_reason "length"), and the usage chunk it asked for, with the charge."""
         chunks = []
         base = {"object": "chat.completion.chunk", **self._envelope, "model": self._public_model}
         if cut:
@@ -128,16 +136,9 @@ class StreamRelay:
             else:
                 choice = {"index": 0, "delta": {}, "finish_reason": "length"}
             chunks.append(orjson.dumps({**base, "choices": [choice]}))
-        if self._include_usage and (cut or not self._usage_sent):
-            report = {
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "total_tokens": usage.total_tokens,
-            }
-            if usage.estimated:
-                report["estimated"] = True
-            chunks.append(orjson.dumps({**base, "choices": [], "usage": report}))
-            self._usage_sent = True
+        if self._include_usage:
+            usage = priced_usage(self._reported_object, charge)
+            chunks.append(orjson.dumps({**base, "choices": [], "usage": usage}))
         return chunks
 
 

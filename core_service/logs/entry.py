@@ -26,6 +26,12 @@ class RequestLogEntry:
     stream: bool
     request_body: str
     response_body: str
+    # Of the prompt tokens: cache reads and cache writes; of the completion: reasoning.
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    # The request's credit hold (its ledger entry is `usage:<hold id>`); None when it had none.
+    hold_id: str | None = None
 
     def __post_init__(self) -> None:
         # Refused here, at the caller, rather than failing a whole batch in the writer later.

@@ -16,7 +16,7 @@ from core_service.logs.entry import RequestLogEntry
 MAX_LIMIT = 1000
 
 # Core only (no ORM model): a read path over a table written by the log writer, which goes
-# around SQLAlchemy. Mirrors migration 0006.
+# around SQLAlchemy. Mirrors migrations 0006 and 0010.
 REQUEST_LOGS = sa.Table(
     "request_logs",
     sa.MetaData(),
@@ -38,6 +38,10 @@ REQUEST_LOGS = sa.Table(
     sa.Column("stream", sa.Boolean()),
     sa.Column("request_body", sa.Text()),
     sa.Column("response_body", sa.Text()),
+    sa.Column("cached_tokens", sa.BigInteger()),
+    sa.Column("cache_write_tokens", sa.BigInteger()),
+    sa.Column("reasoning_tokens", sa.BigInteger()),
+    sa.Column("hold_id", sa.Text()),
 )
 
 

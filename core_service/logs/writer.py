@@ -61,6 +61,10 @@ def _record(
         flag(entry.stream),
         entry.request_body,
         entry.response_body,
+        int(entry.cached_tokens),
+        int(entry.cache_write_tokens),
+        int(entry.reasoning_tokens),
+        entry.hold_id,
     )
 
 

@@ -33,6 +33,9 @@ def log_message(entry: RequestLogEntry) -> pb.RequestLog:
         stream=entry.stream,
         request_body=entry.request_body,
         response_body=entry.response_body,
+        cached_tokens=entry.cached_tokens,
+        cache_write_tokens=entry.cache_write_tokens,
+        reasoning_tokens=entry.reasoning_tokens,
     )
 
 

@@ -16,4 +16,7 @@ def usage_message(charge: Charge) -> pb.Usage:
         estimated=usage.estimated,
         cost_nanos=charge.cost_nanos,
         cost_usd=nanos_to_usd(charge.cost_nanos),
+        cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
     )

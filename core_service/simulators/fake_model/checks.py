@@ -133,6 +133,39 @@ def requested_model(request: Any) -> str:
     return model
 
 
+# What a request may ask the fake model to report, beyond what it generates (see `usage_shares`).
+SIMULATE_USAGE = "simulate_usage"
+USAGE_SHARES = ("cached_prompt_fraction", "reasoning_fraction")
+
+
+def usage_shares(request: Mapping[str, Any], defaults: tuple[float, float]) -> tuple[float, float]:
+    """The shares of the prompt reported as cached and of the completion reported as reasoning:
+    the request's `simulate_usage` object where it sets them, else `defaults`."""
+    asked = request.get(SIMULATE_USAGE)
+    if asked is None:
+        return defaults
+    if not isinstance(asked, dict):
+        raise wrong_type(SIMULATE_USAGE, "an object", asked)
+    unknown = sorted(set(asked) - set(USAGE_SHARES))
+    if unknown:
+        raise FakeRequestError(
+            400,
+            f"Unknown field(s) in '{SIMULATE_USAGE}': {', '.join(unknown)}; "
+            f"known: {', '.join(USAGE_SHARES)}.",
+            SIMULATE_USAGE,
+        )
+    shares = []
+    for name, default in zip(USAGE_SHARES, defaults, strict=True):
+        value = asked.get(name, default)
+        param = f"{SIMULATE_USAGE}.{name}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong_type(param, "a number", value)
+        if not 0 <= value <= 1:
+            raise FakeRequestError(400, f"'{param}' must be between 0 and 1.", param)
+        shares.append(float(value))
+    return shares[0], shares[1]
+
+
 def wants_usage(request: Mapping[str, Any], stream: bool) -> bool:
     options = request.get("stream_options")
     if options is None:

@@ -37,6 +37,7 @@ from core_service.simulators.fake_model.checks import (
     missing,
     optional_int,
     text_inputs,
+    usage_shares,
     wants_usage,
 )
 from core_service.tokens import count_chat_prompt, count_text_inputs
@@ -192,10 +193,22 @@ class _Plan:
     replies: list[_Reply]
     prompt_tokens: int
     include_usage: bool
+    # The shares of the prompt reported as read from a prompt cache, and of the completion
+    # reported as reasoning (part of completion_tokens, as OpenAI counts them).
+    cached_share: float = 0.0
+    reasoning_share: float = 0.0
 
     @property
     def completion_tokens(self) -> int:
         return sum(reply.tokens for reply in self.replies)
+
+    @property
+    def cached_tokens(self) -> int:
+        return int(self.prompt_tokens * self.cached_share)
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return int(self.completion_tokens * self.reasoning_share)
 
 
 # --- embeddings -------------------------------------------------------------------------------
@@ -237,6 +250,14 @@ class FakeModel:
     embedding_dimensions: int = 256
     listed_models: tuple[str, ...] = ("fake-model",)
     clock: Callable[[], float] = field(default=time.time, repr=False)
+    # What usage reports beyond what is generated, unless a request's `simulate_usage` says
+    # otherwise: the share of the prompt read from a (pretended) prompt cache, and the share of
+    # the completion that was reasoning. Both are parts of the totals, never added to them.
+    cached_prompt_fraction: float = 0.0
+    reasoning_fraction: float = 0.0
+
+    def _shares(self, request: Mapping[str, Any]) -> tuple[float, float]:
+        return usage_shares(request, (self.cached_prompt_fraction, self.reasoning_fraction))
 
     # chat -------------------------------------------------------------------------------------
 
@@ -249,6 +270,7 @@ class FakeModel:
         seed = optional_int(request, "seed", -(2**63), 2**63 - 1)
         include_usage = wants_usage(request, stream)
         self._check_output_budget(n, limit, prompts=1)
+        cached_share, reasoning_share = self._shares(request)
         prompt_key = _fingerprint(messages, seed)
         replies = [self._reply(prompt_key, index, limit) for index in range(n)]
         return _Plan(
@@ -258,6 +280,8 @@ class FakeModel:
             replies=replies,
             prompt_tokens=count_chat_prompt(messages),
             include_usage=include_usage,
+            cached_share=cached_share,
+            reasoning_share=reasoning_share,
         )
 
     def _check_output_budget(self, n: int, limit: int | None, *, prompts: int) -> None:
@@ -321,6 +345,7 @@ class FakeModel:
         seed = optional_int(request, "seed", -(2**63), 2**63 - 1)
         include_usage = wants_usage(request, stream)
         self._check_output_budget(n, limit, prompts=len(prompts))
+        cached_share, reasoning_share = self._shares(request)
         replies: list[_Reply] = []
         for prompt in prompts:
             prompt_key = _fingerprint(prompt, seed)
@@ -332,6 +357,8 @@ class FakeModel:
             replies=replies,
             prompt_tokens=count_text_inputs(request["prompt"]),
             include_usage=include_usage,
+            cached_share=cached_share,
+            reasoning_share=reasoning_share,
         )
 
     def completion(self, request: Mapping[str, Any], *, model: str) -> JsonObject:
@@ -423,9 +450,9 @@ class FakeModel:
 
 def _chat_usage(plan: _Plan) -> JsonObject:
     usage = _plain_usage(plan)
-    usage["prompt_tokens_details"] = {"cached_tokens": 0, "audio_tokens": 0}
+    usage["prompt_tokens_details"] = {"cached_tokens": plan.cached_tokens, "audio_tokens": 0}
     usage["completion_tokens_details"] = {
-        "reasoning_tokens": 0,
+        "reasoning_tokens": plan.reasoning_tokens,
         "audio_tokens": 0,
         "accepted_prediction_tokens": 0,
         "rejected_prediction_tokens": 0,
@@ -434,12 +461,18 @@ def _chat_usage(plan: _Plan) -> JsonObject:
 
 
 def _plain_usage(plan: _Plan) -> JsonObject:
+    """Legacy completions' usage: the details only when there is something in them."""
     completion_tokens = plan.completion_tokens
-    return {
+    usage: JsonObject = {
         "prompt_tokens": plan.prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": plan.prompt_tokens + completion_tokens,
     }
+    if plan.cached_tokens:
+        usage["prompt_tokens_details"] = {"cached_tokens": plan.cached_tokens}
+    if plan.reasoning_tokens:
+        usage["completion_tokens_details"] = {"reasoning_tokens": plan.reasoning_tokens}
+    return usage
 
 
 def _interleaved(plan: _Plan) -> Iterator[tuple[int, str]]:

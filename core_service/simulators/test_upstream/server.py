@@ -96,6 +96,12 @@ class UpstreamConfig:
     # sending no usage at all (no `usage` in replies, no usage chunk in streams).
     overrun_tokens: int = 0
     omit_usage: bool = False
+    # Usage as prompt-caching and reasoning models report it: this share of each prompt as
+    # cached (`prompt_tokens_details.cached_tokens`), this share of each completion as reasoning
+    # (`completion_tokens_details.reasoning_tokens`). A request's `simulate_usage` object
+    # overrides them for itself.
+    cached_prompt_fraction: float = 0.0
+    reasoning_fraction: float = 0.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -103,7 +109,13 @@ class UpstreamConfig:
         # GET /_control stable whichever way a value was written.
         for name in ("latency_ms", "tokens_per_second"):
             object.__setattr__(self, name, _number(name, getattr(self, name), low=0))
-        for name in ("error_rate", "rate_limit_rate", "hang_rate"):
+        for name in (
+            "error_rate",
+            "rate_limit_rate",
+            "hang_rate",
+            "cached_prompt_fraction",
+            "reasoning_fraction",
+        ):
             object.__setattr__(self, name, _number(name, getattr(self, name), low=0, high=1))
         if self.error_rate + self.rate_limit_rate + self.hang_rate > 1 + 1e-9:
             raise ValueError("error_rate + rate_limit_rate + hang_rate must not exceed 1")
@@ -237,8 +249,16 @@ class UpstreamApp:
     def __init__(self, config: UpstreamConfig, *, model: FakeModel | None = None) -> None:
         self.config = config
         self.stats = UpstreamStats()
-        self.model = model if model is not None else FakeModel(listed_models=("test-model",))
+        self._model = model if model is not None else FakeModel(listed_models=("test-model",))
+        self.model = self._configured(self._model)
         self._random = random.Random(config.seed)
+
+    def _configured(self, model: FakeModel) -> FakeModel:
+        return dataclasses.replace(
+            model,
+            cached_prompt_fraction=self.config.cached_prompt_fraction,
+            reasoning_fraction=self.config.reasoning_fraction,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -294,6 +314,7 @@ class UpstreamApp:
         if "seed" in changes:
             self._random = random.Random(config.seed)
         self.config = config
+        self.model = self._configured(self._model)
         await _send_json(send, 200, config.as_json())
 
     # --- the OpenAI API -----------------------------------------------------------------------
@@ -512,6 +533,18 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, UpstreamCon
     parser.add_argument(
         "--require-api-key", default=None, help="demand 'Authorization: Bearer KEY'"
     )
+    parser.add_argument(
+        "--cached-prompt-fraction",
+        type=float,
+        default=0.0,
+        help="share of each prompt reported as cached tokens",
+    )
+    parser.add_argument(
+        "--reasoning-fraction",
+        type=float,
+        default=0.0,
+        help="share of each completion reported as reasoning tokens",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault draws")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
@@ -526,6 +559,8 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, UpstreamCon
             hang_rate=args.hang_rate,
             drop_stream_after=args.drop_stream_after,
             require_api_key=args.require_api_key,
+            cached_prompt_fraction=args.cached_prompt_fraction,
+            reasoning_fraction=args.reasoning_fraction,
             seed=args.seed,
         )
     except ValueError as error:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from core_service.billing.metering import Charge
 from core_service.errors import UpstreamError
 from core_service.inference.streams import StreamRelay
 
@@ -57,3 +58,59 @@ def test_error_events_and_garbage_raise() -> None:
         relay.rewrite(b'{"error": {"message": "overloaded"}}')
     with pytest.raises(UpstreamError):
         relay.rewrite(b"not json")
+
+
+def charge(usage, cost: int = 1234):  # type: ignore[no-untyped-def]
+    return Charge(usage, cost)
+
+
+def test_the_usage_chunk_comes_last_with_the_charge() -> None:
+    relay = StreamRelay(public_model="p", include_usage=True, prompt_estimate=4)
+    reported = {
+        "prompt_tokens": 10,
+        "completion_tokens": 2,
+        "total_tokens": 12,
+        "prompt_tokens_details": {"cached_tokens": 6},
+        "completion_tokens_details": {"reasoning_tokens": 1},
+    }
+    relay.rewrite(chunk("a b"))
+    # The upstream's usage chunk is held back: its cost is known only once the stream ended.
+    assert relay.rewrite(chunk(usage=reported, choices=False)) is None
+    usage = relay.usage(complete=True)
+    assert (usage.cached_tokens, usage.reasoning_tokens) == (6, 1)
+    [last] = relay.closing_chunks(charge(usage, 5_250), cut=False)
+    body = orjson.loads(last)
+    assert body["choices"] == [] and body["model"] == "p" and body["id"] == "c1"
+    assert body["usage"] == {**reported, "cost": "0.000005250"}
+
+
+def test_usage_on_a_text_chunk_moves_to_the_last_chunk() -> None:
+    relay = StreamRelay(public_model="p", include_usage=True, prompt_estimate=4)
+    out = relay.rewrite(chunk("a", usage={"prompt_tokens": 3, "completion_tokens": 1}))
+    assert out is not None and orjson.loads(out)["usage"] is None
+    [last] = relay.closing_chunks(charge(relay.usage(complete=True), 7), cut=False)
+    assert orjson.loads(last)["usage"] == {
+        "prompt_tokens": 3,
+        "completion_tokens": 1,
+        "cost": "0.000000007",
+    }
+
+
+def test_kyma_counts_and_says_so_when_the_upstream_reports_nothing() -> None:
+    relay = StreamRelay(public_model="p", include_usage=True, prompt_estimate=4)
+    relay.rewrite(chunk("a b"))
+    [last] = relay.closing_chunks(charge(relay.usage(complete=True), 9), cut=False)
+    assert orjson.loads(last)["usage"] == {
+        "prompt_tokens": 4,
+        "completion_tokens": 2,
+        "total_tokens": 6,
+        "estimated": True,
+        "cost": "0.000000009",
+    }
+
+
+def test_no_usage_chunk_unless_asked() -> None:
+    relay = StreamRelay(public_model="p", include_usage=False, prompt_estimate=4)
+    relay.rewrite(chunk("a b"))
+    relay.rewrite(chunk(usage={"prompt_tokens": 3, "completion_tokens": 2}, choices=False))
+    assert relay.closing_chunks(charge(relay.usage(complete=True)), cut=False) == []

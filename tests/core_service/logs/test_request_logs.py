@@ -17,13 +17,15 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import pytest
 import pytest_asyncio
-from sqlalchemy import text
+from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core_service.clock import SystemClock
 from core_service.db.engine import create_engine, migrate
-from core_service.errors import InvalidRequest
+from core_service.db.models import LedgerEntry
+from core_service.errors import InvalidRequest, NotFound
 from core_service.logs.entry import RequestLogEntry
+from core_service.logs.lookup import RequestRecords
 from core_service.logs.query import RequestLogQuery
 from core_service.logs.retention import LogRetention
 from core_service.logs.writer import RequestLogWriter
@@ -271,6 +273,10 @@ async def test_entries_round_trip_through_query(db: Db) -> None:
         stream=False,
         response_body="",
         cost_nanos=2**40,
+        cached_tokens=1,
+        cache_write_tokens=1,
+        reasoning_tokens=3,
+        hold_id="hold_" + secrets.token_hex(4),
     )
     theirs = [entry(other, base + timedelta(minutes=i, seconds=30)) for i in range(3)]
     writer = RequestLogWriter(db.engine, FakeClock(base), batch_size=4, flush_interval=0.01)
@@ -306,6 +312,56 @@ async def test_entries_round_trip_through_query(db: Db) -> None:
     ):
         with pytest.raises(InvalidRequest):
             await query.find(**bad)  # type: ignore[arg-type]
+
+
+async def test_an_account_looks_up_its_own_request_and_its_ledger_entries(db: Db) -> None:
+    account, other = new_account(), new_account()
+    now = datetime.now(UTC)
+    hold = "hold_" + secrets.token_hex(6)
+    mine = entry(
+        account,
+        now,
+        hold_id=hold,
+        cost_nanos=1500,
+        cached_tokens=4,
+        cache_write_tokens=0,
+        reasoning_tokens=2,
+    )
+    old = entry(account, now - timedelta(days=8), hold_id="hold_" + secrets.token_hex(6))
+    writer = RequestLogWriter(db.engine, FakeClock(now), flush_interval=0.01)
+    await writer.start()
+    for item in (mine, old):
+        writer.record(item)
+    await writer.stop(timeout=5)
+    async with db.engine.begin() as conn:
+        for key, amount in ((f"usage:{hold}", 1000), (f"usage:{hold}:late", 500)):
+            await conn.execute(
+                insert(LedgerEntry).values(
+                    idempotency_key=key,
+                    kind="usage",
+                    debit_account=account,
+                    credit_account="system:usage_revenue",
+                    amount_nanos=amount,
+                    created_at=now,
+                    actor=mine.request_id,
+                    reference=hold,
+                )
+            )
+    records = RequestRecords(db.engine, LogRetention(db.engine, FakeClock(now), days=7))
+    found = await records.get(account, mine.request_id)
+    assert (found.model, found.deployment, found.status) == ("test-model", "dep-1", "ok")
+    assert (found.prompt_tokens, found.completion_tokens) == (11, 7)
+    assert (found.cached_tokens, found.reasoning_tokens, found.cost_nanos) == (4, 2, 1500)
+    assert found.created_at == mine.created_at and found.hold_id == hold
+    assert [e.amount_nanos for e in found.ledger_entries] == [1000, 500]
+    # Another account's request is not there for this one; nor is one past retention, even
+    # before the purge removes it.
+    with pytest.raises(NotFound):
+        await records.get(other, mine.request_id)
+    with pytest.raises(NotFound):
+        await records.get(account, old.request_id)
+    with pytest.raises(InvalidRequest):
+        await records.get(account, "")
 
 
 async def test_writer_creates_a_missing_day_partition_and_recovers_from_a_dropped_one(

@@ -399,3 +399,46 @@ def test_answer_lists_and_retrieves_models() -> None:
     assert [Model.model_validate(item).id for item in listing.body["data"]] == ["fake-model"]
     one = _json_reply(answer(MODEL, "GET", "/v1/models/org/some-model", b""))
     assert Model.model_validate(one.body).id == "org/some-model"
+
+
+def test_usage_reports_cached_and_reasoning_shares_when_asked() -> None:
+    shares = {"cached_prompt_fraction": 0.5, "reasoning_fraction": 0.25}
+    body = MODEL.chat_completion(chat(max_tokens=8, simulate_usage=shares), model="m")
+    usage = ChatCompletion.model_validate(body).usage
+    assert usage is not None and usage.prompt_tokens == count_chat_prompt(MESSAGES)
+    # Parts of the totals, as OpenAI counts them, never added to them.
+    assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens // 2  # type: ignore[union-attr]
+    assert usage.completion_tokens == 8
+    assert usage.completion_tokens_details.reasoning_tokens == 2  # type: ignore[union-attr]
+    # A model's own defaults, which a request overrides; legacy completions too.
+    reasoning = FakeModel(reasoning_fraction=0.5)
+    plain = reasoning.completion({"model": "m", "prompt": "Once upon", "max_tokens": 4}, model="m")
+    assert plain["usage"]["completion_tokens_details"] == {"reasoning_tokens": 2}
+    assert "prompt_tokens_details" not in plain["usage"]
+    chunks = list(
+        reasoning.chat_chunks(
+            chat(
+                max_tokens=4,
+                stream=True,
+                stream_options={"include_usage": True},
+                simulate_usage={"reasoning_fraction": 0},
+            ),
+            model="m",
+        )
+    )
+    assert chunks[-1]["usage"]["completion_tokens_details"]["reasoning_tokens"] == 0
+
+
+@pytest.mark.parametrize(
+    "asked, param",
+    [
+        ("half", "simulate_usage"),
+        ({"cached_prompt_fraction": 2}, "simulate_usage.cached_prompt_fraction"),
+        ({"reasoning_fraction": True}, "simulate_usage.reasoning_fraction"),
+        ({"cache_everything": 1}, "simulate_usage"),
+    ],
+)
+def test_bad_usage_shares_are_refused(asked: Any, param: str) -> None:
+    with pytest.raises(FakeRequestError) as refused:
+        MODEL.chat_completion(chat(simulate_usage=asked), model="m")
+    assert refused.value.status == 400 and refused.value.param == param

@@ -91,6 +91,8 @@ def clean_upstream(upstream_process: RunningUpstream) -> Iterator[RunningUpstrea
         "hang_rate": 0,
         "drop_stream_after": None,
         "require_api_key": None,
+        "cached_prompt_fraction": 0,
+        "reasoning_fraction": 0,
         "seed": 1,
     }
     with httpx.Client(base_url=upstream_process.url) as client:
@@ -278,11 +280,24 @@ async def test_control_reads_updates_and_validates(http: httpx.AsyncClient) -> N
         b'{"latency_ms": "slow"}',
         b'{"drop_stream_after": -1}',
         b'{"tokens_per_second": true}',
+        b'{"cached_prompt_fraction": 1.5}',
+        b'{"reasoning_fraction": "most"}',
     ):
         response = await http.post("/_control", content=bad)
         assert response.status_code == 400, bad
         assert response.json()["error"]["type"] == "invalid_request_error"
     assert (await http.get("/_control")).json() == updated
+
+
+async def test_control_sets_the_cached_and_reasoning_shares(http: httpx.AsyncClient) -> None:
+    await control(http, cached_prompt_fraction=0.5, reasoning_fraction=0.5)
+    body = {"model": "m", "messages": [{"role": "user", "content": "a b c d"}], "max_tokens": 4}
+    usage = (await http.post("/v1/chat/completions", json=body)).json()["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"] // 2
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == 2
+    body["simulate_usage"] = {"cached_prompt_fraction": 0}
+    usage = (await http.post("/v1/chat/completions", json=body)).json()["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] == 0
 
 
 # --- faults -----------------------------------------------------------------------------------
@@ -433,6 +448,10 @@ def test_flags_set_the_initial_faults(upstream_factory: Callable[..., RunningUps
         "7",
         "--require-api-key",
         "k",
+        "--cached-prompt-fraction",
+        "0.5",
+        "--reasoning-fraction",
+        "0.25",
         "--seed",
         "3",
     )
@@ -449,6 +468,8 @@ def test_flags_set_the_initial_faults(upstream_factory: Callable[..., RunningUps
         "fail_on_text": None,
         "overrun_tokens": 0,
         "omit_usage": False,
+        "cached_prompt_fraction": 0.5,
+        "reasoning_fraction": 0.25,
         "seed": 3,
     }
     assert running.stop() == 0

@@ -7,7 +7,7 @@ Every existing key gets its spend row (`key_spend`) here: the hold stores lock a
 with the account's balance row, and expect it to exist from the key's first request on.
 
 Revision ID: 0012
-Revises: 0008
+Revises: 0010
 """
 
 import sqlalchemy as sa
@@ -16,7 +16,7 @@ from alembic import op
 from core_service.db.types import UTCDateTime
 
 revision = "0012"
-down_revision = "0008"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

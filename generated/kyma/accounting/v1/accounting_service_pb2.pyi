@@ -948,6 +948,9 @@ class UsageRow(_message.Message):
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
     ESTIMATED_REQUESTS_FIELD_NUMBER: _builtins.int
+    CACHED_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
+    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
     day: _builtins.str
     """UTC day, YYYY-MM-DD."""
     model: _builtins.str
@@ -956,6 +959,11 @@ class UsageRow(_message.Message):
     completion_tokens: _builtins.int
     estimated_requests: _builtins.int
     """Requests whose usage the upstream did not report, counted by Kyma."""
+    cached_tokens: _builtins.int
+    """Of the prompt tokens: read from the upstream's prompt cache, and written to it."""
+    cache_write_tokens: _builtins.int
+    reasoning_tokens: _builtins.int
+    """Of the completion tokens: the model's reasoning."""
     @_builtins.property
     def cost(self) -> Global___Money: ...
     def __init__(
@@ -968,10 +976,13 @@ class UsageRow(_message.Message):
         completion_tokens: _builtins.int = ...,
         cost: Global___Money | None = ...,
         estimated_requests: _builtins.int = ...,
+        cached_tokens: _builtins.int = ...,
+        cache_write_tokens: _builtins.int = ...,
+        reasoning_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "cost", b"cost", "day", b"day", "estimated_requests", b"estimated_requests", "model", b"model", "prompt_tokens", b"prompt_tokens", "requests", b"requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_tokens", b"cache_write_tokens", "cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "cost", b"cost", "day", b"day", "estimated_requests", b"estimated_requests", "model", b"model", "prompt_tokens", b"prompt_tokens", "reasoning_tokens", b"reasoning_tokens", "requests", b"requests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1149,3 +1160,149 @@ class ListReferralsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListReferralsResponse: _TypeAlias = ListReferralsResponse  # noqa: Y015
+
+@_typing.final
+class TokenCounts(_message.Message):
+    """A request's tokens by kind. `prompt_tokens` includes the cached and cache-write tokens;
+    `completion_tokens` includes the reasoning tokens.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHED_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
+    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    prompt_tokens: _builtins.int
+    completion_tokens: _builtins.int
+    total_tokens: _builtins.int
+    cached_tokens: _builtins.int
+    cache_write_tokens: _builtins.int
+    reasoning_tokens: _builtins.int
+    def __init__(
+        self,
+        *,
+        prompt_tokens: _builtins.int = ...,
+        completion_tokens: _builtins.int = ...,
+        total_tokens: _builtins.int = ...,
+        cached_tokens: _builtins.int = ...,
+        cache_write_tokens: _builtins.int = ...,
+        reasoning_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_tokens", b"cache_write_tokens", "cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "prompt_tokens", b"prompt_tokens", "reasoning_tokens", b"reasoning_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenCounts: _TypeAlias = TokenCounts  # noqa: Y015
+
+@_typing.final
+class RequestRecord(_message.Message):
+    """One request as its account holder sees it afterwards."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    ESTIMATED_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    LEDGER_ENTRIES_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    endpoint: _builtins.str
+    """"chat.completions", "completions", "embeddings"."""
+    model: _builtins.str
+    deployment: _builtins.str
+    """The deployment's public name in the catalogue (never its URL); empty when none answered."""
+    status: _builtins.str
+    """"ok", or the reason it failed (e.g. RATE_LIMIT_EXCEEDED, CLIENT_GONE)."""
+    stream: _builtins.bool
+    estimated: _builtins.bool
+    """True when the upstream reported no usage (or none believable) and Kyma counted."""
+    latency_ms: _builtins.float
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def tokens(self) -> Global___TokenCounts: ...
+    @_builtins.property
+    def cost(self) -> Global___Money:
+        """What the request was charged."""
+
+    @_builtins.property
+    def ledger_entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerEntry]:
+        """The ledger entries that charged it: one, or a second when a settlement came after its
+        hold expired; none while the settlement is still being written, or when it cost nothing.
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        endpoint: _builtins.str = ...,
+        model: _builtins.str = ...,
+        deployment: _builtins.str = ...,
+        status: _builtins.str = ...,
+        stream: _builtins.bool = ...,
+        tokens: Global___TokenCounts | None = ...,
+        estimated: _builtins.bool = ...,
+        cost: Global___Money | None = ...,
+        latency_ms: _builtins.float = ...,
+        ledger_entries: _abc.Iterable[Global___LedgerEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "created_at", b"created_at", "tokens", b"tokens"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "created_at", b"created_at", "deployment", b"deployment", "endpoint", b"endpoint", "estimated", b"estimated", "latency_ms", b"latency_ms", "ledger_entries", b"ledger_entries", "model", b"model", "request_id", b"request_id", "status", b"status", "stream", b"stream", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestRecord: _TypeAlias = RequestRecord  # noqa: Y015
+
+@_typing.final
+class GetRequestRecordRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The `x-request-id` of the response (over gRPC: the response's request_id)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRequestRecordRequest: _TypeAlias = GetRequestRecordRequest  # noqa: Y015
+
+@_typing.final
+class GetRequestRecordResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___RequestRecord: ...
+    def __init__(
+        self,
+        *,
+        request: Global___RequestRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRequestRecordResponse: _TypeAlias = GetRequestRecordResponse  # noqa: Y015

@@ -92,6 +92,11 @@ class AccountingServiceStub:
                 request_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListReferralsRequest.SerializeToString,
                 response_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListReferralsResponse.FromString,
                 _registered_method=True)
+        self.GetRequestRecord = channel.unary_unary(
+                '/kyma.accounting.v1.AccountingService/GetRequestRecord',
+                request_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetRequestRecordRequest.SerializeToString,
+                response_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetRequestRecordResponse.FromString,
+                _registered_method=True)
 
 
 class AccountingServiceServicer:
@@ -176,6 +181,14 @@ class AccountingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRequestRecord(self, request, context):
+        """One past request of the account, from the request log (NOT_FOUND when it is not the
+        account's, or its log was purged by retention).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +246,11 @@ def add_AccountingServiceServicer_to_server(servicer, server):
                     servicer.ListReferrals,
                     request_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListReferralsRequest.FromString,
                     response_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListReferralsResponse.SerializeToString,
+            ),
+            'GetRequestRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRequestRecord,
+                    request_deserializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetRequestRecordRequest.FromString,
+                    response_serializer=kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetRequestRecordResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -535,6 +553,33 @@ class AccountingService:
             '/kyma.accounting.v1.AccountingService/ListReferrals',
             kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListReferralsRequest.SerializeToString,
             kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.ListReferralsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRequestRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyma.accounting.v1.AccountingService/GetRequestRecord',
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetRequestRecordRequest.SerializeToString,
+            kyma_dot_accounting_dot_v1_dot_accounting__service__pb2.GetRequestRecordResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,10 @@ class AccountingServiceStub:
     """Changes a key's name or limits (spend cap, expiry, model allow-list)."""
     ListReferrals: _grpc.UnaryUnaryMultiCallable[_accounting_service_pb2.ListReferralsRequest, _accounting_service_pb2.ListReferralsResponse]
     """The accounts this account referred, newest first."""
+    GetRequestRecord: _grpc.UnaryUnaryMultiCallable[_accounting_service_pb2.GetRequestRecordRequest, _accounting_service_pb2.GetRequestRecordResponse]
+    """One past request of the account, from the request log (NOT_FOUND when it is not the
+    account's, or its log was purged by retention).
+    """
 
 @_typing.type_check_only
 class AccountingServiceAsyncStub(AccountingServiceStub):
@@ -87,6 +91,10 @@ class AccountingServiceAsyncStub(AccountingServiceStub):
     """Changes a key's name or limits (spend cap, expiry, model allow-list)."""
     ListReferrals: _aio.UnaryUnaryMultiCallable[_accounting_service_pb2.ListReferralsRequest, _accounting_service_pb2.ListReferralsResponse]  # type: ignore[assignment]
     """The accounts this account referred, newest first."""
+    GetRequestRecord: _aio.UnaryUnaryMultiCallable[_accounting_service_pb2.GetRequestRecordRequest, _accounting_service_pb2.GetRequestRecordResponse]  # type: ignore[assignment]
+    """One past request of the account, from the request log (NOT_FOUND when it is not the
+    account's, or its log was purged by retention).
+    """
 
 class AccountingServiceServicer(metaclass=_abc_1.ABCMeta):
     """AccountingService is what an account holder sees of their own account.
@@ -180,5 +188,15 @@ class AccountingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_accounting_service_pb2.ListReferralsResponse, _abc.Awaitable[_accounting_service_pb2.ListReferralsResponse]]:
         """The accounts this account referred, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetRequestRecord(
+        self,
+        request: _accounting_service_pb2.GetRequestRecordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounting_service_pb2.GetRequestRecordResponse, _abc.Awaitable[_accounting_service_pb2.GetRequestRecordResponse]]:
+        """One past request of the account, from the request log (NOT_FOUND when it is not the
+        account's, or its log was purged by retention).
+        """
 
 def add_AccountingServiceServicer_to_server(servicer: AccountingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

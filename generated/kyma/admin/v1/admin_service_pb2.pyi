@@ -1032,6 +1032,9 @@ class RequestLog(_message.Message):
     STREAM_FIELD_NUMBER: _builtins.int
     REQUEST_BODY_FIELD_NUMBER: _builtins.int
     RESPONSE_BODY_FIELD_NUMBER: _builtins.int
+    CACHED_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
+    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     account_id: _builtins.str
     key_id: _builtins.str
@@ -1050,6 +1053,10 @@ class RequestLog(_message.Message):
     request_body: _builtins.str
     response_body: _builtins.str
     """The response body, or a stream's assembled text."""
+    cached_tokens: _builtins.int
+    """Of the prompt tokens: cache reads and cache writes; of the completion: reasoning."""
+    cache_write_tokens: _builtins.int
+    reasoning_tokens: _builtins.int
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1074,10 +1081,13 @@ class RequestLog(_message.Message):
         stream: _builtins.bool = ...,
         request_body: _builtins.str = ...,
         response_body: _builtins.str = ...,
+        cached_tokens: _builtins.int = ...,
+        cache_write_tokens: _builtins.int = ...,
+        reasoning_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "completion_tokens", b"completion_tokens", "cost", b"cost", "created_at", b"created_at", "deployment", b"deployment", "endpoint", b"endpoint", "estimated", b"estimated", "key_id", b"key_id", "latency_ms", b"latency_ms", "model", b"model", "prompt_tokens", b"prompt_tokens", "request_body", b"request_body", "request_id", b"request_id", "response_body", b"response_body", "status", b"status", "stream", b"stream", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "cache_write_tokens", b"cache_write_tokens", "cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "cost", b"cost", "created_at", b"created_at", "deployment", b"deployment", "endpoint", b"endpoint", "estimated", b"estimated", "key_id", b"key_id", "latency_ms", b"latency_ms", "model", b"model", "prompt_tokens", b"prompt_tokens", "reasoning_tokens", b"reasoning_tokens", "request_body", b"request_body", "request_id", b"request_id", "response_body", b"response_body", "status", b"status", "stream", b"stream", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from kyma.ratelimit.v1 import ratelimit_pb2 as kyma_dot_ratelimit_dot_v1_dot_ratelimit__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)kyma/inference/v1/inference_service.proto\x12\x11kyma.inference.v1\x1a!kyma/ratelimit/v1/ratelimit.proto\"\x88\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\x12\x11\n\testimated\x18\x04 \x01(\x08\x12\x12\n\ncost_nanos\x18\x05 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x06 \x01(\t\"+\n\x1b\x43reateChatCompletionRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\"\xa1\x01\n\x1c\x43reateChatCompletionResponse\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\'\n\x05usage\x18\x02 \x01(\x0b\x32\x18.kyma.inference.v1.Usage\x12\x36\n\nrate_limit\x18\x03 \x01(\x0b\x32\".kyma.ratelimit.v1.RateLimitStatus\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"+\n\x1bStreamChatCompletionRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\"\xa3\x01\n\x1cStreamChatCompletionResponse\x12\x0e\n\x06\x63hunks\x18\x01 \x03(\x0c\x12\x36\n\nrate_limit\x18\x02 \x01(\x0b\x32\".kyma.ratelimit.v1.RateLimitStatus\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\'\n\x05usage\x18\x04 \x01(\x0b\x32\x18.kyma.inference.v1.Usage\"\'\n\x17\x43reateCompletionRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\"\x9d\x01\n\x18\x43reateCompletionResponse\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\'\n\x05usage\x18\x02 \x01(\x0b\x32\x18.kyma.inference.v1.Usage\x12\x36\n\nrate_limit\x18\x03 \x01(\x0b\x32\".kyma.ratelimit.v1.RateLimitStatus\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\'\n\x17StreamCompletionRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\"\x9f\x01\n\x18StreamCompletionResponse\x12\x0e\n\x06\x63hunks\x18\x01 \x03(\x0c\x12\x36\n\nrate_limit\x18\x02 \x01(\x0b\x32\".kyma.ratelimit.v1.RateLimitStatus\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\'\n\x05usage\x18\x04 \x01(\x0b\x32\x18.kyma.inference.v1.Usage\"&\n\x16\x43reateEmbeddingRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\"\x9c\x01\n\x17\x43reateEmbeddingResponse\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\'\n\x05usage\x18\x02 \x01(\x0b\x32\x18.kyma.inference.v1.Usage\x12\x36\n\nrate_limit\x18\x03 \x01(\x0b\x32\".kyma.ratelimit.v1.RateLimitStatus\x12\x12\n\nrequest_id\x18\x04 \x01(\t2\xcc\x04\n\x10InferenceService\x12w\n\x14\x43reateChatCompletion\x12..kyma.inference.v1.CreateChatCompletionRequest\x1a/.kyma.inference.v1.CreateChatCompletionResponse\x12y\n\x14StreamChatCompletion\x12..kyma.inference.v1.StreamChatCompletionRequest\x1a/.kyma.inference.v1.StreamChatCompletionResponse0\x01\x12k\n\x10\x43reateCompletion\x12*.kyma.inference.v1.CreateCompletionRequest\x1a+.kyma.inference.v1.CreateCompletionResponse\x12m\n\x10StreamCompletion\x12*.kyma.inference.v1.StreamCompletionRequest\x1a+.kyma.inference.v1.StreamCompletionResponse0\x01\x12h\n\x0f\x43reateEmbedding\x12).kyma.inference.v1.CreateEmbeddingRequest\x1a*.kyma.inference.v1.CreateEmbeddingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)kyma/inference/v1/inference_service.proto\x12\x11kyma.inference.v1\x1a!kyma/ratelimit/v1/ratelimit.proto\"\xd5\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\x12\x11\n\testimated\x18\x04 \x01(\x08\x12\x12\n\ncost_nanos\x18\x05 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x06 \x01(\t\x12\x15\n\rcached_tokens\x18\x07 \x01(\x03\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\x08 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\t \x01(\x03\"+\n\x1b\x43reateChatCompletionRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\"\xa1\x01\n\x1c\x43reateChatCompletionResponse\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\'\n\x05usage\x18\x02 \x01(\x0b\x32\x18.kyma.inference.v1.Usage\x12\x36\n\nrate_limit\x18\x03 \x01(\x0b\x32\".kyma.ratelimit.v1.RateLimitStatus\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"+\n\x1bStreamChatCompletionRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\"\xa3\x01\n\x1cStreamChatCompletionResponse\x12\x0e\n\x06\x63hunks\x18\x01 \x03(\x0c\x12\x36\n\nrate_limit\x18\x02 \x01(\x0b\x32\".kyma.ratelimit.v1.RateLimitStatus\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\'\n\x05usage\x18\x04 \x01(\x0b\x32\x18.kyma.inference.v1.Usage\"\'\n\x17\x43reateCompletionRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\"\x9d\x01\n\x18\x43reateCompletionResponse\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\'\n\x05usage\x18\x02 \x01(\x0b\x32\x18.kyma.inference.v1.Usage\x12\x36\n\nrate_limit\x18\x03 \x01(\x0b\x32\".kyma.ratelimit.v1.RateLimitStatus\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\'\n\x17StreamCompletionRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\"\x9f\x01\n\x18StreamCompletionResponse\x12\x0e\n\x06\x63hunks\x18\x01 \x03(\x0c\x12\x36\n\nrate_limit\x18\x02 \x01(\x0b\x32\".kyma.ratelimit.v1.RateLimitStatus\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\'\n\x05usage\x18\x04 \x01(\x0b\x32\x18.kyma.inference.v1.Usage\"&\n\x16\x43reateEmbeddingRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\"\x9c\x01\n\x17\x43reateEmbeddingResponse\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\'\n\x05usage\x18\x02 \x01(\x0b\x32\x18.kyma.inference.v1.Usage\x12\x36\n\nrate_limit\x18\x03 \x01(\x0b\x32\".kyma.ratelimit.v1.RateLimitStatus\x12\x12\n\nrequest_id\x18\x04 \x01(\t2\xcc\x04\n\x10InferenceService\x12w\n\x14\x43reateChatCompletion\x12..kyma.inference.v1.CreateChatCompletionRequest\x1a/.kyma.inference.v1.CreateChatCompletionResponse\x12y\n\x14StreamChatCompletion\x12..kyma.inference.v1.StreamChatCompletionRequest\x1a/.kyma.inference.v1.StreamChatCompletionResponse0\x01\x12k\n\x10\x43reateCompletion\x12*.kyma.inference.v1.CreateCompletionRequest\x1a+.kyma.inference.v1.CreateCompletionResponse\x12m\n\x10StreamCompletion\x12*.kyma.inference.v1.StreamCompletionRequest\x1a+.kyma.inference.v1.StreamCompletionResponse0\x01\x12h\n\x0f\x43reateEmbedding\x12).kyma.inference.v1.CreateEmbeddingRequest\x1a*.kyma.inference.v1.CreateEmbeddingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,27 +33,27 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kyma.inference.v1.inference
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_USAGE']._serialized_start=100
-  _globals['_USAGE']._serialized_end=236
-  _globals['_CREATECHATCOMPLETIONREQUEST']._serialized_start=238
-  _globals['_CREATECHATCOMPLETIONREQUEST']._serialized_end=281
-  _globals['_CREATECHATCOMPLETIONRESPONSE']._serialized_start=284
-  _globals['_CREATECHATCOMPLETIONRESPONSE']._serialized_end=445
-  _globals['_STREAMCHATCOMPLETIONREQUEST']._serialized_start=447
-  _globals['_STREAMCHATCOMPLETIONREQUEST']._serialized_end=490
-  _globals['_STREAMCHATCOMPLETIONRESPONSE']._serialized_start=493
-  _globals['_STREAMCHATCOMPLETIONRESPONSE']._serialized_end=656
-  _globals['_CREATECOMPLETIONREQUEST']._serialized_start=658
-  _globals['_CREATECOMPLETIONREQUEST']._serialized_end=697
-  _globals['_CREATECOMPLETIONRESPONSE']._serialized_start=700
-  _globals['_CREATECOMPLETIONRESPONSE']._serialized_end=857
-  _globals['_STREAMCOMPLETIONREQUEST']._serialized_start=859
-  _globals['_STREAMCOMPLETIONREQUEST']._serialized_end=898
-  _globals['_STREAMCOMPLETIONRESPONSE']._serialized_start=901
-  _globals['_STREAMCOMPLETIONRESPONSE']._serialized_end=1060
-  _globals['_CREATEEMBEDDINGREQUEST']._serialized_start=1062
-  _globals['_CREATEEMBEDDINGREQUEST']._serialized_end=1100
-  _globals['_CREATEEMBEDDINGRESPONSE']._serialized_start=1103
-  _globals['_CREATEEMBEDDINGRESPONSE']._serialized_end=1259
-  _globals['_INFERENCESERVICE']._serialized_start=1262
-  _globals['_INFERENCESERVICE']._serialized_end=1850
+  _globals['_USAGE']._serialized_end=313
+  _globals['_CREATECHATCOMPLETIONREQUEST']._serialized_start=315
+  _globals['_CREATECHATCOMPLETIONREQUEST']._serialized_end=358
+  _globals['_CREATECHATCOMPLETIONRESPONSE']._serialized_start=361
+  _globals['_CREATECHATCOMPLETIONRESPONSE']._serialized_end=522
+  _globals['_STREAMCHATCOMPLETIONREQUEST']._serialized_start=524
+  _globals['_STREAMCHATCOMPLETIONREQUEST']._serialized_end=567
+  _globals['_STREAMCHATCOMPLETIONRESPONSE']._serialized_start=570
+  _globals['_STREAMCHATCOMPLETIONRESPONSE']._serialized_end=733
+  _globals['_CREATECOMPLETIONREQUEST']._serialized_start=735
+  _globals['_CREATECOMPLETIONREQUEST']._serialized_end=774
+  _globals['_CREATECOMPLETIONRESPONSE']._serialized_start=777
+  _globals['_CREATECOMPLETIONRESPONSE']._serialized_end=934
+  _globals['_STREAMCOMPLETIONREQUEST']._serialized_start=936
+  _globals['_STREAMCOMPLETIONREQUEST']._serialized_end=975
+  _globals['_STREAMCOMPLETIONRESPONSE']._serialized_start=978
+  _globals['_STREAMCOMPLETIONRESPONSE']._serialized_end=1137
+  _globals['_CREATEEMBEDDINGREQUEST']._serialized_start=1139
+  _globals['_CREATEEMBEDDINGREQUEST']._serialized_end=1177
+  _globals['_CREATEEMBEDDINGRESPONSE']._serialized_start=1180
+  _globals['_CREATEEMBEDDINGRESPONSE']._serialized_end=1336
+  _globals['_INFERENCESERVICE']._serialized_start=1339
+  _globals['_INFERENCESERVICE']._serialized_end=1927
 # @@protoc_insertion_point(module_scope)

@@ -31,6 +31,9 @@ class Usage(_message.Message):
     ESTIMATED_FIELD_NUMBER: _builtins.int
     COST_NANOS_FIELD_NUMBER: _builtins.int
     COST_USD_FIELD_NUMBER: _builtins.int
+    CACHED_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
+    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     completion_tokens: _builtins.int
     total_tokens: _builtins.int
@@ -39,6 +42,13 @@ class Usage(_message.Message):
     cost_nanos: _builtins.int
     """What the request cost, in nano-dollars (1e-9 USD) and as a decimal USD string."""
     cost_usd: _builtins.str
+    cached_tokens: _builtins.int
+    """Of the prompt tokens: read from the upstream's prompt cache, and written to it (each billed
+    at its own price).
+    """
+    cache_write_tokens: _builtins.int
+    reasoning_tokens: _builtins.int
+    """Of the completion tokens: the model's reasoning (billed as output)."""
     def __init__(
         self,
         *,
@@ -48,10 +58,13 @@ class Usage(_message.Message):
         estimated: _builtins.bool = ...,
         cost_nanos: _builtins.int = ...,
         cost_usd: _builtins.str = ...,
+        cached_tokens: _builtins.int = ...,
+        cache_write_tokens: _builtins.int = ...,
+        reasoning_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "cost_nanos", b"cost_nanos", "cost_usd", b"cost_usd", "estimated", b"estimated", "prompt_tokens", b"prompt_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_tokens", b"cache_write_tokens", "cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "cost_nanos", b"cost_nanos", "cost_usd", b"cost_usd", "estimated", b"estimated", "prompt_tokens", b"prompt_tokens", "reasoning_tokens", b"reasoning_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

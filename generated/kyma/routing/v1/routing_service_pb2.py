@@ -22,27 +22,32 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from kyma.ratelimit.v1 import ratelimit_service_pb2 as kyma_dot_ratelimit_dot_v1_dot_ratelimit__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%kyma/routing/v1/routing_service.proto\x12\x0fkyma.routing.v1\"F\n\x05Price\x12\x1d\n\x15input_usd_per_million\x18\x01 \x01(\t\x12\x1e\n\x16output_usd_per_million\x18\x02 \x01(\t\"\xa3\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08owned_by\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\x16\n\x0e\x63ontext_window\x18\x04 \x01(\x03\x12\x19\n\x11max_output_tokens\x18\x05 \x01(\x03\x12%\n\x05price\x18\x06 \x01(\x0b\x32\x16.kyma.routing.v1.Price\x12\x11\n\tendpoints\x18\x07 \x03(\t\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.kyma.routing.v1.Model\"\x1d\n\x0fGetModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x10GetModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.kyma.routing.v1.Model2\xb8\x01\n\x0eRoutingService\x12U\n\nListModels\x12\".kyma.routing.v1.ListModelsRequest\x1a#.kyma.routing.v1.ListModelsResponse\x12O\n\x08GetModel\x12 .kyma.routing.v1.GetModelRequest\x1a!.kyma.routing.v1.GetModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%kyma/routing/v1/routing_service.proto\x12\x0fkyma.routing.v1\x1a)kyma/ratelimit/v1/ratelimit_service.proto\"\x91\x01\n\x05Price\x12\x1d\n\x15input_usd_per_million\x18\x01 \x01(\t\x12\x1e\n\x16output_usd_per_million\x18\x02 \x01(\t\x12$\n\x1c\x63\x61\x63hed_input_usd_per_million\x18\x03 \x01(\t\x12#\n\x1b\x63\x61\x63he_write_usd_per_million\x18\x04 \x01(\t\"\xaa\x01\n\x0c\x43\x61pabilities\x12\x12\n\x05tools\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x1f\n\x12structured_outputs\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12\x13\n\x06vision\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x16\n\treasoning\x18\x04 \x01(\x08H\x03\x88\x01\x01\x42\x08\n\x06_toolsB\x15\n\x13_structured_outputsB\t\n\x07_visionB\x0c\n\n_reasoning\"<\n\rModelEndpoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07\x64ialect\x18\x03 \x01(\t\"\xfb\x02\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08owned_by\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\x1b\n\x0e\x63ontext_window\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x1e\n\x11max_output_tokens\x18\x05 \x01(\x03H\x01\x88\x01\x01\x12%\n\x05price\x18\x06 \x01(\x0b\x32\x16.kyma.routing.v1.Price\x12\x11\n\tendpoints\x18\x07 \x03(\t\x12\x33\n\x0c\x63\x61pabilities\x18\x08 \x01(\x0b\x32\x1d.kyma.routing.v1.Capabilities\x12\x38\n\x10\x65ndpoint_details\x18\t \x03(\x0b\x32\x1e.kyma.routing.v1.ModelEndpoint\x12\x34\n\rcaller_limits\x18\n \x01(\x0b\x32\x1d.kyma.ratelimit.v1.TierLimitsB\x11\n\x0f_context_windowB\x14\n\x12_max_output_tokens\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.kyma.routing.v1.Model\"\x1d\n\x0fGetModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x10GetModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.kyma.routing.v1.Model2\xb8\x01\n\x0eRoutingService\x12U\n\nListModels\x12\".kyma.routing.v1.ListModelsRequest\x1a#.kyma.routing.v1.ListModelsResponse\x12O\n\x08GetModel\x12 .kyma.routing.v1.GetModelRequest\x1a!.kyma.routing.v1.GetModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kyma.routing.v1.routing_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRICE']._serialized_start=58
-  _globals['_PRICE']._serialized_end=128
-  _globals['_MODEL']._serialized_start=131
-  _globals['_MODEL']._serialized_end=294
-  _globals['_LISTMODELSREQUEST']._serialized_start=296
-  _globals['_LISTMODELSREQUEST']._serialized_end=315
-  _globals['_LISTMODELSRESPONSE']._serialized_start=317
-  _globals['_LISTMODELSRESPONSE']._serialized_end=377
-  _globals['_GETMODELREQUEST']._serialized_start=379
-  _globals['_GETMODELREQUEST']._serialized_end=408
-  _globals['_GETMODELRESPONSE']._serialized_start=410
-  _globals['_GETMODELRESPONSE']._serialized_end=467
-  _globals['_ROUTINGSERVICE']._serialized_start=470
-  _globals['_ROUTINGSERVICE']._serialized_end=654
+  _globals['_PRICE']._serialized_start=102
+  _globals['_PRICE']._serialized_end=247
+  _globals['_CAPABILITIES']._serialized_start=250
+  _globals['_CAPABILITIES']._serialized_end=420
+  _globals['_MODELENDPOINT']._serialized_start=422
+  _globals['_MODELENDPOINT']._serialized_end=482
+  _globals['_MODEL']._serialized_start=485
+  _globals['_MODEL']._serialized_end=864
+  _globals['_LISTMODELSREQUEST']._serialized_start=866
+  _globals['_LISTMODELSREQUEST']._serialized_end=885
+  _globals['_LISTMODELSRESPONSE']._serialized_start=887
+  _globals['_LISTMODELSRESPONSE']._serialized_end=947
+  _globals['_GETMODELREQUEST']._serialized_start=949
+  _globals['_GETMODELREQUEST']._serialized_end=978
+  _globals['_GETMODELRESPONSE']._serialized_start=980
+  _globals['_GETMODELRESPONSE']._serialized_end=1037
+  _globals['_ROUTINGSERVICE']._serialized_start=1040
+  _globals['_ROUTINGSERVICE']._serialized_end=1224
 # @@protoc_insertion_point(module_scope)

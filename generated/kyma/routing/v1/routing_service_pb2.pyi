@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from kyma.ratelimit.v1 import ratelimit_service_pb2 as _ratelimit_service_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -24,22 +25,113 @@ class Price(_message.Message):
 
     INPUT_USD_PER_MILLION_FIELD_NUMBER: _builtins.int
     OUTPUT_USD_PER_MILLION_FIELD_NUMBER: _builtins.int
+    CACHED_INPUT_USD_PER_MILLION_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_USD_PER_MILLION_FIELD_NUMBER: _builtins.int
     input_usd_per_million: _builtins.str
-    """USD per million tokens, as decimal strings (e.g. "0.15"); "0" for free models."""
+    """USD per million tokens, as exact decimal strings (e.g. "0.15"); "0" for free models."""
     output_usd_per_million: _builtins.str
+    cached_input_usd_per_million: _builtins.str
+    """A prompt token read from the upstream's prompt cache, and one written to it: the input
+    price where the catalogue sets none (never free unless it says "0"). Where deployments
+    of the model set their own, the highest of them (what a token may cost at most).
+    """
+    cache_write_usd_per_million: _builtins.str
     def __init__(
         self,
         *,
         input_usd_per_million: _builtins.str = ...,
         output_usd_per_million: _builtins.str = ...,
+        cached_input_usd_per_million: _builtins.str = ...,
+        cache_write_usd_per_million: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_usd_per_million", b"input_usd_per_million", "output_usd_per_million", b"output_usd_per_million"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_usd_per_million", b"cache_write_usd_per_million", "cached_input_usd_per_million", b"cached_input_usd_per_million", "input_usd_per_million", b"input_usd_per_million", "output_usd_per_million", b"output_usd_per_million"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Price: _TypeAlias = Price  # noqa: Y015
+
+@_typing.final
+class Capabilities(_message.Message):
+    """What the catalogue declares the model can do. A field is absent when the catalogue does
+    not say: unknown, not false.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOLS_FIELD_NUMBER: _builtins.int
+    STRUCTURED_OUTPUTS_FIELD_NUMBER: _builtins.int
+    VISION_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
+    tools: _builtins.bool
+    """Function tools and tool calls (`tools`, `tool_choice`)."""
+    structured_outputs: _builtins.bool
+    """`response_format` with a JSON schema."""
+    vision: _builtins.bool
+    """Images in the input."""
+    reasoning: _builtins.bool
+    """The model reasons before it answers (reasoning tokens, billed as output)."""
+    def __init__(
+        self,
+        *,
+        tools: _builtins.bool | None = ...,
+        structured_outputs: _builtins.bool | None = ...,
+        vision: _builtins.bool | None = ...,
+        reasoning: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_reasoning", b"_reasoning", "_structured_outputs", b"_structured_outputs", "_tools", b"_tools", "_vision", b"_vision", "reasoning", b"reasoning", "structured_outputs", b"structured_outputs", "tools", b"tools", "vision", b"vision"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_reasoning", b"_reasoning", "_structured_outputs", b"_structured_outputs", "_tools", b"_tools", "_vision", b"_vision", "reasoning", b"reasoning", "structured_outputs", b"structured_outputs", "tools", b"tools", "vision", b"vision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__reasoning: _TypeAlias = _typing.Literal["reasoning"]  # noqa: Y015
+    _WhichOneofArgType__reasoning: _TypeAlias = _typing.Literal["_reasoning", b"_reasoning"]  # noqa: Y015
+    _WhichOneofReturnType__structured_outputs: _TypeAlias = _typing.Literal["structured_outputs"]  # noqa: Y015
+    _WhichOneofArgType__structured_outputs: _TypeAlias = _typing.Literal["_structured_outputs", b"_structured_outputs"]  # noqa: Y015
+    _WhichOneofReturnType__tools: _TypeAlias = _typing.Literal["tools"]  # noqa: Y015
+    _WhichOneofArgType__tools: _TypeAlias = _typing.Literal["_tools", b"_tools"]  # noqa: Y015
+    _WhichOneofReturnType__vision: _TypeAlias = _typing.Literal["vision"]  # noqa: Y015
+    _WhichOneofArgType__vision: _TypeAlias = _typing.Literal["_vision", b"_vision"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reasoning) -> _WhichOneofReturnType__reasoning | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__structured_outputs) -> _WhichOneofReturnType__structured_outputs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tools) -> _WhichOneofReturnType__tools | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__vision) -> _WhichOneofReturnType__vision | None: ...
+
+Global___Capabilities: _TypeAlias = Capabilities  # noqa: Y015
+
+@_typing.final
+class ModelEndpoint(_message.Message):
+    """One way to call the model: the HTTP path and the API dialect spoken there."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    DIALECT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Kyma's name of the endpoint, e.g. "chat.completions"."""
+    path: _builtins.str
+    """The HTTP path, e.g. "/v1/chat/completions"."""
+    dialect: _builtins.str
+    """The API dialect, e.g. "openai.chat_completions"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        path: _builtins.str = ...,
+        dialect: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dialect", b"dialect", "name", b"name", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelEndpoint: _TypeAlias = ModelEndpoint  # noqa: Y015
 
 @_typing.final
 class Model(_message.Message):
@@ -52,18 +144,35 @@ class Model(_message.Message):
     MAX_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     PRICE_FIELD_NUMBER: _builtins.int
     ENDPOINTS_FIELD_NUMBER: _builtins.int
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
+    ENDPOINT_DETAILS_FIELD_NUMBER: _builtins.int
+    CALLER_LIMITS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The public model name clients send as `model`."""
     owned_by: _builtins.str
     created: _builtins.int
     """Unix seconds."""
     context_window: _builtins.int
+    """Tokens of prompt and output together; absent when the catalogue does not say."""
     max_output_tokens: _builtins.int
+    """The most a request may write; absent when the catalogue does not say."""
     @_builtins.property
     def price(self) -> Global___Price: ...
     @_builtins.property
     def endpoints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Which OpenAI endpoints the model serves: "chat.completions", "completions", "embeddings"."""
+
+    @_builtins.property
+    def capabilities(self) -> Global___Capabilities: ...
+    @_builtins.property
+    def endpoint_details(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelEndpoint]:
+        """The endpoints again, with their paths and dialects."""
+
+    @_builtins.property
+    def caller_limits(self) -> _ratelimit_service_pb2.TierLimits:
+        """The caller's own limits for this model (its tier's): requests per minute overall and for
+        this model, tokens per minute.
+        """
 
     def __init__(
         self,
@@ -71,16 +180,26 @@ class Model(_message.Message):
         id: _builtins.str = ...,
         owned_by: _builtins.str = ...,
         created: _builtins.int = ...,
-        context_window: _builtins.int = ...,
-        max_output_tokens: _builtins.int = ...,
+        context_window: _builtins.int | None = ...,
+        max_output_tokens: _builtins.int | None = ...,
         price: Global___Price | None = ...,
         endpoints: _abc.Iterable[_builtins.str] | None = ...,
+        capabilities: Global___Capabilities | None = ...,
+        endpoint_details: _abc.Iterable[Global___ModelEndpoint] | None = ...,
+        caller_limits: _ratelimit_service_pb2.TierLimits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["price", b"price"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_context_window", b"_context_window", "_max_output_tokens", b"_max_output_tokens", "caller_limits", b"caller_limits", "capabilities", b"capabilities", "context_window", b"context_window", "max_output_tokens", b"max_output_tokens", "price", b"price"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_window", b"context_window", "created", b"created", "endpoints", b"endpoints", "id", b"id", "max_output_tokens", b"max_output_tokens", "owned_by", b"owned_by", "price", b"price"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_context_window", b"_context_window", "_max_output_tokens", b"_max_output_tokens", "caller_limits", b"caller_limits", "capabilities", b"capabilities", "context_window", b"context_window", "created", b"created", "endpoint_details", b"endpoint_details", "endpoints", b"endpoints", "id", b"id", "max_output_tokens", b"max_output_tokens", "owned_by", b"owned_by", "price", b"price"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__context_window: _TypeAlias = _typing.Literal["context_window"]  # noqa: Y015
+    _WhichOneofArgType__context_window: _TypeAlias = _typing.Literal["_context_window", b"_context_window"]  # noqa: Y015
+    _WhichOneofReturnType__max_output_tokens: _TypeAlias = _typing.Literal["max_output_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_output_tokens: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__context_window) -> _WhichOneofReturnType__context_window | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_output_tokens) -> _WhichOneofReturnType__max_output_tokens | None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
 
