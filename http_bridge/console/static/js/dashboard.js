@@ -35,7 +35,7 @@ run(async () => {
       sessionId = sessionId || sessionStorage.getItem("kyma-checkout");
       sessionStorage.removeItem("kyma-checkout");
     } catch {
-      // no storage: any purchase newer than this page counts
+      // no storage: a purchase credited within the last hour counts (see awaitPurchase)
     }
     awaitPurchase(sessionId, Date.now()).catch((error) => flash(error.message, "error"));
   }
@@ -266,7 +266,8 @@ function sleep(ms) {
 // person. Look for the purchase's ledger entry (its reference is the Checkout Session) until
 // it is there; then show it and everything it changed (balance, tier).
 async function awaitPurchase(sessionId, since) {
-  // Without a session id: the first purchase credited after the person left for Stripe.
+  // Without a session id (Stripe did not say, and the tab kept nothing): a purchase credited
+  // within the hour before this page, or since.
   const matches = (entry) =>
     entry.kind === "purchase" && (sessionId ? entry.reference === sessionId : timestamp(entry.created_at) >= since - 3600 * 1000);
   const box = $("#purchase-status");
