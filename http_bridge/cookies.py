@@ -4,9 +4,12 @@ sessions — what a token is worth, CSRF, expiry — is the core's.
 
 The cookie is HttpOnly (page scripts never see the token), SameSite=Lax (browsers leave it off
 other sites' subrequests and form posts), Secure when the request came over TLS or Kyma's
-public URL is https, and lasts the session's absolute lifetime. A request that says it comes
-from another origin (`Origin`, or `Sec-Fetch-Site: cross-site`) is treated as carrying no
-cookie at all, so a session can never be used from another site, whatever CORS allows.
+public URL is https, and lasts the session's absolute lifetime. A request that a page of
+another origin makes — it names that origin in `Origin`, or the browser says
+`Sec-Fetch-Site: cross-site` for anything but a top-level navigation — is treated as carrying
+no cookie at all, so a session can never be used from another site, whatever CORS allows. (A
+person following a link, or coming back from Stripe, navigates: that request keeps the
+cookie; it can change nothing, since changes need the CSRF token.)
 """
 
 from __future__ import annotations
@@ -29,9 +32,13 @@ def _origin(url: str) -> str:
 
 
 def same_origin(request: Request) -> bool:
-    """Whether the browser says the request comes from the bridge's own pages (a request that
-    says nothing — not a browser, or a same-origin GET — counts as its own)."""
-    if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
+    """Whether the request may be the bridge's own pages' (a request that says nothing — not a
+    browser, or a same-origin GET — counts as its own; so does a top-level navigation)."""
+    headers = request.headers
+    if (
+        headers.get("sec-fetch-site", "").lower() == "cross-site"
+        and headers.get("sec-fetch-mode", "").lower() != "navigate"
+    ):
         return False
     origin = request.headers.get("origin")
     if origin is None:

@@ -1,22 +1,35 @@
-"""Kyma's gateway overhead benchmark: the same requests sent straight to a test upstream and
-through Kyma (bridge -> core -> upstream), side by side, in one run.
+"""Kyma's gateway overhead benchmark: the same requests sent straight to a test upstream, through
+Kyma (bridge -> core -> upstream) and, with `--peer litellm`, through LiteLLM's proxy, side by
+side in one run, with one load generator (bench_client.py).
 
 It starts a test upstream, a Kyma core and a Kyma bridge as separate processes (fresh data dir,
-free loopback ports), creates an account, and for each mode x concurrency runs a warm-up then a
-measured window against (a) the upstream directly and (b) Kyma. For Kyma rows it reads the CPU
-time (utime+stime from /proc/<pid>/stat) the core and the bridge spent in the measured window and
-divides it by the number of requests: the gateway's own cost per request.
+free loopback ports), creates an account, and (with --peer) LiteLLM in front of the same upstream
+(bench_peer.py installs it once into a cache dir of its own). Each scenario runs a warm-up then a
+measured window against every target in turn (direct, kyma, litellm). For gateway rows it reads
+the CPU time (utime+stime from /proc) of the gateway's processes in the measured window and
+divides it by the requests (and, for streams, by the chunks): the gateway's own cost. Every row
+also carries the direct upstream's own CPU per request in the same scenario, so that figures from
+different machines can be compared, the machine's load average and the CPU that processes other
+than the bench's used in the window, and the RSS of every process after it.
+
+Scenarios (`--modes`): non-streaming at each `--concurrency`; streaming as fast as the upstream
+can at each concurrency and each `--stream-tokens` length (two lengths give each gateway's fixed
+cost per stream and cost per chunk, fitted); and paced like a real model (`--paced-*`: by default
+200 concurrent streams at 50 tokens/s, 300 tokens each, the test upstream pacing each stream on its
+own), reporting CPU per chunk, the time to first token and the inter-chunk delay each gateway adds
+over the same load sent directly. `--soak MINUTES` then keeps a steady load on Kyma and samples
+every process's RSS every `--soak-interval` seconds (bench_soak.py).
 
 By default every request comes from one account (one API key, all connections); `--accounts N`
 spreads the connections over N accounts (connection i uses account i mod N). The database is a
 SQLite file in the work dir unless `--database-url` names a PostgreSQL server: then the bench makes
-a fresh database in it for the run (dropped at the end) and, around each window, reads what that
-database did (transactions, rows written, WAL, statements if it can: see bench_db.py), per
-request. With `--redis-url`, likewise Redis's commands and CPU per request. The core's, the
-bridge's and the upstream's logs are kept next to the JSON (<json>-logs/) and their warnings and
-errors are summed up at the end.
+a fresh database in it for the run (dropped at the end) and, around each direct and Kyma window,
+reads what that database did (transactions, rows written, WAL, statements if it can: see
+bench_db.py), per request. With `--redis-url`, likewise Redis's commands and CPU per request. The
+children's logs are kept next to the JSON (<json>-logs/) and their warnings and errors are summed
+up at the end.
 
-Prints a markdown table and writes JSON to bench-results/<timestamp>.json (or --json PATH).
+Prints markdown tables and writes JSON to bench-results/<timestamp>.json (or --json PATH).
 Run it through ./scripts/bench.
 """
 
@@ -25,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import ctypes
 import datetime as dt
 import json
 import os
@@ -34,16 +46,14 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
@@ -51,129 +61,45 @@ import uvloop
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import bench_db  # noqa: E402
-from bench_client import Result, build_request, percentile, run_load  # noqa: E402
+import bench_peer  # noqa: E402
+import bench_report  # noqa: E402
+import bench_soak  # noqa: E402
+from bench_client import Result, build_request, run_load  # noqa: E402
+from bench_proc import (  # noqa: E402
+    CLK_TCK,
+    HOST,
+    Processes,
+    cpu_ticks,
+    free_port,
+    loadavg,
+    machine_busy_ticks,
+    tree_rss_mb,
+    wait_http,
+)
+from bench_stats import StreamWindow, difference, judge_stream_cost, percentile, ratio  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 VENV_BIN = pathlib.Path(sys.executable).parent
 KYMA = str(VENV_BIN / "kyma")
-HOST = "127.0.0.1"
 PUBLIC_MODEL = "bench-model"
 UPSTREAM_MODEL = "upstream-model"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-MODES = ("nonstream", "stream")
+MODES = ("nonstream", "stream", "paced")
+MAX_TOKENS = 16  # non-streaming requests and the short streams
+PACED_WARMUP_TOKENS = 8
 
 
-# --- processes ------------------------------------------------------------------------------
+# --- the processes under test ---------------------------------------------------------------
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of a whole process (all its threads), in clock ticks."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+@dataclass
+class Target:
+    """Something the load is sent to: the upstream itself, Kyma's bridge, or a peer gateway."""
 
-
-def machine_busy_ticks() -> int:
-    """Busy clock ticks of all CPUs together (aggregate line of /proc/stat), for spotting load
-    from outside the bench during a window."""
-    with open("/proc/stat", "rb") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (values + [0] * 8)[:8]
-    return user + nice + system + irq + softirq + steal
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if the bench dies without cleaning up (SIGKILL)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-class Processes:
-    """Child processes, each in its own session (so a Ctrl-C reaches only the bench, which
-    then stops them in order), with output going to log files in the work dir."""
-
-    def __init__(self, workdir: pathlib.Path) -> None:
-        self.workdir = workdir
-        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"{name}.log", "wb")
-        proc = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        log.close()
-        self.children.append((name, proc))
-        return proc
-
-    def log(self, name: str) -> str:
-        path = self.workdir / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def wait_for_line(
-        self, name: str, proc: subprocess.Popen[bytes], pattern: str, timeout: float
-    ) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        regex = re.compile(pattern)
-        while time.monotonic() < deadline:
-            match = regex.search(self.log(name))
-            if match:
-                return match
-            if proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError(
-            f"{name} did not start (exit {proc.poll()}); its output:\n{self.log(name)[-3000:]}"
-        )
-
-    def stop_all(self) -> None:
-        for _name, proc in reversed(self.children):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for _name, proc in reversed(self.children):
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.children.clear()
-
-
-def http_get(url: str, timeout: float = 2.0) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:
-        return 0
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if http_get(url) == 200:
-            return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise RuntimeError(f"{what}: {url} did not answer 200 within {timeout:.0f}s")
+    name: str  # direct | kyma | litellm
+    port: int
+    model: str
+    keys: list[str]  # bearer keys, one per account; none for the upstream
+    processes: dict[str, int]  # the gateway's own processes (name -> pid); none for direct
 
 
 @dataclass
@@ -184,6 +110,54 @@ class Stack:
     bridge_pid: int
     bridge_port: int
     api_keys: list[str]
+    peer: bench_peer.Peer | None = None
+    extra: dict[str, int] = field(default_factory=dict)  # e.g. the faulty upstream
+    startup: dict[str, float] = field(default_factory=dict)  # seconds, see start_stack
+
+    @property
+    def processes(self) -> dict[str, int]:
+        """Every long-lived process of the bench, by name."""
+        named = {"upstream": self.upstream_pid, "core": self.core_pid, "bridge": self.bridge_pid}
+        if self.peer is not None:
+            named[self.peer.name] = self.peer.pid
+        return {**named, **self.extra}
+
+    @property
+    def gateway_processes(self) -> list[int]:
+        return [
+            pid
+            for name, pid in self.processes.items()
+            if name in ("core", "bridge", *bench_peer.PEERS)
+        ]
+
+    def targets(self) -> list[Target]:
+        found = [
+            Target("direct", self.upstream_port, UPSTREAM_MODEL, [], {}),
+            Target(
+                "kyma",
+                self.bridge_port,
+                PUBLIC_MODEL,
+                self.api_keys,
+                {"core": self.core_pid, "bridge": self.bridge_pid},
+            ),
+        ]
+        if self.peer is not None:
+            found.append(
+                Target(
+                    self.peer.name,
+                    self.peer.port,
+                    self.peer.model,
+                    [self.peer.api_key],
+                    {self.peer.name: self.peer.pid},
+                )
+            )
+        return found
+
+
+def upstream_argv() -> list[str]:
+    if subprocess.run([KYMA, "test-upstream", "--help"], capture_output=True).returncode == 0:
+        return [KYMA, "test-upstream"]
+    return [sys.executable, "-m", "core_service.simulators.test_upstream.server"]
 
 
 def start_stack(
@@ -193,43 +167,31 @@ def start_stack(
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("KYMA_")}
 
     # 1. the test upstream
-    upstream_argv = [KYMA, "test-upstream"]
-    if subprocess.run([KYMA, "test-upstream", "--help"], capture_output=True).returncode != 0:
-        upstream_argv = [sys.executable, "-m", "core_service.simulators.test_upstream.server"]
-    upstream = procs.start(
-        "upstream",
-        [
-            *upstream_argv,
-            "--host",
-            HOST,
-            "--port",
-            "0",
-            "--latency-ms",
-            str(args.upstream_latency_ms),
-            "--tokens-per-second",
-            str(args.upstream_tokens_per_second),
-        ],
-        base_env,
-    )
+    argv = upstream_argv()
+    pacing = [
+        "--latency-ms",
+        str(args.upstream_latency_ms),
+        "--tokens-per-second",
+        str(args.upstream_tokens_per_second),
+    ]
+    upstream = procs.start("upstream", [*argv, "--host", HOST, "--port", "0", *pacing], base_env)
     match = procs.wait_for_line(
         "upstream", upstream, r"test-upstream listening on http://[^:\s]+:(\d+)", 30
     )
     upstream_port = int(match.group(1))
+    extra: dict[str, int] = {}
     faulty_deployment = ""
     if args.fault_rate:
         # A second deployment of the same model that fails a share of its requests with 500s.
         faulty = procs.start(
             "faulty-upstream",
             [
-                *upstream_argv,
+                *argv,
                 "--host",
                 HOST,
                 "--port",
                 "0",
-                "--latency-ms",
-                str(args.upstream_latency_ms),
-                "--tokens-per-second",
-                str(args.upstream_tokens_per_second),
+                *pacing,
                 "--error-rate",
                 str(args.fault_rate),
                 "--error-status",
@@ -242,13 +204,21 @@ def start_stack(
         faulty_match = procs.wait_for_line(
             "faulty-upstream", faulty, r"test-upstream listening on http://[^:\s]+:(\d+)", 30
         )
+        extra["faulty-upstream"] = faulty.pid
         faulty_deployment = (
             "      - name: upstream-faulty\n"
             f"        base_url: http://{HOST}:{faulty_match.group(1)}/v1\n"
             f"        model: {UPSTREAM_MODEL}\n"
         )
 
-    # 2. Kyma core and bridge, as two processes so each one's CPU can be read
+    # 2. the peer starts now, while Kyma does: its start-up is the slowest part
+    pending = None
+    if args.peer == "litellm":
+        pending = bench_peer.launch_litellm(
+            procs, args.peer_venv, PUBLIC_MODEL, UPSTREAM_MODEL, upstream_port
+        )
+
+    # 3. Kyma core and bridge, as two processes so each one's CPU can be read
     catalog = workdir / "catalog.yaml"
     catalog.write_text(
         "models:\n"
@@ -267,6 +237,9 @@ def start_stack(
         "KYMA_GRPC_PORT": str(grpc_port),
         "KYMA_HTTP_HOST": HOST,
         "KYMA_HTTP_PORT": str(http_port),
+        # free ports of their own: the defaults may be another Kyma's on a shared machine
+        "KYMA_METRICS_PORT": str(free_port()),
+        "KYMA_BRIDGE_METRICS_PORT": str(free_port()),
         "KYMA_CATALOG": str(catalog),
         # Enough credit for any run (the welcome bonus is configuration; price is still charged).
         "KYMA_WELCOME_BONUS_USD": "1000000",
@@ -283,60 +256,128 @@ def start_stack(
     if args.log_level:
         env["KYMA_LOG_LEVEL"] = args.log_level
     env.update(args.core_env)
+    launched = time.monotonic()
     core = procs.start("core", [KYMA, "serve", "core"], env)
-    procs.wait_for_line("core", core, r"kyma core listening on", 60)
+    procs.wait_for_line("core", core, r"kyma core listening on", 90)
+    core_ready = time.monotonic()
     bridge = procs.start("bridge", [KYMA, "serve", "bridge"], env)
-    procs.wait_for_line("bridge", bridge, r"kyma bridge listening on", 60)
+    procs.wait_for_line("bridge", bridge, r"kyma bridge listening on", 90)
     wait_http(f"http://{HOST}:{http_port}/healthz", bridge, "bridge", 30)
     wait_http(f"http://{HOST}:{http_port}/readyz", bridge, "bridge (core reachable)", 30)
+    # one after the other (not as `kyma serve` starts them): each one's own start-up time
+    startup = {
+        "core_listening_s": core_ready - launched,
+        "bridge_ready_s": time.monotonic() - core_ready,
+    }
 
-    # 3. the accounts and their keys (unique emails per run)
+    # 4. the accounts and their keys (unique emails per run)
     run_id = uuid.uuid4().hex[:12]
     emails = [f"bench+{run_id}-{i}@example.com" for i in range(args.accounts)]
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         api_keys = list(pool.map(lambda email: create_account(env, email), emails))
 
-    return Stack(upstream.pid, upstream_port, core.pid, bridge.pid, http_port, api_keys)
+    stack = Stack(upstream.pid, upstream_port, core.pid, bridge.pid, http_port, api_keys)
+    stack.extra = extra
+    stack.startup = startup
+    if pending is not None:
+        print("bench: waiting for litellm to start", file=sys.stderr, flush=True)
+        stack.peer = bench_peer.wait_ready(procs, pending)
+    return stack
 
 
 def create_account(env: dict[str, str], email: str) -> str:
-    """A new account with one API key; returns the key."""
+    """A new account with one API key; returns the key. The environment above already gives it
+    a large welcome bonus and a tier table whose limits never refuse (while still counting)."""
     created = subprocess.run(
         [KYMA, "admin", "accounts", "create", email, "--json"],
         env=env,
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
     if created.returncode != 0:
         raise RuntimeError(f"kyma admin accounts create failed:\n{created.stdout}{created.stderr}")
-    prepare_account(env, email)
     return str(json.loads(created.stdout)["api_key_secret"])
 
 
-def prepare_account(env: dict[str, str], email: str) -> None:
-    """Make the bench account able to carry the load: the environment above already gives it
-    a large welcome bonus and a tier table whose limits never refuse (while still counting)."""
-    return None
+def set_upstream_pacing(stack: Stack, tokens_per_second: float) -> None:
+    """Change the test upstream's stream pacing at run time (POST /_control)."""
+    request = urllib.request.Request(
+        f"http://{HOST}:{stack.upstream_port}/_control",
+        data=json.dumps({"tokens_per_second": tokens_per_second}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        if response.status != 200:
+            raise RuntimeError(f"test upstream refused pacing {tokens_per_second}")
 
 
 # --- scenarios ------------------------------------------------------------------------------
 
 
-def request_body(model: str, stream: bool) -> bytes:
+@dataclass(frozen=True)
+class Scenario:
+    mode: str  # nonstream | stream | paced
+    concurrency: int
+    max_tokens: int = MAX_TOKENS
+    tokens_per_second: float = 0.0  # paced only: the upstream's pace per stream
+
+    @property
+    def stream(self) -> bool:
+        return self.mode != "nonstream"
+
+    @property
+    def label(self) -> str:
+        if self.mode == "nonstream":
+            return "nonstream"
+        if self.mode == "stream":
+            return f"stream {self.max_tokens} tok"
+        return f"paced {self.max_tokens} tok @{self.tokens_per_second:g}/s"
+
+    @property
+    def nominal_stream_s(self) -> float:
+        return self.max_tokens / self.tokens_per_second if self.tokens_per_second else 0.0
+
+
+def scenarios(args: argparse.Namespace) -> list[Scenario]:
+    found: list[Scenario] = []
+    if "nonstream" in args.modes:
+        found += [Scenario("nonstream", c) for c in args.concurrency]
+    if "stream" in args.modes:
+        found += [
+            Scenario("stream", c, tokens) for c in args.concurrency for tokens in args.stream_tokens
+        ]
+    if "paced" in args.modes:
+        found.append(Scenario("paced", args.paced_streams, args.paced_tokens, args.paced_tps))
+    return found
+
+
+def request_body(model: str, stream: bool, max_tokens: int = MAX_TOKENS) -> bytes:
     body: dict[str, Any] = {
         "model": model,
         "messages": [
             {"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": "Say hello in a few words."},
         ],
-        "max_tokens": 16,
+        "max_tokens": max_tokens,
     }
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     return orjson.dumps(body)
+
+
+def prepared(target: Target, body: bytes) -> list[bytes]:
+    if not target.keys:
+        return [build_request(HOST, target.port, "/v1/chat/completions", body, {})]
+    return [
+        build_request(
+            HOST, target.port, "/v1/chat/completions", body, {"Authorization": f"Bearer {key}"}
+        )
+        for key in target.keys
+    ]
 
 
 @dataclass
@@ -352,6 +393,8 @@ class Row:
     p99_ms: float
     first_byte_p50_ms: float
     accounts: int = 1
+    # CPU per request of each process (and "gateway": the target's processes together; "client":
+    # the load generator). In direct rows the idle gateways are left out (see idle_cpu_cores).
     cpu_ms_per_req: dict[str, float] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
     foreign_cpu_cores: float = 0.0
@@ -361,6 +404,38 @@ class Row:
     # What PostgreSQL (--database-url) and Redis (--redis-url) did in the window: see bench_db.py
     db: dict[str, Any] | None = None
     redis: dict[str, Any] | None = None
+    # --- the scenario
+    scenario: str = ""
+    max_tokens: int = MAX_TOKENS
+    tokens_per_second: float = 0.0
+    ok: int = 0
+    cut: int = 0  # still running when the drain time ran out
+    window_s: float = 0.0  # load plus the wait for the gateway to go idle
+    # --- the machine during the window
+    loadavg: tuple[float, float, float] = (0.0, 0.0, 0.0)  # at its start
+    idle_cpu_cores: dict[str, float] = field(default_factory=dict)  # bench processes not loaded
+    cpu_ms_total: dict[str, float] = field(default_factory=dict)
+    # --- the direct upstream's own cost in the same scenario, beside every figure
+    upstream_direct_cpu_ms_per_req: float | None = None
+    gateway_per_upstream_cpu: float | None = None  # gateway CPU per request / that
+    # --- streams
+    chunks: int = 0
+    chunks_per_s: float = 0.0
+    cpu_ms_per_chunk: dict[str, float] = field(default_factory=dict)
+    upstream_direct_cpu_ms_per_chunk: float | None = None
+    ttft_p50_ms: float | None = None
+    ttft_p99_ms: float | None = None
+    gap_p50_ms: float | None = None
+    gap_p99_ms: float | None = None
+    gap_max_ms: float | None = None
+    added_ttft_p50_ms: float | None = None
+    added_ttft_p99_ms: float | None = None
+    added_gap_p50_ms: float | None = None
+    added_gap_p99_ms: float | None = None
+    # --- memory after the window: RSS of every process tree, MB
+    rss_mb: dict[str, float] = field(default_factory=dict)
+    # --- Kyma rows, with --peer: Kyma against each peer in the same scenario
+    vs_peer: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -369,36 +444,39 @@ class Probes:
     redis: bench_db.RedisProbe | None = None
 
 
+def drain_s(scenario: Scenario, args: argparse.Namespace) -> float:
+    """How long requests still running at the end of a window may take before they are cut: a
+    gateway that cannot keep up must not stretch a window without bound."""
+    return max(args.duration, 2 * scenario.nominal_stream_s)
+
+
 async def measure(
     stack: Stack,
-    target: str,
-    mode: str,
-    concurrency: int,
+    target: Target,
+    scenario: Scenario,
     args: argparse.Namespace,
     probes: Probes | None = None,
 ) -> Row:
-    probes = probes or Probes()
-    stream = mode == "stream"
-    body = request_body(PUBLIC_MODEL if target == "kyma" else UPSTREAM_MODEL, stream)
-    if target == "direct":
-        port = stack.upstream_port
-        raws = [build_request(HOST, port, "/v1/chat/completions", body, {})]
-    else:
-        port = stack.bridge_port
-        raws = [
-            build_request(
-                HOST, port, "/v1/chat/completions", body, {"Authorization": f"Bearer {key}"}
-            )
-            for key in stack.api_keys
-        ]
-    load = dict(host=HOST, port=port, raw_request=raws, stream=stream, concurrency=concurrency)
+    # the database and Redis are Kyma's: read around Kyma's windows and the direct ones beside
+    probes = probes if probes is not None and target.name in ("direct", "kyma") else Probes()
+    raws = prepared(target, request_body(target.model, scenario.stream, scenario.max_tokens))
+    concurrency = scenario.concurrency
+    drain = drain_s(scenario, args)
+    load = dict(host=HOST, port=target.port, stream=scenario.stream, concurrency=concurrency)
 
-    await run_load(**load, duration_s=args.warmup, max_requests=10**9)
-    profilers = start_profilers(stack, mode, concurrency, args) if target == "kyma" else []
-    pids = {"core": stack.core_pid, "bridge": stack.bridge_pid, "upstream": stack.upstream_pid}
-    await quiesce(
-        [stack.core_pid, stack.bridge_pid], args.settle
-    )  # warm-up's trailing work stays out
+    # Paced warm-up with short streams: it warms connections and code, not the pace.
+    warm_tokens = PACED_WARMUP_TOKENS if scenario.mode == "paced" else scenario.max_tokens
+    warm = prepared(target, request_body(target.model, scenario.stream, warm_tokens))
+    await run_load(
+        **load, raw_request=warm, duration_s=args.warmup, max_requests=10**9, drain_s=drain
+    )
+    profilers = (
+        start_profilers(stack, f"{scenario.mode}-{scenario.max_tokens}", concurrency, args)
+        if target.name == "kyma"
+        else []
+    )
+    gateways = stack.gateway_processes
+    await quiesce(gateways, args.settle)  # warm-up's trailing work stays out
     pg_before = await probes.pg.snapshot() if probes.pg else None  # waits for stats to flush
     redis_before = await probes.redis.snapshot() if probes.redis else None
     pg_cpu = probes.pg.backend_cpu() if probes.pg else None
@@ -407,15 +485,35 @@ async def measure(
     if pg_cpu is not None:
         pg_cpu.sample()
         pg_cpu_task = asyncio.create_task(pg_cpu.run(pg_cpu_stop))
-    before = {name: cpu_ticks(pid) for name, pid in pids.items()}
-    busy_before = machine_busy_ticks()
-    window_start = time.monotonic()
-    client_before = time.process_time()
-    result: Result = await run_load(**load, duration_s=args.duration, max_requests=args.requests)
-    client_cpu = time.process_time() - client_before
-    await quiesce(
-        [stack.core_pid, stack.bridge_pid], args.settle
-    )  # trailing work is gateway cost too
+    pids = stack.processes
+    window: dict[str, Any] = {}
+
+    def window_begins() -> None:
+        window["load"] = loadavg()
+        window["ticks"] = {name: cpu_ticks(pid) for name, pid in pids.items()}
+        window["busy"] = machine_busy_ticks()
+        window["start"] = time.monotonic()
+        window["client"] = time.process_time()
+
+    # Paced streams ramp up over one stream's length first, so that they start and end spread
+    # evenly (as a real model's many users do), not all in step; the window begins after that.
+    ramp = scenario.nominal_stream_s if scenario.mode == "paced" else 0.0
+    if not ramp:
+        window_begins()
+    result: Result = await run_load(
+        **load,
+        raw_request=raws,
+        duration_s=args.duration,
+        max_requests=args.requests,
+        drain_s=drain,
+        ramp_s=ramp,
+        on_measure=window_begins if ramp else None,
+        timeout_s=max(30.0, ramp + args.duration + drain + 5),
+    )
+    client_cpu = time.process_time() - window["client"]
+    load_at_start, before = window["load"], window["ticks"]
+    busy_before, window_start = window["busy"], window["start"]
+    await quiesce(gateways, args.settle)  # trailing work is gateway cost too
     window_s = time.monotonic() - window_start
     after = {name: cpu_ticks(pid) for name, pid in pids.items()}
     busy_after = machine_busy_ticks()
@@ -425,6 +523,7 @@ async def measure(
         await pg_cpu_task
         pg_ticks, pg_processes = pg_cpu.total()
     stop_profilers(profilers)
+    rss = {name: round(tree_rss_mb(pid)[0], 1) for name, pid in pids.items()}
     redis_cost = None
     if probes.redis and redis_before is not None:
         redis_after = await probes.redis.snapshot()
@@ -438,32 +537,35 @@ async def measure(
         pg_after = await probes.pg.snapshot()
         db_cost = await probes.pg.measure(pg_before, pg_after, result.requests)
         db_cost["server_processes_seen"] = pg_processes
-    ours = sum(after[name] - before[name] for name in pids) + client_cpu * CLK_TCK + pg_ticks
+    ticks = {name: after[name] - before[name] for name in pids}
+    ours = sum(ticks.values()) + client_cpu * CLK_TCK + pg_ticks
     # CPU (in cores) used during the window by everything but the bench's own processes:
     # other work on the machine, which makes a row noisy if it is more than a little.
     foreign_cores = max(0.0, (busy_after - busy_before - ours) / CLK_TCK / window_s)
 
     n = max(result.requests, 1)
-    cpu = {name: (after[name] - before[name]) * 1000.0 / CLK_TCK / n for name in pids}
-    cpu["client"] = client_cpu * 1000.0 / n
-    idle_cores = {}
-    if target == "direct":
-        # Kyma is idle in this window: its own background CPU, in cores
-        idle_cores = {
-            name: (after[name] - before[name]) / CLK_TCK / window_s for name in ("core", "bridge")
-        }
-        cpu.pop("core"), cpu.pop("bridge")
-    else:
-        cpu["gateway"] = cpu["core"] + cpu["bridge"]
+    totals = {name: t * 1000.0 / CLK_TCK for name, t in ticks.items()}
+    totals["client"] = client_cpu * 1000.0
+    # The bench's processes that carried no load in this window: their background CPU, in cores
+    idle = {
+        name: ticks[name] / CLK_TCK / window_s
+        for name in pids
+        if name not in target.processes and name not in ("upstream", "faulty-upstream")
+    }
+    cpu = {name: total / n for name, total in totals.items() if name not in idle}
+    if target.processes:
+        totals["gateway"] = sum(totals[name] for name in target.processes)
+        cpu["gateway"] = totals["gateway"] / n
         if pg_cpu is not None and pg_processes:
             # the database's own work, which with SQLite is in the core's CPU
-            cpu["postgres"] = pg_ticks * 1000.0 / CLK_TCK / n
+            totals["postgres"] = pg_ticks * 1000.0 / CLK_TCK
+            cpu["postgres"] = totals["postgres"] / n
             cpu["gateway_and_postgres"] = cpu["gateway"] + cpu["postgres"]
     lat = sorted(result.latencies_ns)
     fb = sorted(result.first_byte_ns)
-    return Row(
-        target=target,
-        mode=mode,
+    row = Row(
+        target=target.name,
+        mode=scenario.mode,
         concurrency=concurrency,
         requests=result.requests,
         errors=result.errors,
@@ -476,14 +578,127 @@ async def measure(
         cpu_ms_per_req=cpu,
         error_samples=result.error_samples,
         foreign_cpu_cores=foreign_cores,
-        kyma_idle_cpu_cores=idle_cores,
+        kyma_idle_cpu_cores=(
+            {k: v for k, v in idle.items() if k in ("core", "bridge")}
+            if target.name == "direct"
+            else {}
+        ),
         db=db_cost,
         redis=redis_cost,
+        scenario=scenario.label,
+        max_tokens=scenario.max_tokens,
+        tokens_per_second=scenario.tokens_per_second,
+        ok=result.ok,
+        cut=result.cut,
+        window_s=window_s,
+        loadavg=load_at_start,
+        idle_cpu_cores=idle,
+        cpu_ms_total=totals,
+        rss_mb=rss,
     )
+    if scenario.stream:
+        add_stream_figures(row, result)
+    return row
+
+
+def add_stream_figures(row: Row, result: Result) -> None:
+    row.chunks = result.chunks
+    row.chunks_per_s = result.chunks / result.elapsed_s if result.elapsed_s else 0.0
+    if result.chunks:
+        row.cpu_ms_per_chunk = {
+            name: total / result.chunks
+            for name, total in row.cpu_ms_total.items()
+            if name not in row.idle_cpu_cores
+        }
+    ttft = sorted(result.first_token_ns)
+    gaps = sorted(result.gaps_ns)
+    if ttft:
+        row.ttft_p50_ms = percentile(ttft, 50) / 1e6
+        row.ttft_p99_ms = percentile(ttft, 99) / 1e6
+    if gaps:
+        row.gap_p50_ms = percentile(gaps, 50) / 1e6
+        row.gap_p99_ms = percentile(gaps, 99) / 1e6
+        row.gap_max_ms = gaps[-1] / 1e6
+
+
+def compare(rows: Sequence[Row]) -> None:
+    """Fill in what each row of one scenario is against the direct row (the upstream's own cost,
+    added latency, throughput ratio) and Kyma's row against each peer's."""
+    by_target = {row.target: row for row in rows}
+    direct = by_target.get("direct")
+    if direct is None:
+        return
+    up_req = direct.cpu_ms_per_req.get("upstream")
+    up_chunk = direct.cpu_ms_per_chunk.get("upstream")
+    for row in rows:
+        row.upstream_direct_cpu_ms_per_req = up_req
+        row.upstream_direct_cpu_ms_per_chunk = up_chunk if row.mode != "nonstream" else None
+        if row is direct:
+            continue
+        row.gateway_per_upstream_cpu = ratio(row.cpu_ms_per_req.get("gateway"), up_req)
+        row.added_p50_ms = row.p50_ms - direct.p50_ms
+        row.rps_ratio = row.rps / direct.rps if direct.rps else None
+        row.added_ttft_p50_ms = difference(row.ttft_p50_ms, direct.ttft_p50_ms)
+        row.added_ttft_p99_ms = difference(row.ttft_p99_ms, direct.ttft_p99_ms)
+        row.added_gap_p50_ms = difference(row.gap_p50_ms, direct.gap_p50_ms)
+        row.added_gap_p99_ms = difference(row.gap_p99_ms, direct.gap_p99_ms)
+    kyma = by_target.get("kyma")
+    if kyma is None:
+        return
+    if kyma.db and direct.db and direct.db["window_s"] > 0:
+        # The direct window is one with Kyma idle: the core's background database work.
+        d = direct.db["delta"]
+        kyma.db["background_xacts_per_s"] = (d["xact_commit"] + d["xact_rollback"]) / direct.db[
+            "window_s"
+        ]
+    for peer in bench_peer.PEERS:
+        other = by_target.get(peer)
+        if other is None:
+            continue
+        kyma.vs_peer[peer] = {
+            # how many times less CPU Kyma spends, and how many times its throughput
+            "cpu_ratio": ratio(
+                other.cpu_ms_per_req.get("gateway"), kyma.cpu_ms_per_req.get("gateway")
+            ),
+            "rps_ratio": ratio(kyma.rps, other.rps),
+            "cpu_per_chunk_ratio": ratio(
+                other.cpu_ms_per_chunk.get("gateway"), kyma.cpu_ms_per_chunk.get("gateway")
+            ),
+        }
+
+
+def stream_fits(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Each gateway's (and the direct upstream's own) fixed cost per stream and cost per chunk,
+    fitted over the unpaced stream rows of one concurrency (two or more lengths)."""
+    fits = []
+    groups: dict[tuple[str, int], list[Row]] = {}
+    for row in rows:
+        if row.mode == "stream":
+            groups.setdefault((row.target, row.concurrency), []).append(row)
+    for (target, concurrency), group in groups.items():
+        process = "upstream" if target == "direct" else "gateway"
+        windows = [
+            StreamWindow(row.requests, row.chunks, row.cpu_ms_total.get(process, 0.0), row.cut)
+            for row in group
+        ]
+        cost, note = judge_stream_cost(windows)
+        fits.append(
+            {
+                "target": target,
+                "process": process,
+                "concurrency": concurrency,
+                "lengths": sorted({row.max_tokens for row in group}),
+                "windows": [asdict(w) for w in windows],
+                "fixed_ms_per_stream": cost.fixed_ms if cost else None,
+                "cpu_ms_per_chunk": cost.per_chunk_ms if cost else None,
+                "note": note,
+            }
+        )
+    return fits
 
 
 async def quiesce(pids: Sequence[int], settle: float, limit: float = 15.0) -> None:
-    """Wait until Kyma is idle: at least `settle` seconds, then until core and bridge together
+    """Wait until the gateways are idle: at least `settle` seconds, then until together they
     burn at most 1 clock tick in 200 ms (background work such as hold settlement trailing the
     responses is the gateway's cost too, and must not leak into the next window)."""
     await asyncio.sleep(settle)
@@ -495,7 +710,7 @@ async def quiesce(pids: Sequence[int], settle: float, limit: float = 15.0) -> No
         if now - last <= 1:
             return
         last = now
-    print(f"bench: Kyma still busy {limit:.0f}s after the load stopped", file=sys.stderr)
+    print(f"bench: gateways still busy {limit:.0f}s after the load stopped", file=sys.stderr)
 
 
 def start_profilers(
@@ -546,7 +761,7 @@ def stop_profilers(profilers: list[subprocess.Popen[bytes]]) -> None:
 
 async def run_all(
     stack: Stack, args: argparse.Namespace, db: bench_db.BenchDatabase | None = None
-) -> list[Row]:
+) -> tuple[list[Row], dict[str, Any] | None]:
     probes = Probes()
     try:
         if db is not None:
@@ -555,7 +770,20 @@ async def run_all(
         if args.redis_url:
             probes.redis = bench_db.RedisProbe(args.redis_url)
             await probes.redis.open()
-        return await run_scenarios(stack, args, probes)
+        rows = await run_scenarios(stack, args, probes)
+        soak = None
+        if args.soak:
+            kyma = next(t for t in stack.targets() if t.name == "kyma")
+            soak = await bench_soak.soak(
+                port=kyma.port,
+                plain=prepared(kyma, request_body(kyma.model, False)),
+                stream=prepared(kyma, request_body(kyma.model, True)),
+                processes=stack.processes,
+                minutes=args.soak,
+                interval_s=args.soak_interval,
+                concurrency=args.soak_concurrency,
+            )
+        return rows, soak
     finally:
         if probes.pg:
             await probes.pg.close()
@@ -565,38 +793,41 @@ async def run_all(
 
 async def run_scenarios(stack: Stack, args: argparse.Namespace, probes: Probes) -> list[Row]:
     rows: list[Row] = []
-    for mode in args.modes:
-        for concurrency in args.concurrency:
-            pair = {}
-            for target in ("direct", "kyma"):
-                row = await measure(stack, target, mode, concurrency, args, probes)
-                pair[target] = row
+    targets = stack.targets()
+    for scenario in scenarios(args):
+        if scenario.tokens_per_second:
+            set_upstream_pacing(stack, scenario.tokens_per_second)
+        try:
+            group = []
+            for target in targets:
+                row = await measure(stack, target, scenario, args, probes)
+                group.append(row)
                 rows.append(row)
-                print(
-                    f"  {target:6} {mode:9} c={concurrency:<3} {row.requests:6} req  "
-                    f"{row.errors} err  {row.rps:8.1f} req/s  p50 {row.p50_ms:7.2f} ms"
-                    + (
-                        f"  (other load on the machine: {row.foreign_cpu_cores:.2f} cores)"
-                        if row.foreign_cpu_cores > 0.15
-                        else ""
-                    ),
-                    file=sys.stderr,
-                    flush=True,
-                )
+                print(progress_line(row), file=sys.stderr, flush=True)
                 for sample in row.error_samples:
                     print(f"    error: {sample}", file=sys.stderr)
-                if target == "kyma":
+                if target.name == "kyma":
                     print_costs(row)
-            kyma, direct = pair["kyma"], pair["direct"]
-            kyma.added_p50_ms = kyma.p50_ms - direct.p50_ms
-            kyma.rps_ratio = kyma.rps / direct.rps if direct.rps else None
-            if kyma.db and direct.db and direct.db["window_s"] > 0:
-                # The direct window is one with Kyma idle: the core's background database work.
-                d = direct.db["delta"]
-                kyma.db["background_xacts_per_s"] = (
-                    d["xact_commit"] + d["xact_rollback"]
-                ) / direct.db["window_s"]
+        finally:
+            if scenario.tokens_per_second:
+                set_upstream_pacing(stack, args.upstream_tokens_per_second)
+        compare(group)
     return rows
+
+
+def progress_line(row: Row) -> str:
+    line = (
+        f"  {row.target:7} {row.scenario:22} c={row.concurrency:<3} {row.requests:6} req  "
+        f"{row.errors} err  {row.rps:8.1f} req/s  p50 {row.p50_ms:8.2f} ms"
+    )
+    if row.cut:
+        line += f"  {row.cut} cut"
+    gateway = row.cpu_ms_per_req.get("gateway")
+    if gateway is not None:
+        line += f"  gateway {gateway:.2f} ms cpu/req"
+    if row.foreign_cpu_cores > 0.15:
+        line += f"  (other load on the machine: {row.foreign_cpu_cores:.2f} cores)"
+    return line
 
 
 def print_costs(row: Row) -> None:
@@ -631,186 +862,6 @@ def print_costs(row: Row) -> None:
             file=sys.stderr,
             flush=True,
         )
-
-
-# --- output ---------------------------------------------------------------------------------
-
-
-def fmt(value: float | None, digits: int = 2) -> str:
-    if value is None or value != value:
-        return "–"
-    return f"{value:.{digits}f}"
-
-
-def table(rows: Sequence[Row]) -> str:
-    head = (
-        "target",
-        "mode",
-        "conc",
-        "requests",
-        "errors",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "added p50 ms",
-        "kyma/direct rps",
-        "core cpu ms/req",
-        "bridge cpu ms/req",
-        "gateway cpu ms/req",
-        "upstream cpu ms/req",
-    )
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join("---:" if i > 1 else "---" for i in range(len(head))) + "|",
-    ]
-    for r in rows:
-        cpu = r.cpu_ms_per_req
-        cells = (
-            r.target,
-            r.mode,
-            str(r.concurrency),
-            str(r.requests),
-            str(r.errors),
-            fmt(r.rps, 1),
-            fmt(r.p50_ms),
-            fmt(r.p99_ms),
-            fmt(r.added_p50_ms),
-            fmt(r.rps_ratio),
-            fmt(cpu.get("core")),
-            fmt(cpu.get("bridge")),
-            fmt(cpu.get("gateway")),
-            fmt(cpu.get("upstream")),
-        )
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def markdown(head: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 2) -> str:
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join("---" if i < text_columns else "---:" for i in range(len(head))) + "|",
-    ]
-    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
-    return "\n".join(lines)
-
-
-def db_table(rows: Sequence[Row]) -> str:
-    """PostgreSQL's work per request in the Kyma rows (--database-url)."""
-    head = (
-        "mode",
-        "conc",
-        "accounts",
-        "requests",
-        "req/s",
-        "xact/req",
-        "commits/req",
-        "rollbacks/req",
-        "write xact/req",
-        "rows written/req",
-        "WAL bytes/req",
-        "statements/req",
-        "pg cpu ms/req",
-        "gateway+pg cpu ms/req",
-        "idle xact/s",
-        "other-db xact",
-    )
-    cells = []
-    for r in rows:
-        if r.target != "kyma" or not r.db:
-            continue
-        per = r.db["per_request"]
-        cells.append(
-            (
-                r.mode,
-                str(r.concurrency),
-                str(r.accounts),
-                str(r.requests),
-                fmt(r.rps, 1),
-                fmt(per["transactions"]),
-                fmt(per["commits"]),
-                fmt(per["rollbacks"]),
-                fmt(per["write_transactions"]),
-                fmt(per["rows_written"]),
-                fmt(per["wal_bytes"], 0)
-                + ("" if r.db["wal_source"].startswith("pg_walinspect") else " (server)"),
-                fmt(per["statements"]),
-                fmt(r.cpu_ms_per_req.get("postgres")),
-                fmt(r.cpu_ms_per_req.get("gateway_and_postgres")),
-                fmt(r.db.get("background_xacts_per_s")),
-                str(r.db["other_databases_xacts"]),
-            )
-        )
-    return markdown(head, cells)
-
-
-def redis_table(rows: Sequence[Row]) -> str:
-    """Redis's work per request in the Kyma rows (--redis-url)."""
-    head = (
-        "mode",
-        "conc",
-        "accounts",
-        "requests",
-        "req/s",
-        "redis commands/req",
-        "scripts/req",
-        "redis cpu us/req",
-        "top commands (total)",
-        "other clients active",
-        "connections opened",
-    )
-    cells = []
-    for r in rows:
-        if r.target != "kyma" or not r.redis:
-            continue
-        per = r.redis["per_request"]
-        top = ", ".join(f"{k} {v}" for k, v in list(r.redis["commands_by_name"].items())[:4])
-        cells.append(
-            (
-                r.mode,
-                str(r.concurrency),
-                str(r.accounts),
-                str(r.requests),
-                fmt(r.rps, 1),
-                fmt(per["commands"]),
-                fmt(per["scripts"]),
-                fmt(per["cpu_us"], 1),
-                top or "–",
-                str(len(r.redis["other_clients_active"])),
-                str(r.redis["connections_received"]),
-            )
-        )
-    return markdown(head, cells)
-
-
-def load_line(args: argparse.Namespace) -> str:
-    if args.accounts == 1:
-        who = "every request of a scenario comes from ONE account (one API key on all connections)"
-    else:
-        who = (
-            f"requests come from {args.accounts} accounts (connection i uses account i mod "
-            f"{args.accounts})"
-        )
-    return f"Load: {who}."
-
-
-def db_notes(db: bench_db.BenchDatabase, args: argparse.Namespace) -> list[str]:
-    return [
-        f"PostgreSQL {db.server_version}, fresh database {db.name} in {bench_db.redact(db.admin_url)}; "
-        f"counters read {args.pg_stats_wait:g} s after Kyma went idle (PostgreSQL's statistics "
-        "flush delay), so the database window is the load window plus that wait.",
-        "xact = commits + rollbacks in the bench database (pg_stat_database); write xact = "
-        "transactions that wrote WAL in it; rows written = rows inserted + updated + deleted; "
-        f"WAL: {db.walinspect_note or 'whole server'} (a value marked (server) is the whole "
-        f"server's: pg_walinspect could not read that window); statements: {db.statements_note}.",
-        "pg cpu = CPU of the PostgreSQL processes serving the bench database (backends, "
-        "autovacuum; not the WAL writer, checkpointer or other shared processes), in the load "
-        "window like the core's; gateway+pg is comparable with SQLite's gateway cpu, where the "
-        "database's work is in the core.",
-        "idle xact/s = the core's own database transactions per second while only the direct "
-        "upstream was loaded; other-db xact = transactions of other databases of the server in "
-        "the window (other users: server-wide numbers are noisy when it is large).",
-        *db.notes,
-    ]
 
 
 # --- logs -----------------------------------------------------------------------------------
@@ -869,31 +920,117 @@ def git_revision() -> str | None:
 # --- main -----------------------------------------------------------------------------------
 
 
+def int_list(text: str) -> list[int]:
+    return [int(item) for item in text.split(",") if item.strip()]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="scripts/bench",
-        description="Gateway overhead per request: the test upstream directly vs. through Kyma.",
+        description="Gateway overhead: the test upstream directly vs. through Kyma (and a peer "
+        "gateway with --peer), non-streaming, streaming and paced like a real model, in one run.",
+        epilog="A full comparison on a quiet machine: scripts/bench --peer litellm; add --soak "
+        "for the memory soak (10 minutes). --quick runs every scenario briefly (and a 15 s soak).",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="short run (0.5 s warm-up, 2 s per scenario)"
+        "--quick",
+        action="store_true",
+        help="a smoke run of everything: 0.3 s warm-up, 1.5 s per window, short streams "
+        "(--stream-tokens 16,64), 20 paced streams of 50 tokens, a 15 s soak sampled every 3 s",
     )
     parser.add_argument(
-        "--duration", type=float, help="measured seconds per scenario (default 8, quick 2)"
+        "--duration", type=float, help="measured seconds per window (default 8, quick 1.5)"
     )
     parser.add_argument(
-        "--warmup", type=float, help="warm-up seconds per scenario (default 2, quick 0.5)"
+        "--warmup", type=float, help="warm-up seconds per window (default 2, quick 0.3)"
     )
     parser.add_argument(
         "--requests",
         type=int,
-        help="at most this many measured requests per scenario (default 20000, quick 3000)",
+        help="at most this many measured requests per window (default 20000, quick 3000)",
     )
-    parser.add_argument("--concurrency", default="1,32", help="comma-separated, e.g. 1,32")
     parser.add_argument(
-        "--modes", default="nonstream,stream", help="comma-separated: nonstream,stream"
+        "--concurrency",
+        default="1,32",
+        help="comma-separated concurrencies of the nonstream and stream scenarios (default 1,32)",
+    )
+    parser.add_argument(
+        "--modes",
+        default="nonstream,stream,paced",
+        help="comma-separated scenarios to run, of nonstream,stream,paced (default all; 'none' "
+        "for only the soak)",
+    )
+    parser.add_argument(
+        "--stream-tokens",
+        metavar="N,M",
+        help="tokens per stream of the unpaced stream scenarios, two or more lengths to fit the "
+        "fixed cost per stream and the cost per chunk (default 16,128, quick 16,64)",
+    )
+    parser.add_argument(
+        "--paced-streams",
+        type=int,
+        metavar="N",
+        help="concurrent streams of the paced scenario (default 200, quick 20)",
+    )
+    parser.add_argument(
+        "--paced-tps",
+        type=float,
+        default=50.0,
+        metavar="TPS",
+        help="tokens per second of each paced stream, as the test upstream writes them "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--paced-tokens",
+        type=int,
+        metavar="N",
+        help="tokens per paced stream (default 300, quick 50)",
+    )
+    parser.add_argument(
+        "--peer",
+        choices=bench_peer.PEERS,
+        help="also measure this gateway in front of the same upstream, with the same load: "
+        f"litellm = LiteLLM's proxy {bench_peer.LITELLM_VERSION}, one worker, offline, installed "
+        "by the bench on first use into its cache dir",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=pathlib.Path,
+        default=bench_peer.default_cache_dir(),
+        help="where the bench installs the peer (default $KYMA_TEST_CACHE/bench or "
+        "~/.cache/kyma/bench: %(default)s)",
+    )
+    parser.add_argument(
+        "--soak",
+        type=float,
+        nargs="?",
+        const=10.0,
+        metavar="MINUTES",
+        help="after the scenarios, keep a steady load on Kyma this long (default 10; quick 0.25; "
+        "0 for none) and sample every process's RSS; reports the series and whether the last 5 "
+        "minutes are flat",
+    )
+    parser.add_argument(
+        "--soak-interval",
+        type=float,
+        metavar="S",
+        help="seconds between RSS samples in the soak (default 10, quick 3)",
+    )
+    parser.add_argument(
+        "--soak-concurrency",
+        type=int,
+        default=16,
+        metavar="N",
+        help="connections of the soak load, half non-streaming, half streaming (default "
+        "%(default)s)",
     )
     parser.add_argument("--upstream-latency-ms", type=float, default=0.0)
-    parser.add_argument("--upstream-tokens-per-second", type=float, default=0.0)
+    parser.add_argument(
+        "--upstream-tokens-per-second",
+        type=float,
+        default=0.0,
+        help="pace of every stream outside the paced scenario (default 0: as fast as it can)",
+    )
     parser.add_argument(
         "--json",
         type=pathlib.Path,
@@ -975,19 +1112,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep-workdir", action="store_true", help="keep the temp dir (logs, db)")
     args = parser.parse_args(argv)
-    args.duration = args.duration if args.duration is not None else (2.0 if args.quick else 8.0)
-    args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)
-    args.requests = args.requests if args.requests is not None else (3000 if args.quick else 20000)
+    quick = args.quick
+    args.duration = args.duration if args.duration is not None else (1.5 if quick else 8.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.3 if quick else 2.0)
+    args.requests = args.requests if args.requests is not None else (3000 if quick else 20000)
     args.settle = 0.3
     try:
-        args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+        args.concurrency = int_list(args.concurrency)
+        args.stream_tokens = int_list(args.stream_tokens or ("16,64" if quick else "16,128"))
     except ValueError:
-        parser.error("--concurrency takes comma-separated integers, e.g. 1,32")
+        parser.error("--concurrency and --stream-tokens take comma-separated integers, e.g. 1,32")
     if not args.concurrency or min(args.concurrency) < 1:
         parser.error("--concurrency needs positive integers")
-    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if not args.modes or any(m not in MODES for m in args.modes):
-        parser.error(f"--modes takes a comma-separated subset of {','.join(MODES)}")
+    if not args.stream_tokens or min(args.stream_tokens) < 1:
+        parser.error("--stream-tokens needs positive integers")
+    args.stream_tokens = sorted(set(args.stream_tokens))
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    args.modes = [] if modes == ["none"] else modes
+    if any(m not in MODES for m in args.modes) or (not args.modes and modes != ["none"]):
+        parser.error(f"--modes takes a comma-separated subset of {','.join(MODES)}, or none")
+    if args.paced_streams is None:
+        args.paced_streams = 20 if quick else 200
+    if args.paced_tokens is None:
+        args.paced_tokens = 50 if quick else 300
+    if args.paced_streams < 1 or args.paced_tokens < 1 or args.paced_tps <= 0:
+        parser.error("--paced-streams, --paced-tokens and --paced-tps must be positive")
+    if args.soak is None:
+        args.soak = 0.25 if quick else 0.0
+    if args.soak_interval is None:
+        args.soak_interval = 3.0 if quick else 10.0
+    if args.soak < 0 or args.soak_interval <= 0 or args.soak_concurrency < 2:
+        parser.error(
+            "--soak must not be negative, --soak-interval positive, --soak-concurrency >= 2"
+        )
+    if not args.modes and not args.soak:
+        parser.error("--modes none leaves only the soak: give --soak MINUTES")
     if args.duration <= 0 or args.warmup < 0 or args.requests < 1:
         parser.error("--duration and --requests must be positive, --warmup not negative")
     if args.one_account:
@@ -1009,7 +1168,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--pg-log {args.pg_log}: not readable")
     if args.pg_stats_wait < 0:
         parser.error("--pg-stats-wait must not be negative")
+    args.peer_venv = None
     return args
+
+
+def machine() -> dict[str, Any]:
+    model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                None,
+            )
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1022,13 +1200,18 @@ def main(argv: list[str] | None = None) -> int:
     out = args.json or ROOT / "bench-results" / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     logs_dir = out.with_name(out.stem + "-logs")
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="kyma-bench-"))
-    procs = Processes(workdir)
+    procs = Processes(workdir, ROOT)
     db: bench_db.BenchDatabase | None = None
     findings: dict[str, dict[str, Any]] = {}
     kept: pathlib.Path | None = None
+    stack: Stack | None = None
     try:
+        if args.peer == "litellm":
+            # installed before anything starts: a first install takes minutes, and is not timed
+            args.peer_venv = bench_peer.ensure_litellm(args.cache_dir)
         print(
-            f"bench: starting test upstream, core and bridge (work dir {workdir})",
+            f"bench: starting test upstream, core and bridge{' and ' + args.peer if args.peer else ''} "
+            f"(work dir {workdir})",
             file=sys.stderr,
             flush=True,
         )
@@ -1043,25 +1226,44 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         stack = start_stack(procs, args, db.url if db else None)
+        peer_note = (
+            f", {stack.peer.name} :{stack.peer.port} (pid {stack.peer.pid}, ready in "
+            f"{stack.peer.started_s:.0f}s)"
+            if stack.peer
+            else ""
+        )
         print(
             f"bench: upstream :{stack.upstream_port} (pid {stack.upstream_pid}), core pid {stack.core_pid}, "
-            f"bridge :{stack.bridge_port} (pid {stack.bridge_pid}); "
-            f"{args.warmup:g}s warm-up + {args.duration:g}s (<= {args.requests} req) per scenario; "
-            + load_line(args),
+            f"bridge :{stack.bridge_port} (pid {stack.bridge_pid}){peer_note}; core listening "
+            f"after {stack.startup['core_listening_s']:.1f}s, bridge ready "
+            f"{stack.startup['bridge_ready_s']:.1f}s later; "
+            f"{args.warmup:g}s warm-up + {args.duration:g}s (<= {args.requests} req) per window; "
+            + bench_report.load_line(args),
             file=sys.stderr,
             flush=True,
         )
-        loadavg_start = os.getloadavg()
-        rows = uvloop.run(run_all(stack, args, db))
+        loadavg_start = loadavg()
+        trees = {name: tree_rss_mb(pid) for name, pid in stack.processes.items()}
+        rss_start = {name: round(mb, 1) for name, (mb, _count) in trees.items()}
+        process_trees = {
+            name: {"pid": stack.processes[name], "processes": count}
+            for name, (_mb, count) in trees.items()
+        }
+        rows, soak = uvloop.run(run_all(stack, args, db))
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
-    except (RuntimeError, OSError, bench_db.asyncpg.PostgresError) as error:
+    except (
+        RuntimeError,
+        OSError,
+        subprocess.CalledProcessError,
+        bench_db.asyncpg.PostgresError,
+    ) as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1
     finally:
         procs.stop_all()
-        findings = log_findings(procs, ("core", "bridge", "upstream", "faulty-upstream"))
+        findings = log_findings(procs, ("core", "bridge", "upstream", "faulty-upstream", "litellm"))
         kept = keep_logs(workdir, logs_dir)
         if db is not None:
             try:
@@ -1073,6 +1275,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
+    fits = stream_fits(rows)
     now = dt.datetime.now(dt.UTC)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {
@@ -1080,11 +1283,9 @@ def main(argv: list[str] | None = None) -> int:
         "git": git_revision(),
         "command": "scripts/bench " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": {
-            "cpus": os.cpu_count(),
+            **machine(),
             "loadavg_at_start": loadavg_start,
-            "loadavg_at_end": os.getloadavg(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
+            "loadavg_at_end": loadavg(),
         },
         "settings": {
             "duration_s": args.duration,
@@ -1092,43 +1293,55 @@ def main(argv: list[str] | None = None) -> int:
             "max_requests": args.requests,
             "concurrency": args.concurrency,
             "modes": args.modes,
+            "stream_tokens": args.stream_tokens,
+            "paced": {
+                "streams": args.paced_streams,
+                "tokens_per_second": args.paced_tps,
+                "tokens": args.paced_tokens,
+            },
             "upstream_latency_ms": args.upstream_latency_ms,
             "upstream_tokens_per_second": args.upstream_tokens_per_second,
             "kyma_log_level": args.log_level,
-            "max_tokens": 16,
+            "max_tokens": MAX_TOKENS,
             "clk_tck": CLK_TCK,
             "accounts": args.accounts,
             "one_account": args.accounts == 1,
-            "load": load_line(args),
+            "load": bench_report.load_line(args),
             "database": db.describe() if db else {"kind": "sqlite (work dir)"},
             "pg_stats_wait_s": args.pg_stats_wait if db else None,
             "redis_url": bench_db.redact(args.redis_url) if args.redis_url else None,
             "core_env": args.core_env,
+            "soak": {
+                "minutes": args.soak,
+                "interval_s": args.soak_interval,
+                "concurrency": args.soak_concurrency,
+            },
         },
+        "peer": (
+            {
+                "name": stack.peer.name,
+                "version": stack.peer.version,
+                "spec": bench_peer.LITELLM_SPEC,
+                "venv": str(args.peer_venv),
+                "workers": 1,
+                "ready_after_s": stack.peer.started_s,
+            }
+            if stack is not None and stack.peer is not None
+            else None
+        ),
+        "process_trees": process_trees,
+        "startup_s": stack.startup if stack is not None else None,
+        "rss_mb_at_start": rss_start,
         "logs": str(kept) if kept else None,
         "log_findings": findings,
-        "rows": [r.__dict__ for r in rows],
+        "rows": [asdict(r) for r in rows],
+        "stream_fits": fits,
+        "soak": soak,
     }
     out.write_text(json.dumps(report, indent=2) + "\n")
     sys.stderr.flush()
     print()
-    print(load_line(args))
-    print()
-    print(table(rows))
-    if db is not None:
-        print("\nPostgreSQL per request (Kyma rows):\n")
-        print(db_table(rows))
-        print()
-        for note in db_notes(db, args):
-            print(f"- {note}")
-    if args.redis_url:
-        print("\nRedis per request (Kyma rows; commands run by Lua scripts included):\n")
-        print(redis_table(rows))
-        print(
-            "\n- Redis CPU = used_cpu_sys + used_cpu_user of the whole server in the window "
-            "(other clients' work too: see the last two columns; connections opened counts "
-            "everyone's, the bench's INFO connection excluded)."
-        )
+    print(bench_report.render(rows, fits, soak, args, db))
     print(f"\nJSON: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     if kept:
         print(f"logs: {kept.relative_to(ROOT) if kept.is_relative_to(ROOT) else kept}")
@@ -1137,7 +1350,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {name}.log has {counts}; first:", file=sys.stderr)
         for sample in found["samples"]:
             print(f"    {sample}", file=sys.stderr)
-    errors = sum(r.errors for r in rows)
+    errors = sum(r.errors for r in rows) + (soak["errors"] if soak else 0)
     if errors:
         print(f"bench: {errors} request(s) failed; see error samples above", file=sys.stderr)
     return 1 if errors else 0

@@ -9,22 +9,47 @@ talks to whatever `host:port` it is given (the bench uses 127.0.0.1 only).
 
 A request counts as an error when the connection breaks, the status is not 200, or (for streams)
 the decoded body does not end with `data: [DONE]\\n\\n`; for JSON answers, when the body has no
-`"choices"`.
+`"choices"`. Requests still in flight `drain_s` after the window's end are cut (their connections
+closed): counted apart as `cut`, not as errors, with the chunks they carried.
+
+For streams it also times the chunks, cheaply: on each read that completes SSE events (counted
+as blank-line separators in the decoded body, one C-level `bytes.count` per read) it takes one
+clock reading; the first event of that read gets the gap since the previous read's events, the
+others of the same read a gap of 0 (they arrived together, as the client saw them). Time to
+first token is the time from sending the request to the read that brought the first event with
+non-empty `"content"`: searched for only until found, so a few searches per stream. (A stream
+sent with a Content-Length, or until the connection closes, is timed only as a whole.)
+
+A ramp (`ramp_s`) staggers the workers' starts and delays the measured window until they all
+run: see run_load.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+from bench_stats import percentile
 
 _HEADER_END = b"\r\n\r\n"
 _DONE = b"data: [DONE]\n\n"
+_EVENT_END = b"\n\n"
+# The first token: a "content" string that is not empty (the role chunk's is "").
+_FIRST_TOKEN = re.compile(rb'"content"\s*:\s*"(?!")')
+
+__all__ = ["Result", "build_request", "percentile", "run_load"]
 
 
 class _Broken(Exception):
     pass
+
+
+class _Cut(Exception):
+    """The request was still running when the window's drain time ran out."""
 
 
 @dataclass
@@ -33,14 +58,28 @@ class Result:
 
     ok: int = 0
     errors: int = 0
+    cut: int = 0
     latencies_ns: list[int] = field(default_factory=list)
     first_byte_ns: list[int] = field(default_factory=list)
     elapsed_s: float = 0.0
     error_samples: list[str] = field(default_factory=list)
+    # streams only: SSE events received (every request's, [DONE] included), of which [DONE]s
+    events: int = 0
+    done_events: int = 0
+    first_token_ns: list[int] = field(default_factory=list)
+    gaps_ns: array.array[int] = field(default_factory=lambda: array.array("q"))
+    # perf_counter_ns when the measured window began (after the ramp, if any)
+    measure_from_ns: int = 0
 
     @property
     def requests(self) -> int:
-        return self.ok + self.errors
+        """Every request started: answered, failed or cut."""
+        return self.ok + self.errors + self.cut
+
+    @property
+    def chunks(self) -> int:
+        """SSE chunks received, [DONE] not counted."""
+        return self.events - self.done_events
 
     def error(self, why: str) -> None:
         self.errors += 1
@@ -52,11 +91,14 @@ class _Connection(asyncio.Protocol):
     """One keep-alive connection; `request()` sends a prepared request and resolves to
     (status, decoded body, time of the first body byte) once the response is complete."""
 
-    def __init__(self) -> None:
+    def __init__(self, result: Result | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._buf = bytearray()
         self._waiter: asyncio.Future[tuple[int, bytes, int]] | None = None
+        # streams are timed into this (None: not a stream)
+        self._result = result
+        self._sent_ns = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -68,6 +110,8 @@ class _Connection(asyncio.Protocol):
         self._body = bytearray()
         self._pos = 0  # chunked parse position in _buf
         self._first_ns = 0
+        self._last_event_ns = 0
+        self._token_seen = False
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -79,6 +123,10 @@ class _Connection(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             # A body without a length ends with the connection.
             if self._headers_done and not self._chunked and self._length < 0:
+                self._body = self._buf
+                self._buf = bytearray()
+                if self._result is not None:
+                    self._timestamp_events(0)
                 self._finish()
             else:
                 self._waiter.set_exception(_Broken(f"connection closed mid-response ({exc!r})"))
@@ -136,12 +184,15 @@ class _Connection(asyncio.Protocol):
             if len(buf) >= self._length:
                 self._body = buf[: self._length]
                 del buf[: self._length]
+                if self._result is not None:
+                    self._timestamp_events(0)  # a stream sent whole: its events came at once
                 self._finish()
         # else: read until the connection closes
 
     def _parse_chunks(self) -> None:
         buf = self._buf
         pos = self._pos
+        before = len(self._body)
         while True:
             line_end = buf.find(b"\r\n", pos)
             if line_end < 0:
@@ -157,6 +208,8 @@ class _Connection(asyncio.Protocol):
                 pos = line_end + 4
                 del buf[:pos]
                 self._pos = 0
+                if self._result is not None and len(self._body) > before:
+                    self._timestamp_events(before)
                 self._finish()
                 return
             if len(buf) < line_end + 2 + size + 2:
@@ -166,6 +219,34 @@ class _Connection(asyncio.Protocol):
         # drop what has been consumed so the buffer stays small for long streams
         del buf[:pos]
         self._pos = 0
+        if self._result is not None and len(self._body) > before:
+            self._timestamp_events(before)
+
+    def _timestamp_events(self, start: int) -> None:
+        """Count the SSE events completed by the body bytes from `start` on and time them."""
+        body = self._body
+        events = body.count(_EVENT_END, max(0, start - 1))
+        if not events and self._token_seen:
+            return
+        now = time.perf_counter_ns()
+        result = self._result
+        assert result is not None
+        if not self._token_seen and _FIRST_TOKEN.search(body, max(0, start - 32)):
+            self._token_seen = True
+            if self._sent_ns >= result.measure_from_ns:
+                result.first_token_ns.append(now - self._sent_ns)
+        if not events:
+            return
+        if now < result.measure_from_ns:  # still ramping up
+            self._last_event_ns = now
+            return
+        result.events += events
+        gaps = result.gaps_ns
+        if self._last_event_ns:  # no gap before a stream's first event
+            gaps.append(now - self._last_event_ns)
+        for _ in range(events - 1):
+            gaps.append(0)
+        self._last_event_ns = now
 
     def _finish(self) -> None:
         waiter = self._waiter
@@ -190,8 +271,16 @@ class _Connection(asyncio.Protocol):
     def request(self, raw: bytes) -> asyncio.Future[tuple[int, bytes, int]]:
         assert self.transport is not None and self._waiter is None
         self._waiter = asyncio.get_running_loop().create_future()
+        self._sent_ns = time.perf_counter_ns()
         self.transport.write(raw)
         return self._waiter
+
+    def cut(self) -> None:
+        """Abandon the request in flight (the window is over) and close the connection."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(_Cut())
+        if self.transport is not None:
+            self.transport.close()
 
 
 def build_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:
@@ -205,9 +294,9 @@ def build_request(host: str, port: int, path: str, body: bytes, headers: dict[st
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-async def _connect(host: str, port: int) -> _Connection:
+async def _connect(host: str, port: int, result: Result | None) -> _Connection:
     loop = asyncio.get_running_loop()
-    _transport, protocol = await loop.create_connection(_Connection, host, port)
+    _transport, protocol = await loop.create_connection(lambda: _Connection(result), host, port)
     return protocol
 
 
@@ -221,30 +310,55 @@ async def run_load(
     duration_s: float,
     max_requests: int,
     timeout_s: float = 30.0,
+    drain_s: float | None = None,
+    ramp_s: float = 0.0,
+    on_measure: Callable[[], None] | None = None,
 ) -> Result:
     """Keep `concurrency` requests in flight until `duration_s` passes or `max_requests` have
-    been started; wait for the ones in flight to finish, and return what happened. With several
-    prepared requests, worker i sends `raw_request[i % len(raw_request)]`."""
+    been started; wait for the ones in flight to finish (for at most `drain_s` more seconds when
+    given: then the rest are cut), and return what happened. With several prepared requests,
+    worker i sends `raw_request[i % len(raw_request)]`.
+
+    With `ramp_s`, worker i starts `i * ramp_s / concurrency` seconds late, and the measured
+    window begins only when the ramp is over (`on_measure` is called then): long requests, such
+    as paced streams, then start and end spread evenly over time, not all in step, and the
+    window sees the full concurrency from its first moment. Requests sent during the ramp run
+    (their later chunks count) but are not counted themselves, nor their time to first token;
+    failures are counted whenever they happen."""
     raws = [raw_request] if isinstance(raw_request, bytes) else list(raw_request)
     if not raws:
         raise ValueError("run_load needs at least one prepared request")
     result = Result()
+    timed = result if stream else None
     started = 0
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + duration_s
+    measure_at = loop.time() + ramp_s
+    deadline = measure_at + duration_s
+    result.measure_from_ns = time.perf_counter_ns() + int(ramp_s * 1e9)
     latencies = result.latencies_ns
     first_bytes = result.first_byte_ns
+    in_flight: dict[int, _Connection] = {}
+    cutting = False
+
+    def cut_all() -> None:
+        nonlocal cutting
+        cutting = True
+        for conn in list(in_flight.values()):
+            conn.cut()
 
     async def worker(index: int) -> None:
         nonlocal started
         raw = raws[index % len(raws)]
         conn: _Connection | None = None
+        if ramp_s:
+            await asyncio.sleep(index * ramp_s / concurrency)
         try:
             while loop.time() < deadline and started < max_requests:
-                started += 1
+                counted = loop.time() >= measure_at
+                started += counted
                 if conn is None or conn.closed:
                     try:
-                        conn = await _connect(host, port)
+                        conn = await _connect(host, port, timed)
                     except OSError as exc:
                         result.error(f"connect: {exc!r}")
                         conn = None
@@ -254,25 +368,36 @@ async def run_load(
                 # (not asyncio.wait_for: on Python 3.11 it can swallow a cancellation (Ctrl-C)
                 # when the answer arrives in the same loop iteration, which here is common)
                 pending = conn.request(raw)
+                in_flight[index] = conn
                 timer = loop.call_later(timeout_s, conn.time_out)
                 try:
                     status, body, first = await pending
+                except _Cut:
+                    result.cut += 1
+                    conn = None
+                    continue
                 except (_Broken, OSError) as exc:
-                    result.error(f"broken: {exc!r}"[:300])
+                    if cutting:
+                        result.cut += 1
+                    else:
+                        result.error(f"broken: {exc!r}"[:300])
                     if conn.transport is not None:
                         conn.transport.close()
                     conn = None
                     continue
                 finally:
                     timer.cancel()
+                    in_flight.pop(index, None)
                 t1 = time.perf_counter_ns()
+                if stream and body.endswith(_DONE) and t1 >= result.measure_from_ns:
+                    result.done_events += 1
                 if status != 200:
                     result.error(f"HTTP {status}: {body[:200]!r}")
                 elif stream and not body.endswith(_DONE):
                     result.error(f"stream did not end with [DONE]: ...{body[-200:]!r}")
                 elif not stream and b'"choices"' not in body:
                     result.error(f"no choices in body: {body[:200]!r}")
-                else:
+                elif counted:
                     result.ok += 1
                     latencies.append(t1 - t0)
                     first_bytes.append(first - t0 if first else t1 - t0)
@@ -280,15 +405,13 @@ async def run_load(
             if conn is not None and conn.transport is not None:
                 conn.transport.close()
 
-    t_start = time.perf_counter()
-    await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    result.elapsed_s = time.perf_counter() - t_start
+    cutter = loop.call_at(deadline + drain_s, cut_all) if drain_s is not None else None
+    marker = loop.call_at(measure_at, on_measure) if on_measure is not None else None
+    try:
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    finally:
+        for handle in (cutter, marker):
+            if handle is not None:
+                handle.cancel()
+    result.elapsed_s = max(0.0, loop.time() - measure_at)
     return result
-
-
-def percentile(sorted_values: list[int], q: float) -> float:
-    """Nearest-rank percentile of an ascending list (q in 0..100)."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, min(len(sorted_values), -(-len(sorted_values) * q // 100)))
-    return float(sorted_values[int(rank) - 1])

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import string
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import insert, select, update
@@ -136,7 +136,7 @@ class Sessions:
             created_at=now,
             last_used_at=now,
             expires_at=now + self.policy.lifetime,
-            created_ip=(ip or None) and ip[:64],
+            created_ip=ip[:64] if ip else None,
         )
         async with self._engine.begin() as conn:
             await conn.execute(insert(WebSession).values(**values))
@@ -323,8 +323,3 @@ class Sessions:
             self._used |= used
             raise
         return len(used)
-
-    def refreshed(self, owner: SessionOwner) -> SessionOwner:
-        """The owner with this node's latest sighting as its last use (for display)."""
-        seen = self._seen.get(owner.session_id)
-        return replace(owner, last_used_at=seen) if seen and seen > owner.last_used_at else owner

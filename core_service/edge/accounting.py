@@ -259,6 +259,8 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
         )
         if view is None:
             raise NotFound("The account has no key with that id.", param="id")
+        # This node takes the new limits at once; the others within a poll of the feed.
+        self._callers.forget_key(view.key.key_hash)
         return pb.UpdateApiKeyResponse(key=key_message(view, self._clock.now()))
 
     async def RevokeApiKey(

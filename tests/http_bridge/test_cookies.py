@@ -60,5 +60,22 @@ def test_the_cookie_is_read_only_from_the_own_origin() -> None:
         _request("https", host="kyma.example", origin="https://evil.example", cookie=cookie),
         _request("https", host="kyma.example", origin="null", cookie=cookie),
         _request("https", host="kyma.example", sec_fetch_site="cross-site", cookie=cookie),
+        _request(
+            "https",
+            host="kyma.example",
+            sec_fetch_site="cross-site",
+            sec_fetch_mode="cors",
+            cookie=cookie,
+        ),
     ):
         assert session_token(foreign) is None
+    # A person following a link from elsewhere (or back from Stripe) is still signed in.
+    arriving = _request(
+        "https",
+        public="https://kyma.example",
+        host="kyma.example",
+        sec_fetch_site="cross-site",
+        sec_fetch_mode="navigate",
+        cookie=cookie,
+    )
+    assert session_token(arriving) == TOKEN
