@@ -25,6 +25,7 @@ from starlette.responses import Response
 
 from core_service.settings import Settings
 from http_bridge import account_routes, auth_routes, inference_routes, key_routes, status_routes
+from http_bridge.console.pages import console_router
 from http_bridge.core_client import CoreStubs, core_channel, new_request_id, stubs
 from http_bridge.disconnects import end_quietly
 from http_bridge.errors import OpenAIError
@@ -88,6 +89,8 @@ def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -
         expose_headers=CORS_EXPOSED_HEADERS,
         max_age=600,
     )
+    # The web console: pages at / whose scripts use the routes above (http_bridge/console/).
+    app.include_router(console_router())
 
     @app.get("/healthz")
     async def healthz() -> Response:

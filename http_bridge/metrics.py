@@ -9,6 +9,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from http_bridge.console.pages import PAGES
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 ASGI = Callable[
@@ -39,9 +41,15 @@ _KNOWN = frozenset(
 )
 
 
+# The console's pages are few and fixed; its assets are counted as one route.
+_CONSOLE = frozenset(page.path for page in PAGES)
+
+
 def route_of(path: str) -> str:
-    if path in _KNOWN:
+    if path in _KNOWN or path in _CONSOLE:
         return path
+    if path.startswith("/static/"):
+        return "/static/{name}"
     if path.startswith("/v1/models/"):
         return "/v1/models/{model}"
     if path.startswith("/v1/account/keys/"):

@@ -326,8 +326,11 @@ async def running_kyma(
     backend: str,
     *,
     clock: Any = None,
+    sock: socket.socket | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Kyma]:
+    """A core and a bridge; the bridge serves on `sock` when given (bound beforehand, so that
+    settings such as public_base_url can name its address)."""
     settings = Settings(
         data_dir=tmp,
         database_url=database_url,
@@ -350,7 +353,7 @@ async def running_kyma(
     target = f"127.0.0.1:{port}"
     channel = grpc.aio.insecure_channel(target)
     app = create_app(settings.model_copy(update={"core_address": target}))
-    sock = bound_socket()
+    sock = sock or bound_socket()
     # Served as `kyma serve bridge` serves it (its HTTP bounds included), on our socket.
     server = uvicorn.Server(server_config(settings, app, lifespan="on"))
     serving = asyncio.create_task(server.serve(sockets=[sock]))
