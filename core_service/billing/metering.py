@@ -1,6 +1,13 @@
 """Metering a request: hold its worst-case cost before it is forwarded, record what a stream
 has delivered as it goes (checkpoints), and settle at the actual cost afterwards — queued on
-the database's writer, so settlement never delays the response and is retried until it lands.
+the database's writer and retried until it lands.
+
+A response is released only once its settlement has committed (`Metering.landed`: one group
+commit, shared with every other request of the batch), so a node that dies right after
+answering has already billed what it answered — there is no checkpoint to fall back on for a
+unary answer. The wait is bounded (`SETTLEMENT_WAIT_SECONDS`) and skipped while the database is
+failing: then the answer goes out at once and the settlement stays queued until it lands (only
+a crash during the outage can then lose it, and the hold's expiry ends it at its checkpoint).
 
 The worst case is the prompt estimate with a margin (Kyma's token count is an approximation of
 the upstream's tokenizer, and chat templates add their own preamble: it holds estimate × 1.25
@@ -14,6 +21,8 @@ nothing charged, when the cap cannot cover it).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -111,14 +120,17 @@ class Reservation:
             return charge
         return Charge(charge.usage, self._amount)
 
-    def settle(self, charge: Charge) -> None:
+    def settle(self, charge: Charge) -> asyncio.Future[int | None] | None:
+        """Queue the settlement; the future resolves once it has committed (None: already
+        ended). Pass it to `Metering.landed` before releasing the response."""
         if self._ended:
-            return
+            return None
         self._ended = True
-        self._metering.holds.settle(
+        ended = self._metering.holds.settle(
             self._hold_id, self._account_id, settlement_of(charge), key_id=self._key_id
         )
         self._metering.counted("settled")
+        return ended
 
     def release(self) -> None:
         if self._ended:
@@ -130,6 +142,10 @@ class Reservation:
     def checkpoint(self, charge: Charge) -> None:
         if not self._ended:
             self._metering.holds.checkpoint(self._hold_id, self._account_id, settlement_of(charge))
+
+
+# How long a response waits for its settlement to commit before it goes out anyway.
+SETTLEMENT_WAIT_SECONDS = 2.0
 
 
 class Metering:
@@ -144,6 +160,15 @@ class Metering:
         # Counts hold outcomes for metrics: placed, refused, settled, released.
         self.counted = counted
         self._clock = clock or SystemClock()
+
+    async def landed(self, ended: asyncio.Future[int | None] | None) -> None:
+        """Wait (bounded) until a settlement has committed, unless the database is failing.
+        A caller that is cancelled meanwhile does not cancel the settlement."""
+        if ended is None or ended.done() or self.holds.writer.failing:
+            return
+        # A settlement that fails or is late stays the writer's to retry; the answer goes out.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(ended), SETTLEMENT_WAIT_SECONDS)
 
     async def reserve(
         self, principal: Principal, request: InferenceRequest, model: Model, request_id: str

@@ -1,6 +1,8 @@
 """The path of one inference request through the core: authenticate, read the request, admit it
 under the account's rate limits, hold its worst-case cost, pick deployments with room, forward
 with failover before the first byte, relay, then settle the hold and true up the token count.
+An answer (a unary reply, a stream's last message) is released once its settlement has
+committed (`Metering.landed`), so what reached a client is billed even if this node dies next.
 
 Both the unary and the streaming path live here so the HTTP bridge and direct gRPC callers get
 exactly the same policy, in every API dialect: the dialect (`inference/dialect.py`) is a
@@ -252,11 +254,16 @@ class InferencePipeline:
         else:
             self._limiter.true_up(admitted.admission, 0)
 
-    def _finish(self, admitted: _Admitted, ticket: Ticket, charge: Charge) -> None:
-        admitted.reservation.settle(charge)
+    def _finish(
+        self, admitted: _Admitted, ticket: Ticket, charge: Charge
+    ) -> asyncio.Future[int | None] | None:
+        """Settle and account for the tokens used; returns the settlement, which the answer
+        waits for (`Metering.landed`) before it is released."""
+        settled = admitted.reservation.settle(charge)
         used = charge.usage.total_tokens
         self._limiter.true_up(admitted.admission, used)
         self._gate.leave(admitted.model, ticket, used)
+        return settled
 
     async def _tries(self, target: _Target) -> AsyncGenerator[_Try, None]:
         """Tries of the model's deployments that serve the request's dialect, in routing order:
@@ -328,7 +335,7 @@ class InferencePipeline:
         )
         charge = admitted.reservation.capped(charge_for(model, usage, ticket.deployment))
         observation.charge = charge
-        self._finish(admitted, ticket, charge)
+        await self._metering.landed(self._finish(admitted, ticket, charge))
         return UnaryResult(answer.render(charge), charge, admitted.admission.snapshot)
 
     async def count_tokens(
@@ -465,6 +472,7 @@ class InferencePipeline:
         limits: RateLimitSnapshot | None = admitted.admission.snapshot
         complete = False
         failure: KymaError | None = None
+        settled: asyncio.Future[int | None] | None = None
         last_checkpoint = self._clock.monotonic()
         try:
             if opened.first:
@@ -499,7 +507,9 @@ class InferencePipeline:
             observation.charge = charge
             # What was delivered, should the client be gone; the final answer replaces it.
             observation.response_body = relay.logged()
-            self._finish(admitted, ticket, charge)
+            settled = self._finish(admitted, ticket, charge)
+        # The stream's end (its usage, its charge) goes out once the charge is committed.
+        await self._metering.landed(settled)
         if failure is not None:
             ending = relay.failed(charge, failure)
             observation.response_body = relay.logged()

@@ -14,6 +14,7 @@ import os
 import pathlib
 import secrets
 import signal
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -559,3 +560,63 @@ async def test_the_money_path_through_pgbouncer(upstream, tmp_path) -> None:
         # It all went through PgBouncer: its console counts the transactions of this database.
         stats = {row["database"]: row for row in bouncer.show("STATS")}
         assert int(stats[database]["total_xact_count"]) > 0, stats
+
+
+# --- an answer is billed before it leaves the core ------------------------------------------------
+
+
+async def test_answers_are_billed_before_the_core_releases_them(upstream, tmp_path) -> None:
+    """The core (embedded SQLite) is SIGKILLed the moment 20 concurrent unary answers have
+    reached their clients: a unary answer has no checkpoint to fall back on, so each must
+    already be charged — its settlement committed before the answer left."""
+    answers = 20
+    body = orjson.dumps(
+        {"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    )
+    data_dir = tmp_path / "core"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KYMA_")},
+        "KYMA_GRPC_PORT": "0",
+        "KYMA_METRICS_PORT": "0",
+        "KYMA_ADMIN_TOKEN": "admin-token",
+        "KYMA_CATALOG": str(patient_catalog(tmp_path / "catalog.yaml", upstream)),
+        "KYMA_TEST_UPSTREAM_KEY": UPSTREAM_KEY,
+        "KYMA_TIERS": json.dumps(GENEROUS),
+    }
+    admin = (("authorization", "Bearer admin-token"),)
+    tag = secrets.token_hex(4)
+    ids = [f"billed-{tag}-{n}" for n in range(answers)]
+    async with (
+        core_process(data_dir, env) as core,
+        grpc.aio.insecure_channel(core.target) as channel,
+    ):
+        created = await admin_service_pb2_grpc.AdminServiceStub(channel).CreateAccount(
+            admin_service_pb2.CreateAccountRequest(email="billed@example.com"), metadata=admin
+        )
+        key = created.api_key_secret
+        ISSUED_KEYS.add(key)
+        stub = pb_grpc.InferenceServiceStub(channel)
+        replies = await asyncio.gather(
+            *(
+                stub.CreateChatCompletion(
+                    pb.CreateChatCompletionRequest(body=body),
+                    metadata=(("authorization", f"Bearer {key}"), ("x-request-id", rid)),
+                )
+                for rid in ids
+            )
+        )
+        core.process.kill()  # nothing more is written after this
+        await core.process.wait()
+    costs = {rid: reply.usage.cost_nanos for rid, reply in zip(ids, replies, strict=True)}
+    assert all(cost > 0 for cost in costs.values()), costs
+    # The core is dead: read its database file directly.
+    with contextlib.closing(sqlite3.connect(data_dir / "kyma.db")) as db:
+        rows = db.execute(
+            f"SELECT request_id, status, charged_nanos FROM credit_holds "
+            f"WHERE request_id IN ({','.join('?' * len(ids))})",
+            ids,
+        ).fetchall()
+    assert len(rows) == answers
+    for request_id, status, charged in rows:
+        assert status == "settled", (request_id, status)
+        assert charged == costs[request_id], (request_id, charged, costs[request_id])
