@@ -353,6 +353,7 @@ async def get_referrals(request: Request) -> Response:
             "data": referrals,
             "program_enabled": reply.program_enabled,
             "reward_usd": reply.reward.usd,
+            "tokens_required": reply.tokens_required,
         },
         headers,
     )

@@ -357,4 +357,5 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
             referrals=[referral_message(v, tokens_required=policy.tokens_required) for v in views],
             program_enabled=policy.enabled,
             reward=money(policy.reward_nanos),
+            tokens_required=policy.tokens_required,
         )

@@ -198,3 +198,4 @@ async def test_unknown_code_is_refused_and_program_off_pays_nothing(upstream, tm
                 )
             ).json()
         assert listed["program_enabled"] is False and listed["data"][0]["status"] == "pending"
+        assert listed["tokens_required"] == 60

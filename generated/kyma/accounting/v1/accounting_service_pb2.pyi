@@ -1148,8 +1148,13 @@ class ListReferralsResponse(_message.Message):
     REFERRALS_FIELD_NUMBER: _builtins.int
     PROGRAM_ENABLED_FIELD_NUMBER: _builtins.int
     REWARD_FIELD_NUMBER: _builtins.int
+    TOKENS_REQUIRED_FIELD_NUMBER: _builtins.int
     program_enabled: _builtins.bool
     """Whether the program is running (when it is off, pending referrals stay pending)."""
+    tokens_required: _builtins.int
+    """Tokens a referred account must use before both accounts are rewarded (also when the
+    account has no referrals yet).
+    """
     @_builtins.property
     def referrals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Referral]: ...
     @_builtins.property
@@ -1160,10 +1165,11 @@ class ListReferralsResponse(_message.Message):
         referrals: _abc.Iterable[Global___Referral] | None = ...,
         program_enabled: _builtins.bool = ...,
         reward: Global___Money | None = ...,
+        tokens_required: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["reward", b"reward"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["program_enabled", b"program_enabled", "referrals", b"referrals", "reward", b"reward"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["program_enabled", b"program_enabled", "referrals", b"referrals", "reward", b"reward", "tokens_required", b"tokens_required"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
