@@ -1,34 +1,43 @@
-"""`RedisRateLimitStore`: the rolling window of `store.py` shared by every node through Redis.
+"""`RedisRateLimitStore`: the rolling window of `store.py` shared by every node through Redis
+(one server, or a Redis Cluster).
 
 Layout (under `key_prefix`, default ``kyma:rl:``):
 
-- ``<prefix>w:<key>``: a hash, field = window second (decimal unix seconds), value = count. Each
-  write sets EXPIRE to the window plus a few seconds of skew allowance; that is only garbage
-  collection: the scripts prune fields older than the window themselves and never count them.
-- ``<prefix>s:<key>``: a sorted set of concurrency-slot tokens scored by their expiry (unix seconds).
+- ``<prefix>{<tag>}:w:<key>``: a hash per counter. Fields: one per window second (decimal unix
+  seconds) holding that second's count, plus ``n`` (the running total of the buckets in the
+  window) and ``l`` (the newest second stamped, see store.py). EXPIRE is set to the window plus a
+  few seconds of skew allowance whenever ``l`` moves; that is only garbage collection.
+- ``<prefix>{<tag>}:s:<key>``: a sorted set of concurrency-slot tokens scored by their expiry.
 
-`<key>` is the `Limit.key` percent-escaped (every byte except letters, digits, ``_.-~:``), so Redis keys
-are printable, glob-free and in one-to-one correspondence with the counter keys, whatever model or
-deployment names they contain; keys longer than 200 characters are replaced by their SHA-256. (For
-the counter keys themselves to be unambiguous, build them with `store.rate_key`.)
+`<key>` is the `Limit.key` percent-escaped (every byte except letters, digits, ``_.-~:``), so Redis
+keys are printable, glob-free and in one-to-one correspondence with the counter keys; keys longer
+than 200 characters are replaced by their SHA-256.
 
-One round trip per call: `admit` is one Lua script (EVALSHA, loaded on demand by redis-py) that
-prunes, checks every limit and, only if all have room, consumes them all, so it is atomic and
-all-or-nothing across nodes. The script returns the counts and, on refusal, the window's buckets;
-the remaining/reset/retry arithmetic is `store.py`'s, shared with the in-process store.
+Redis Cluster: ``{<tag>}`` is a hash tag, so every key with one tag lives in one slot and one
+script may touch them all. The tag of a counter key (`hash_tag`) is its first two ``:``-separated
+parts when the first is ``acct`` or ``dep`` (``acct:<id>``: each account's counters together;
+``dep:<deployment shard>``), else its first part (``signup``, ``verify``: low-traffic limits, each
+family in one slot). Every key of one `admit` or `peek` must have the same tag (the limiter's calls
+do: one account, or one deployment shard); with a single Redis server nothing depends on it.
+
+Cost per call (the point of the running total): `admit` is one Lua script (EVALSHA) that, per key,
+reads ``n`` and ``l`` (HMGET), drops the buckets that left the window since ``l`` (one HMGET and one
+HDEL, only when the second moved on: at most once a second per key for a busy account), and on
+admission adds the cost (HINCRBY, HSET of ``n``/``l``, EXPIRE when ``l`` moved). That is a bounded
+number of commands whatever the account's traffic; a refusal additionally reads the window's 60
+buckets of the refusing key (one HMGET) to compute ``Retry-After``.
 
 Time comes from the injected clock as script arguments, never from Redis ``TIME``: tests control it,
 and each node decides with its own clock, so nodes agree to within their clock skew (keep NTP on).
 
-With Redis Cluster every key of one `admit` must hash to one slot: put a hash tag in `key_prefix`
-(e.g. ``kyma:rl:{rl}:``).
-
 The store owns the Redis client it is given: `close()` closes it (the composition root builds a
-client for the store alone and closes the store at shutdown).
+client for the store alone and closes the store at shutdown). `warm()` opens connections and loads
+the scripts before the first request, so that a cold pool is not mistaken for a slow Redis.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from collections.abc import Sequence
@@ -36,6 +45,7 @@ from typing import Any
 from urllib.parse import quote
 
 import redis.asyncio
+import redis.asyncio.cluster
 
 from core_service.clock import Clock
 from core_service.ratelimit.store import (
@@ -52,74 +62,151 @@ from core_service.ratelimit.store import (
 # Garbage collection only (see the module docstring): the window plus an allowance for clock skew.
 _BUCKETS_TTL_S = WINDOW_S + 5
 _MAX_KEY_CHARS = 200
+_MAX_TAG_CHARS = 100
+# Counter families whose second part (the account, the deployment shard) scopes the hash tag.
+_SCOPED = frozenset({"acct", "dep"})
+
+# Shared by the scripts. `advance(k, t)`: the key's total after dropping every bucket older than
+# t - 59, with t >= the key's `l`; returns total, old l (or false), whether anything changed.
+_PRELUDE = """
+local function load(k)
+  local v = redis.call('HMGET', k, 'n', 'l')
+  return tonumber(v[1]) or 0, tonumber(v[2])
+end
+local function advance(k, n, l, t)
+  if not l or t <= l then return n, false end
+  if t - l >= 60 then
+    redis.call('DEL', k)
+    return 0, true
+  end
+  local stale = {}
+  for s = l - 59, t - 60 do stale[#stale + 1] = s end
+  if #stale > 0 then
+    local counts = redis.call('HMGET', k, unpack(stale))
+    for i = 1, #counts do
+      if counts[i] then n = n - tonumber(counts[i]) end
+    end
+    redis.call('HDEL', k, unpack(stale))
+  end
+  return n, true
+end
+local function store(k, n, l, t, moved, ttl)
+  if n > 0 then
+    redis.call('HSET', k, 'n', n, 'l', t)
+    if moved or l ~= t then redis.call('EXPIRE', k, ttl) end
+  elseif l then
+    redis.call('DEL', k)
+  end
+end
+local function window(k, t)
+  local fields = {}
+  for s = t - 59, t do fields[#fields + 1] = s end
+  local counts = redis.call('HMGET', k, unpack(fields))
+  for i = 1, #counts do counts[i] = tonumber(counts[i]) or 0 end
+  return counts
+end
+"""
 
 # KEYS: one hash per distinct counter. ARGV: second, ttl, one total cost per key, then
-# (key index, limit) per limit. Returns {admitted, {used...}, {newest or -1...}, {buckets...}}
-# where buckets (only when refused) holds, per key, the window's {second, count, ...} oldest first.
-_ADMIT_LUA = """
+# (key index, limit) per limit. The call is stamped eff = max(second, every key's l).
+# Returns {admitted, eff, {used...}, {newest or -1...}, {window counts or {} per key}} where the
+# window counts (eff-59 .. eff, only for a key some limit refused on) give Retry-After.
+_ADMIT_LUA = (
+    _PRELUDE
+    + """
 local t = tonumber(ARGV[1])
-local floor = t - 59
 local nkeys = #KEYS
-local used, newest, lists = {}, {}, {}
+local ns, ls = {}, {}
 for i = 1, nkeys do
-  local flat = redis.call('HGETALL', KEYS[i])
-  local list, stale, sum = {}, {}, 0
-  for j = 1, #flat, 2 do
-    local s, c = tonumber(flat[j]), tonumber(flat[j + 1])
-    if s < floor then
-      stale[#stale + 1] = flat[j]
-    elseif c > 0 then
-      list[#list + 1] = {s, c}
-      sum = sum + c
-    end
-  end
-  if #stale > 0 then redis.call('HDEL', KEYS[i], unpack(stale)) end
-  table.sort(list, function(a, b) return a[1] < b[1] end)
-  used[i] = sum
-  lists[i] = list
-  if #list > 0 then newest[i] = list[#list][1] else newest[i] = -1 end
+  ns[i], ls[i] = load(KEYS[i])
+  if ls[i] and ls[i] > t then t = ls[i] end
+end
+local used, moved, newest = {}, {}, {}
+for i = 1, nkeys do
+  used[i], moved[i] = advance(KEYS[i], ns[i], ls[i], t)
 end
 local base = 2 + nkeys
 local admitted = 1
+local refusing = {}
 for j = base + 1, #ARGV, 2 do
   local k = tonumber(ARGV[j])
-  if used[k] + tonumber(ARGV[2 + k]) > tonumber(ARGV[j + 1]) then admitted = 0 end
-end
-local buckets = {}
-if admitted == 1 then
-  for i = 1, nkeys do
-    local cost = tonumber(ARGV[2 + i])
-    if cost > 0 then
-      redis.call('HINCRBY', KEYS[i], ARGV[1], ARGV[2 + i])
-      redis.call('EXPIRE', KEYS[i], ARGV[2])
-      used[i] = used[i] + cost
-      if newest[i] < t then newest[i] = t end
-    end
-  end
-else
-  for i = 1, nkeys do
-    local flat = {}
-    for _, b in ipairs(lists[i]) do
-      flat[#flat + 1] = b[1]
-      flat[#flat + 1] = b[2]
-    end
-    buckets[i] = flat
+  local cost, limit = tonumber(ARGV[2 + k]), tonumber(ARGV[j + 1])
+  if used[k] + cost > limit then
+    admitted = 0
+    if cost <= limit then refusing[k] = true end
   end
 end
-return {admitted, used, newest, buckets}
+local windows = {}
+for i = 1, nkeys do
+  local cost = tonumber(ARGV[2 + i])
+  if admitted == 1 and cost > 0 then
+    redis.call('HINCRBY', KEYS[i], t, cost)
+    used[i] = used[i] + cost
+  end
+  if moved[i] or (admitted == 1 and cost > 0) then
+    store(KEYS[i], used[i], ls[i], t, moved[i], ARGV[2])
+  end
+  if used[i] > 0 then newest[i] = t else newest[i] = -1 end
+  if refusing[i] and used[i] > 0 then windows[i] = window(KEYS[i], t) else windows[i] = {} end
+end
+return {admitted, t, used, newest, windows}
 """
+)
 
-# KEYS[1]: the hash. ARGV: oldest second still in the window, second, delta, ttl.
-_ADJUST_LUA = """
-if tonumber(ARGV[2]) < tonumber(ARGV[1]) then return 0 end
-local current = tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or '0')
-if current + tonumber(ARGV[3]) <= 0 then
-  redis.call('HDEL', KEYS[1], ARGV[2])
-else
-  redis.call('HINCRBY', KEYS[1], ARGV[2], ARGV[3])
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
+# KEYS[1]: the hash. ARGV: now (second), the bucket's second, delta, ttl. A bucket older than the
+# window (by the caller's clock or the key's newest stamp) is left alone; a bucket newer than the
+# key's newest stamp (a fallback admission counted in afterwards) moves the stamp forward.
+_ADJUST_LUA = (
+    _PRELUDE
+    + """
+local now, s, d = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if s < now - 59 then return 0 end
+local n, l = load(KEYS[1])
+if not l then
+  if d <= 0 then return 0 end
+elseif s < l - 59 then
+  return 0
 end
+local t = l
+if not l or s > l then t = s end
+local moved
+n, moved = advance(KEYS[1], n, l, t)
+local current = tonumber(redis.call('HGET', KEYS[1], s) or '0')
+local new = math.max(0, current + d)
+if new == current and not moved then return 0 end
+if new == 0 then
+  redis.call('HDEL', KEYS[1], s)
+else
+  redis.call('HSET', KEYS[1], s, new)
+end
+store(KEYS[1], n + new - current, l, t, moved or not l, ARGV[4])
 return 1
+"""
+)
+
+# KEYS: the hashes. ARGV: second. Read-only: {used...}, {newest or -1...}.
+_PEEK_LUA = """
+local t = tonumber(ARGV[1])
+local used, newest = {}, {}
+for i = 1, #KEYS do
+  local v = redis.call('HMGET', KEYS[i], 'n', 'l')
+  local n, l = tonumber(v[1]) or 0, tonumber(v[2])
+  if l and t > l then
+    if t - l >= 60 then
+      n = 0
+    else
+      local stale = {}
+      for s = l - 59, t - 60 do stale[#stale + 1] = s end
+      local counts = redis.call('HMGET', KEYS[i], unpack(stale))
+      for j = 1, #counts do
+        if counts[j] then n = n - tonumber(counts[j]) end
+      end
+    end
+  end
+  used[i] = n
+  if n > 0 then newest[i] = l else newest[i] = -1 end
+end
+return {used, newest}
 """
 
 # KEYS[1]: the sorted set. ARGV: now, expiry, limit, token, ttl in ms (garbage collection).
@@ -131,6 +218,18 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[5]) then redis.call('PEXPIRE', KE
 return 1
 """
 
+RedisClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+
+
+def hash_tag(key: str) -> str:
+    """The Cluster hash tag of a counter key (see the module docstring), escaped: no braces."""
+    parts = key.split(":")
+    tag = ":".join(parts[:2]) if parts[0] in _SCOPED else parts[0]
+    escaped = quote(tag, safe=":")
+    if len(escaped) > _MAX_TAG_CHARS:
+        return "h:" + hashlib.sha256(tag.encode()).hexdigest()
+    return escaped
+
 
 def _escape(key: str) -> str:
     escaped = quote(key, safe=":")
@@ -140,21 +239,28 @@ def _escape(key: str) -> str:
 
 
 class RedisRateLimitStore:
-    def __init__(
-        self, redis: redis.asyncio.Redis, clock: Clock, *, key_prefix: str = "kyma:rl:"
-    ) -> None:
+    def __init__(self, redis: RedisClient, clock: Clock, *, key_prefix: str = "kyma:rl:") -> None:
         self._redis = redis
         self._clock = clock
         self._prefix = key_prefix
         self._admit = redis.register_script(_ADMIT_LUA)
         self._adjust = redis.register_script(_ADJUST_LUA)
+        self._peek = redis.register_script(_PEEK_LUA)
         self._acquire = redis.register_script(_ACQUIRE_LUA)
 
-    def _window_key(self, key: str) -> str:
-        return f"{self._prefix}w:{_escape(key)}"
+    def window_key(self, key: str) -> str:
+        """The Redis key of a counter (for tests and tools)."""
+        return f"{self._prefix}{{{hash_tag(key)}}}:w:{_escape(key)}"
 
-    def _slots_key(self, key: str) -> str:
-        return f"{self._prefix}s:{_escape(key)}"
+    def slots_key(self, key: str) -> str:
+        return f"{self._prefix}{{{hash_tag(key)}}}:s:{_escape(key)}"
+
+    async def warm(self, connections: int) -> None:
+        """Open `connections` connections (each PINGs) and load the scripts, so that the first
+        requests find a warm pool. Raises what Redis raises (the caller decides)."""
+        await asyncio.gather(*(self._redis.ping() for _ in range(max(1, connections))))
+        for script in (self._admit, self._adjust, self._peek, self._acquire):
+            await self._redis.script_load(script.script)
 
     async def admit(self, limits: Sequence[Limit]) -> Decision:
         at_ms = now_ms(self._clock)
@@ -171,19 +277,20 @@ class RedisRateLimitStore:
         args: list[Any] = [second, _BUCKETS_TTL_S, *totals]
         for limit in limits:
             args += [index[limit.key] + 1, limit.limit]
-        reply = await self._admit(keys=[self._window_key(key) for key in index], args=args)
+        reply = await self._admit(keys=[self.window_key(key) for key in index], args=args)
         admitted = bool(reply[0])
-        used = [int(value) for value in reply[1]]
-        newest = [int(value) for value in reply[2]]
+        stamp = int(reply[1])
+        used = [int(value) for value in reply[2]]
+        newest = [int(value) for value in reply[3]]
         states = []
         for limit in limits:
             i = index[limit.key]
             retry = 0
             excess = used[i] + totals[i] - limit.limit
             if not admitted and excess > 0:
-                flat = [int(value) for value in reply[3][i]]
-                buckets = zip(flat[0::2], flat[1::2], strict=True)
-                retry = retry_after_s(buckets, second, excess, totals[i], limit.limit)
+                counts = [int(value) for value in reply[4][i]]
+                buckets = zip(range(window_floor(stamp), stamp + 1), counts, strict=False)
+                retry = retry_after_s(buckets, stamp, excess, totals[i], limit.limit)
             states.append(
                 limit_state(
                     limit.key,
@@ -194,40 +301,36 @@ class RedisRateLimitStore:
                     refused_retry_s=retry,
                 )
             )
-        return Decision(admitted=admitted, second=second, states=tuple(states))
+        return Decision(admitted=admitted, second=stamp, states=tuple(states))
 
     async def adjust(self, key: str, second: int, delta: int) -> None:
         if not delta:
             return
-        floor = window_floor(now_ms(self._clock) // 1000)
-        if second < floor:
+        now = now_ms(self._clock) // 1000
+        if second < window_floor(now):
             return
-        await self._adjust(
-            keys=[self._window_key(key)], args=[floor, second, delta, _BUCKETS_TTL_S]
-        )
+        await self._adjust(keys=[self.window_key(key)], args=[now, second, delta, _BUCKETS_TTL_S])
+
+    async def adjust_many(self, deltas: Sequence[tuple[str, int, int]]) -> None:
+        """Several `adjust`s, sent concurrently (each atomic; not atomic together)."""
+        await asyncio.gather(*(self.adjust(key, second, delta) for key, second, delta in deltas))
 
     async def peek(self, limits: Sequence[Limit]) -> tuple[LimitState, ...]:
         at_ms = now_ms(self._clock)
-        floor = window_floor(at_ms // 1000)
         keys = list(dict.fromkeys(limit.key for limit in limits))
         if not keys:
             return ()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hgetall(self._window_key(key))
-            replies = await pipe.execute()
-        seen: dict[str, tuple[int, int | None]] = {}
-        for key, fields in zip(keys, replies, strict=True):
-            counted = [
-                (int(s), int(c)) for s, c in fields.items() if int(s) >= floor and int(c) > 0
-            ]
-            seen[key] = (sum(c for _, c in counted), max((s for s, _ in counted), default=None))
+        reply = await self._peek(keys=[self.window_key(key) for key in keys], args=[at_ms // 1000])
+        seen = {
+            key: (int(used), int(newest))
+            for key, used, newest in zip(keys, reply[0], reply[1], strict=True)
+        }
         return tuple(
             limit_state(
                 limit.key,
                 limit.limit,
                 used=seen[limit.key][0],
-                newest=seen[limit.key][1],
+                newest=seen[limit.key][1] if seen[limit.key][1] >= 0 else None,
                 at_ms=at_ms,
             )
             for limit in limits
@@ -244,11 +347,11 @@ class RedisRateLimitStore:
             token,
             ttl_ms,
         ]
-        acquired = await self._acquire(keys=[self._slots_key(key)], args=args)
+        acquired = await self._acquire(keys=[self.slots_key(key)], args=args)
         return token if acquired else None
 
     async def release_slot(self, key: str, token: str) -> None:
-        await self._redis.zrem(self._slots_key(key), token)
+        await self._redis.zrem(self.slots_key(key), token)
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -376,13 +376,73 @@ async def test_redis_prunes_old_buckets_and_expires_keys(
     for _ in range(5):
         await store.admit([rpm])
         clock.advance(1)
-    (hash_key,) = [key async for key in redis_client.scan_iter(match=redis_prefix + "w:*")]
-    assert await redis_client.hlen(hash_key) == 5
+    hash_key = store.window_key(rpm.key)
+    assert hash_key == redis_prefix + "{acct:a}:w:acct:a:rpm"  # the account's hash tag
+    fields = await redis_client.hgetall(hash_key)
+    # Five buckets, the running total and the newest stamp.
+    assert fields == {
+        **{str(T0 + i).encode(): b"1" for i in range(5)},
+        b"n": b"5",
+        b"l": str(T0 + 4).encode(),
+    }
     assert 60 <= await redis_client.ttl(hash_key) <= 65
+    clock.advance(57)  # T0+62: buckets T0..T0+2 leave, one by one as they go
+    decision = await store.admit([rpm])
+    assert decision.states[0].remaining == 97
+    assert await redis_client.hlen(hash_key) == 2 + 3
     clock.advance(60)
     decision = await store.admit([rpm])
     assert decision.states[0].remaining == 99
-    assert await redis_client.hgetall(hash_key) == {str(decision.second).encode(): b"1"}
+    assert await redis_client.hgetall(hash_key) == {
+        str(decision.second).encode(): b"1",
+        b"n": b"1",
+        b"l": str(decision.second).encode(),
+    }
+    await store.adjust(rpm.key, decision.second, -1)
+    assert await redis_client.exists(hash_key) == 0  # an empty counter is no key at all
+
+
+@pytest.mark.redis
+async def test_a_node_behind_counts_in_the_newest_second(
+    redis_client: redis.asyncio.Redis, redis_prefix: str
+) -> None:
+    ahead, behind = FakeClock(), FakeClock()
+    ahead.advance(2)
+    stores = [
+        RedisRateLimitStore(redis_client, clock, key_prefix=redis_prefix)
+        for clock in (ahead, behind)
+    ]
+    rpm = Limit("acct:a:rpm", 3, 1)
+    assert (await stores[0].admit([rpm])).second == T0 + 2
+    late = await stores[1].admit([rpm])
+    assert late.admitted and late.second == T0 + 2  # stamped with the newest second
+    await stores[1].adjust(rpm.key, late.second, -1)  # its true-up finds its bucket
+    assert (await stores[1].peek([rpm]))[0].remaining == 2
+    assert [(await stores[1].admit([rpm])).admitted for _ in range(3)] == [True, True, False]
+    # The node behind sees the window end when the stamp (not its own clock) says so.
+    behind.advance(61)
+    assert not (await stores[1].admit([rpm])).admitted
+    behind.advance(1)
+    assert (await stores[1].admit([rpm])).admitted
+
+
+@pytest.mark.redis
+async def test_counted_in_afterwards_moves_the_window(
+    clock: FakeClock, redis_client: redis.asyncio.Redis, redis_prefix: str
+) -> None:
+    """A positive adjust for a second newer than any admission (a fallback admission counted
+    in when Redis is back) counts like an admission stamped then."""
+    store = RedisRateLimitStore(redis_client, clock, key_prefix=redis_prefix)
+    rpm = Limit("acct:a:rpm", 10, 1)
+    await store.admit([rpm])  # T0: 1
+    clock.advance(30)
+    await store.adjust(rpm.key, T0 + 20, 4)  # T0+20: 4
+    await store.adjust(rpm.key, T0 - 70, 4)  # long gone: ignored
+    assert (await store.peek([rpm]))[0].remaining == 5
+    clock.advance(30)  # T0+60: bucket T0 has left
+    assert (await store.peek([rpm]))[0].remaining == 6
+    clock.advance(20)  # T0+80: all gone
+    assert (await store.admit([rpm])).states[0].remaining == 9
 
 
 async def test_local_store_forgets_idle_keys(clock: FakeClock) -> None:
