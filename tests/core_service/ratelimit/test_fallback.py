@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Sequence
@@ -214,15 +215,21 @@ class FakePrimary:
     """A primary store that hangs (`hang`: never answers) or fails (`error`), counting the calls
     it gets and the hung ones its caller gave up on (`abandoned`)."""
 
-    def __init__(self, clock: FakeClock) -> None:
-        self.inner = InProcessRateLimitStore(clock)
+    def __init__(self, clock: FakeClock, inner: InProcessRateLimitStore | None = None) -> None:
+        self.inner = inner or InProcessRateLimitStore(clock)
         self.hang = False
+        self.answer_in = 0.0  # seconds of (loop) time before each answer
+        self.block_loop = 0.0  # seconds the node's event loop is then blocked (by someone else)
         self.error: BaseException | None = None
         self.calls = 0
         self.abandoned = 0
 
     async def _enter(self) -> None:
         self.calls += 1
+        if self.block_loop:
+            asyncio.get_running_loop().call_soon(time.sleep, self.block_loop)
+        if self.answer_in:
+            await asyncio.sleep(self.answer_in)
         if self.hang:
             try:
                 await asyncio.Event().wait()  # no answer, ever
@@ -368,3 +375,61 @@ async def test_a_limit_of_zero_stays_closed_when_shared() -> None:
     assert not decision.admitted and decision.states[0].limit == 0
     with pytest.raises(ValueError):
         fallback_over(primary, clock, node_share=0)
+
+
+async def test_a_busy_event_loop_is_not_taken_for_a_slow_redis() -> None:
+    """The loop is blocked for four timeouts once the command is out (a burst of requests, a
+    long callback), and Redis's answer, there after 1 ms, waits for the node to read it. A
+    wall-clock deadline expires during the block; the store's budget counts only Redis's time."""
+    clock = FakeClock()
+    primary = FakePrimary(clock)
+    primary.answer_in = 0.001
+    primary.block_loop = 4 * TIMEOUT_S
+    store = fallback_over(primary, clock)
+    rpm = Limit("acct:a:rpm", 10, 1)
+    for _ in range(3):
+        decision = await answered(store.admit([rpm]))
+        assert decision.admitted and decision.states[0].limit == 10
+    assert not store.degraded and store.fallbacks == 0 and primary.abandoned == 0
+
+    # A Redis that does not answer still runs out its budget, however late the loop is.
+    primary.hang = True
+    assert (await answered(store.admit([rpm]))).states[0].limit == 5
+    assert store.degraded and primary.abandoned == 1
+
+
+async def test_fallback_never_multiplies_a_limit() -> None:
+    """Two nodes over one shared primary (per-model limit 25, two expected nodes), 100 requests
+    at a time: Redis counts; Redis gone (the seeds keep a full window full); a fresh counter
+    while Redis is gone (each node admits its share); Redis back (what the nodes admitted alone
+    is counted in first). Never more than the limit plus the fallback share (2 × 12)."""
+    clock = FakeClock()
+    shared = InProcessRateLimitStore(clock)
+    primaries = [FakePrimary(clock, shared) for _ in range(2)]
+    nodes = [fallback_over(primary, clock, node_share=2) for primary in primaries]
+
+    async def burst(key: str) -> int:
+        limit = [Limit(key, 25, 1)]
+        decisions = await asyncio.gather(*(nodes[i % 2].admit(limit) for i in range(100)))
+        return sum(d.admitted for d in decisions)
+
+    full, fresh = "acct:a:model:m:rpm", "acct:b:model:m:rpm"
+    assert await burst(full) == 25
+
+    for primary in primaries:
+        primary.error = redis.exceptions.ConnectionError("gone")
+    assert await burst(full) == 0  # each node seeded with ceil(25 / 2) of its share of 12
+    assert await burst(fresh) == 2 * 12  # nothing counted before: each node its share
+    assert all(node.degraded for node in nodes)
+
+    for primary in primaries:
+        primary.error = None
+    clock.advance(1.0)
+    assert await burst(fresh) == 1  # Redis counted the 24 first: one more fits
+    assert await burst(full) == 0
+    assert not any(node.degraded for node in nodes)
+    assert [node.pending for node in nodes] == [0, 0]
+    assert [s.remaining for s in await shared.peek([Limit(fresh, 25, 0)])] == [0]
+
+    clock.advance(60)  # a new window: the shared limit, whole again
+    assert await burst(fresh) == 25
