@@ -314,7 +314,7 @@ async def build_core(
         tasks = BackgroundTasks()
         metrics = CoreMetrics()
         storage = await open_storage(settings, clock, stack)
-        limits = open_limits(settings, clock, tasks, stack)
+        limits = await open_limits(settings, clock, tasks, stack)
         routing = open_routing(
             settings,
             clock,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import time
 import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
