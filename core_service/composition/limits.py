@@ -85,6 +85,7 @@ async def _rate_limit_store(settings: Settings, clock: Clock) -> RateLimitStore:
         clock,
         node_share=settings.expected_nodes,
         timeout_s=settings.redis_timeout_ms / 1000,
+        warm=lambda: shared.warm(settings.redis_warm_connections),
     )
 
 

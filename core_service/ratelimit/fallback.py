@@ -10,13 +10,16 @@ us for it. If the loop is blocked for a second while the reply sits in the socke
 late wake-up finds the reply there (or spends one step); a Redis that does not answer still uses
 up the budget in `_STEPS` wake-ups, however busy the loop. (The redis client's own socket timeouts
 are set far above this budget by the composition root, for the same reason, and its pool is warmed
-at start-up: see `RedisRateLimitStore.warm`.)
+at start-up and again by each recovery probe: `warm`, see `RedisRateLimitStore.warm`.)
 
 A failure switches the store to *degraded*: the call and all calls for the next `retry_interval_s`
 (monotonic clock) are served by `local` (the in-process store) without trying Redis, with every
 limit divided by `node_share` (the expected number of nodes; at least 1 per non-zero limit; costs
-unchanged). After the interval one call probes Redis again (the others keep going local
-meanwhile). One WARNING is logged on entering degraded mode and one INFO on leaving it; `degraded`
+unchanged). After the interval one call probes: it warms the pool again, counts the journal
+into Redis (below) and goes to Redis itself, with `probe_timeout_s` (20 timeouts by default:
+reconnecting costs round trips a warm pool does not) for the warming and counting; the others
+keep going local meanwhile. Only a call that started after the store went degraded (the probe)
+can end degraded mode: a late reply to a call made before the failure proves nothing. One WARNING is logged on entering degraded mode and one INFO on leaving it; `degraded`
 and `fallbacks` (calls to `admit`, `peek` and `acquire_slot` served locally) feed health and
 metrics. Callers never see a Redis error. While degraded, `LimitState.limit` is the per-node limit.
 
@@ -97,6 +100,8 @@ class FallbackRateLimitStore:
         node_share: int,
         timeout_s: float = 0.05,
         retry_interval_s: float = 1.0,
+        probe_timeout_s: float | None = None,
+        warm: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         if node_share < 1:
             raise ValueError("node_share must be >= 1")
@@ -106,6 +111,8 @@ class FallbackRateLimitStore:
         self._node_share = node_share
         self._timeout_s = timeout_s
         self._retry_interval_s = retry_interval_s
+        self._probe_timeout_s = 20 * timeout_s if probe_timeout_s is None else probe_timeout_s
+        self._warm = warm
         self._degraded = False
         self._next_probe = 0.0  # monotonic time before which a degraded store does not try Redis
         self._fallbacks = 0
@@ -118,6 +125,7 @@ class FallbackRateLimitStore:
         self._journal: dict[tuple[str, int], int] = {}
         self._reconciled = 0
         self._reconciling = False
+        self._episode = 0  # counts the times the store went degraded
 
     @property
     def degraded(self) -> bool:
@@ -139,12 +147,13 @@ class FallbackRateLimitStore:
 
     async def admit(self, limits: Sequence[Limit]) -> Decision:
         if await self._primary_usable():
+            episode = self._episode
             try:
                 decision = await self._on_primary(lambda: self._primary.admit(limits))
             except _PRIMARY_ERRORS as error:
                 self._enter_degraded(error)
             else:
-                self._leave_degraded()
+                self._leave_degraded(episode)
                 self._remember_seen(decision.second, decision.states)
                 return decision
         self._fallbacks += 1
@@ -175,12 +184,13 @@ class FallbackRateLimitStore:
 
     async def peek(self, limits: Sequence[Limit]) -> tuple[LimitState, ...]:
         if await self._primary_usable():
+            episode = self._episode
             try:
                 states = await self._on_primary(lambda: self._primary.peek(limits))
             except _PRIMARY_ERRORS as error:
                 self._enter_degraded(error)
             else:
-                self._leave_degraded()
+                self._leave_degraded(episode)
                 return states
         self._fallbacks += 1
         await self._seed(limits)
@@ -188,6 +198,7 @@ class FallbackRateLimitStore:
 
     async def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None:
         if await self._primary_usable():
+            episode = self._episode
             try:
                 token = await self._on_primary(
                     lambda: self._primary.acquire_slot(key, limit, ttl_s)
@@ -195,7 +206,7 @@ class FallbackRateLimitStore:
             except _PRIMARY_ERRORS as error:
                 self._enter_degraded(error)
             else:
-                self._leave_degraded()
+                self._leave_degraded(episode)
                 return None if token is None else _PRIMARY_TOKEN + token
         self._fallbacks += 1
         token = await self._local.acquire_slot(key, self._share(limit), ttl_s)
@@ -221,11 +232,11 @@ class FallbackRateLimitStore:
             pass
         await self._local.close()
 
-    async def _on_primary(self, call: Callable[[], Awaitable[T]]) -> T:
-        """`call()`, given `timeout_s` of Redis time (module docstring): each step of the budget
-        counts its scheduled length, never the event loop's lateness in waking us."""
+    async def _on_primary(self, call: Callable[[], Awaitable[T]], budget: float = 0.0) -> T:
+        """`call()`, given `budget` (default `timeout_s`) of Redis time (module docstring): each
+        step of the budget counts its scheduled length, never the event loop's lateness."""
         task = asyncio.ensure_future(call())
-        step = self._timeout_s / _STEPS
+        step = (budget or self._timeout_s) / _STEPS
         try:
             for _ in range(_STEPS):
                 done, _pending = await asyncio.wait({task}, timeout=step)
@@ -240,26 +251,34 @@ class FallbackRateLimitStore:
 
     async def _primary_usable(self) -> bool:
         """Whether this call goes to Redis: when healthy, yes (after counting in any journal
-        left over); when degraded, one call per retry interval, and only once Redis has counted
-        what was admitted without it."""
+        left over); when degraded, one call per retry interval probes, and goes to Redis only
+        once the probe has reconnected and Redis has counted what was admitted without it. The
+        probe has `probe_timeout_s` (reconnecting costs round trips a warm pool does not pay)."""
         if not self._degraded:
             if not self._journal or self._reconciling:
                 return True
+            budget = self._timeout_s
         else:
             now = self._clock.monotonic()
             if now < self._next_probe:
                 return False
             # This call probes; concurrent ones stay local until the next interval.
             self._next_probe = now + self._retry_interval_s
+            budget = self._probe_timeout_s
         self._reconciling = True
         try:
-            await self._on_primary(self._reconcile)
+            await self._on_primary(self._recover, budget)
         except _PRIMARY_ERRORS as error:
             self._enter_degraded(error)
             return False
         finally:
             self._reconciling = False
         return True
+
+    async def _recover(self) -> None:
+        if self._degraded and self._warm is not None:
+            await self._warm()
+        await self._reconcile()
 
     async def _reconcile(self) -> None:
         """Count the journal into Redis; what was sent is removed from it as it succeeds."""
@@ -289,6 +308,7 @@ class FallbackRateLimitStore:
         self._next_probe = self._clock.monotonic() + self._retry_interval_s
         if not self._degraded:
             self._degraded = True
+            self._episode += 1
             self._seeded.clear()
             reason = "timed out" if isinstance(error, TimeoutError) else type(error).__name__
             logger.warning(
@@ -298,8 +318,8 @@ class FallbackRateLimitStore:
                 self._retry_interval_s,
             )
 
-    def _leave_degraded(self) -> None:
-        if self._degraded:
+    def _leave_degraded(self, episode: int) -> None:
+        if self._degraded and episode == self._episode:
             self._degraded = False
             logger.info(
                 "rate-limit store reachable again: serving shared limits (%d fallback counts reconciled so far)",

@@ -273,6 +273,7 @@ def fallback_over(
         node_share=node_share,
         timeout_s=TIMEOUT_S,
         retry_interval_s=1.0,
+        probe_timeout_s=TIMEOUT_S,
     )
 
 
