@@ -21,9 +21,10 @@ family in one slot). Every key of one `admit` or `peek` must have the same tag (
 do: one account, or one deployment shard); with a single Redis server nothing depends on it.
 
 Cost per call (the point of the running total): `admit` is one Lua script (EVALSHA) that, per key,
-reads ``n`` and ``l`` (HMGET), drops the buckets that left the window since ``l`` (one HMGET and one
-HDEL, only when the second moved on: at most once a second per key for a busy account), and on
-admission adds the cost (HINCRBY, HSET of ``n``/``l``, EXPIRE when ``l`` moved). That is a bounded
+reads ``n``, ``l`` and the current second's bucket (one HMGET), drops the buckets that left the
+window since ``l`` (one HMGET and one HDEL, only when the second moved on: at most once a second
+per key for a busy account), and on admission writes the bucket, ``n`` and ``l`` (one HSET; EXPIRE
+too when ``l`` moved). That is a bounded
 number of commands whatever the account's traffic; a refusal additionally reads the window's 60
 buckets of the refusing key (one HMGET) to compute ``Retry-After``.
 
@@ -90,9 +91,13 @@ local function advance(k, n, l, t)
   end
   return n, true
 end
-local function store(k, n, l, t, moved, ttl)
+local function store(k, n, l, t, moved, ttl, bucket)
   if n > 0 then
-    redis.call('HSET', k, 'n', n, 'l', t)
+    if bucket then
+      redis.call('HSET', k, 'n', n, 'l', t, t, bucket)
+    else
+      redis.call('HSET', k, 'n', n, 'l', t)
+    end
     if moved or l ~= t then redis.call('EXPIRE', k, ttl) end
   elseif l then
     redis.call('DEL', k)
@@ -116,14 +121,20 @@ _ADMIT_LUA = (
     + """
 local t = tonumber(ARGV[1])
 local nkeys = #KEYS
-local ns, ls = {}, {}
+local ns, ls, current = {}, {}, {}
 for i = 1, nkeys do
-  ns[i], ls[i] = load(KEYS[i])
+  local v = redis.call('HMGET', KEYS[i], 'n', 'l', ARGV[1])
+  ns[i], ls[i], current[i] = tonumber(v[1]) or 0, tonumber(v[2]), tonumber(v[3]) or 0
   if ls[i] and ls[i] > t then t = ls[i] end
+end
+if t ~= tonumber(ARGV[1]) then
+  -- This node's clock is behind the newest stamp: the bucket it adds to is the stamp's.
+  for i = 1, nkeys do current[i] = tonumber(redis.call('HGET', KEYS[i], t)) or 0 end
 end
 local used, moved, newest = {}, {}, {}
 for i = 1, nkeys do
   used[i], moved[i] = advance(KEYS[i], ns[i], ls[i], t)
+  if moved[i] then current[i] = 0 end  -- no bucket is newer than the stamp
 end
 local base = 2 + nkeys
 local admitted = 1
@@ -140,11 +151,10 @@ local windows = {}
 for i = 1, nkeys do
   local cost = tonumber(ARGV[2 + i])
   if admitted == 1 and cost > 0 then
-    redis.call('HINCRBY', KEYS[i], t, cost)
     used[i] = used[i] + cost
-  end
-  if moved[i] or (admitted == 1 and cost > 0) then
-    store(KEYS[i], used[i], ls[i], t, moved[i], ARGV[2])
+    store(KEYS[i], used[i], ls[i], t, moved[i], ARGV[2], current[i] + cost)
+  elseif moved[i] then
+    store(KEYS[i], used[i], ls[i], t, moved[i], ARGV[2], nil)
   end
   if used[i] > 0 then newest[i] = t else newest[i] = -1 end
   if refusing[i] and used[i] > 0 then windows[i] = window(KEYS[i], t) else windows[i] = {} end
