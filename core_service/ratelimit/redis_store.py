@@ -3,10 +3,10 @@
 
 Layout (under `key_prefix`, default ``kyma:rl:``):
 
-- ``<prefix>{<tag>}:w:<key>``: a hash per counter. Fields: one per window second (decimal unix
-  seconds) holding that second's count, plus ``n`` (the running total of the buckets in the
-  window) and ``l`` (the newest second stamped, see store.py). EXPIRE is set to the window plus a
-  few seconds of skew allowance whenever ``l`` moves; that is only garbage collection.
+- ``<prefix>{<tag>}:w:<key>``: a hash per counter: ``l``, the newest second stamped (see store.py);
+  the buckets as a ring, second ``s``'s count in field ``s % 60`` (which holds second ``s`` for
+  every ``s`` in ``[l-59, l]``); and ``n``, their running total. EXPIRE (95 s) is refreshed when
+  ``l`` crosses a 30-second boundary; that is only garbage collection.
 - ``<prefix>{<tag>}:s:<key>``: a sorted set of concurrency-slot tokens scored by their expiry.
 
 `<key>` is the `Limit.key` percent-escaped (every byte except letters, digits, ``_.-~:``), so Redis
@@ -20,11 +20,13 @@ parts when the first is ``acct`` or ``dep`` (``acct:<id>``: each account's count
 family in one slot). Every key of one `admit` or `peek` must have the same tag (the limiter's calls
 do: one account, or one deployment shard); with a single Redis server nothing depends on it.
 
-Cost per call (the point of the running total): `admit` is one Lua script (EVALSHA) that, per key,
-reads ``n``, ``l`` and the current second's bucket (one HMGET), drops the buckets that left the
-window since ``l`` (one HMGET and one HDEL, only when the second moved on: at most once a second
-per key for a busy account), and on admission writes the bucket, ``n`` and ``l`` (one HSET; EXPIRE
-too when ``l`` moved). That is a bounded
+Cost per call (the point of the running total and the ring): `admit` is one Lua script (EVALSHA)
+that, per key, reads ``n``, ``l`` and the ring field of the current second (one HMGET: when the
+second moved on by one, that field is exactly the bucket leaving the window, subtracted from
+``n``), and on admission writes the bucket, ``n`` and ``l`` (one HSET). That is two commands per
+counter whatever the account's traffic, plus EXPIRE twice a minute, plus one HMGET and one HDEL
+after an idle gap of 2 to 59 seconds (a gap of 60 or more deletes the counter). A refusal
+additionally reads the refusing key's 60 ring fields (one HMGET) to compute ``Retry-After``. That is a bounded
 number of commands whatever the account's traffic; a refusal additionally reads the window's 60
 buckets of the refusing key (one HMGET) to compute ``Retry-After``.
 
@@ -60,52 +62,57 @@ from core_service.ratelimit.store import (
     window_floor,
 )
 
-# Garbage collection only (see the module docstring): the window plus an allowance for clock skew.
-_BUCKETS_TTL_S = WINDOW_S + 5
+# Garbage collection only (see the module docstring): the window, plus the 30 s the TTL may go
+# without a refresh, plus an allowance for clock skew.
+_BUCKETS_TTL_S = WINDOW_S + 30 + 5
 _MAX_KEY_CHARS = 200
 _MAX_TAG_CHARS = 100
 # Counter families whose second part (the account, the deployment shard) scopes the hash tag.
 _SCOPED = frozenset({"acct", "dep"})
 
-# Shared by the scripts. `advance(k, t)`: the key's total after dropping every bucket older than
-# t - 59, with t >= the key's `l`; returns total, old l (or false), whether anything changed.
+# Shared by the scripts. A counter's buckets are a ring: the count of second s is in field s % 60,
+# which holds second s for every s in [l-59, l] (l: the stamp); `n` is their sum.
+# `load(k, s)`: n, l (or nil) and the ring field of second s. `advance(k, n, l, t, at_t)` moves the
+# stamp to t >= l: the fields of seconds l+1 .. t hold seconds that leave the window, so they are
+# subtracted (`at_t`, the loaded field of t, is one of them) and emptied; returns the total in the
+# window ending at t, whether the stamp moved, and the count of bucket t. `store` writes the total,
+# the stamp and one bucket in one HSET (or deletes an empty counter), and refreshes the TTL when
+# the stamp crosses a 30-second boundary (so at most twice a minute).
 _PRELUDE = """
-local function load(k)
-  local v = redis.call('HMGET', k, 'n', 'l')
-  return tonumber(v[1]) or 0, tonumber(v[2])
+local function load(k, s)
+  local v = redis.call('HMGET', k, 'n', 'l', s % 60)
+  return tonumber(v[1]) or 0, tonumber(v[2]), tonumber(v[3]) or 0
 end
-local function advance(k, n, l, t)
-  if not l or t <= l then return n, false end
+local function advance(k, n, l, t, at_t)
+  if not l then return 0, false, 0 end
+  if t <= l then return n, false, at_t end
   if t - l >= 60 then
     redis.call('DEL', k)
-    return 0, true
+    return 0, true, 0
   end
-  local stale = {}
-  for s = l - 59, t - 60 do stale[#stale + 1] = s end
-  if #stale > 0 then
-    local counts = redis.call('HMGET', k, unpack(stale))
+  n = n - at_t
+  if t - l > 1 then
+    local fields = {}
+    for s = l + 1, t - 1 do fields[#fields + 1] = s % 60 end
+    local counts = redis.call('HMGET', k, unpack(fields))
     for i = 1, #counts do
       if counts[i] then n = n - tonumber(counts[i]) end
     end
-    redis.call('HDEL', k, unpack(stale))
+    redis.call('HDEL', k, unpack(fields))
   end
-  return n, true
+  return n, true, 0
 end
-local function store(k, n, l, t, moved, ttl, bucket)
+local function store(k, n, l, t, s, bucket, ttl)
   if n > 0 then
-    if bucket then
-      redis.call('HSET', k, 'n', n, 'l', t, t, bucket)
-    else
-      redis.call('HSET', k, 'n', n, 'l', t)
-    end
-    if moved or l ~= t then redis.call('EXPIRE', k, ttl) end
+    redis.call('HSET', k, 'n', n, 'l', t, s % 60, bucket)
+    if not l or math.floor(t / 30) ~= math.floor(l / 30) then redis.call('EXPIRE', k, ttl) end
   elseif l then
     redis.call('DEL', k)
   end
 end
 local function window(k, t)
   local fields = {}
-  for s = t - 59, t do fields[#fields + 1] = s end
+  for s = t - 59, t do fields[#fields + 1] = s % 60 end
   local counts = redis.call('HMGET', k, unpack(fields))
   for i = 1, #counts do counts[i] = tonumber(counts[i]) or 0 end
   return counts
@@ -113,28 +120,26 @@ end
 """
 
 # KEYS: one hash per distinct counter. ARGV: second, ttl, one total cost per key, then
-# (key index, limit) per limit. The call is stamped eff = max(second, every key's l).
-# Returns {admitted, eff, {used...}, {newest or -1...}, {window counts or {} per key}} where the
-# window counts (eff-59 .. eff, only for a key some limit refused on) give Retry-After.
+# (key index, limit) per limit. The call is stamped t = max(second, every key's l).
+# Returns {admitted, t, {used...}, {newest or -1...}, {window counts or {} per key}} where the
+# window counts (t-59 .. t, only for a key some limit refused on) give Retry-After.
 _ADMIT_LUA = (
     _PRELUDE
     + """
 local t = tonumber(ARGV[1])
 local nkeys = #KEYS
-local ns, ls, current = {}, {}, {}
+local ns, ls, at = {}, {}, {}
 for i = 1, nkeys do
-  local v = redis.call('HMGET', KEYS[i], 'n', 'l', ARGV[1])
-  ns[i], ls[i], current[i] = tonumber(v[1]) or 0, tonumber(v[2]), tonumber(v[3]) or 0
+  ns[i], ls[i], at[i] = load(KEYS[i], t)
   if ls[i] and ls[i] > t then t = ls[i] end
 end
 if t ~= tonumber(ARGV[1]) then
   -- This node's clock is behind the newest stamp: the bucket it adds to is the stamp's.
-  for i = 1, nkeys do current[i] = tonumber(redis.call('HGET', KEYS[i], t)) or 0 end
+  for i = 1, nkeys do at[i] = tonumber(redis.call('HGET', KEYS[i], t % 60)) or 0 end
 end
-local used, moved, newest = {}, {}, {}
+local used, moved, current, newest = {}, {}, {}, {}
 for i = 1, nkeys do
-  used[i], moved[i] = advance(KEYS[i], ns[i], ls[i], t)
-  if moved[i] then current[i] = 0 end  -- no bucket is newer than the stamp
+  used[i], moved[i], current[i] = advance(KEYS[i], ns[i], ls[i], t, at[i])
 end
 local base = 2 + nkeys
 local admitted = 1
@@ -152,9 +157,9 @@ for i = 1, nkeys do
   local cost = tonumber(ARGV[2 + i])
   if admitted == 1 and cost > 0 then
     used[i] = used[i] + cost
-    store(KEYS[i], used[i], ls[i], t, moved[i], ARGV[2], current[i] + cost)
+    store(KEYS[i], used[i], ls[i], t, t, current[i] + cost, ARGV[2])
   elseif moved[i] then
-    store(KEYS[i], used[i], ls[i], t, moved[i], ARGV[2], nil)
+    store(KEYS[i], used[i], ls[i], t, t, 0, ARGV[2])
   end
   if used[i] > 0 then newest[i] = t else newest[i] = -1 end
   if refusing[i] and used[i] > 0 then windows[i] = window(KEYS[i], t) else windows[i] = {} end
@@ -171,7 +176,7 @@ _ADJUST_LUA = (
     + """
 local now, s, d = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 if s < now - 59 then return 0 end
-local n, l = load(KEYS[1])
+local n, l, at = load(KEYS[1], s)
 if not l then
   if d <= 0 then return 0 end
 elseif s < l - 59 then
@@ -179,17 +184,11 @@ elseif s < l - 59 then
 end
 local t = l
 if not l or s > l then t = s end
-local moved
-n, moved = advance(KEYS[1], n, l, t)
-local current = tonumber(redis.call('HGET', KEYS[1], s) or '0')
+local moved, current
+n, moved, current = advance(KEYS[1], n, l, t, at)
 local new = math.max(0, current + d)
 if new == current and not moved then return 0 end
-if new == 0 then
-  redis.call('HDEL', KEYS[1], s)
-else
-  redis.call('HSET', KEYS[1], s, new)
-end
-store(KEYS[1], n + new - current, l, t, moved or not l, ARGV[4])
+store(KEYS[1], n + new - current, l, t, s, new, ARGV[4])
 return 1
 """
 )
@@ -206,7 +205,7 @@ for i = 1, #KEYS do
       n = 0
     else
       local stale = {}
-      for s = l - 59, t - 60 do stale[#stale + 1] = s end
+      for s = l + 1, t do stale[#stale + 1] = s % 60 end
       local counts = redis.call('HMGET', KEYS[i], unpack(stale))
       for j = 1, #counts do
         if counts[j] then n = n - tonumber(counts[j]) end
