@@ -5,8 +5,9 @@ The window
 Every counter (a `Limit.key`, e.g. ``acct:<id>:rpm`` or ``acct:<id>:tpm``) keeps one count per unix
 second ("bucket") and a *stamp*: the newest second any admission was counted in. A request whose
 clock reads second ``t`` is stamped ``r = max(t, stamp)`` (so stamps never go backwards, and a node
-whose clock runs behind counts in the newest second instead of the past), and is admitted for a
-counter iff
+whose clock runs behind counts in the newest second instead of the past; the in-process store,
+with one clock, stamps ``t`` and counts any bucket newer than ``t`` as well, to the same effect),
+and is admitted for a counter iff
 
     sum(counts of the seconds r-59 .. r) + cost <= limit
 
