@@ -29,6 +29,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
+import httpx
 import orjson
 import pytest
 import pytest_asyncio
@@ -132,20 +133,18 @@ async def two_cores(
 
 
 async def burst(cores: list, key: str) -> int:
-    """100 concurrent chat completions for one model, alternating between the cores: how many
-    were admitted (the others must be refused with RESOURCE_EXHAUSTED)."""
-    request = pb.CreateChatCompletionRequest(
-        body=orjson.dumps(
-            {
-                "model": "test-model",
-                "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": 5,
-            }
-        )
-    )
+    """100 concurrent chat completions for one model, alternating between the cores, half over
+    gRPC to the core and half over HTTP to its bridge: how many were admitted (the others must
+    be refused: RESOURCE_EXHAUSTED, or 429)."""
+    chat = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    request = pb.CreateChatCompletionRequest(body=orjson.dumps(chat))
     metadata = (("authorization", f"Bearer {key}"),)
+    limits = httpx.Limits(max_connections=100)
+    clients = [
+        httpx.AsyncClient(base_url=core.http_url, timeout=30, limits=limits) for core in cores
+    ]
 
-    async def call(core) -> bool:
+    async def over_grpc(core) -> bool:
         try:
             await pb_grpc.InferenceServiceStub(core.channel).CreateChatCompletion(
                 request, metadata=metadata
@@ -155,7 +154,21 @@ async def burst(cores: list, key: str) -> int:
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
             return False
 
-    return sum(await asyncio.gather(*(call(cores[i % 2]) for i in range(100))))
+    async def over_http(http: httpx.AsyncClient) -> bool:
+        reply = await http.post(
+            "/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {key}"}
+        )
+        assert reply.status_code in (200, 429), reply.text
+        return reply.status_code == 200
+
+    try:
+        calls = [
+            over_http(clients[i % 2]) if i % 4 >= 2 else over_grpc(cores[i % 2]) for i in range(100)
+        ]
+        return sum(await asyncio.gather(*calls))
+    finally:
+        for client in clients:
+            await client.aclose()
 
 
 async def test_limits_never_multiply(two_cores, processes: Processes) -> None:
