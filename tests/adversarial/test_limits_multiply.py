@@ -1,5 +1,5 @@
 """Limits that multiply (issue 12, SPEC §5): 100 concurrent requests for one model over two cores
-sharing Redis (per-model limit 25, two expected nodes), with Redis answering slowly, then down,
+(half over gRPC to the cores, half over HTTP to their bridges) sharing Redis (per-model limit 25, two expected nodes), with Redis answering slowly, then down,
 then back. Never more than the limit plus the documented fallback share (fallback.py: each node
 admits at most limit ÷ expected nodes = 12 on its own, so 25 + 2 × 12 in all), and much less in
 practice:
