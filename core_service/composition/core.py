@@ -237,6 +237,12 @@ class Core:
             [],
             [([], self.limits.fallbacks)],
         )
+        yield gauge(
+            "kyma_ratelimit_unreconciled",
+            "Per-node counts (key, second) Redis has yet to be told of",
+            [],
+            [([], self.limits.unreconciled)],
+        )
         request_log = self.storage.request_log
         yield gauge(
             "kyma_request_log_pending",

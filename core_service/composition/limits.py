@@ -39,6 +39,11 @@ class Limits:
         """Limiter calls served per node because Redis was unreachable."""
         return self.store.fallbacks if isinstance(self.store, FallbackRateLimitStore) else 0
 
+    @property
+    def unreconciled(self) -> int:
+        """Counts admitted per node that Redis has yet to be told of."""
+        return self.store.pending if isinstance(self.store, FallbackRateLimitStore) else 0
+
 
 def _redis_client(settings: Settings, url: str) -> RedisClient:
     """A client for the limiter alone. Its own timeouts are far above the limiter's budget:
