@@ -5,7 +5,8 @@ Layout (under `key_prefix`, default ``kyma:rl:``):
 
 - ``<prefix>{<tag>}:w:<key>``: a hash per counter: ``l``, the newest second stamped (see store.py);
   the buckets as a ring, second ``s``'s count in field ``s % 60`` (which holds second ``s`` for
-  every ``s`` in ``[l-59, l]``); and ``n``, their running total. EXPIRE (95 s) is refreshed when
+  every ``s`` in ``[l-59, l]``); ``n``, their running total; and ``w``, the newest second anything
+  was added to (for ``reset_ms``; after a true-up emptied that bucket it says a little late). EXPIRE (95 s) is refreshed when
   ``l`` crosses a 30-second boundary; that is only garbage collection.
 - ``<prefix>{<tag>}:s:<key>``: a sorted set of concurrency-slot tokens scored by their expiry.
 
@@ -80,8 +81,8 @@ _SCOPED = frozenset({"acct", "dep"})
 # the stamp crosses a 30-second boundary (so at most twice a minute).
 _PRELUDE = """
 local function load(k, s)
-  local v = redis.call('HMGET', k, 'n', 'l', s % 60)
-  return tonumber(v[1]) or 0, tonumber(v[2]), tonumber(v[3]) or 0
+  local v = redis.call('HMGET', k, 'n', 'l', s % 60, 'w')
+  return tonumber(v[1]) or 0, tonumber(v[2]), tonumber(v[3]) or 0, tonumber(v[4]) or -1
 end
 local function advance(k, n, l, t, at_t)
   if not l then return 0, false, 0 end
@@ -102,9 +103,13 @@ local function advance(k, n, l, t, at_t)
   end
   return n, true, 0
 end
-local function store(k, n, l, t, s, bucket, ttl)
+local function store(k, n, l, t, s, bucket, ttl, w)
   if n > 0 then
-    redis.call('HSET', k, 'n', n, 'l', t, s % 60, bucket)
+    if w then
+      redis.call('HSET', k, 'n', n, 'l', t, s % 60, bucket, 'w', w)
+    else
+      redis.call('HSET', k, 'n', n, 'l', t, s % 60, bucket)
+    end
     if not l or math.floor(t / 30) ~= math.floor(l / 30) then redis.call('EXPIRE', k, ttl) end
   elseif l then
     redis.call('DEL', k)
@@ -128,9 +133,9 @@ _ADMIT_LUA = (
     + """
 local t = tonumber(ARGV[1])
 local nkeys = #KEYS
-local ns, ls, at = {}, {}, {}
+local ns, ls, at, ws = {}, {}, {}, {}
 for i = 1, nkeys do
-  ns[i], ls[i], at[i] = load(KEYS[i], t)
+  ns[i], ls[i], at[i], ws[i] = load(KEYS[i], t)
   if ls[i] and ls[i] > t then t = ls[i] end
 end
 if t ~= tonumber(ARGV[1]) then
@@ -157,11 +162,12 @@ for i = 1, nkeys do
   local cost = tonumber(ARGV[2 + i])
   if admitted == 1 and cost > 0 then
     used[i] = used[i] + cost
-    store(KEYS[i], used[i], ls[i], t, t, current[i] + cost, ARGV[2])
+    ws[i] = t
+    store(KEYS[i], used[i], ls[i], t, t, current[i] + cost, ARGV[2], t)
   elseif moved[i] then
-    store(KEYS[i], used[i], ls[i], t, t, 0, ARGV[2])
+    store(KEYS[i], used[i], ls[i], t, t, 0, ARGV[2], nil)
   end
-  if used[i] > 0 then newest[i] = t else newest[i] = -1 end
+  if used[i] > 0 then newest[i] = ws[i] else newest[i] = -1 end
   if refusing[i] and used[i] > 0 then windows[i] = window(KEYS[i], t) else windows[i] = {} end
 end
 return {admitted, t, used, newest, windows}
@@ -176,7 +182,7 @@ _ADJUST_LUA = (
     + """
 local now, s, d = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 if s < now - 59 then return 0 end
-local n, l, at = load(KEYS[1], s)
+local n, l, at, w = load(KEYS[1], s)
 if not l then
   if d <= 0 then return 0 end
 elseif s < l - 59 then
@@ -188,7 +194,8 @@ local moved, current
 n, moved, current = advance(KEYS[1], n, l, t, at)
 local new = math.max(0, current + d)
 if new == current and not moved then return 0 end
-store(KEYS[1], n + new - current, l, t, s, new, ARGV[4])
+if new > current and s > w then w = s else w = nil end
+store(KEYS[1], n + new - current, l, t, s, new, ARGV[4], w)
 return 1
 """
 )
@@ -198,8 +205,8 @@ _PEEK_LUA = """
 local t = tonumber(ARGV[1])
 local used, newest = {}, {}
 for i = 1, #KEYS do
-  local v = redis.call('HMGET', KEYS[i], 'n', 'l')
-  local n, l = tonumber(v[1]) or 0, tonumber(v[2])
+  local v = redis.call('HMGET', KEYS[i], 'n', 'l', 'w')
+  local n, l, w = tonumber(v[1]) or 0, tonumber(v[2]), tonumber(v[3]) or -1
   if l and t > l then
     if t - l >= 60 then
       n = 0
@@ -213,7 +220,7 @@ for i = 1, #KEYS do
     end
   end
   used[i] = n
-  if n > 0 then newest[i] = l else newest[i] = -1 end
+  if n > 0 then newest[i] = w else newest[i] = -1 end
 end
 return {used, newest}
 """

@@ -41,9 +41,9 @@ Derived values (what the HTTP layer turns into ``x-ratelimit-*`` and ``Retry-Aft
 
 - ``remaining = max(0, limit - used)``, where ``used`` includes this admission if admitted.
 - ``reset_ms = (newest + 60) * 1000 - now_ms``: the time until the newest bucket leaves the window,
-  i.e. until the counter is fully restored; 0 when nothing is counted. (The Redis store takes the
-  stamp as the newest bucket, so after a true-up emptied the newest bucket it may say a little
-  later than the in-process store; never earlier.)
+  i.e. until the counter is fully restored; 0 when nothing is counted. (The Redis store remembers the
+  newest second anything was added to, so after a true-up emptied the newest bucket it may say a
+  little later than the in-process store; never earlier.)
 - ``retry_after_s`` (only on a limit that refused): the smallest ``s >= 1`` such that, once the
   buckets older than ``t+s-59`` have dropped out, ``used + cost <= limit`` (assuming nothing else is
   admitted meanwhile). Advancing the clock by ``s`` seconds admits the same request; by ``s - 1`` it
