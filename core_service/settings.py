@@ -250,7 +250,17 @@ class Settings(BaseSettings):
     redis_timeout_ms: float = Field(
         default=50.0,
         gt=0,
-        description="How long a limiter call waits for Redis before falling back.",
+        description="How long a limiter call waits for Redis (its own time, not this node's "
+        "event-loop lag) before falling back.",
+    )
+    redis_cluster: bool = Field(
+        default=False,
+        description="KYMA_REDIS_URL names a node of a Redis Cluster (the others are discovered).",
+    )
+    redis_warm_connections: int = Field(
+        default=16,
+        ge=1,
+        description="Connections to Redis opened at start-up, so a burst finds a warm pool.",
     )
     max_attempts_per_request: int = Field(
         default=3, ge=1, description="Deployments one request may try."

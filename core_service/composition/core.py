@@ -237,6 +237,12 @@ class Core:
             [],
             [([], self.limits.fallbacks)],
         )
+        yield gauge(
+            "kyma_ratelimit_unreconciled",
+            "Per-node counts (key, second) Redis has yet to be told of",
+            [],
+            [([], self.limits.unreconciled)],
+        )
         request_log = self.storage.request_log
         yield gauge(
             "kyma_request_log_pending",
@@ -314,7 +320,7 @@ async def build_core(
         tasks = BackgroundTasks()
         metrics = CoreMetrics()
         storage = await open_storage(settings, clock, stack)
-        limits = open_limits(settings, clock, tasks, stack)
+        limits = await open_limits(settings, clock, tasks, stack)
         routing = open_routing(
             settings,
             clock,

@@ -12,6 +12,7 @@ nothing, and one refused later (no credit, every deployment saturated) is given 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,6 +27,11 @@ from core_service.ratelimit.store import (
 )
 from core_service.tasks import BackgroundTasks, cancel_safe
 from core_service.values import Principal, RateLimitSnapshot
+
+# Counters a deployment's limits are split over (see DeploymentGate), and the least TPM a shard
+# holds (a request's tokens must fit in one shard: 128k covers most models' whole context).
+DEPLOYMENT_SHARDS = 8
+MIN_SHARD_TPM = 131_072
 
 
 @dataclass(frozen=True)
@@ -159,19 +165,56 @@ class Ticket:
     second: int
     slot: str | None
     counted: list[Limit] = field(default_factory=list)
+    slot_key: str = ""
+
+
+def _share(total: int, shards: int, shard: int) -> int:
+    """Shard `shard`'s part of `total`: the parts add up to `total` exactly."""
+    return total // shards + (1 if shard < total % shards else 0)
 
 
 class DeploymentGate:
     """Upstream capacity per deployment, shared by all nodes: `enter` is None when the
-    deployment is saturated (the router then tries the next one)."""
+    deployment is saturated (the router then tries the next one).
 
-    def __init__(self, store: RateLimitStore, tasks: BackgroundTasks) -> None:
+    No hot key: a deployment's limits are split over up to `shards` counters (`DEPLOYMENT_SHARDS`),
+    each with its own Redis Cluster hash tag (``dep:<model/deployment/shard>``), and each request
+    draws on one shard picked at random (and on a second one if that is full). Shard ``i`` of ``n``
+    holds ``limit // n`` (plus one for the first ``limit % n`` shards), so the shards' limits add
+    up to the deployment's exactly and each is exact (store.py): a deployment never admits more
+    than its limits in any window, nor holds more than `max_concurrent` slots. The price is
+    fairness at saturation: a request is refused when the two shards it tried are full though
+    another still has room, so a deployment may admit a little less than its limit (up to one
+    request per shard it never drew). The shard count is at most the smallest request limit
+    (RPM, concurrency), so no shard has a limit of zero, and small enough that each shard holds
+    at least `MIN_SHARD_TPM` tokens per minute (one shard when TPM is below twice that); a request
+    needing more tokens than a shard's share of TPM is refused by this deployment.
+    """
+
+    def __init__(
+        self,
+        store: RateLimitStore,
+        tasks: BackgroundTasks,
+        *,
+        shards: int = DEPLOYMENT_SHARDS,
+        rng: random.Random | None = None,
+    ) -> None:
         self._store = store
         self._tasks = tasks
+        self._shards = shards
+        self._rng = rng or random.Random()
 
     @staticmethod
-    def _key(model: Model, deployment: Deployment, what: str) -> str:
-        return rate_key("dep", model.name, deployment.name, what)
+    def _key(model: Model, deployment: Deployment, shard: int, what: str) -> str:
+        return rate_key("dep", rate_key(model.name, deployment.name, str(shard)), what)
+
+    def shard_count(self, deployment: Deployment) -> int:
+        limits = deployment.limits
+        bounds = [self._shards]
+        bounds += [n for n in (limits.rpm, limits.max_concurrent) if n is not None]
+        if limits.tpm is not None:
+            bounds.append(limits.tpm // MIN_SHARD_TPM)
+        return max(1, min(bounds))
 
     async def enter(self, model: Model, deployment: Deployment, tokens: int) -> Ticket | int:
         """A ticket, or the seconds until the deployment may have room. Safe to cancel: a
@@ -186,13 +229,38 @@ class DeploymentGate:
         )
 
     async def _enter(self, model: Model, deployment: Deployment, tokens: int) -> Ticket | int:
+        shards = self.shard_count(deployment)
+        first = self._rng.randrange(shards)
+        waits = []
+        for attempt in range(min(2, shards)):
+            entered = await self._enter_shard(
+                model, deployment, tokens, (first + attempt) % shards, shards
+            )
+            if isinstance(entered, Ticket):
+                return entered
+            waits.append(entered)
+        return min(waits)
+
+    async def _enter_shard(
+        self, model: Model, deployment: Deployment, tokens: int, shard: int, shards: int
+    ) -> Ticket | int:
         limits = deployment.limits
         counted: list[Limit] = []
         if limits.rpm is not None:
-            counted.append(Limit(self._key(model, deployment, "rpm"), limits.rpm, 1))
+            counted.append(
+                Limit(
+                    self._key(model, deployment, shard, "rpm"),
+                    _share(limits.rpm, shards, shard),
+                    1,
+                )
+            )
         token_limit = None
         if limits.tpm is not None:
-            token_limit = Limit(self._key(model, deployment, "tpm"), limits.tpm, tokens)
+            token_limit = Limit(
+                self._key(model, deployment, shard, "tpm"),
+                _share(limits.tpm, shards, shard),
+                tokens,
+            )
             counted.append(token_limit)
         second = 0
         if counted:
@@ -201,17 +269,18 @@ class DeploymentGate:
                 return decision.retry_after_s
             second = decision.second
         slot = None
+        slot_key = self._key(model, deployment, shard, "slots")
         if limits.max_concurrent is not None:
             slot = await self._store.acquire_slot(
-                self._key(model, deployment, "slots"),
-                limits.max_concurrent,
+                slot_key,
+                _share(limits.max_concurrent, shards, shard),
                 ttl_s=deployment.timeouts.total + 30,
             )
             if slot is None:
                 for limit in counted:
                     self._adjust(limit.key, second, -limit.cost)
                 return 1
-        return Ticket(deployment, token_limit, second, slot, counted)
+        return Ticket(deployment, token_limit, second, slot, counted, slot_key)
 
     def leave(
         self,
@@ -229,11 +298,7 @@ class DeploymentGate:
                     self._adjust(limit.key, ticket.second, -limit.cost)
             actual_tokens = None
         if ticket.slot is not None:
-            store, key, slot = (
-                self._store,
-                self._key(model, ticket.deployment, "slots"),
-                ticket.slot,
-            )
+            store, key, slot = self._store, ticket.slot_key, ticket.slot
             self._tasks.spawn(f"release {key}", lambda: store.release_slot(key, slot))
         if ticket.token_limit is not None and actual_tokens is not None:
             delta = actual_tokens - ticket.token_limit.cost

@@ -3,24 +3,34 @@
 The window
 ----------
 Every counter (a `Limit.key`, e.g. ``acct:<id>:rpm`` or ``acct:<id>:tpm``) keeps one count per unix
-second ("bucket"). A request whose clock reads second ``t`` is admitted for a counter iff
+second ("bucket") and a *stamp*: the newest second any admission was counted in. A request whose
+clock reads second ``t`` is stamped ``r = max(t, stamp)`` (so stamps never go backwards, and a node
+whose clock runs behind counts in the newest second instead of the past; the in-process store,
+with one clock, stamps ``t`` and counts any bucket newer than ``t`` as well, to the same effect),
+and is admitted for a counter iff
 
-    sum(counts of the seconds t-59 .. t) + cost <= limit
+    sum(counts of the seconds r-59 .. r) + cost <= limit
 
-and on admission ``cost`` is added to bucket ``t``. Buckets stamped later than ``t`` (written by a
-node whose clock runs ahead) are counted as well, so clock skew between nodes can only make a limit
-stricter, never looser.
+and on admission ``cost`` is added to bucket ``r``. The stores keep that sum as a running total:
+each call first drops the buckets that left the window since the last stamp (subtracting them from
+the total), then compares the total. Dropping is done once per bucket, so an admission costs a
+bounded amount of work whatever the counter's history (the Redis store's commands per admission
+are listed in redis_store.py); nothing is ever read "all the window" except to answer a refusal's
+``Retry-After``.
 
 Why this is exact: take any 60-second window aligned to seconds, ``[w, w+59]``, and among the
 admissions stamped inside it the one that was *executed* last (admissions are serialized: one Lua
-script at a time in Redis, no await inside the in-process check). Its stamp ``r`` is at least ``w``,
-so its check counted every bucket from ``r-59 <= w`` upwards, i.e. everything stamped in the window
-and already written, which is everything; and the check required that sum, including itself, to be
-at most the limit. So no window aligned to whole seconds ever admits more than the limit, on one node
-or many. (A window that starts mid-second overlaps 61 buckets; the guarantee holds, like
+script at a time on the Redis key's node, no await inside the in-process check). Its stamp ``r`` is
+at least ``w``, and no bucket newer than ``r`` existed when it ran (stamps never go backwards, and
+every counter of one call is stamped alike). So its check counted every bucket from ``r-59 <= w`` to
+``r``, i.e. everything stamped in the window, and required that sum, including itself, to be at most
+the limit. So no window aligned to whole seconds ever admits more than the limit, on one node or
+many. (A window that starts mid-second overlaps 61 buckets; the guarantee holds, like
 ``Retry-After``, to the second. Across nodes it holds within their clock skew: a node whose clock
-runs ahead prunes buckets a node behind it would still count.) Upward true-ups (`adjust` with a
-positive delta) are corrections after the fact and can push a window over; downward ones cannot.
+runs ahead moves the stamp, and with it the window, forward early.) Upward true-ups (`adjust`
+with a positive delta) are corrections after the fact and can push a window over; downward ones
+cannot. An `adjust` for a second newer than the stamp (what a node admitted while Redis was away,
+counted in when it is back, see fallback.py) moves the stamp to that second like an admission.
 
 All-or-nothing: `admit` checks every limit first and consumes them only if all have room, as one
 atomic step (one Lua script in Redis; no await between check and write in process). A refused
@@ -30,8 +40,10 @@ hold for the *total* cost the call would add to it.
 Derived values (what the HTTP layer turns into ``x-ratelimit-*`` and ``Retry-After`` headers):
 
 - ``remaining = max(0, limit - used)``, where ``used`` includes this admission if admitted.
-- ``reset_ms = (newest + 60) * 1000 - now_ms``: the time until the newest non-empty bucket leaves the
-  window, i.e. until the counter is fully restored; 0 when nothing is counted.
+- ``reset_ms = (newest + 60) * 1000 - now_ms``: the time until the newest bucket leaves the window,
+  i.e. until the counter is fully restored; 0 when nothing is counted. (The Redis store remembers the
+  newest second anything was added to, so after a true-up emptied the newest bucket it may say a
+  little later than the in-process store; never earlier.)
 - ``retry_after_s`` (only on a limit that refused): the smallest ``s >= 1`` such that, once the
   buckets older than ``t+s-59`` have dropped out, ``used + cost <= limit`` (assuming nothing else is
   admitted meanwhile). Advancing the clock by ``s`` seconds admits the same request; by ``s - 1`` it
@@ -105,7 +117,8 @@ class RateLimitStore(Protocol):
         ...
 
     async def adjust(self, key: str, second: int, delta: int) -> None:
-        """True-up: add `delta` to bucket `second` if it is still in the window; never below zero."""
+        """True-up: add `delta` to bucket `second` if it is still in the window; never below zero.
+        A positive delta for a second newer than any admission counts like an admission then."""
         ...
 
     async def peek(self, limits: Sequence[Limit]) -> tuple[LimitState, ...]:

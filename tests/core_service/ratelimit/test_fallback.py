@@ -8,6 +8,7 @@ import logging
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -119,8 +120,9 @@ async def test_redis_lost_and_back(
     clock = FakeClock()
     client = redis.asyncio.Redis(host="127.0.0.1", port=redis_server.port)
     local = InProcessRateLimitStore(clock)
+    shared = RedisRateLimitStore(client, clock)
     store = FallbackRateLimitStore(
-        RedisRateLimitStore(client, clock),
+        shared,
         local,
         clock,
         node_share=4,
@@ -138,24 +140,25 @@ async def test_redis_lost_and_back(
         shared_slot = await answered(store.acquire_slot("dep:d:concurrency", 8, 30))
         assert shared_slot is not None
         assert not store.degraded and store.fallbacks == 0
-        assert await client.exists("kyma:rl:w:acct:a:rpm") == 1
+        assert await client.exists(shared.window_key(rpm.key)) == 1
 
         redis_server.kill()
 
-        # Degraded: per-node limits (8 / 4 = 2), one warning.
-        decisions = [await answered(store.admit([rpm])) for _ in range(4)]
-        assert [d.admitted for d in decisions] == [True, True, False, False]
+        # Degraded: per-node limits (8 / 4 = 2), one warning; seeded with this node's share of
+        # what Redis had counted (3 / 4, rounded up: 1), so one more is admitted here.
+        decisions = [await answered(store.admit([rpm])) for _ in range(3)]
+        assert [d.admitted for d in decisions] == [True, False, False]
         assert {d.states[0].limit for d in decisions} == {2}
         assert decisions[-1].retry_after_s == 60
-        assert store.degraded and store.fallbacks == 4
+        assert store.degraded and store.fallbacks == 3
         assert (await answered(store.peek([rpm])))[0].remaining == 0
 
-        # Token true-ups go to the store that counted them.
+        # Token true-ups go to the store that counted them, and to the journal for Redis.
         tokens = await answered(store.admit([tpm]))
         assert tokens.admitted and tokens.states[0].remaining == 500  # 4000 / 4 = 1000 per node
         await answered(store.adjust(tpm.key, tokens.second, -300))
         assert (await answered(store.peek([tpm])))[0].remaining == 800
-        await answered(store.adjust(rpm.key, tokens.second - 1, -1))  # admitted by Redis: dropped
+        assert store.pending == 2  # rpm +1 and tpm +200 at this second
 
         # Slots: per-node share too, released where they were taken.
         local_slots = [
@@ -169,7 +172,7 @@ async def test_redis_lost_and_back(
         # Redis still down when the retry interval has passed: one probe, still answered.
         clock.advance(1.0)
         assert not (await answered(store.admit([rpm]))).admitted
-        assert store.degraded
+        assert store.degraded and store.pending == 2
         assert len(records(caplog, logging.WARNING)) == 1
 
         await redis_server.start()
@@ -180,25 +183,29 @@ async def test_redis_lost_and_back(
         clock.advance(1.0)
         decision = await answered(store.admit([rpm]))
         assert not store.degraded and store.fallbacks == fallbacks
+        # A fresh redis-server, told first what this node admitted alone: 1 + this one.
+        assert store.pending == 0 and store.reconciled == 2
         assert decision.admitted and decision.states[0].limit == 8
-        assert decision.states[0].remaining == 7  # a fresh redis-server
-        assert await client.hlen("kyma:rl:w:acct:a:rpm") == 1
+        assert decision.states[0].remaining == 6
+        assert (await shared.peek([tpm]))[0].remaining == 4000 - 200
         assert (
             len(records(caplog, logging.INFO)) == 1 and len(records(caplog, logging.WARNING)) == 1
         )
 
-        # After recovery, what was admitted locally is still trued up and released locally.
+        # After recovery, a true-up of what was admitted locally goes to Redis, which holds it.
         await answered(store.adjust(tpm.key, tokens.second, -200))
-        assert (await local.peek([Limit(tpm.key, 1000, 0)]))[0].remaining == 1000
+        assert (await shared.peek([tpm]))[0].remaining == 4000
+        # Slots taken locally are still released locally.
         assert await local.acquire_slot("dep:d:concurrency", 2, 30) is None
         assert local_slots[0] is not None
         await answered(store.release_slot("dep:d:concurrency", local_slots[0]))
         assert await local.acquire_slot("dep:d:concurrency", 2, 30) is not None
-        assert await client.zcard("kyma:rl:s:dep:d:concurrency") == 0
+        slots_key = shared.slots_key("dep:d:concurrency")
+        assert await client.zcard(slots_key) == 0
         remote_slot = await answered(store.acquire_slot("dep:d:concurrency", 8, 30))
-        assert remote_slot is not None and await client.zcard("kyma:rl:s:dep:d:concurrency") == 1
+        assert remote_slot is not None and await client.zcard(slots_key) == 1
         await answered(store.release_slot("dep:d:concurrency", remote_slot))
-        assert await client.zcard("kyma:rl:s:dep:d:concurrency") == 0
+        assert await client.zcard(slots_key) == 0
     finally:
         await store.close()
         await client.aclose()
@@ -208,15 +215,21 @@ class FakePrimary:
     """A primary store that hangs (`hang`: never answers) or fails (`error`), counting the calls
     it gets and the hung ones its caller gave up on (`abandoned`)."""
 
-    def __init__(self, clock: FakeClock) -> None:
-        self.inner = InProcessRateLimitStore(clock)
+    def __init__(self, clock: FakeClock, inner: InProcessRateLimitStore | None = None) -> None:
+        self.inner = inner or InProcessRateLimitStore(clock)
         self.hang = False
+        self.answer_in = 0.0  # seconds of (loop) time before each answer
+        self.block_loop = 0.0  # seconds the node's event loop is then blocked (by someone else)
         self.error: BaseException | None = None
         self.calls = 0
         self.abandoned = 0
 
     async def _enter(self) -> None:
         self.calls += 1
+        if self.block_loop:
+            asyncio.get_running_loop().call_soon(time.sleep, self.block_loop)
+        if self.answer_in:
+            await asyncio.sleep(self.answer_in)
         if self.hang:
             try:
                 await asyncio.Event().wait()  # no answer, ever
@@ -260,6 +273,7 @@ def fallback_over(
         node_share=node_share,
         timeout_s=TIMEOUT_S,
         retry_interval_s=1.0,
+        probe_timeout_s=TIMEOUT_S,
     )
 
 
@@ -288,8 +302,10 @@ async def test_a_slow_redis_falls_back_within_the_timeout(caplog: pytest.LogCapt
     primary.hang = False
     clock.advance(1.0)
     decision = await answered(store.admit([rpm]))
-    assert primary.calls == 4 and not store.degraded and decision.states[0].limit == 10
-    assert decision.states[0].remaining == 8  # the primary's own count
+    # Two calls: the two requests admitted locally are counted in first, then the admission.
+    assert primary.calls == 5 and not store.degraded and decision.states[0].limit == 10
+    # 1 counted before the outage, 2 admitted locally (3 per node, seeded with 1), this one.
+    assert decision.states[0].remaining == 6 and store.reconciled == 1
     assert len(records(caplog, logging.WARNING)) == 1 and len(records(caplog, logging.INFO)) == 1
 
 
@@ -345,7 +361,9 @@ async def test_follow_ups_on_a_healthy_store_that_fail_degrade_it_quietly() -> N
     clock.advance(1.0)
     await store.release_slot("dep:d:concurrency", token)  # a follow-up does not probe
     assert store.degraded
-    assert (await store.peek([Limit("acct:a:tpm", 100, 0)]))[0].remaining == 50
+    # The give-back that failed is lost (errs strict); the one made while degraded was kept and
+    # counted in before the probe: 50 - 20.
+    assert (await store.peek([Limit("acct:a:tpm", 100, 0)]))[0].remaining == 70
     assert not store.degraded
 
 
@@ -358,3 +376,61 @@ async def test_a_limit_of_zero_stays_closed_when_shared() -> None:
     assert not decision.admitted and decision.states[0].limit == 0
     with pytest.raises(ValueError):
         fallback_over(primary, clock, node_share=0)
+
+
+async def test_a_busy_event_loop_is_not_taken_for_a_slow_redis() -> None:
+    """The loop is blocked for four timeouts once the command is out (a burst of requests, a
+    long callback), and Redis's answer, there after 1 ms, waits for the node to read it. A
+    wall-clock deadline expires during the block; the store's budget counts only Redis's time."""
+    clock = FakeClock()
+    primary = FakePrimary(clock)
+    primary.answer_in = 0.001
+    primary.block_loop = 4 * TIMEOUT_S
+    store = fallback_over(primary, clock)
+    rpm = Limit("acct:a:rpm", 10, 1)
+    for _ in range(3):
+        decision = await answered(store.admit([rpm]))
+        assert decision.admitted and decision.states[0].limit == 10
+    assert not store.degraded and store.fallbacks == 0 and primary.abandoned == 0
+
+    # A Redis that does not answer still runs out its budget, however late the loop is.
+    primary.hang = True
+    assert (await answered(store.admit([rpm]))).states[0].limit == 5
+    assert store.degraded and primary.abandoned == 1
+
+
+async def test_fallback_never_multiplies_a_limit() -> None:
+    """Two nodes over one shared primary (per-model limit 25, two expected nodes), 100 requests
+    at a time: Redis counts; Redis gone (the seeds keep a full window full); a fresh counter
+    while Redis is gone (each node admits its share); Redis back (what the nodes admitted alone
+    is counted in first). Never more than the limit plus the fallback share (2 × 12)."""
+    clock = FakeClock()
+    shared = InProcessRateLimitStore(clock)
+    primaries = [FakePrimary(clock, shared) for _ in range(2)]
+    nodes = [fallback_over(primary, clock, node_share=2) for primary in primaries]
+
+    async def burst(key: str) -> int:
+        limit = [Limit(key, 25, 1)]
+        decisions = await asyncio.gather(*(nodes[i % 2].admit(limit) for i in range(100)))
+        return sum(d.admitted for d in decisions)
+
+    full, fresh = "acct:a:model:m:rpm", "acct:b:model:m:rpm"
+    assert await burst(full) == 25
+
+    for primary in primaries:
+        primary.error = redis.exceptions.ConnectionError("gone")
+    assert await burst(full) == 0  # each node seeded with ceil(25 / 2) of its share of 12
+    assert await burst(fresh) == 2 * 12  # nothing counted before: each node its share
+    assert all(node.degraded for node in nodes)
+
+    for primary in primaries:
+        primary.error = None
+    clock.advance(1.0)
+    assert await burst(fresh) == 1  # Redis counted the 24 first: one more fits
+    assert await burst(full) == 0
+    assert not any(node.degraded for node in nodes)
+    assert [node.pending for node in nodes] == [0, 0]
+    assert [s.remaining for s in await shared.peek([Limit(fresh, 25, 0)])] == [0]
+
+    clock.advance(60)  # a new window: the shared limit, whole again
+    assert await burst(fresh) == 25

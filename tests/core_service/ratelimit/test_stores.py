@@ -7,6 +7,7 @@ Shared behaviour runs on the in-process store and on the Redis store (the real s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import secrets
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ import redis.asyncio
 
 from core_service.ratelimit.local_store import InProcessRateLimitStore
 from core_service.ratelimit.redis_store import RedisRateLimitStore
-from core_service.ratelimit.store import Decision, Limit, RateLimitStore, rate_key
+from core_service.ratelimit.store import Decision, Limit, LimitState, RateLimitStore, rate_key
 
 T0 = 1_800_000_000  # a whole unix second; the fake clock starts 250 ms into it
 
@@ -376,13 +377,77 @@ async def test_redis_prunes_old_buckets_and_expires_keys(
     for _ in range(5):
         await store.admit([rpm])
         clock.advance(1)
-    (hash_key,) = [key async for key in redis_client.scan_iter(match=redis_prefix + "w:*")]
-    assert await redis_client.hlen(hash_key) == 5
-    assert 60 <= await redis_client.ttl(hash_key) <= 65
+    hash_key = store.window_key(rpm.key)
+    assert hash_key == redis_prefix + "{acct:a}:w:acct:a:rpm"  # the account's hash tag
+    fields = await redis_client.hgetall(hash_key)
+    # Five buckets (a ring: second s in field s % 60), the running total, the newest stamp and
+    # the newest second written.
+    assert T0 % 60 == 0
+    assert fields == {
+        **{str(i).encode(): b"1" for i in range(5)},
+        b"n": b"5",
+        b"l": str(T0 + 4).encode(),
+        b"w": str(T0 + 4).encode(),
+    }
+    assert 90 <= await redis_client.ttl(hash_key) <= 95
+    clock.advance(57)  # T0+62: buckets T0..T0+2 leave, one by one as they go
+    decision = await store.admit([rpm])
+    assert decision.states[0].remaining == 97
+    assert await redis_client.hlen(hash_key) == 3 + 3
     clock.advance(60)
     decision = await store.admit([rpm])
     assert decision.states[0].remaining == 99
-    assert await redis_client.hgetall(hash_key) == {str(decision.second).encode(): b"1"}
+    assert await redis_client.hgetall(hash_key) == {
+        str(decision.second % 60).encode(): b"1",
+        b"n": b"1",
+        b"l": str(decision.second).encode(),
+        b"w": str(decision.second).encode(),
+    }
+    await store.adjust(rpm.key, decision.second, -1)
+    assert await redis_client.exists(hash_key) == 0  # an empty counter is no key at all
+
+
+@pytest.mark.redis
+async def test_a_node_behind_counts_in_the_newest_second(
+    redis_client: redis.asyncio.Redis, redis_prefix: str
+) -> None:
+    ahead, behind = FakeClock(), FakeClock()
+    ahead.advance(2)
+    stores = [
+        RedisRateLimitStore(redis_client, clock, key_prefix=redis_prefix)
+        for clock in (ahead, behind)
+    ]
+    rpm = Limit("acct:a:rpm", 3, 1)
+    assert (await stores[0].admit([rpm])).second == T0 + 2
+    late = await stores[1].admit([rpm])
+    assert late.admitted and late.second == T0 + 2  # stamped with the newest second
+    await stores[1].adjust(rpm.key, late.second, -1)  # its true-up finds its bucket
+    assert (await stores[1].peek([rpm]))[0].remaining == 2
+    assert [(await stores[1].admit([rpm])).admitted for _ in range(3)] == [True, True, False]
+    # The node behind sees the window end when the stamp (not its own clock) says so.
+    behind.advance(61)
+    assert not (await stores[1].admit([rpm])).admitted
+    behind.advance(1)
+    assert (await stores[1].admit([rpm])).admitted
+
+
+@pytest.mark.redis
+async def test_counted_in_afterwards_moves_the_window(
+    clock: FakeClock, redis_client: redis.asyncio.Redis, redis_prefix: str
+) -> None:
+    """A positive adjust for a second newer than any admission (a fallback admission counted
+    in when Redis is back) counts like an admission stamped then."""
+    store = RedisRateLimitStore(redis_client, clock, key_prefix=redis_prefix)
+    rpm = Limit("acct:a:rpm", 10, 1)
+    await store.admit([rpm])  # T0: 1
+    clock.advance(30)
+    await store.adjust(rpm.key, T0 + 20, 4)  # T0+20: 4
+    await store.adjust(rpm.key, T0 - 70, 4)  # long gone: ignored
+    assert (await store.peek([rpm]))[0].remaining == 5
+    clock.advance(30)  # T0+60: bucket T0 has left
+    assert (await store.peek([rpm]))[0].remaining == 6
+    clock.advance(20)  # T0+80: all gone
+    assert (await store.admit([rpm])).states[0].remaining == 9
 
 
 async def test_local_store_forgets_idle_keys(clock: FakeClock) -> None:
@@ -402,3 +467,51 @@ async def test_local_store_forgets_idle_keys(clock: FakeClock) -> None:
         await bounded.admit([Limit(f"acct:{i}:rpm", 10, 1)])
     assert bounded.key_count == 10
     assert (await bounded.peek([Limit("acct:24:rpm", 10, 0)]))[0].remaining == 9
+
+
+def same(local: tuple[LimitState, ...], shared: tuple[LimitState, ...]) -> bool:
+    return all(
+        dataclasses.replace(a, reset_ms=0) == dataclasses.replace(b, reset_ms=0)
+        and a.reset_ms <= b.reset_ms
+        and (a.reset_ms > 0) == (b.reset_ms > 0)
+        for a, b in zip(local, shared, strict=True)
+    )
+
+
+@pytest.mark.redis
+async def test_redis_agrees_with_the_in_process_store_on_random_histories(
+    redis_client: redis.asyncio.Redis, redis_prefix: str
+) -> None:
+    """The ring and running total in Redis against the in-process store's buckets: the same
+    random admissions, true-ups, peeks and idle gaps (0 to 70 s) give the same answers (but
+    for `reset_ms` after a true-up emptied the newest bucket: Redis may then say later)."""
+    rng = random.Random(20261206)
+    clocks = [FakeClock(), FakeClock()]
+    stores: list[RateLimitStore] = [
+        InProcessRateLimitStore(clocks[0]),
+        RedisRateLimitStore(redis_client, clocks[1], key_prefix=redis_prefix),
+    ]
+    keys = ["acct:a:rpm", "acct:a:model:m:rpm", "acct:a:tpm"]
+    admitted: list[tuple[str, int, int]] = []
+    for step in range(400):
+        gap = rng.choice([0, 0, 0, 0.3, 1, 1, 2, 5, 30, 59, 61, 70])
+        for clock in clocks:
+            clock.advance(gap)
+        op = rng.random()
+        if op < 0.6:
+            limits = [Limit(key, rng.choice([5, 20, 300]), rng.randint(0, 40)) for key in keys]
+            answers = [await store.admit(limits) for store in stores]
+            assert same(answers[0].states, answers[1].states), step
+            assert answers[0].admitted == answers[1].admitted, step
+            assert answers[0].second == answers[1].second, step
+            if answers[0].admitted:
+                admitted += [(limit.key, answers[0].second, limit.cost) for limit in limits]
+        elif op < 0.85 and admitted:
+            key, second, cost = rng.choice(admitted)
+            delta = rng.randint(-cost - 5, 10)
+            for store in stores:
+                await store.adjust(key, second, delta)
+        else:
+            limits = [Limit(key, 100, 0) for key in keys]
+            views = [await store.peek(limits) for store in stores]
+            assert same(views[0], views[1]), step
