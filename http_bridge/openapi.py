@@ -563,12 +563,14 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("get", "/v1/account/referrals"): {
         "summary": "The account's referrals and their state",
         "responses": {
-            **_ok(_list(
+            **_ok(
+                _list(
                     _REFERRAL,
                     program_enabled={"type": "boolean"},
                     reward_usd=_USD,
                     tokens_required={"type": "integer"},
-                )),
+                )
+            ),
             **_errors(*_KEYED),
         },
     },
