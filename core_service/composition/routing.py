@@ -43,7 +43,8 @@ def _transports(
     demo = DemoTransport(tokens_per_second=settings.demo_tokens_per_second)
     if transport is not None:
         return UpstreamTransports(transport, demo=demo)
-    return UpstreamTransports(AiohttpTransport(max_connections=2000), demo=demo)
+    # As many connections as whole responses and streams had when each had a pool of 2000.
+    return UpstreamTransports(AiohttpTransport(max_connections=4000), demo=demo)
 
 
 def open_routing(
