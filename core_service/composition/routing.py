@@ -37,19 +37,14 @@ class Routing:
 def _transports(
     settings: Settings, transport: httpx.AsyncBaseTransport | None
 ) -> UpstreamTransports:
-    """One pooled transport for every upstream, and the demo model in process. Proxy variables
-    in the environment play no part: where requests go is the catalogue's business alone."""
+    """One pooled transport for every upstream (whole responses and streams), and the demo
+    model in process. Proxy variables in the environment play no part: where requests go is the
+    catalogue's business alone."""
     demo = DemoTransport(tokens_per_second=settings.demo_tokens_per_second)
     if transport is not None:
         return UpstreamTransports(transport, demo=demo)
-    streaming = httpx.AsyncHTTPTransport(
-        limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500),
-        retries=0,
-        trust_env=False,
-    )
-    return UpstreamTransports(
-        AiohttpTransport(max_connections=2000), streaming=streaming, demo=demo
-    )
+    # As many connections as whole responses and streams had when each had a pool of 2000.
+    return UpstreamTransports(AiohttpTransport(max_connections=4000), demo=demo)
 
 
 def open_routing(

@@ -16,7 +16,7 @@ from core_service.edge.messages.inference import usage_message
 from core_service.edge.messages.limits import rate_limit_message
 from core_service.edge.metadata import authorization, request_id
 from core_service.errors import NotFound
-from core_service.inference.pipeline import InferencePipeline, StreamChunks
+from core_service.inference.pipeline import InferencePipeline, StreamEnd
 from core_service.logs.responses import StoredResponses
 from core_service.values import Endpoint
 from kyma.inference.v1 import inference_service_pb2 as pb
@@ -69,15 +69,18 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         events = self._pipeline.stream(endpoint, body, authorization(context), rid, options)
         async with aclosing(events):
             async for event in events:
-                if isinstance(event, StreamChunks):
-                    if named:
-                        message = response_type(
-                            events=[pb.ServerSentEvent(type=t, data=d) for t, d in event.data]
-                        )
-                    else:
-                        message = response_type(chunks=[data for _, data in event.data])
+                data = event.data
+                if not data:
+                    message = response_type()
+                elif named:
+                    message = response_type(
+                        events=[pb.ServerSentEvent(type=t, data=d) for t, d in data]
+                    )
                 else:
-                    message = response_type(usage=usage_message(event.charge))
+                    message = response_type(chunks=[chunk for _, chunk in data])
+                if isinstance(event, StreamEnd):
+                    # The last message: the stream's last events, if any, and its charge.
+                    message.usage.CopyFrom(usage_message(event.charge))
                 if event.limits is not None:
                     message.rate_limit.CopyFrom(rate_limit_message(event.limits))
                 if first:

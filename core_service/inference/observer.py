@@ -81,10 +81,10 @@ class RequestObserver:
             observation.ttft = self._clock.monotonic() - observation.started
 
     def upstream_failed(self, model: str, deployment: str) -> None:
-        self._metrics.upstream_errors.labels(model, deployment).inc()
+        self._metrics.upstream_errors_of(model, deployment).inc()
 
     def limited(self, admitted: bool) -> None:
-        self._metrics.limiter.labels("admitted" if admitted else "refused").inc()
+        self._metrics.limiter_of("admitted" if admitted else "refused").inc()
 
     def end(self, observation: Observation) -> None:
         if observation._ended:
@@ -93,15 +93,15 @@ class RequestObserver:
         elapsed = self._clock.monotonic() - observation.started
         model = observation.model or "-"
         metrics = self._metrics
-        metrics.requests.labels(observation.endpoint, model, observation.status).inc()
-        metrics.latency.labels(observation.endpoint, model).observe(elapsed)
+        metrics.requests_of(observation.endpoint, model, observation.status).inc()
+        metrics.latency_of(observation.endpoint, model).observe(elapsed)
         if observation.ttft is not None:
-            metrics.ttft.labels(model).observe(observation.ttft)
+            metrics.ttft_of(model).observe(observation.ttft)
         charge = observation.charge
         if charge is not None:
-            metrics.tokens.labels(model, "prompt").inc(charge.usage.prompt_tokens)
-            metrics.tokens.labels(model, "completion").inc(charge.usage.completion_tokens)
-            metrics.cost.labels(model).inc(charge.cost_nanos)
+            metrics.tokens_of(model, "prompt").inc(charge.usage.prompt_tokens)
+            metrics.tokens_of(model, "completion").inc(charge.usage.completion_tokens)
+            metrics.cost_of(model).inc(charge.cost_nanos)
         if self._outcomes is not None:
             self._outcomes.count(observation.model, observation.status, observation.created_at)
         if self._log is None:

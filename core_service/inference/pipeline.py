@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from core_service import tokens
@@ -77,6 +77,9 @@ class StreamChunks:
 class StreamEnd:
     charge: Charge
     limits: RateLimitSnapshot | None = None  # when the stream had no chunk before it
+    # The client's last events (a cut stream's stop, the usage chunk with the charge), which
+    # go out with the end: one message rather than two.
+    data: list[Event] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -429,7 +432,7 @@ class InferencePipeline:
         request_id: str,
         options: Mapping[str, str] | None = None,
     ) -> AsyncGenerator[StreamChunks | StreamEnd, None]:
-        """Events as the client should get them, then one StreamEnd. Failover happens until the
+        """Events as the client should get them, then one StreamEnd (with the last events). Failover happens until the
         first event exists; after that an upstream failure ends the stream in the client's
         dialect and is raised as a KymaError. However the stream ends (completed, broken, or
         the client gone), the hold is settled for what was relayed."""
@@ -443,7 +446,7 @@ class InferencePipeline:
                 )
             ) as events:
                 async for event in events:
-                    if isinstance(event, StreamChunks):
+                    if event.data:
                         self._observer.first_chunk(observation)
                     yield event
         except BaseException as error:
@@ -518,10 +521,7 @@ class InferencePipeline:
             raise failure
         closing = relay.closing(charge, cut=relay.cut)
         observation.response_body = relay.logged()
-        if closing:
-            yield StreamChunks(closing, limits)
-            limits = None
-        yield StreamEnd(charge, limits)
+        yield StreamEnd(charge, limits, closing)
 
     async def _open_with_failover(self, admitted: _Admitted) -> tuple[_Opened, Ticket]:
         request, dialect = admitted.request, admitted.dialect

@@ -12,6 +12,11 @@ one (`stream_options.include_usage`), and then always exactly one, last, carryin
 charge is known (usage an upstream put on a chunk with text moves to that last chunk); if the
 upstream sent none, or the stream was cut, the usage is Kyma's count of what was delivered,
 marked `"estimated": true`.
+
+Each event is parsed (its text is counted, its usage read), but most are not re-encoded: an
+event the client gets as the upstream wrote it but for its model name (no usage to hide or
+move, one line, the model written `"model":"…"` once) has the name replaced in its bytes.
+Anything else is re-encoded from what was parsed; either way the client reads the same JSON.
 """
 
 from __future__ import annotations
@@ -55,6 +60,10 @@ class StreamRelay:
         self.delivered_tokens = 0
         self.chunks_delivered = 0
         self._envelope: dict[str, Any] = {}
+        self._public_model_field = b'"model":' + orjson.dumps(public_model)
+        # The upstream's model name and how it writes it: what `_passed` replaces.
+        self._upstream_model: Any = None
+        self._upstream_model_field = b""
 
     @property
     def prompt_tokens(self) -> int:
@@ -93,6 +102,11 @@ class StreamRelay:
             self._envelope = {k: chunk[k] for k in ("id", "object", "created") if k in chunk}
         if usage is not None and not choices:
             return None  # the usage chunk: `closing_chunks` sends it, priced, if it was asked for
+        if usage is None and (self._include_usage or "usage" not in chunk):
+            passed = self._passed(data, chunk)
+            if passed is not None:
+                self.chunks_delivered += 1
+                return passed
         if not self._include_usage:
             # Kyma asked the upstream for usage itself; the client did not, so it sees none.
             chunk.pop("usage", None)
@@ -102,6 +116,26 @@ class StreamRelay:
             chunk["model"] = self._public_model
         self.chunks_delivered += 1
         return orjson.dumps(chunk)
+
+    def _passed(self, data: bytes, chunk: dict[str, Any]) -> bytes | None:
+        """The event as the upstream wrote it, with the public model name in its bytes; None
+        when its bytes do not allow that safely (then it is re-encoded)."""
+        if b"\n" in data or b"\r" in data:
+            return None  # multi-line data: re-encoded on one line
+        if "model" not in chunk:
+            return data
+        model = chunk["model"]
+        if model != self._upstream_model:
+            if not isinstance(model, str):
+                return None
+            self._upstream_model = model
+            self._upstream_model_field = b'"model":' + orjson.dumps(model)
+        field = self._upstream_model_field
+        # `"model"` once in the bytes (a key or a string value anywhere else would be another
+        # occurrence; inside a string it is escaped): that one is the top-level key.
+        if data.count(b'"model"') != 1 or field not in data:
+            return None
+        return data.replace(field, self._public_model_field, 1)
 
     def rewrite_all(self, batch: list[bytes]) -> list[bytes]:
         """`rewrite` for each event of a batch, dropping what the client does not get."""

@@ -23,7 +23,7 @@ from core_service.errors import (
 )
 from core_service.upstream.refusals import sanitized, upstream_reason
 from core_service.upstream.sse import iter_sse_batches
-from core_service.upstream.transports import UpstreamTransports
+from core_service.upstream.transports import Reply, Timeouts, UpstreamTransports
 
 
 class UpstreamFailure(Exception):
@@ -58,23 +58,21 @@ def _headers(deployment: Deployment, extra: Mapping[str, str]) -> dict[str, str]
     return headers
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+def _retry_after(response: Reply) -> float | None:
+    value = response.header("retry-after")
     try:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
         return None
 
 
-def failure_for_status(
-    deployment: Deployment, response: httpx.Response, body: bytes
-) -> UpstreamFailure:
+def failure_for_status(deployment: Deployment, response: Reply, body: bytes) -> UpstreamFailure:
     """Sort an upstream's non-2xx answer. Its own 4xx about the request goes back to the client
     as the user's error, with its reason; auth or routing trouble with our deployment is ours,
     never theirs. A 5xx may be the upstream's trouble or its way of refusing this request:
     another deployment is tried, and if none answers, the client gets the upstream's reason
     (sanitized) and is told to retry only where retrying can help (503, 502, 504)."""
-    status = response.status_code
+    status = response.status
     raw = upstream_reason(body)
     reason = sanitized(raw, deployment) if raw else None
     if status == 429:
@@ -111,14 +109,9 @@ def _transport_failure(exc: Exception) -> UpstreamFailure:
     )
 
 
-def _timeouts(deployment: Deployment) -> dict[str, float]:
+def _timeouts(deployment: Deployment) -> Timeouts:
     timeouts = deployment.timeouts
-    return {
-        "connect": timeouts.connect,
-        "read": max(timeouts.first_token, timeouts.idle),
-        "write": timeouts.connect,
-        "pool": timeouts.connect,
-    }
+    return (timeouts.connect, max(timeouts.first_token, timeouts.idle))
 
 
 class UpstreamClient:
@@ -133,16 +126,11 @@ class UpstreamClient:
         *,
         stream: bool,
         headers: Mapping[str, str],
-    ) -> httpx.Response:
+    ) -> Reply:
         url = f"{deployment.base_url}/{path}"
-        request = httpx.Request(
-            "POST",
-            url,
-            content=body,
-            headers=_headers(deployment, headers),
-            extensions={"timeout": _timeouts(deployment)},
+        return await self._transports.send(
+            url, body, _headers(deployment, headers), _timeouts(deployment), stream=stream
         )
-        return await self._transports.for_url(url, stream=stream).handle_async_request(request)
 
     async def post(
         self,
@@ -157,12 +145,12 @@ class UpstreamClient:
             async with asyncio.timeout(deployment.timeouts.total):
                 response = await self._send(deployment, path, body, stream=False, headers=headers)
                 try:
-                    content = await response.aread()
+                    content = await response.read()
                 finally:
                     await response.aclose()
         except (httpx.HTTPError, TimeoutError) as exc:
             raise _transport_failure(exc) from exc
-        if response.status_code >= 300:
+        if response.status >= 300:
             raise failure_for_status(deployment, response, content)
         return content
 
@@ -181,9 +169,9 @@ class UpstreamClient:
                 response = await self._send(deployment, path, body, stream=True, headers=headers)
         except (httpx.HTTPError, TimeoutError) as exc:
             raise _transport_failure(exc) from exc
-        if response.status_code >= 300:
+        if response.status >= 300:
             try:
-                content = await response.aread()
+                content = await response.read()
             except httpx.HTTPError:
                 content = b""
             finally:
@@ -195,7 +183,7 @@ class UpstreamClient:
 class UpstreamStream:
     """An open upstream SSE stream: its event data in order, under the idle and total timeouts."""
 
-    def __init__(self, response: httpx.Response, deployment: Deployment) -> None:
+    def __init__(self, response: Reply, deployment: Deployment) -> None:
         self._response = response
         self._deployment = deployment
 
@@ -204,7 +192,7 @@ class UpstreamStream:
         Raises UpstreamFailure (not retryable) when the stream breaks, stalls longer than the
         idle timeout or outlives the total timeout."""
         timeouts = self._deployment.timeouts
-        batches = iter_sse_batches(self._response.aiter_bytes()).__aiter__()
+        batches = iter_sse_batches(self._response.pieces()).__aiter__()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeouts.total
         try:

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import json
+
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core_service.billing.metering import Charge
 from core_service.errors import UpstreamError
@@ -114,3 +118,53 @@ def test_no_usage_chunk_unless_asked() -> None:
     relay.rewrite(chunk("a b"))
     relay.rewrite(chunk(usage={"prompt_tokens": 3, "completion_tokens": 2}, choices=False))
     assert relay.closing_chunks(charge(relay.usage(complete=True)), cut=False) == []
+
+
+def _as_the_client_gets_it(raw: bytes, *, include_usage: bool, public: str) -> dict:
+    """What a relayed text chunk says: the upstream's, with the public model name and the
+    usage the client did not ask for (or that moves to the end) taken out."""
+    expected = orjson.loads(raw)
+    if not include_usage:
+        expected.pop("usage", None)
+    elif expected.get("usage") is not None:
+        expected["usage"] = None
+    if "model" in expected:
+        expected["model"] = public
+    return expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    content=st.sampled_from(
+        ["Hello", "model", '"model":"upstream-x"', 'say "model"', "é ü 😀", "a\nb", ""]
+    ),
+    model=st.sampled_from(["upstream-x", "model", 'we"ird/ünï', None]),
+    usage=st.sampled_from(["absent", "null"]),
+    spaced=st.booleans(),
+    include_usage=st.booleans(),
+    public=st.sampled_from(["public", "upstream-x", 'pub"lic']),
+)
+def test_relayed_chunks_say_what_a_reencoded_one_says(
+    content: str, model: str | None, usage: str, spaced: bool, include_usage: bool, public: str
+) -> None:
+    body: dict = {"id": "c1", "object": "chat.completion.chunk"}
+    if model is not None:
+        body["model"] = model
+    body["choices"] = [{"index": 0, "delta": {"content": content}}]
+    if usage == "null":
+        body["usage"] = None
+    raw = json.dumps(body, separators=(", ", ": ") if spaced else (",", ":")).encode()
+    relay = StreamRelay(public_model=public, include_usage=include_usage, prompt_estimate=1)
+    out = relay.rewrite(raw)
+    assert out is not None and b"\n" not in out
+    assert orjson.loads(out) == _as_the_client_gets_it(
+        raw, include_usage=include_usage, public=public
+    )
+    assert relay.chunks_delivered == 1
+
+
+def test_an_unchanged_chunk_is_relayed_as_the_upstream_wrote_it() -> None:
+    raw = chunk("Hello")
+    relay = StreamRelay(public_model="public", include_usage=False, prompt_estimate=1)
+    assert relay.rewrite(raw) == raw.replace(b'"upstream-x"', b'"public"')
+    assert relay.delivered_tokens == 1

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core_service.upstream.sse import iter_sse_batches, iter_sse_data
 
@@ -37,3 +39,54 @@ async def test_events_arriving_together_stay_together() -> None:
 
     batches = [batch async for batch in iter_sse_batches(source())]
     assert batches == [[b"1", b"2"], [b"3"]]
+
+
+def _reference(stream: bytes) -> list[bytes]:
+    """The SSE rules, line by line (what the reader must agree with however bytes arrive)."""
+    events, data = [], []
+    lines = stream.split(b"\n")
+    for line in lines[:-1]:  # the last is cut off by the end (or empty)
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line:
+            if data:
+                events.append(b"\n".join(data))
+                data = []
+        elif line.startswith(b"data:"):
+            value = line[5:]
+            data.append(value[1:] if value.startswith(b" ") else value)
+    if data:
+        events.append(b"\n".join(data))
+    return events
+
+
+_LINES = st.sampled_from(
+    [
+        b'data: {"a":1}',
+        b"data:x",
+        b"data: ",
+        b"data:",
+        b": keep-alive",
+        b"event: e",
+        b"id: 1",
+        b"",
+        b"data: a\rb",
+        b"data: [DONE]",
+        b"retry: 5",
+        b"data:  two spaces",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(_LINES, max_size=12),
+    ends=st.lists(st.sampled_from([b"\n", b"\r\n"]), min_size=12, max_size=12),
+    tail=st.sampled_from([b"", b"data: cut", b"\r", b"data: x\r"]),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=6),
+)
+async def test_agrees_with_the_rules_however_the_bytes_arrive(lines, ends, tail, cuts) -> None:
+    stream = b"".join(line + end for line, end in zip(lines, ends, strict=False)) + tail
+    points = sorted({min(cut, len(stream)) for cut in cuts})
+    pieces = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    assert await _collect(*[piece for piece in pieces if piece]) == _reference(stream)
