@@ -1,5 +1,5 @@
-"""Rate limits: the store (in process, or Redis with per-node fallback), the account limiter
-and the deployment gate."""
+"""Rate limits: the store (in process; a SQLite file shared by the workers of one machine; or
+Redis with per-node fallback), the account limiter and the deployment gate."""
 
 from __future__ import annotations
 
@@ -13,10 +13,14 @@ from core_service.ratelimit.fallback import FallbackRateLimitStore
 from core_service.ratelimit.limiter import AccountLimiter, DeploymentGate
 from core_service.ratelimit.local_store import InProcessRateLimitStore
 from core_service.ratelimit.redis_store import RedisRateLimitStore
+from core_service.ratelimit.sqlite_store import SqliteRateLimitStore
 from core_service.ratelimit.store import RateLimitStore
 from core_service.ratelimit.tiers import TierTable
 from core_service.settings import Settings
 from core_service.tasks import BackgroundTasks
+
+# The workers' shared counters (see core_service/ratelimit/sqlite_store.py).
+RATE_LIMIT_FILE = "ratelimit.db"
 
 
 @dataclass(frozen=True)
@@ -33,10 +37,13 @@ class Limits:
 
 
 def _rate_limit_store(settings: Settings, clock: Clock) -> RateLimitStore:
-    """In-process on one node; with Redis, shared by every node and falling back to per-node
-    limits (limit ÷ expected nodes) while Redis is unreachable."""
+    """In-process for one core; for several workers of one machine without Redis, a SQLite
+    file in the data directory that they all open; with Redis, shared by every node and
+    falling back to per-node limits (limit ÷ expected nodes) while Redis is unreachable."""
     local = InProcessRateLimitStore(clock)
     if settings.redis_url is None:
+        if (settings.workers or 1) > 1:
+            return SqliteRateLimitStore(settings.data_dir / RATE_LIMIT_FILE, clock)
         return local
     timeout = settings.redis_timeout_ms / 1000
     # A full pool waits (within the timeout) instead of failing, so a burst is not mistaken
