@@ -224,41 +224,55 @@ def serve(part: str) -> int:
     plan, http_socket = received
     supervisor._parent_fds = [ready_read, wake_read, wake_write]
     workers = int(plan["workers"])
-    cores: dict[int, str] = {}
     core_count = workers if part in ("all", "core") else 0
     bridge_count = workers if part in ("all", "bridge") else 0
+    cores: dict[int, str] = {}  # index -> address, known from the port (or once it serves)
     if plan["grpc_port"]:
         host = local_host(plan["grpc_host"])
         cores = {k: f"{host}:{core_port(plan['grpc_port'], k)}" for k in range(core_count)}
-    not_for_cores = () if http_socket is None else (http_socket.fileno(),)
-    for index in range(1, core_count):
-        if not supervisor.stopping:
+    started = {(first.role, 0)}
+    ready: set[tuple[str, int]] = set()
+
+    def start(role: str, index: int) -> None:
+        if (role, index) in started or supervisor.stopping:
+            return
+        started.add((role, index))
+        if role == "core":
+            not_for_cores = () if http_socket is None else (http_socket.fileno(),)
             supervisor.fork(
                 _Worker("core", index),
                 _core_worker(index, workers, ready_write),
                 close=not_for_cores,
             )
-    bridges_started = part != "all"
-    if part == "bridge":
-        for index in range(1, bridge_count):
-            if not supervisor.stopping and http_socket is not None:
-                supervisor.fork(
-                    _Worker("bridge", index),
-                    _bridge_worker(index, workers, http_socket, None, ready_write),
-                )
-    ready: set[tuple[str, int]] = set()
+            return
+        addresses = [cores[k] for k in range(core_count)] if part == "all" else None
+        supervisor.fork(
+            _Worker("bridge", index),
+            _bridge_worker(index, workers, http_socket, addresses, ready_write),
+        )
+
+    def start_due() -> None:
+        """The first core and bridge first, the others once those serve: on a busy machine
+        the first pair is ready (and /readyz answers) sooner than if all started at once.
+        Cores whose ports are not known in advance (KYMA_GRPC_PORT=0) all start at once, and
+        the bridges once they have said where they listen."""
+        if len(cores) < core_count:
+            for index in range(core_count):
+                start("core", index)
+            return
+        if bridge_count:
+            start("bridge", 0)
+        if ready >= {("core", 0)} | ({("bridge", 0)} if bridge_count else set()):
+            for index in range(core_count):
+                start("core", index)
+            for index in range(bridge_count):
+                start("bridge", index)
+
     buffered = b""
     announced = False
     while supervisor.children:
-        if not bridges_started and len(cores) == core_count and not supervisor.stopping:
-            addresses = [cores[k] for k in range(core_count)]
-            for index in range(bridge_count):
-                supervisor.fork(
-                    _Worker("bridge", index),
-                    _bridge_worker(index, workers, http_socket, addresses, ready_write),
-                )
-            bridges_started = True
-        if bridges_started and http_socket is not None:
+        start_due()
+        if http_socket is not None and len(started) == core_count + bridge_count:
             http_socket.close()  # the bridges have their own copies
             http_socket = None
         try:
