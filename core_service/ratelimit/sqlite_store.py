@@ -9,9 +9,11 @@ The window arithmetic is `store.py`'s, shared with the other stores; the proof g
 
 Cost: the file holds only counters that are rebuilt within a minute, so it runs with
 ``synchronous=OFF`` in WAL mode (no fsync; a machine crash may lose the last counts, which errs
-on the permissive side for at most one window, as a restart of the in-process store does). Each
-call is one hop to the store's own thread (a few statements on one connection, tens of
-microseconds), so the event loop never waits on the lock another worker holds.
+on the permissive side for at most one window, as a restart of the in-process store does). A
+call runs on the event loop when the write lock is free at that instant (a transaction of a few
+statements, tens of microseconds: less than a hop to a thread), and never waits for it there:
+when another worker holds the lock, the call is queued for the store's own thread, which takes
+every call queued meanwhile in one transaction (each in a savepoint) when the lock comes free.
 
 Failure: a call that cannot get the lock within the busy timeout (another process holding it
 that long: it is stuck) raises `sqlite3.OperationalError`, as a database fault does elsewhere;
@@ -25,9 +27,10 @@ import asyncio
 import pathlib
 import secrets
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from core_service.clock import Clock
 from core_service.ratelimit.store import (
@@ -64,17 +67,22 @@ class SqliteRateLimitStore:
         self._timeout = busy_timeout_s
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kyma-ratelimit")
         self._db: sqlite3.Connection | None = None
+        self._fast: sqlite3.Connection | None = None
+        self._schema_lock = threading.Lock()
+        self._schema_made = False
         self._pruned_at = 0
+        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def admit(self, limits: Sequence[Limit]) -> Decision:
         at_ms = now_ms(self._clock)
-        return await self._run(lambda db: self._admit(db, limits, at_ms), write=True)
+        return await self._run(lambda db: self._admit(db, limits, at_ms))
 
     async def adjust(self, key: str, second: int, delta: int) -> None:
         floor = window_floor(now_ms(self._clock) // 1000)
         if second < floor or not delta:
             return
-        await self._run(lambda db: _adjust(db, key, second, delta), write=True)
+        await self._run(lambda db: _adjust(db, key, second, delta))
 
     async def peek(self, limits: Sequence[Limit]) -> tuple[LimitState, ...]:
         at_ms = now_ms(self._clock)
@@ -95,7 +103,7 @@ class SqliteRateLimitStore:
                 )
             return tuple(states)
 
-        return await self._run(read, write=False)
+        return await self._run(read)
 
     async def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None:
         now = now_ms(self._clock) / 1000
@@ -109,15 +117,21 @@ class SqliteRateLimitStore:
             db.execute("INSERT INTO slots VALUES (?, ?, ?)", (key, token, now + ttl_s))
             return token
 
-        return await self._run(acquire, write=True)
+        return await self._run(acquire)
 
     async def release_slot(self, key: str, token: str) -> None:
         await self._run(
             lambda db: db.execute("DELETE FROM slots WHERE key = ? AND token = ?", (key, token)),
-            write=True,
         )
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            await self._flusher
+
+        if self._fast is not None:
+            self._fast.close()
+            self._fast = None
+
         def shut() -> None:
             if self._db is not None:
                 self._db.close()
@@ -129,33 +143,105 @@ class SqliteRateLimitStore:
     # On the store's thread.
 
     def _connection(self) -> sqlite3.Connection:
+        """The thread's connection, which waits for the lock up to the busy timeout."""
         if self._db is None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(
-                self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
-            )
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=OFF")
-            for statement in _SCHEMA:
-                db.execute(statement)
-            self._db = db
+            self._db = self._open(self._timeout)
         return self._db
 
-    async def _run(self, work: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
-        def call() -> T:
-            db = self._connection()
-            if not write:
-                return work(db)
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return result
+    def _loop_connection(self) -> sqlite3.Connection:
+        """The event loop's connection, which never waits for the lock."""
+        if self._fast is None:
+            self._fast = self._open(0)
+        return self._fast
 
-        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+    def _open(self, timeout: float) -> sqlite3.Connection:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(
+            self._path, timeout=timeout, isolation_level=None, check_same_thread=False
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=OFF")
+        with self._schema_lock:
+            if not self._schema_made:
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                self._schema_made = True
+        return db
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` as one transaction: right here if the write lock is free this instant (and
+        nothing is queued before it), else in the next batch on the store's thread: one hop
+        and one transaction for all the calls made meanwhile, each in a savepoint of its own
+        (one that fails takes nothing of the others with it)."""
+        if not self._queue and (self._flusher is None or self._flusher.done()):
+            ran = self._now(work)
+            if ran is not None:
+                return ran[0]
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.append((work, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush())
+        return await future
+
+    def _now(self, work: Callable[[sqlite3.Connection], T]) -> tuple[T] | None:
+        """`work` on the event loop's own connection if the write lock is free this instant:
+        a transaction of a few statements on a file that is never synced costs less than the
+        hop to the thread. None when another process holds the lock (never waited for here)."""
+        db = self._loop_connection()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return None
+        try:
+            result = work(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return (result,)
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            batch, self._queue = self._queue, []
+            works = [work for work, _ in batch]
+            try:
+                outcomes = await loop.run_in_executor(self._thread, self._transaction, works)
+            except Exception as error:  # the batch failed whole: no lock within the timeout
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if future.done():  # its caller gave up; what it did stands
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    def _transaction(
+        self, works: list[Callable[[sqlite3.Connection], Any]]
+    ) -> list[tuple[bool, Any]]:
+        db = self._connection()
+        outcomes: list[tuple[bool, Any]] = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for work in works:
+                db.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((True, work(db)))
+                except Exception as error:
+                    db.execute("ROLLBACK TO op")
+                    outcomes.append((False, error))
+                db.execute("RELEASE op")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return outcomes
 
     def _admit(self, db: sqlite3.Connection, limits: Sequence[Limit], at_ms: int) -> Decision:
         second = at_ms // 1000

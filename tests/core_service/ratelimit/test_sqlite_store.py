@@ -5,6 +5,7 @@ its own connection and thread as each worker has, admit exactly the limit betwee
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
 import sqlite3
 from collections.abc import AsyncIterator
@@ -107,5 +108,28 @@ async def test_old_buckets_are_pruned(tmp_path: pathlib.Path, clock: FakeClock, 
         with sqlite3.connect(tmp_path / "p.db") as db:
             (rows,) = db.execute("SELECT count(*) FROM buckets").fetchone()
         assert rows == 1
+    finally:
+        await store.close()
+
+
+async def test_a_worker_holding_the_lock_never_blocks_the_event_loop(
+    tmp_path: pathlib.Path, clock: FakeClock
+) -> None:
+    """While another process's transaction holds the file's write lock, calls wait for it on
+    the store's thread (together, in one batch), and the event loop runs on meanwhile."""
+    store = SqliteRateLimitStore(tmp_path / "l.db", clock)
+    rpm = Limit("acct:d:rpm", 3, 1)
+    try:
+        assert (await store.admit([rpm])).admitted  # the file exists, the lock is free
+        with contextlib.closing(sqlite3.connect(tmp_path / "l.db", isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            waiting = [asyncio.create_task(store.admit([rpm])) for _ in range(4)]
+            for _ in range(20):
+                await asyncio.sleep(0)  # the loop is free: these steps run
+            assert not any(task.done() for task in waiting)
+            other.execute("COMMIT")
+            decisions = await asyncio.gather(*waiting)
+        assert [d.admitted for d in decisions].count(True) == 2
+        assert (await store.peek([rpm]))[0].remaining == 0
     finally:
         await store.close()
