@@ -8,15 +8,17 @@ Start
 -----
 1. The parent forks the first worker (core 0; bridge 0 for `kyma serve bridge`). It reads the
    settings, binds the HTTP socket when bridges are to be served, hands the parent the plan
-   (worker count, ports) and that socket over a socketpair, and goes on to serve: the settings
+   (worker count, ports) and those sockets over a socketpair, and goes on to serve: the settings
    are read once for the plan, by a process that needs them anyway.
 2. The parent forks the other workers. Core ``k`` listens on ``KYMA_GRPC_PORT + k`` (a port of
    its own: gRPC gets no shared socket, and separate ports let every bridge balance its calls
    over all cores); each bridge worker is given every core's address (round robin + health, as
-   with ``KYMA_CORE_ADDRESS``). Bridge workers accept on one listening socket they inherit: a
-   second Kyma started on the same port fails loudly instead of silently sharing it (as it
-   would with SO_REUSEPORT). With ``KYMA_GRPC_PORT=0`` the bridges are forked once the cores
-   have said which ports they got. Worker ``k`` serves its metrics on the metrics ports ``+ 2k``.
+   with ``KYMA_CORE_ADDRESS``). Bridge worker ``k`` accepts on listening socket ``k`` of the
+   HTTP port, which the first worker bound with SO_REUSEPORT (the kernel spreads connections
+   evenly over them) after checking the port with a bind without it, so that a second Kyma on
+   the same port fails loudly instead of silently sharing it. With ``KYMA_GRPC_PORT=0`` the
+   bridges are forked once the cores have said which ports they got. Worker ``k`` serves its
+   metrics on the metrics ports ``+ 2k``.
 3. Each worker tells the parent when it serves (a line on a pipe); once all have, the parent
    prints ``kyma serving …``.
 
@@ -221,7 +223,7 @@ def serve(part: str) -> int:
         supervisor.stop()
         _wait_all(supervisor)
         return 1
-    plan, http_socket = received
+    plan, http_sockets = received
     supervisor._parent_fds = [ready_read, wake_read, wake_write]
     workers = int(plan["workers"])
     core_count = workers if part in ("all", "core") else 0
@@ -238,7 +240,7 @@ def serve(part: str) -> int:
             return
         started.add((role, index))
         if role == "core":
-            not_for_cores = () if http_socket is None else (http_socket.fileno(),)
+            not_for_cores = tuple(sock.fileno() for sock in http_sockets)
             supervisor.fork(
                 _Worker("core", index),
                 _core_worker(index, workers, ready_write),
@@ -246,9 +248,11 @@ def serve(part: str) -> int:
             )
             return
         addresses = [cores[k] for k in range(core_count)] if part == "all" else None
+        mine = http_sockets[index]
         supervisor.fork(
             _Worker("bridge", index),
-            _bridge_worker(index, workers, http_socket, addresses, ready_write),
+            _bridge_worker(index, workers, mine, addresses, ready_write),
+            close=tuple(sock.fileno() for sock in http_sockets if sock is not mine),
         )
 
     def start_due() -> None:
@@ -272,9 +276,10 @@ def serve(part: str) -> int:
     announced = False
     while supervisor.children:
         start_due()
-        if http_socket is not None and len(started) == core_count + bridge_count:
-            http_socket.close()  # the bridges have their own copies
-            http_socket = None
+        if http_sockets and len(started) == core_count + bridge_count:
+            for sock in http_sockets:
+                sock.close()  # the bridges have their own copies
+            http_sockets = []
         try:
             readable, _, _ = select.select([ready_read, wake_read], [], [])
         except InterruptedError:  # pragma: no cover - retried by Python itself (PEP 475)
@@ -320,16 +325,15 @@ def _wait_all(supervisor: _Supervisor) -> None:
         supervisor.children.pop(pid, None)
 
 
-def _receive_plan(channel: socket.socket) -> tuple[dict[str, Any], socket.socket | None] | None:
+def _receive_plan(channel: socket.socket) -> tuple[dict[str, Any], list[socket.socket]] | None:
     try:
-        message, fds, _flags, _address = socket.recv_fds(channel, 65536, 1)
+        message, fds, _flags, _address = socket.recv_fds(channel, 65536, 256)
     except OSError:
         return None
     if not message:
         return None
     plan = json.loads(message)
-    sock = socket.socket(fileno=fds[0]) if fds else None
-    return plan, sock
+    return plan, [socket.socket(fileno=fd) for fd in fds]
 
 
 def _settings() -> Settings:
@@ -341,22 +345,38 @@ def _settings() -> Settings:
     return settings
 
 
-def _bind(settings: Settings) -> socket.socket:
+def _bind(settings: Settings, count: int) -> list[socket.socket]:
+    """The bridges' listening sockets, one per bridge worker. Several share the port through
+    SO_REUSEPORT, which spreads new connections evenly over them (one socket that all accept
+    on would give most connections to whichever bridge is awake); the port is first bound
+    without it, so that a port another process holds — another Kyma's bridges included —
+    fails here, loudly, rather than being shared."""
     family = socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET
-    return socket.create_server(
+    first = socket.create_server(
         (settings.http_host, settings.http_port), family=family, backlog=2048
     )
+    if count == 1:
+        return [first]
+    port = first.getsockname()[1]
+    first.close()
+    return [
+        socket.create_server(
+            (settings.http_host, port), family=family, backlog=2048, reuse_port=True
+        )
+        for _ in range(count)
+    ]
 
 
 def _first_worker(part: str, channel: socket.socket, ready: int) -> int:
-    """Worker 0: reads the settings, sends the plan (and the HTTP socket), then serves."""
+    """Worker 0: reads the settings, sends the plan (and the HTTP sockets), then serves."""
     settings = _settings()
     workers = worker_count(settings.workers, part)
-    sock = _bind(settings) if part in ("all", "bridge") else None
+    socks = _bind(settings, workers) if part in ("all", "bridge") else []
     address = ""
-    if sock is not None:
-        port = sock.getsockname()[1]
-        host = f"[{settings.http_host}]" if sock.family == socket.AF_INET6 else settings.http_host
+    if socks:
+        port = socks[0].getsockname()[1]
+        family = socks[0].family
+        host = f"[{settings.http_host}]" if family == socket.AF_INET6 else settings.http_host
         address = f"{host}:{port}"
     plan = {
         "workers": workers,
@@ -364,12 +384,13 @@ def _first_worker(part: str, channel: socket.socket, ready: int) -> int:
         "grpc_port": settings.grpc_port,
         "http_address": address,
     }
-    socket.send_fds(channel, [json.dumps(plan).encode()], [sock.fileno()] if sock else [])
+    socket.send_fds(channel, [json.dumps(plan).encode()], [sock.fileno() for sock in socks])
     channel.close()
     if part == "bridge":
-        assert sock is not None
-        return _serve_bridge(worker_settings(settings, 0, workers), sock, 0, ready)
-    if sock is not None:
+        for sock in socks[1:]:
+            sock.close()
+        return _serve_bridge(worker_settings(settings, 0, workers), socks[0], 0, ready)
+    for sock in socks:
         sock.close()
     return _serve_core(worker_settings(settings, 0, workers), 0, ready)
 

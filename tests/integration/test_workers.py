@@ -335,3 +335,39 @@ async def test_a_dead_worker_stops_the_others_loudly(
         assert re.search(rf"(core|bridge) worker \d \(pid {victim}\) was killed by signal 9", log)
         assert "stopping the other workers" in log
         assert not [pid for pid in kyma.workers if alive(pid)]
+
+
+async def test_a_second_kyma_on_the_same_port_fails_instead_of_sharing_it(
+    served: Serving, tmp_path: pathlib.Path
+) -> None:
+    """The bridges share their port through SO_REUSEPORT, and so could another process's
+    sockets: the first worker checks the port with a plain bind before it opens them."""
+    port = served.url.rsplit(":", 1)[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KYMA_")}
+    env |= {
+        "KYMA_WORKERS": "2",
+        "KYMA_DATA_DIR": str(tmp_path / "data"),
+        "KYMA_HTTP_PORT": port,
+        "KYMA_GRPC_PORT": "0",
+        "KYMA_METRICS_PORT": "0",
+        "KYMA_BRIDGE_METRICS_PORT": "0",
+    }
+    second = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "core_service.cli.main",
+        "serve",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(second.communicate(), LIVENESS)
+    finally:
+        if second.returncode is None:
+            second.kill()
+            await second.wait()
+    assert second.returncode == 1
+    assert b"Address already in use" in err and b"kyma serving" not in out
+    async with httpx.AsyncClient(base_url=served.url, timeout=LIVENESS) as http:
+        assert (await http.get("/readyz")).json()["status"] == "ready"
