@@ -219,10 +219,12 @@ def serve(part: str) -> int:
     received = _receive_plan(plan_parent)
     plan_parent.close()
     if received is None:
-        _say("the first worker stopped before it could start the others")
+        asked = supervisor.stopping
+        if not asked:
+            _say("the first worker stopped before it could start the others")
         supervisor.stop()
         _wait_all(supervisor)
-        return 1
+        return 0 if asked else 1
     plan, http_sockets = received
     supervisor._parent_fds = [ready_read, wake_read, wake_write]
     workers = int(plan["workers"])
