@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 
 from core_service.catalog import CatalogError
 from core_service.composition import Core, build_core
@@ -20,7 +21,8 @@ def _reload(core: Core) -> None:
         core.catalogue.reload()
 
 
-async def run_core(settings: Settings) -> None:
+async def run_core(settings: Settings, *, ready: Callable[[int], None] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; `ready` is told the port once the core serves."""
     core = await build_core(settings)
     try:
         await core.start()
@@ -30,6 +32,8 @@ async def run_core(settings: Settings) -> None:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, _reload, core)
         print(f"kyma core listening on {settings.grpc_host}:{core.port}", flush=True)
+        if ready is not None:
+            ready(core.port)
         await stop.wait()
         log.info(
             "core shutting down: draining in-flight requests for up to %.0fs",

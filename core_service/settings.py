@@ -322,6 +322,13 @@ class Settings(BaseSettings):
         "(comma-separated, '*' = any).",
     )
     log_level: str = Field(default="INFO", description="Log level of every process.")
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Worker processes of `kyma serve`: that many cores and that many bridges on "
+        "this machine. Unset: the machine's cores for `kyma serve`, one for `kyma serve core` "
+        "and `kyma serve bridge`.",
+    )
 
     @field_validator("welcome_bonus_usd")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -38,7 +39,29 @@ def server_config(settings: Settings, app: Any, **overrides: Any) -> uvicorn.Con
     return uvicorn.Config(app, **{**options, **overrides})
 
 
-def run_bridge(settings: Settings) -> None:
+class _Server(uvicorn.Server):
+    """uvicorn's server, which says it listens only once it can serve: after the app's
+    start-up (its channel to the cores) has run and the socket is being served."""
+
+    def __init__(self, config: uvicorn.Config, announce: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._announce = announce
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit:
+            self._announce()
+
+
+def run_bridge(
+    settings: Settings,
+    *,
+    sock: socket.socket | None = None,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve the bridge until SIGTERM/SIGINT, on `sock` (a listening socket several bridge
+    workers share) or else on a socket bound here to http_host:http_port; `ready` is called
+    once it serves."""
     metrics = BridgeMetrics()
     server = None
     if settings.bridge_metrics_port is not None:
@@ -52,13 +75,19 @@ def run_bridge(settings: Settings) -> None:
     config = server_config(settings, metrics.middleware(create_app(settings)), loop="uvloop")
     # Bound here rather than by uvicorn so that the line below names the real port (port 0
     # picks a free one, as tests and a second bridge on one machine do).
-    family = socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET
-    sock = socket.create_server((settings.http_host, settings.http_port), family=family)
+    if sock is None:
+        family = socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET
+        sock = socket.create_server((settings.http_host, settings.http_port), family=family)
     port = sock.getsockname()[1]
-    host = f"[{settings.http_host}]" if family == socket.AF_INET6 else settings.http_host
-    print(f"kyma bridge listening on http://{host}:{port}", flush=True)
+    host = f"[{settings.http_host}]" if sock.family == socket.AF_INET6 else settings.http_host
+
+    def announce() -> None:
+        print(f"kyma bridge listening on http://{host}:{port}", flush=True)
+        if ready is not None:
+            ready()
+
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        _Server(config, announce).run(sockets=[sock])
     finally:
         if server is not None:
             server.stop()

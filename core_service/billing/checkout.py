@@ -14,15 +14,17 @@ from __future__ import annotations
 import logging
 import re
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import stripe
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core_service.clock import Clock
 from core_service.db.models import CheckoutSession
 from core_service.errors import BillingNotConfigured, InvalidRequest, PaymentProviderError
+
+if TYPE_CHECKING:  # imported where used: the stripe package is a large import at start-up
+    import stripe
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,8 @@ class CheckoutSessions:
         """Start a purchase of `amount_usd`; returns (Checkout Session id, URL to pay at)."""
         if self._stripe is None:
             raise BillingNotConfigured("Purchases are not enabled on this Kyma.")
+        import stripe  # already imported by whoever made the client
+
         amount = parse_amount_usd(amount_usd, min_usd=self._min_usd, max_usd=self._max_usd)
         try:
             session = await self._stripe.v1.checkout.sessions.create_async(

@@ -34,7 +34,6 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
-import stripe
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -311,6 +310,8 @@ class StripeWebhooks:
             "within the tolerance.",
             param="Stripe-Signature",
         )
+        import stripe  # here: a large import that a Kyma without purchases never needs
+
         try:
             # Checks the HMAC over "<timestamp>.<body>"; the age is checked below, both ways,
             # on the injected clock (the library checks only the past, on its own clock).

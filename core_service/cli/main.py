@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 
-from core_service.cli import admin, health
+# Nothing heavy at the top: `kyma serve` runs as a small parent process that imports only the
+# standard library (see core_service/workers.py); the other commands import what they use.
 
 
 def _logging(level: str) -> None:
@@ -18,52 +17,30 @@ def _logging(level: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from core_service.workers import serve
+
+    if args.part == "all":
+        return serve("all")
+    from core_service.settings import Settings
+    from core_service.workers import worker_count
+
+    settings = Settings()
+    if worker_count(settings.workers, args.part) > 1:
+        # Several workers: handed to the small parent, in a fresh interpreter so that it
+        # carries none of what this one imported.
+        os.execv(sys.executable, [sys.executable, "-m", "core_service.workers", args.part])
+    _logging(settings.log_level)
     if args.part == "core":
         import uvloop
 
         from core_service.serve import run_core
-        from core_service.settings import Settings
 
-        settings = Settings()
-        _logging(settings.log_level)
         uvloop.run(run_core(settings))
         return 0
-    if args.part == "bridge":
-        from core_service.settings import Settings
-        from http_bridge.serve import run_bridge
+    from http_bridge.serve import run_bridge
 
-        settings = Settings()
-        _logging(settings.log_level)
-        run_bridge(settings)
-        return 0
-    return _serve_all()
-
-
-def _serve_all() -> int:
-    """Core and bridge as two processes (each on its own core of the machine); when one ends,
-    the other is stopped; SIGTERM/SIGINT stop both gracefully."""
-    command = [sys.executable, "-m", "core_service.cli.main", "serve"]
-    core = subprocess.Popen([*command, "core"])
-    bridge = subprocess.Popen([*command, "bridge"])
-    children = (core, bridge)
-
-    def stop(_signum: int, _frame: object) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while all(child.poll() is None for child in children):
-        try:
-            os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-    stop(signal.SIGTERM, None)
-    codes = [child.wait() for child in children]
-    return max((abs(code) for code in codes), default=0)
+    run_bridge(settings)
+    return 0
 
 
 def _test_upstream(argv: list[str]) -> int:
@@ -73,7 +50,7 @@ def _test_upstream(argv: list[str]) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, serve_only: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kyma", description="Kyma: one OpenAI-compatible endpoint for open-source models."
     )
@@ -81,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run Kyma (core and bridge, or one of them)")
     serve.add_argument("part", nargs="?", choices=["all", "core", "bridge"], default="all")
     serve.set_defaults(run=_serve)
+    if serve_only:
+        return parser
+    from core_service.cli import admin, health
+
     admin.add_commands(commands)
     health.add_command(commands)
     commands.add_parser(
@@ -93,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["test-upstream"]:
         sys.exit(_test_upstream(argv[1:]))
-    args = build_parser().parse_args(argv)
+    args = build_parser(serve_only=argv[:1] == ["serve"]).parse_args(argv)
     sys.exit(args.run(args))
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
-
-from core_service.settings import Settings
+from core_service.settings import Settings, _shared_token
 
 
 def resolve_admin_token(settings: Settings) -> str:
@@ -12,11 +10,6 @@ def resolve_admin_token(settings: Settings) -> str:
     (readable by its owner only) so the embedded default works with no configuration."""
     if settings.admin_token is not None:
         return settings.admin_token.get_secret_value()
-    path = settings.admin_token_file
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = f"kyadm_{secrets.token_urlsafe(32)}"
-    path.touch(mode=0o600)
-    path.write_text(token + "\n")
-    return token
+    # Created whole and linked into place, so that the cores of several workers starting at
+    # once end up with the same token.
+    return _shared_token(settings.admin_token_file, prefix="kyadm_")

@@ -6,8 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import stripe
+from typing import TYPE_CHECKING
 
 from core_service.account_events import AccountEvents
 from core_service.billing.checkout import CheckoutSessions
@@ -20,6 +19,9 @@ from core_service.clock import Clock
 from core_service.composition.storage import Storage
 from core_service.mail.mailer import Mailer
 from core_service.settings import Settings
+
+if TYPE_CHECKING:  # imported when purchases are on: the stripe package is a large import
+    import stripe
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ def _stripe_client(
     """The Stripe client (async, on its own HTTP client), or none when purchases are off."""
     if settings.stripe_secret_key is None:
         return None
+    import stripe
+
     http = stripe.HTTPXClient(timeout=20)
     stack.push_async_callback(http.close_async)
     return stripe.StripeClient(

@@ -1,5 +1,5 @@
-"""Rate limits: the store (in process, or Redis with per-node fallback), the account limiter
-and the deployment gate."""
+"""Rate limits: the store (in process; a SQLite file shared by the workers of one machine; or
+Redis with per-node fallback), the account limiter and the deployment gate."""
 
 from __future__ import annotations
 
@@ -7,24 +7,25 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-
-import redis.asyncio
-import redis.asyncio.cluster
-import redis.exceptions
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from typing import TYPE_CHECKING
 
 from core_service.clock import Clock
-from core_service.ratelimit.fallback import FallbackRateLimitStore
 from core_service.ratelimit.limiter import AccountLimiter, DeploymentGate
 from core_service.ratelimit.local_store import InProcessRateLimitStore
-from core_service.ratelimit.redis_store import RedisClient, RedisRateLimitStore
+from core_service.ratelimit.sqlite_store import SqliteRateLimitStore
 from core_service.ratelimit.store import RateLimitStore
 from core_service.ratelimit.tiers import TierTable
 from core_service.settings import Settings
 from core_service.tasks import BackgroundTasks
 
+if TYPE_CHECKING:  # imported when Redis is configured: the redis client is a large import
+    from core_service.ratelimit.fallback import FallbackRateLimitStore
+    from core_service.ratelimit.redis_store import RedisClient
+
 logger = logging.getLogger(__name__)
+
+# The workers' shared counters (see core_service/ratelimit/sqlite_store.py).
+RATE_LIMIT_FILE = "ratelimit.db"
 
 
 @dataclass(frozen=True)
@@ -33,22 +34,28 @@ class Limits:
     limiter: AccountLimiter
     gate: DeploymentGate
     tiers: TierTable
+    redis: FallbackRateLimitStore | None = None  # the store, when it is Redis's
 
     @property
     def fallbacks(self) -> int:
         """Limiter calls served per node because Redis was unreachable."""
-        return self.store.fallbacks if isinstance(self.store, FallbackRateLimitStore) else 0
+        return 0 if self.redis is None else self.redis.fallbacks
 
     @property
     def unreconciled(self) -> int:
         """Counts admitted per node that Redis has yet to be told of."""
-        return self.store.pending if isinstance(self.store, FallbackRateLimitStore) else 0
+        return 0 if self.redis is None else self.redis.pending
 
 
 def _redis_client(settings: Settings, url: str) -> RedisClient:
     """A client for the limiter alone. Its own timeouts are far above the limiter's budget:
     the fallback store decides when Redis is too slow, measuring Redis's time, not this node's
     event loop (fallback.py); a full pool waits rather than fails."""
+    import redis.asyncio
+    import redis.asyncio.cluster
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
     patience = max(1.0, 20 * settings.redis_timeout_ms / 1000)
     if settings.redis_cluster:
         return redis.asyncio.cluster.RedisCluster.from_url(
@@ -70,13 +77,24 @@ def _redis_client(settings: Settings, url: str) -> RedisClient:
     return redis.asyncio.Redis(connection_pool=pool)
 
 
-async def _rate_limit_store(settings: Settings, clock: Clock) -> RateLimitStore:
-    """In-process on one node; with Redis, shared by every node and falling back to per-node
-    limits (limit ÷ expected nodes) while Redis is unreachable. The pool is warmed first; a
-    Redis that is down at start-up only means the node starts on per-node limits."""
+async def _rate_limit_store(
+    settings: Settings, clock: Clock
+) -> tuple[RateLimitStore, FallbackRateLimitStore | None]:
+    """In-process for one core; for several workers of one machine without Redis, a SQLite
+    file in the data directory that they all open; with Redis, shared by every node and
+    falling back to per-node limits (limit ÷ expected nodes) while Redis is unreachable. The
+    pool is warmed first; a Redis that is down at start-up only means the node starts on
+    per-node limits."""
     local = InProcessRateLimitStore(clock)
     if settings.redis_url is None:
-        return local
+        if (settings.workers or 1) > 1:
+            return SqliteRateLimitStore(settings.data_dir / RATE_LIMIT_FILE, clock), None
+        return local, None
+    import redis.exceptions
+
+    from core_service.ratelimit.fallback import FallbackRateLimitStore
+    from core_service.ratelimit.redis_store import RedisRateLimitStore
+
     shared = RedisRateLimitStore(
         _redis_client(settings, settings.redis_url), clock, key_prefix=settings.redis_key_prefix
     )
@@ -84,7 +102,7 @@ async def _rate_limit_store(settings: Settings, clock: Clock) -> RateLimitStore:
         await asyncio.wait_for(shared.warm(settings.redis_warm_connections), 5)
     except (TimeoutError, redis.exceptions.RedisError, OSError) as error:
         logger.warning("rate-limit store not reachable at start-up (%s)", type(error).__name__)
-    return FallbackRateLimitStore(
+    store = FallbackRateLimitStore(
         shared,
         local,
         clock,
@@ -92,19 +110,21 @@ async def _rate_limit_store(settings: Settings, clock: Clock) -> RateLimitStore:
         timeout_s=settings.redis_timeout_ms / 1000,
         warm=lambda: shared.warm(settings.redis_warm_connections),
     )
+    return store, store
 
 
 async def open_limits(
     settings: Settings, clock: Clock, tasks: BackgroundTasks, stack: contextlib.AsyncExitStack
 ) -> Limits:
-    store = await _rate_limit_store(settings, clock)
+    store, shared_store = await _rate_limit_store(settings, clock)
     stack.push_async_callback(store.close)
 
     def shared() -> bool:
-        return isinstance(store, FallbackRateLimitStore) and not store.degraded
+        return shared_store is not None and not shared_store.degraded
 
     return Limits(
         store=store,
+        redis=shared_store,
         limiter=AccountLimiter(store, tasks, shared=shared),
         gate=DeploymentGate(store, tasks),
         tiers=TierTable(settings.tiers),

@@ -14,12 +14,12 @@ too (an autocommit read would prepare on one server connection and execute on an
 from __future__ import annotations
 
 import pathlib
+import re
 import uuid
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -87,6 +87,11 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 
 def _upgrade(connection: Connection) -> None:
+    # Imported here: alembic (with mako) is a large import that a start-up on a database
+    # already up to date does without.
+    from alembic import command
+    from alembic.config import Config
+
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
     config = Config()
@@ -95,7 +100,36 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
+def _head() -> str | None:
+    """The newest revision of the migrations, read from their `revision` and `down_revision`
+    lines; None unless the history has exactly one head (alembic then decides)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        source = path.read_text()
+        for name, into in (("revision", revisions), ("down_revision", parents)):
+            found = re.search(rf'^{name} = "([^"]+)"', source, re.MULTILINE)
+            if found:
+                into.add(found.group(1))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+async def _current(engine: AsyncEngine) -> str | None:
+    """The database's revision; None when it has none yet (a fresh database)."""
+    try:
+        async with reads(engine).connect() as connection:
+            rows = (await connection.execute(text("SELECT version_num FROM alembic_version"))).all()
+    except DBAPIError:
+        return None
+    return rows[0][0] if len(rows) == 1 else None
+
+
 async def migrate(engine: AsyncEngine) -> None:
-    """Apply every pending migration (idempotent; safe when several nodes start at once)."""
+    """Apply every pending migration (idempotent; safe when several nodes start at once). A
+    database already at the newest revision is only read."""
+    head = _head()
+    if head is not None and await _current(engine) == head:
+        return
     async with engine.begin() as connection:
         await connection.run_sync(_upgrade)

@@ -1,0 +1,52 @@
+"""What each worker of `kyma serve` is given (core_service/workers.py); the processes themselves
+are tested in tests/integration/test_workers.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from core_service.settings import Settings
+from core_service.workers import worker_count, worker_settings
+
+
+def test_the_default_is_the_machines_cores_for_serve_and_one_for_a_part() -> None:
+    assert worker_count(None, "all") == (os.cpu_count() or 1)
+    assert worker_count(None, "core") == worker_count(None, "bridge") == 1
+    assert worker_count(3, "all") == worker_count(3, "core") == 3
+
+
+def test_worker_k_gets_its_own_core_and_metrics_ports() -> None:
+    settings = Settings(grpc_port=50051)
+    first = worker_settings(settings, 0, 3, cores=["127.0.0.1:50051", "127.0.0.1:50052"])
+    third = worker_settings(settings, 2, 3, cores=["127.0.0.1:50051", "127.0.0.1:50052"])
+    assert (first.grpc_port, first.metrics_port, first.bridge_metrics_port) == (50051, 9464, 9465)
+    assert (third.grpc_port, third.metrics_port, third.bridge_metrics_port) == (50053, 9468, 9469)
+    assert first.workers == third.workers == 3
+    assert third.core_target == "ipv4:127.0.0.1:50051,127.0.0.1:50052"
+    # Metrics ports left at their defaults stay a preference (a busy one moves elsewhere);
+    # a port the operator gave stays a requirement.
+    assert not third.chosen("metrics_port") and third.chosen("grpc_port")
+    given = worker_settings(Settings(metrics_port=7000), 1, 2)
+    assert given.metrics_port == 7002 and given.chosen("metrics_port")
+
+
+def test_free_ports_stay_free_and_a_given_core_address_is_kept() -> None:
+    settings = Settings(grpc_port=0, metrics_port=0, core_address="10.0.0.5:50051")
+    second = worker_settings(settings, 1, 2, cores=["127.0.0.1:1"])
+    assert (second.grpc_port, second.metrics_port) == (0, 0)
+    assert second.core_address == "10.0.0.5:50051"
+
+
+def test_the_parent_imports_only_the_standard_library() -> None:
+    """`kyma serve`'s parent process: what `kyma serve` imports before it forks."""
+    probe = (
+        "import sys; import core_service.cli.main, core_service.workers; "
+        "heavy = {'pydantic', 'grpc', 'sqlalchemy', 'yaml', 'uvicorn', 'core_service.settings'}; "
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "[]"
