@@ -1,0 +1,164 @@
+"""The bridge's side of a gRPC call, measured alone: the client CPU that one unary call costs,
+against one request carried on a long-lived bidirectional stream (a multiplexed bridge->core
+channel), with the server in another process so that only the client's CPU is counted.
+
+An experiment for issue 15 (is per-call gRPC setup worth a multiplexed channel?), not a test:
+it prints CPU microseconds per request for each way, at concurrency 1 and 32.
+
+    .venv/bin/python scripts/grpc_call_cost.py [--requests N] [--callgrind]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+import uvloop
+
+_SERVICE = "bench.Echo"
+_BODY = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":16}' * 4
+_REPLY = b'{"id":"x","object":"chat.completion","choices":[]}' * 8
+_METADATA = (("authorization", "Bearer sk-kyma-0123456789abcdef"), ("x-request-id", "req_1"))
+
+
+async def _unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    return _REPLY
+
+
+async def _one_stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    yield _REPLY
+
+
+async def _multiplexed(
+    requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+) -> AsyncIterator[bytes]:
+    # Each request is an 8-byte tag then its body; the answer carries the tag back.
+    async for request in requests:
+        yield request[:8] + _REPLY
+
+
+def _serve(port: int, ready: multiprocessing.synchronize.Event) -> None:  # type: ignore[name-defined]
+    async def main() -> None:
+        server = grpc.aio.server()
+        handlers = {
+            "Unary": grpc.unary_unary_rpc_method_handler(_unary),
+            "Stream": grpc.unary_stream_rpc_method_handler(_one_stream),
+            "Mux": grpc.stream_stream_rpc_method_handler(_multiplexed),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        ready.set()
+        await server.wait_for_termination()
+
+    uvloop.run(main())
+
+
+class _Mux:
+    """Many requests over one bidi stream: a tag per request, a future per tag."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._call = channel.stream_stream(f"/{_SERVICE}/Mux")(metadata=_METADATA)
+        self._waiting: dict[int, asyncio.Future[bytes]] = {}
+        self._next = 0
+        # gRPC takes one write at a time on a stream: one task writes them all, in order.
+        self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self._reader = loop.create_task(self._read())
+        self._writer = loop.create_task(self._write())
+
+    async def _write(self) -> None:
+        while (message := await self._outbox.get()) is not None:
+            await self._call.write(message)
+        await self._call.done_writing()
+
+    async def _read(self) -> None:
+        while (message := await self._call.read()) is not grpc.aio.EOF:
+            (tag,) = struct.unpack_from("<Q", message)
+            self._waiting.pop(tag).set_result(message[8:])
+
+    async def request(self, body: bytes) -> bytes:
+        self._next += 1
+        tag = self._next
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[tag] = future
+        self._outbox.put_nowait(struct.pack("<Q", tag) + body)
+        return await future
+
+    async def close(self) -> None:
+        self._outbox.put_nowait(None)
+        await self._writer
+        await self._reader
+
+
+async def _measure(label: str, one: Callable[[], Awaitable[object]], n: int, conc: int) -> None:
+    for _ in range(200):  # warm-up
+        await one()
+    per_worker = n // conc
+
+    async def worker() -> None:
+        for _ in range(per_worker):
+            await one()
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(conc)))
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    done = per_worker * conc
+    print(f"| {label} | {conc} | {done} | {1e6 * cpu / done:.1f} | {done / wall:.0f} |")
+
+
+async def _client(port: int, n: int) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        await channel.channel_ready()
+        unary = channel.unary_unary(f"/{_SERVICE}/Unary", _registered_method=True)
+        stream = channel.unary_stream(f"/{_SERVICE}/Stream", _registered_method=True)
+
+        async def unary_call() -> object:
+            return await unary(_BODY, metadata=_METADATA)
+
+        async def stream_call() -> object:
+            call = stream(_BODY, metadata=_METADATA)
+            first = await call.read()
+            await call.read()  # EOF
+            return first
+
+        mux = _Mux(channel)
+        print("| way | conc | requests | client cpu us/request | requests/s |")
+        print("|---|---:|---:|---:|---:|")
+        for conc in (1, 32):
+            await _measure("unary call", unary_call, n, conc)
+            await _measure("server-streaming call (1 message)", stream_call, n, conc)
+            await _measure("one bidi stream, multiplexed", lambda: mux.request(_BODY), n, conc)
+        await mux.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", args.port))
+        port = s.getsockname()[1]
+    ready = multiprocessing.get_context("spawn").Event()
+    server = multiprocessing.get_context("spawn").Process(target=_serve, args=(port, ready))
+    server.start()
+    try:
+        ready.wait(30)
+        uvloop.run(_client(port, args.requests))
+    finally:
+        server.terminate()
+        server.join()
+    print(f"(pid {os.getpid()}, load {os.getloadavg()[0]:.1f})")
+
+
+if __name__ == "__main__":
+    main()
