@@ -24,6 +24,8 @@ import uvloop
 _SERVICE = "bench.Echo"
 _BODY = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":16}' * 4
 _REPLY = b'{"id":"x","object":"chat.completion","choices":[]}' * 8
+_CHUNK = b'{"id":"x","object":"chat.completion.chunk","choices":[{"delta":{"content":"hi"}}]}'
+_MESSAGES = 128
 _METADATA = (("authorization", "Bearer sk-kyma-0123456789abcdef"), ("x-request-id", "req_1"))
 
 
@@ -33,6 +35,11 @@ async def _unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
 
 async def _one_stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
     yield _REPLY
+
+
+async def _long_stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    for _ in range(_MESSAGES):
+        yield _CHUNK
 
 
 async def _multiplexed(
@@ -49,6 +56,7 @@ def _serve(port: int, ready: multiprocessing.synchronize.Event) -> None:  # type
         handlers = {
             "Unary": grpc.unary_unary_rpc_method_handler(_unary),
             "Stream": grpc.unary_stream_rpc_method_handler(_one_stream),
+            "Long": grpc.unary_stream_rpc_method_handler(_long_stream),
             "Mux": grpc.stream_stream_rpc_method_handler(_multiplexed),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
@@ -113,8 +121,8 @@ async def _measure(label: str, one: Callable[[], Awaitable[object]], n: int, con
     print(f"| {label} | {conc} | {done} | {1e6 * cpu / done:.1f} | {done / wall:.0f} |")
 
 
-async def _client(port: int, n: int) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+async def _client(port: int, n: int, options: list[tuple[str, int]]) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
         await channel.channel_ready()
         unary = channel.unary_unary(f"/{_SERVICE}/Unary", _registered_method=True)
         stream = channel.unary_stream(f"/{_SERVICE}/Stream", _registered_method=True)
@@ -128,6 +136,14 @@ async def _client(port: int, n: int) -> None:
             await call.read()  # EOF
             return first
 
+        long = channel.unary_stream(f"/{_SERVICE}/Long", _registered_method=True)
+
+        async def long_call() -> object:
+            call = long(_BODY, metadata=_METADATA)
+            while await call.read() is not grpc.aio.EOF:
+                pass
+            return None
+
         mux = _Mux(channel)
         print("| way | conc | requests | client cpu us/request | requests/s |")
         print("|---|---:|---:|---:|---:|")
@@ -135,6 +151,20 @@ async def _client(port: int, n: int) -> None:
             await _measure("unary call", unary_call, n, conc)
             await _measure("server-streaming call (1 message)", stream_call, n, conc)
             await _measure("one bidi stream, multiplexed", lambda: mux.request(_BODY), n, conc)
+        # A stream of _MESSAGES messages: its cost per message (the call's own included).
+        for conc in (1, 8):
+            streams = max(conc, n // _MESSAGES // 2)
+
+            async def streamer(count: int) -> None:
+                for _ in range(count):
+                    await long_call()
+
+            cpu = time.process_time()
+            await asyncio.gather(*(streamer(streams // conc) for _ in range(conc)))
+            cpu = time.process_time() - cpu
+            us = 1e6 * cpu / (streams // conc * conc * _MESSAGES)
+            label = f"stream of {_MESSAGES} messages (per message)"
+            print(f"| {label} | {conc} | {streams // conc * conc} | {us:.1f} | |")
         await mux.close()
 
 
@@ -142,6 +172,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--option", action="append", default=[], help="a channel option NAME=INT (repeatable)"
+    )
     args = parser.parse_args()
     import socket
 
@@ -153,7 +186,8 @@ def main() -> None:
     server.start()
     try:
         ready.wait(30)
-        uvloop.run(_client(port, args.requests))
+        options = [(name, int(value)) for name, value in (o.split("=") for o in args.option)]
+        uvloop.run(_client(port, args.requests, options))
     finally:
         server.terminate()
         server.join()
