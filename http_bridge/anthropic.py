@@ -8,7 +8,6 @@ error, never retried as a rate limit)."""
 from __future__ import annotations
 
 import orjson
-from fastapi import Request
 from starlette.responses import Response
 
 from http_bridge.errors import OpenAIError
@@ -80,13 +79,8 @@ def error_response(error: OpenAIError, headers: dict[str, str]) -> Response:
     return Response(body, error.status, headers, media_type="application/json")
 
 
-def authorization(request: Request) -> str | None:
+def authorization(given: str | None, api_key: str | None) -> str | None:
     """The caller's key as the core reads it: `Authorization`, else `x-api-key`."""
-    given = request.headers.get("authorization")
-    if given is None and (key := request.headers.get("x-api-key")) is not None:
-        return f"Bearer {key}"
+    if given is None and api_key is not None:
+        return f"Bearer {api_key}"
     return given
-
-
-def betas(request: Request) -> str:
-    return ",".join(request.headers.getlist("anthropic-beta"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import grpc
 import orjson
@@ -21,13 +22,15 @@ from fastapi import FastAPI, Request
 from grpc_health.v1 import health_pb2
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from core_service.settings import Settings
 from http_bridge import account_routes, auth_routes, inference_routes, key_routes, status_routes
 from http_bridge.console.pages import console_router
 from http_bridge.core_client import CoreStubs, core_channel, new_request_id, stubs
-from http_bridge.disconnects import end_quietly
+from http_bridge.disconnects import CLIENT_CLOSED_REQUEST, ClientGone, end_quietly
 from http_bridge.errors import OpenAIError
 from http_bridge.openapi import openapi_document
 from kyma.contract.v1.constants import SHARED_LIMITS_HEALTH_SERVICE
@@ -66,7 +69,7 @@ def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -
             if own:
                 await core.channel.close()
 
-    app = FastAPI(
+    app = _Bridge(
         title="Kyma",
         lifespan=lifespan,
         docs_url=None,
@@ -139,9 +142,61 @@ def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> Response:
-        log.error("unexpected bridge error: %s", type(exc).__name__, exc_info=exc)
-        return OpenAIError(
-            500, "The Kyma bridge had an internal error. Please retry.", "api_error"
-        ).response({"x-request-id": new_request_id()})
+        return _unexpected(exc)
 
     return app
+
+
+def _unexpected(exc: Exception) -> Response:
+    log.error("unexpected bridge error: %s", type(exc).__name__, exc_info=exc)
+    return OpenAIError(
+        500, "The Kyma bridge had an internal error. Please retry.", "api_error"
+    ).response({"x-request-id": new_request_id()})
+
+
+# What CORSMiddleware adds to the response to a request without an Origin header.
+_VARY_ORIGIN = ((b"vary", b"Origin"),)
+
+
+class _Bridge(FastAPI):
+    """FastAPI, with a lean path in front for the inference endpoints.
+
+    A POST to one of them without an Origin header (an API client's, not a browser page's) is
+    answered by `inference_routes.serve` directly, without FastAPI's layers per request (its
+    middleware, routing, dependency solving and exception middleware: a good part of the
+    bridge's CPU per request). Everything observable is as FastAPI answers it: the same
+    handler makes the response (FastAPI's routes call it too), the `Vary: Origin` that CORS
+    adds is added, and its exception handling is done the same way here: a client that left
+    is answered 499 (`disconnects.py`), an unexpected error is logged and answered 500 and
+    raised on to the server. Requests with an Origin header (CORS) and every other route take
+    FastAPI's way; the routes stay in FastAPI's table, so the OpenAPI document is unchanged.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and (route := inference_routes.INFERENCE_ROUTES.get(scope["path"])) is not None
+            and not scope.get("root_path")
+        ):
+            head = inference_routes.Head(scope)
+            if head.origin is None:
+                await self._lean(
+                    route, inference_routes.Exchange(scope, receive, send, head, _VARY_ORIGIN)
+                )
+                return
+        await super().__call__(scope, receive, send)
+
+    async def _lean(self, route: Any, exchange: inference_routes.Exchange) -> None:
+        state = self.state
+        try:
+            await inference_routes.serve(exchange, route, state.core, state.settings.max_body_bytes)
+        except (ClientGone, ClientDisconnect):
+            if not exchange.started:
+                await exchange.respond(Response(status_code=CLIENT_CLOSED_REQUEST))
+        except Exception as exc:
+            # As Starlette's ServerErrorMiddleware does (outside CORS: no tail).
+            response = _unexpected(exc)
+            if not exchange.started:
+                await response(exchange.scope, exchange.receive, exchange.send)
+            raise

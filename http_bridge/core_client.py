@@ -232,6 +232,11 @@ def call_metadata(
             (MetadataKey.SESSION, token),
             *(((MetadataKey.CSRF_TOKEN, csrf),) if csrf else ()),
         )
+    return key_metadata(authorization, request_id)
+
+
+def key_metadata(authorization: str, request_id: str) -> Metadata:
+    """An `Authorization` header and the request id, as the core reads them."""
     if not (
         len(authorization) <= MAX_AUTHORIZATION_CHARS
         and authorization.isascii()

@@ -76,6 +76,10 @@ class BridgeMetrics:
 
     def middleware(self, app: ASGI) -> ASGI:
         requests, duration = self.requests, self.duration
+        # Each label set's series, looked up once (routes and statuses are few: see route_of).
+        counted: dict[tuple[str, int], Any] = {}
+        timed: dict[str, Any] = {}
+        clock = time.perf_counter
 
         async def measured(
             scope: Scope,
@@ -85,13 +89,20 @@ class BridgeMetrics:
             if scope["type"] != "http":
                 await app(scope, receive, send)
                 return
-            started = time.perf_counter()
+            started = clock()
             route = route_of(scope.get("path", ""))
 
             async def send_measured(message: Message) -> None:
                 if message["type"] == "http.response.start":
-                    requests.labels(route, str(message["status"])).inc()
-                    duration.labels(route).observe(time.perf_counter() - started)
+                    status = message["status"]
+                    counter = counted.get((route, status))
+                    if counter is None:
+                        counter = counted[route, status] = requests.labels(route, str(status))
+                    counter.inc()
+                    histogram = timed.get(route)
+                    if histogram is None:
+                        histogram = timed[route] = duration.labels(route)
+                    histogram.observe(clock() - started)
                 await send(message)
 
             await app(scope, receive, send_measured)
