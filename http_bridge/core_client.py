@@ -23,6 +23,15 @@ it nothing (the rule is `resendable`):
   finished the answer, and lost it in transit as the connection broke (a network fault between
   bridge and core; a core stopping or dying cannot cause it): that call is charged and
   answered again. A call that received any part of its answer is never resent.
+- An inference call that fails CANCELLED with no reason, before any of its answer arrived, and
+  that the bridge did not cancel itself (its own cancellations raise no gRPC error), is sent
+  again too: that is how gRPC ends the calls a core had received but not yet begun when it
+  starts to shut down (seen in the cluster test as a 500 for a call racing a core's SIGTERM);
+  they did nothing there. A core cancels a call it had begun only once its shutdown grace
+  (`KYMA_SHUTDOWN_GRACE_SECONDS`) has run out; such a call's hold is released, as for a client
+  that left — unless the answer was complete and only waiting for its settlement to commit
+  (at most 2 s, during a shutdown in which the writer still runs), the one window in which
+  this resend charges twice.
 - Everything else is not resent: an answer that carries a core's reason (the core decided,
   e.g. the upstreams failed after failover), and calls that change something other than
   money in ways a second try would repeat (sign-up mails a code and makes an account, a key
@@ -146,11 +155,16 @@ async def with_resends(attempt: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")
 
 
+# Failures of an inference call that may mean no core began it (see the docstring).
+_RESENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+
+
 def resendable(error: grpc.aio.AioRpcError) -> bool:
     """Whether an inference call that failed with `error`, before any of its answer arrived,
-    may be sent to another core: only when no core gave a reason (its connection broke, or
-    none was reachable). A core's own UNAVAILABLE always carries one (see the docstring)."""
-    if error.code() != grpc.StatusCode.UNAVAILABLE:
+    may be sent to another core: only when no core gave a reason (its connection broke, none
+    was reachable, or a stopping core dropped it unbegun). A core's own UNAVAILABLE always
+    carries one (see the docstring)."""
+    if error.code() not in _RESENT_CODES:
         return False
     return not any(key == "grpc-status-details-bin" for key, _ in error.trailing_metadata() or ())
 

@@ -130,9 +130,14 @@ class _Failed(grpc.aio.AioRpcError):
 
 def test_only_a_call_no_core_answered_is_resent() -> None:
     assert resendable(_Failed(grpc.StatusCode.UNAVAILABLE, ()))
+    # What gRPC answers for a call a stopping core had received but not begun.
+    assert resendable(_Failed(grpc.StatusCode.CANCELLED, ()))
     # A core's own UNAVAILABLE (upstreams down after failover, database down) has a reason.
     assert not resendable(
         _Failed(grpc.StatusCode.UNAVAILABLE, (("grpc-status-details-bin", b"\x08\x0e"),))
+    )
+    assert not resendable(
+        _Failed(grpc.StatusCode.CANCELLED, (("grpc-status-details-bin", b"\x08\x01"),))
     )
     for code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL):
         assert not resendable(_Failed(code, ()))
