@@ -134,6 +134,7 @@ def build_server(
             logs=RequestLogQuery(storage.reads),
             low_balance=billing.low_balance,
             terms_link=f"{public_base_url.rstrip('/')}/terms",
+            tiers=limits.tiers,
         ),
         server,
     )

@@ -5,6 +5,7 @@ session's CSRF token)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 from datetime import UTC, datetime
 
 import grpc
@@ -37,6 +38,7 @@ from core_service.edge.metadata import credentials
 from core_service.errors import InvalidRequest, NotFound, Unauthenticated
 from core_service.logs.lookup import RequestRecords
 from core_service.logs.query import RequestLogQuery
+from core_service.ratelimit.tiers import TierTable
 from core_service.referrals.program import ReferralProgram
 from core_service.standing import check_in_good_standing
 from core_service.terms import TermsCatalogue
@@ -128,7 +130,9 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
         logs: RequestLogQuery,
         low_balance: LowBalanceAlerts | None = None,
         terms_link: str = "",
+        tiers: TierTable | None = None,
     ) -> None:
+        self._tiers = tiers
         self._callers = callers
         self._requests = requests
         self._referrals = referrals
@@ -162,6 +166,12 @@ class AccountingServicer(pb_grpc.AccountingServiceServicer):
         changed = terms_notice(account, self._terms, self._terms_link)
         if changed is not None:
             notices.insert(0, changed)
+        if self._tiers is not None:
+            # The tier as of the balance just read: the caller's cached lookup learns of a
+            # purchase a moment later (the account-event feed), and this answer must agree
+            # with the `total_purchased` it shows.
+            tier = self._tiers.effective(balance.total_purchased_nanos, account.pinned_tier)
+            principal = dataclasses.replace(principal, tier=tier)
         reply = pb.GetAccountResponse(
             account=account_message(account, tier=principal.tier.tier),
             balance=balance_message(balance),

@@ -91,6 +91,12 @@ async def test_checkout_then_paid_webhook_credits_once(paying_kyma) -> None:
     balance = await kyma.balance(account_id)
     assert balance.balance_nanos == 500_000_000 + 25 * 10**9
     assert balance.total_purchased_nanos == 25 * 10**9
+    # The account's own view agrees with itself at once, whether or not this node's cached
+    # key lookup has learned of the purchase yet (the console shows both side by side).
+    async with kyma.http() as http:
+        at_once = (await http.get("/v1/account", headers={"authorization": f"Bearer {key}"})).json()
+    assert at_once["total_purchased_usd"] == "25.000000000" and at_once["tier"] == 1
+    assert at_once["limits"]["requests_per_minute"] == 60
     # $25 purchased crosses tier 1's $10: its limits apply once the key lookup is refreshed.
     await kyma.account_changes_seen()
     async with kyma.http() as http:
