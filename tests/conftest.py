@@ -157,6 +157,9 @@ def pg_url() -> Iterator[str]:
 
 def write_catalog(path: pathlib.Path, upstream: Upstream) -> pathlib.Path:
     path.write_text(
+        # Timeouts far above what any test's upstream takes, even with 200 requests at once on
+        # a machine whose cores are busy with other work: a timeout here is a test's own choice
+        # (a hanging upstream), never the machine's speed.
         f"""
 models:
   - name: test-model
@@ -169,7 +172,7 @@ models:
         base_url: {upstream.base_url}
         model: upstream-model
         api_key_env: KYMA_TEST_UPSTREAM_KEY
-        timeouts: {{connect: 2, first_token: 2, idle: 5, total: 30}}
+        timeouts: {{connect: 5, first_token: 10, idle: 10, total: 60}}
   - name: native-model
     owned_by: kyma-tests
     max_output_tokens: 2048
@@ -181,7 +184,7 @@ models:
         model: upstream-model
         api_key_env: KYMA_TEST_UPSTREAM_KEY
         dialects: [chat, responses, messages]
-        timeouts: {{connect: 2, first_token: 2, idle: 5, total: 30}}
+        timeouts: {{connect: 5, first_token: 10, idle: 10, total: 60}}
   - name: kyma-demo
     deployments:
       - base_url: demo://local/v1
@@ -202,7 +205,7 @@ models:
         base_url: {upstream.base_url}
         model: upstream-model
         api_key_env: KYMA_TEST_UPSTREAM_KEY
-        timeouts: {{connect: 2, first_token: 2, idle: 5, total: 30}}
+        timeouts: {{connect: 5, first_token: 10, idle: 10, total: 60}}
 """
     )
     return path

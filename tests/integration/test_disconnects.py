@@ -102,7 +102,7 @@ async def test_upstream_hang_times_out_as_504(kyma, account) -> None:
     await kyma.upstream.control(hang_rate=1.0)
     async with kyma.client(account[1]) as sdk:
         with pytest.raises(openai.APIStatusError) as caught:
-            # the test catalogue's first-token timeout is 2 s; a total timeout bounds unary calls
+            # the test catalogue's first-token timeout is 10 s; a total timeout bounds unary calls
             await asyncio.wait_for(
                 sdk.chat.completions.create(
                     model="test-model",
