@@ -225,80 +225,59 @@ class Core:
             ["model", "deployment"],
             (([s.model, s.deployment], states[s.state.value]) for s in statuses),
         )
-        yield gauge(
-            "kyma_ratelimit_shared",
-            "1 while limits are counted in Redis",
-            [],
-            [([], float(self.limits.limiter.shared))],
-        )
-        yield gauge(
-            "kyma_ratelimit_local_decisions",
-            "Limiter calls served per node (Redis unreachable)",
-            [],
-            [([], self.limits.fallbacks)],
-        )
-        yield gauge(
-            "kyma_ratelimit_unreconciled",
-            "Per-node counts (key, second) Redis has yet to be told of",
-            [],
-            [([], self.limits.unreconciled)],
-        )
-        request_log = self.storage.request_log
-        yield gauge(
-            "kyma_request_log_pending",
-            "Request-log entries waiting to be written",
-            [],
-            [([], request_log.pending)],
-        )
-        yield gauge(
-            "kyma_request_log_dropped",
-            "Request-log entries dropped (buffer full)",
-            [],
-            [([], request_log.dropped)],
-        )
-        yield gauge(
-            "kyma_request_log_written",
-            "Request-log entries written",
-            [],
-            [([], request_log.written)],
-        )
-        writer = self.storage.writer
-        yield gauge(
-            "kyma_writer_queue_depth",
-            "Holds, settlements and checkpoints waiting for the database writer",
-            [],
-            [([], writer.depth)],
-        )
-        yield gauge(
-            "kyma_writer_queue_age_seconds",
-            "How long the oldest queued write has waited",
-            [],
-            [([], writer.oldest_age)],
-        )
-        yield gauge(
-            "kyma_writer_batches",
-            "Batches the writer committed (one transaction each)",
-            [],
-            [([], writer.stats.batches)],
-        )
-        yield gauge(
-            "kyma_writer_operations",
-            "Operations the writer committed",
-            [],
-            [([], writer.stats.operations)],
-        )
-        yield gauge(
-            "kyma_writer_failures",
-            "Batches the database refused (retried)",
-            [],
-            [([], writer.stats.failures)],
-        )
-        yield gauge(
-            "kyma_background_tasks",
-            "Settlements and other work in flight",
-            [],
-            [([], self.tasks.pending)],
-        )
+        request_log, writer = self.storage.request_log, self.storage.writer
+        scalars: list[tuple[str, str, float]] = [
+            (
+                "kyma_ratelimit_shared",
+                "1 while limits are counted in Redis",
+                float(self.limits.limiter.shared),
+            ),
+            (
+                "kyma_ratelimit_local_decisions",
+                "Limiter calls served per node (Redis unreachable)",
+                self.limits.fallbacks,
+            ),
+            (
+                "kyma_ratelimit_unreconciled",
+                "Per-node counts (key, second) Redis has yet to be told of",
+                self.limits.unreconciled,
+            ),
+            (
+                "kyma_request_log_pending",
+                "Request-log entries waiting to be written",
+                request_log.pending,
+            ),
+            (
+                "kyma_request_log_dropped",
+                "Request-log entries dropped (buffer full)",
+                request_log.dropped,
+            ),
+            ("kyma_request_log_written", "Request-log entries written", request_log.written),
+            (
+                "kyma_writer_queue_depth",
+                "Holds, settlements and checkpoints waiting for the database writer",
+                writer.depth,
+            ),
+            (
+                "kyma_writer_queue_age_seconds",
+                "How long the oldest queued write has waited",
+                writer.oldest_age,
+            ),
+            (
+                "kyma_writer_batches",
+                "Batches the writer committed (one transaction each)",
+                writer.stats.batches,
+            ),
+            ("kyma_writer_operations", "Operations the writer committed", writer.stats.operations),
+            (
+                "kyma_writer_failures",
+                "Batches the database refused (retried)",
+                writer.stats.failures,
+            ),
+            ("kyma_background_tasks", "Settlements and other work in flight", self.tasks.pending),
+        ]
+        for name, documentation, value in scalars:
+            yield gauge(name, documentation, [], [([], value)])
 
 
 async def build_core(

@@ -12,18 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 from core_service.billing.metering import Charge
-from core_service.dialects.common import new_id, stream_event, upstream_failure
+from core_service.dialects.chat_relay import ChatStreamTranslation
+from core_service.dialects.common import new_id
 from core_service.dialects.messages.events import MessageEvents, error_event
 from core_service.dialects.messages.from_chat import stop_of
 from core_service.dialects.messages.request import MessagesCall
 from core_service.dialects.tally import Tally
 from core_service.errors import KymaError
 from core_service.inference.dialect import Event
-from core_service.inference.usage import usage_from_upstream
 from core_service.values import TokenUsage
 
 
-class TranslatedRelay:
+class TranslatedRelay(ChatStreamTranslation[MessageEvents]):
     def __init__(self, call: MessagesCall, public_model: str, tally: Tally, estimate: int) -> None:
         self._call = call
         self._tally = tally
@@ -45,10 +45,6 @@ class TranslatedRelay:
         self._calls: dict[int, int] = {}
         self._finish: Any = None
         self._matched: Any = None
-
-    @property
-    def cut(self) -> bool:
-        return self._tally.cut
 
     def _close(self, index: int | None) -> list[Event]:
         return [] if index is None else self._events.close(index)
@@ -105,28 +101,9 @@ class TranslatedRelay:
                 out.append(events.delta(self._calls[position], arguments))
         return True
 
-    def rewrite_all(self, batch: list[bytes]) -> list[Event]:
-        out: list[Event] = []
-        if not self._started:
-            self._started = True
-            out.extend(self._events.start())
-        for data in batch:
-            if self._tally.cut:
-                break
-            chunk = stream_event(data)
-            if "error" in chunk:
-                raise upstream_failure(chunk)
-            self._tally.report(usage_from_upstream(chunk.get("usage")))
-            for choice in chunk.get("choices") or []:
-                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                    continue
-                delta = choice.get("delta")
-                if isinstance(delta, dict) and not self._delta(delta, out):
-                    return out
-                if choice.get("finish_reason") is not None:
-                    self._finish = choice["finish_reason"]
-                    self._matched = choice.get("stop_reason")
-        return out
+    def _finished(self, choice: dict[str, Any]) -> None:
+        self._finish = choice["finish_reason"]
+        self._matched = choice.get("stop_reason")
 
     def usage(self, *, complete: bool) -> TokenUsage:
         return self._tally.usage(complete=complete)

@@ -14,7 +14,8 @@ from typing import Any
 import orjson
 
 from core_service.billing.metering import Charge
-from core_service.dialects.common import new_id, stream_event, upstream_failure
+from core_service.dialects.chat_relay import ChatStreamTranslation
+from core_service.dialects.common import new_id
 from core_service.dialects.responses.events import ResponseEvents, shell
 from core_service.dialects.responses.from_chat import INCOMPLETE_BY_FINISH
 from core_service.dialects.responses.request import ResponsesCall
@@ -22,11 +23,10 @@ from core_service.dialects.responses.to_chat import ChatTranslation, chat_name_o
 from core_service.dialects.tally import Tally
 from core_service.errors import KymaError
 from core_service.inference.dialect import Event
-from core_service.inference.usage import usage_from_upstream
 from core_service.values import TokenUsage
 
 
-class TranslatedRelay:
+class TranslatedRelay(ChatStreamTranslation[ResponseEvents]):
     def __init__(
         self, call: ResponsesCall, translation: ChatTranslation, public_model: str, tally: Tally
     ) -> None:
@@ -38,10 +38,6 @@ class TranslatedRelay:
         self._reasoning: int | None = None  # the open reasoning item
         self._calls: dict[int, int] = {}  # chat tool call index → output index
         self._finish: Any = None
-
-    @property
-    def cut(self) -> bool:
-        return self._tally.cut
 
     def _close(self, index: int | None) -> list[Event]:
         return [] if index is None else self._events.close(index)
@@ -91,28 +87,6 @@ class TranslatedRelay:
             if isinstance(arguments, str) and arguments:
                 out.append(events.arguments_delta(self._calls[position], arguments))
         return True
-
-    def rewrite_all(self, batch: list[bytes]) -> list[Event]:
-        out: list[Event] = []
-        if not self._started:
-            self._started = True
-            out.extend(self._events.start())
-        for data in batch:
-            if self._tally.cut:
-                break
-            chunk = stream_event(data)
-            if "error" in chunk:
-                raise upstream_failure(chunk)
-            self._tally.report(usage_from_upstream(chunk.get("usage")))
-            for choice in chunk.get("choices") or []:
-                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                    continue
-                delta = choice.get("delta")
-                if isinstance(delta, dict) and not self._delta(delta, out):
-                    return out
-                if choice.get("finish_reason") is not None:
-                    self._finish = choice["finish_reason"]
-        return out
 
     def usage(self, *, complete: bool) -> TokenUsage:
         return self._tally.usage(complete=complete)
