@@ -16,7 +16,9 @@ checkpoint is handed to that thread.
 Failure semantics are the same on either path: a batch that raises was rolled back whole
 (nothing of it happened), and the error goes to the writer (`writer.py`), which retries or
 refuses by its kind. Only a lock held elsewhere sends a batch from the loop to the thread;
-any other error on the loop is the batch's own and is raised as it is.
+any other error on the loop is the batch's own and is raised as it is. A connection that a
+failure leaves inside its transaction (not even ROLLBACK worked: a broken disk) is closed,
+which rolls it back, and the next batch opens a fresh one.
 """
 
 from __future__ import annotations
@@ -146,7 +148,14 @@ class SqliteHoldStore:
                 return ran[0]
 
         def transaction() -> T:
-            return _transaction(self._conn(), work)
+            db = self._conn()
+            try:
+                return _transaction(db, work)
+            except BaseException:
+                if db.in_transaction:  # not even ROLLBACK worked: start afresh next time
+                    self._connection = None
+                    db.close()
+                raise
 
         self.stats.threaded += 1
         return await asyncio.get_running_loop().run_in_executor(self._executor, transaction)
@@ -161,7 +170,13 @@ class SqliteHoldStore:
             if _busy(error):
                 return None
             raise
-        return (_transaction(db, work, begun=True),)
+        try:
+            return (_transaction(db, work, begun=True),)
+        except BaseException:
+            if db.in_transaction:  # not even ROLLBACK worked: start afresh next time
+                self._loop_connection = None
+                db.close()
+            raise
 
     def _after_inline(self) -> None:
         self._since_checkpoint += 1
