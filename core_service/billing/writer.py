@@ -1,7 +1,9 @@
 """The one writer of a database's holds: every request's place, settle, release and checkpoint
 goes through it, and it commits everything pending in one transaction (group commit, as
 PostgreSQL and TigerBeetle batch). While a batch commits, the next gathers; there is no timer,
-so a lone request waits for nothing but its own commit.
+so a lone request waits for nothing but its own commit. (A store may commit a small batch
+without suspending at all — SQLite's, when its write lock is free: `hold_store_sqlite.py`;
+the operations that arrive meanwhile then gather while the event loop serves their callers.)
 
 Failure semantics:
 

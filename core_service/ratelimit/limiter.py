@@ -168,6 +168,9 @@ class Ticket:
     slot_key: str = ""
 
 
+_MAX_KEYS = 100_000
+
+
 def _share(total: int, shards: int, shard: int) -> int:
     """Shard `shard`'s part of `total`: the parts add up to `total` exactly."""
     return total // shards + (1 if shard < total % shards else 0)
@@ -203,10 +206,18 @@ class DeploymentGate:
         self._tasks = tasks
         self._shards = shards
         self._rng = rng or random.Random()
+        # Counter keys by (model, deployment, shard, what): few, and asked for on every request.
+        self._keys: dict[tuple[str, str, int, str], str] = {}
 
-    @staticmethod
-    def _key(model: Model, deployment: Deployment, shard: int, what: str) -> str:
-        return rate_key("dep", rate_key(model.name, deployment.name, str(shard)), what)
+    def _key(self, model: Model, deployment: Deployment, shard: int, what: str) -> str:
+        known = (model.name, deployment.name, shard, what)
+        key = self._keys.get(known)
+        if key is None:
+            if len(self._keys) >= _MAX_KEYS:  # names of a catalog long replaced
+                self._keys.clear()
+            key = rate_key("dep", rate_key(model.name, deployment.name, str(shard)), what)
+            self._keys[known] = key
+        return key
 
     def shard_count(self, deployment: Deployment) -> int:
         limits = deployment.limits

@@ -12,10 +12,13 @@ import random
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 import pytest
 import pytest_asyncio
 import redis.asyncio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from core_service.ratelimit.local_store import InProcessRateLimitStore
 from core_service.ratelimit.redis_store import RedisRateLimitStore
@@ -515,3 +518,11 @@ async def test_redis_agrees_with_the_in_process_store_on_random_histories(
             limits = [Limit(key, 100, 0) for key in keys]
             views = [await store.peek(limits) for store in stores]
             assert same(views[0], views[1]), step
+
+
+@given(st.lists(st.text(), min_size=1, max_size=5))
+def test_rate_key_escapes_every_part_as_quote_does(parts: list[str]) -> None:
+    """Parts that need no escape skip `quote`; the key is the same as with it."""
+    assert rate_key(*parts) == ":".join(quote(part, safe="") for part in parts)
+    plain = ["acct_01HZ", "gpt-4o-mini", "a.b~c", "x_y-z"]
+    assert rate_key(*plain) == ":".join(plain)
