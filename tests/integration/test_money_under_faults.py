@@ -82,7 +82,7 @@ def patient_catalog(path: pathlib.Path, upstream: Upstream) -> pathlib.Path:
     write_catalog(path, upstream)
     usual = path.read_text()
     patient = usual.replace(
-        "timeouts: {connect: 2, first_token: 2, idle: 5, total: 30}",
+        "timeouts: {connect: 5, first_token: 10, idle: 10, total: 60}",
         "timeouts: {connect: 30, first_token: 60, idle: 60, total: 300}",
     )
     assert patient != usual, "the tests' catalogue changed: update patient_catalog"
