@@ -84,8 +84,9 @@ def test_nginx_accepts_the_configuration(tmp_path: pathlib.Path) -> None:
         pytest.skip("nginx is not installed (apt package nginx; ./scripts/setup-system)")
     conf = (DEPLOY / "nginx" / "nginx.conf").read_text()
     conf = conf.replace("bridge-1:8000", "127.0.0.1:1").replace("bridge-2:8000", "127.0.0.1:2")
-    conf = conf.replace("/etc/nginx/kyma-proxy.conf", str(DEPLOY / "nginx" / "kyma-proxy.conf"))
+    # Temporary paths first: the checkout itself may live under /tmp.
     conf = conf.replace("/tmp/", f"{tmp_path}/").replace("listen 8080", "listen 127.0.0.1:1")
+    conf = conf.replace("/etc/nginx/kyma-proxy.conf", str(DEPLOY / "nginx" / "kyma-proxy.conf"))
     conf = f"error_log {tmp_path}/error.log;\n" + conf
     (tmp_path / "nginx.conf").write_text(conf)
     result = subprocess.run(
