@@ -9,34 +9,7 @@ from typing import Any
 
 import orjson
 
-from core_service.errors import InvalidRequest, UpstreamError
-from core_service.inference.requests import MAX_MODEL_CHARS
-from core_service.inference.validation import check_depth, too_deep
-
-
-def request_body(raw: bytes, *, missing_model: str) -> dict[str, Any]:
-    """A client's JSON object body, nested no deeper than Kyma allows, naming a model (what
-    `missing_model` says when it does not)."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        if "depth limit" in str(error) or "ecursion limit" in str(error):
-            raise too_deep() from None
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. Send a valid JSON object."
-        ) from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    check_depth(body)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest(missing_model, param="model")
-    if len(model) > MAX_MODEL_CHARS:
-        raise InvalidRequest(
-            f"'model' is longer than {MAX_MODEL_CHARS} characters; no model has such a name.",
-            param="model",
-        )
-    return body
+from core_service.errors import UpstreamError
 
 
 def json_object(reply: bytes) -> dict[str, Any]:

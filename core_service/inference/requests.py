@@ -44,10 +44,9 @@ def _require(body: dict[str, Any], field: str, what: str) -> Any:
     return value
 
 
-def parse_request(
-    endpoint: Endpoint, raw: bytes, *, stream: bool | None = None
-) -> InferenceRequest:
-    """Parse and check `raw`. `stream` forces streaming on or off (the RPC decides, not the body)."""
+def request_body(raw: bytes, *, missing_model: str) -> dict[str, Any]:
+    """A client's JSON object body, nested no deeper than Kyma allows, naming a model (what
+    `missing_model` says when it does not)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
@@ -62,12 +61,21 @@ def parse_request(
     check_depth(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise InvalidRequest("You must provide a model parameter.", param="model")
+        raise InvalidRequest(missing_model, param="model")
     if len(model) > MAX_MODEL_CHARS:
         raise InvalidRequest(
             f"'model' is longer than {MAX_MODEL_CHARS} characters; no model has such a name.",
             param="model",
         )
+    return body
+
+
+def parse_request(
+    endpoint: Endpoint, raw: bytes, *, stream: bool | None = None
+) -> InferenceRequest:
+    """Parse and check `raw`. `stream` forces streaming on or off (the RPC decides, not the body)."""
+    body = request_body(raw, missing_model="You must provide a model parameter.")
+    model: str = body["model"]
 
     if endpoint == "chat.completions":
         messages = _require(body, "messages", "list")

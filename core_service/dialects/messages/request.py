@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 
 from core_service import tokens
-from core_service.dialects.common import request_body
 from core_service.errors import InvalidRequest
+from core_service.inference.requests import request_body
 from core_service.values import InferenceRequest
 
 _ROLES = ("user", "assistant", "system")
