@@ -17,6 +17,8 @@ from core_service.inference.usage import usage_from_upstream
 class _Starts(Protocol):
     def start(self) -> Sequence[Event]: ...
 
+    def close(self, index: int) -> list[Event]: ...
+
 
 _Events = TypeVar("_Events", bound=_Starts)
 
@@ -30,6 +32,10 @@ class ChatStreamTranslation(Generic[_Events]):
     @property
     def cut(self) -> bool:
         return self._tally.cut
+
+    def _close(self, index: int | None) -> list[Event]:
+        """The events that close an open block or item (none when nothing is open)."""
+        return [] if index is None else self._events.close(index)
 
     def _delta(self, delta: dict[str, Any], out: list[Event]) -> bool:
         """Add the events of one delta to `out`; False once the held limit cut the stream."""

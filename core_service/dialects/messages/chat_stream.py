@@ -46,9 +46,6 @@ class TranslatedRelay(ChatStreamTranslation[MessageEvents]):
         self._finish: Any = None
         self._matched: Any = None
 
-    def _close(self, index: int | None) -> list[Event]:
-        return [] if index is None else self._events.close(index)
-
     def _open(self, block: dict[str, Any], out: list[Event]) -> int:
         index, started = self._events.open_block(block)
         out.append(started)

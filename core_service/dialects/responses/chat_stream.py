@@ -39,9 +39,6 @@ class TranslatedRelay(ChatStreamTranslation[ResponseEvents]):
         self._calls: dict[int, int] = {}  # chat tool call index → output index
         self._finish: Any = None
 
-    def _close(self, index: int | None) -> list[Event]:
-        return [] if index is None else self._events.close(index)
-
     def _delta(self, delta: dict[str, Any], out: list[Event]) -> bool:
         """The events of one choice delta; False when the stream is cut."""
         events = self._events
