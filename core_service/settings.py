@@ -258,9 +258,10 @@ class Settings(BaseSettings):
         description="KYMA_REDIS_URL names a node of a Redis Cluster (the others are discovered).",
     )
     redis_warm_connections: int = Field(
-        default=16,
+        default=32,
         ge=1,
-        description="Connections to Redis opened at start-up, so a burst finds a warm pool.",
+        description="Connections to Redis each core opens at start-up and keeps (its pool's "
+        "size): a burst waits for one rather than opening new ones mid-burst.",
     )
     max_attempts_per_request: int = Field(
         default=3, ge=1, description="Deployments one request may try."

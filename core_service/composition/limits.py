@@ -50,7 +50,10 @@ class Limits:
 def _redis_client(settings: Settings, url: str) -> RedisClient:
     """A client for the limiter alone. Its own timeouts are far above the limiter's budget:
     the fallback store decides when Redis is too slow, measuring Redis's time, not this node's
-    event loop (fallback.py); a full pool waits rather than fails."""
+    event loop (fallback.py). The pool holds `redis_warm_connections`, all opened at start-up:
+    a burst waits for one of them rather than opening connections in the middle of it, whose
+    handshakes (connect, CLIENT SETINFO) would count against that budget — a burst of 50 over 16
+    warm connections through a 5 ms link tripped the fallback that way."""
     import redis.asyncio
     import redis.asyncio.cluster
     from redis.asyncio.retry import Retry
@@ -69,7 +72,7 @@ def _redis_client(settings: Settings, url: str) -> RedisClient:
         # A connection that died with a restarted server is replaced once, at once: else each
         # pooled connection would fail one call after Redis is back.
         retry=Retry(NoBackoff(), 1),
-        max_connections=200,
+        max_connections=settings.redis_warm_connections,
         timeout=patience,
         socket_timeout=patience,
         socket_connect_timeout=patience,
