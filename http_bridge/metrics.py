@@ -10,6 +10,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from http_bridge.console.pages import PAGES
+from http_bridge.openapi import OPERATIONS
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -18,42 +19,27 @@ ASGI = Callable[
 ]
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-# Routes are counted by template, so ids in paths do not make a label per request.
-_KNOWN = frozenset(
-    {
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/embeddings",
-        "/v1/models",
-        "/v1/account",
-        "/v1/account/keys",
-        "/v1/account/usage",
-        "/v1/account/ledger",
-        "/v1/account/referrals",
-        "/v1/auth/signup",
-        "/v1/auth/verify",
-        "/v1/billing/checkout",
-        "/v1/billing/stripe/webhook",
-        "/healthz",
-        "/readyz",
-        "/openapi.json",
-    }
+# Routes are counted by template, so ids in paths do not make a label per request: the
+# templates are those of the OpenAPI document, which lists every route the bridge serves (the
+# bridge does not start if one is missing), so a new route is labelled without being listed here.
+_EXACT = frozenset(path for _method, path in OPERATIONS if "{" not in path) | {"/openapi.json"}
+# Every template's parameter is its last segment: "/v1/models/{model}" -> ("/v1/models/", ...);
+# what follows the prefix may hold slashes (model names do), the label set stays bounded.
+_TEMPLATES = tuple(
+    sorted({(path[: path.index("{")], path) for _method, path in OPERATIONS if "{" in path})
 )
-
-
 # The console's pages are few and fixed; its assets are counted as one route.
 _CONSOLE = frozenset(page.path for page in PAGES)
 
 
 def route_of(path: str) -> str:
-    if path in _KNOWN or path in _CONSOLE:
+    if path in _EXACT or path in _CONSOLE:
         return path
     if path.startswith("/static/"):
         return "/static/{name}"
-    if path.startswith("/v1/models/"):
-        return "/v1/models/{model}"
-    if path.startswith("/v1/account/keys/"):
-        return "/v1/account/keys/{id}"
+    for prefix, template in _TEMPLATES:
+        if path.startswith(prefix) and path != prefix:
+            return template
     return "other"
 
 

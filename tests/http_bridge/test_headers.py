@@ -35,6 +35,11 @@ def test_metric_routes_are_templates() -> None:
 
     assert route_of("/v1/chat/completions") == "/v1/chat/completions"
     assert route_of("/v1/models/meta/llama-3") == "/v1/models/{model}"
-    assert route_of("/v1/account/keys/key_123") == "/v1/account/keys/{id}"
+    assert route_of("/v1/account/keys/key_123") == "/v1/account/keys/{key_id}"
+    # Every dialect's endpoints by name (they were all "other" once).
+    for path in ("/v1/responses", "/v1/messages", "/v1/messages/count_tokens", "/v1/status"):
+        assert route_of(path) == path
+    assert route_of("/v1/responses/resp_1") == "/v1/responses/{response_id}"
+    assert route_of("/v1/account/requests/req_1") == "/v1/account/requests/{request_id}"
     assert route_of("/v1/account/usage") == "/v1/account/usage"
     assert route_of("/wp-admin/../../etc/passwd") == "other"
