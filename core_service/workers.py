@@ -268,7 +268,10 @@ def serve(part: str) -> int:
             return
         if bridge_count:
             start("bridge", 0)
-        if ready >= {("core", 0)} | ({("bridge", 0)} if bridge_count else set()):
+        first_pair = {("core", 0)} if core_count else set()
+        if bridge_count:
+            first_pair.add(("bridge", 0))
+        if ready >= first_pair:
             for index in range(core_count):
                 start("core", index)
             for index in range(bridge_count):

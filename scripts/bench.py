@@ -256,12 +256,27 @@ def start_stack(
     if args.log_level:
         env["KYMA_LOG_LEVEL"] = args.log_level
     env.update(args.core_env)
+    # With --workers N: N cores under one `kyma serve core` parent (ports GRPC_PORT + k) and N
+    # bridges under one `kyma serve bridge` parent (sharing the HTTP port, each balancing over
+    # every core), as `kyma serve` runs them; "core" and "bridge" below are then the two trees.
+    ready_line = r"kyma core listening on"
+    bridge_env = env
+    if args.workers > 1:
+        env["KYMA_WORKERS"] = str(args.workers)
+        env["KYMA_METRICS_PORT"] = env["KYMA_BRIDGE_METRICS_PORT"] = "0"  # any free ports
+        ready_line = r"kyma serving on"
+        bridge_env = {
+            **env,
+            "KYMA_CORE_ADDRESS": ",".join(f"{HOST}:{grpc_port + k}" for k in range(args.workers)),
+        }
     launched = time.monotonic()
     core = procs.start("core", [KYMA, "serve", "core"], env)
-    procs.wait_for_line("core", core, r"kyma core listening on", 90)
+    procs.wait_for_line("core", core, ready_line, 90)
     core_ready = time.monotonic()
-    bridge = procs.start("bridge", [KYMA, "serve", "bridge"], env)
-    procs.wait_for_line("bridge", bridge, r"kyma bridge listening on", 90)
+    bridge = procs.start("bridge", [KYMA, "serve", "bridge"], bridge_env)
+    procs.wait_for_line(
+        "bridge", bridge, ready_line.replace("core listening", "bridge listening"), 90
+    )
     wait_http(f"http://{HOST}:{http_port}/healthz", bridge, "bridge", 30)
     wait_http(f"http://{HOST}:{http_port}/readyz", bridge, "bridge (core reachable)", 30)
     # one after the other (not as `kyma serve` starts them): each one's own start-up time
@@ -1089,6 +1104,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "default 1)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Kyma as KYMA_WORKERS=N runs it: N cores and N bridges (two process trees; their "
+        "CPU and RSS are counted whole). Default 1: one core and one bridge process",
+    )
+    parser.add_argument(
         "--core-env",
         action="append",
         default=[],
@@ -1149,6 +1172,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--modes none leaves only the soak: give --soak MINUTES")
     if args.duration <= 0 or args.warmup < 0 or args.requests < 1:
         parser.error("--duration and --requests must be positive, --warmup not negative")
+    if args.workers < 1:
+        parser.error("--workers takes a positive number")
     if args.one_account:
         args.accounts = 1
     if args.accounts < 1:
@@ -1292,6 +1317,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_s": args.warmup,
             "max_requests": args.requests,
             "concurrency": args.concurrency,
+            "workers": args.workers,
             "modes": args.modes,
             "stream_tokens": args.stream_tokens,
             "paced": {

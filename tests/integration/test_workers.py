@@ -371,3 +371,63 @@ async def test_a_second_kyma_on_the_same_port_fails_instead_of_sharing_it(
     assert b"Address already in use" in err and b"kyma serving" not in out
     async with httpx.AsyncClient(base_url=served.url, timeout=LIVENESS) as http:
         assert (await http.get("/readyz")).json()["status"] == "ready"
+
+
+async def test_bridges_alone_serve_with_two_workers(
+    served: Serving, tmp_path: pathlib.Path
+) -> None:
+    """`kyma serve bridge` with KYMA_WORKERS=2 (bridge machines of a cluster, and the bench's
+    --workers): both bridges start and the parent says it serves (it once waited for a core
+    of its own that a bridge-only parent never starts), and requests pass through them."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KYMA_")}
+    env |= {
+        "KYMA_WORKERS": "2",
+        "KYMA_DATA_DIR": str(tmp_path / "data"),
+        "KYMA_HTTP_PORT": "0",
+        "KYMA_BRIDGE_METRICS_PORT": "0",
+        "KYMA_CORE_ADDRESS": ",".join(served.cores),
+    }
+    bridges = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "core_service.cli.main",
+        "serve",
+        "bridge",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    workers: set[int] = set()
+    try:
+        assert bridges.stdout is not None
+        while True:
+            line = (await asyncio.wait_for(bridges.stdout.readline(), LIVENESS)).decode()
+            assert line, "kyma serve bridge ended before serving"
+            if line.startswith("kyma serving on "):
+                url = line.split()[3]
+                assert "with 2 workers" in line
+                break
+        workers = children(bridges.pid)
+        assert len(workers) == 2
+        _, key = await served.account("1")
+        async with httpx.AsyncClient(base_url=url, timeout=LIVENESS) as http:
+            replies = await asyncio.gather(
+                *(
+                    http.post(
+                        "/v1/chat/completions",
+                        json=body(n),
+                        headers={"authorization": f"Bearer {key}"},
+                    )
+                    for n in range(8)
+                )
+            )
+        assert [reply.status_code for reply in replies] == [200] * 8
+        bridges.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(bridges.wait(), LIVENESS) == 0
+    finally:
+        if bridges.returncode is None:
+            bridges.kill()
+            await bridges.wait()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
