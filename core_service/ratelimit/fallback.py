@@ -4,9 +4,8 @@ admitted meanwhile counted into Redis when it is back.
 When does a node fall back? Only when Redis itself fails: a `redis.exceptions.RedisError`, an
 `OSError`, or no answer within `timeout_s` *of Redis time*. A node whose own event loop is late (a
 burst of requests, a long callback, CPU starvation) must not mistake its own slowness for Redis's,
-so the timeout is not a wall-clock deadline: the call is watched in `_STEPS` steps of
-``timeout_s / _STEPS`` and each step counts only its scheduled length, however late the loop woke
-us for it. If the loop is blocked for a second while the reply sits in the socket, the first
+so the timeout is not a wall-clock deadline: the call is watched by a chain of `_STEPS` timers of
+``timeout_s / _STEPS`` and each counts only its scheduled length, however late the loop ran it. If the loop is blocked for a second while the reply sits in the socket, the first
 late wake-up finds the reply there (or spends one step); a Redis that does not answer still uses
 up the budget in `_STEPS` wake-ups, however busy the loop. (The redis client's own socket timeouts
 are set far above this budget by the composition root, for the same reason, and its pool is warmed
@@ -59,7 +58,6 @@ out is sent again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -233,21 +231,30 @@ class FallbackRateLimitStore:
         await self._local.close()
 
     async def _on_primary(self, call: Callable[[], Awaitable[T]], budget: float = 0.0) -> T:
-        """`call()`, given `budget` (default `timeout_s`) of Redis time (module docstring): each
-        step of the budget counts its scheduled length, never the event loop's lateness."""
-        task = asyncio.ensure_future(call())
+        """`call()`, given `budget` (default `timeout_s`) of Redis time (module docstring): a
+        chain of `_STEPS` timers, each counting its scheduled length however late the loop ran
+        it, and the call cancelled (TimeoutError) when the last one fires. The call runs in the
+        caller's task, with no watcher task and no `asyncio.wait` per step."""
+        loop = asyncio.get_running_loop()
         step = (budget or self._timeout_s) / _STEPS
-        try:
-            for _ in range(_STEPS):
-                done, _pending = await asyncio.wait({task}, timeout=step)
-                if done:
-                    return task.result()
-            raise TimeoutError
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, *_PRIMARY_ERRORS):
-                    await task
+        steps = 0
+        timer: asyncio.TimerHandle | None = None
+        async with asyncio.timeout(None) as deadline:
+
+            def tick() -> None:
+                nonlocal steps, timer
+                steps += 1
+                if steps < _STEPS:
+                    timer = loop.call_later(step, tick)
+                else:
+                    deadline.reschedule(loop.time())  # expires now: the call is cancelled
+
+            timer = loop.call_later(step, tick)
+            try:
+                return await call()
+            finally:
+                timer.cancel()
+        raise AssertionError("unreachable")  # pragma: no cover - the block returns or raises
 
     async def _primary_usable(self) -> bool:
         """Whether this call goes to Redis: when healthy, yes (after counting in any journal
