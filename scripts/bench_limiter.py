@@ -15,7 +15,8 @@ EVALSHA `usec_per_call` (the script's whole run, the commands it calls included)
 cross-check, `used_cpu_user + used_cpu_sys` delta per admission (networking included). Commands
 per request count every command Redis executed (scripts and the commands inside them), for the
 limiter's whole work on one request: admission, token true-up, and with deployment limits the
-gate's enter (RPM/TPM and a concurrency slot) and leave (slot release, true-up).
+gate's enter (RPM/TPM and a concurrency slot) and leave (slot release, true-up). Last, this
+process's own CPU per admission through the fallback and Redis stores, as a core spends it.
 """
 
 from __future__ import annotations
@@ -153,6 +154,51 @@ async def commands_per_request(
     )
 
 
+async def client_cpu_per_admission(url: str, prefix: str, admissions: int = 20_000) -> None:
+    """This process's CPU per admission through the store stack the core builds (fallback over
+    Redis, 32 pooled connections, 32 in flight, 64 accounts): the node's side of the cost, which
+    depends on redis-py's parser (hiredis when installed)."""
+    import redis.utils
+
+    from core_service.clock import SystemClock
+    from core_service.ratelimit.fallback import FallbackRateLimitStore
+    from core_service.ratelimit.local_store import InProcessRateLimitStore
+    from core_service.ratelimit.store import Limit
+
+    clock = SystemClock()
+    pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=32)
+    client = redis.asyncio.Redis(connection_pool=pool)
+    shared = RedisRateLimitStore(client, clock, key_prefix=prefix + "client:")
+    await shared.warm(32)
+    store = FallbackRateLimitStore(
+        shared, InProcessRateLimitStore(clock), clock, node_share=1, timeout_s=1.0
+    )
+    in_flight = asyncio.Semaphore(32)
+
+    async def one(i: int) -> None:
+        account = f"{{acct:{i % 64}}}"
+        async with in_flight:
+            await store.admit(
+                [
+                    Limit(account + ":rpm", 10**9, 1),
+                    Limit(account + ":mrpm:m", 10**9, 1),
+                    Limit(account + ":tpm", 10**12, 100),
+                ]
+            )
+
+    try:
+        await asyncio.gather(*(one(i) for i in range(2_000)))  # warm-up
+        started = time.process_time()
+        await asyncio.gather(*(one(i) for i in range(admissions)))
+        used = time.process_time() - started
+    finally:
+        await client.aclose()
+    print(
+        f"node CPU per admission (hiredis {'on' if redis.utils.HIREDIS_AVAILABLE else 'off'}): "
+        f"{used / admissions * 1e6:.1f} us"
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -196,6 +242,7 @@ async def main() -> None:
         await cpu_per_admission(client, prefix, args.per_second, args.accounts)
         await commands_per_request(client, prefix, deployment_limits=False)
         await commands_per_request(client, prefix, deployment_limits=True)
+        await client_cpu_per_admission(url, prefix)
     finally:
         keys = [key async for key in client.scan_iter(match=prefix + "*")]
         if keys:

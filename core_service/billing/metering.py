@@ -22,7 +22,6 @@ nothing charged, when the cap cannot cover it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -167,8 +166,22 @@ class Metering:
         if ended is None or ended.done() or self.holds.writer.failing:
             return
         # A settlement that fails or is late stays the writer's to retry; the answer goes out.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(ended), SETTLEMENT_WAIT_SECONDS)
+        # A future of its own, woken by the settlement or the timer, rather than wait_for and
+        # shield (a task and three futures on every request's path).
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        ended.add_done_callback(wake)
+        timer = loop.call_later(SETTLEMENT_WAIT_SECONDS, wake)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            ended.remove_done_callback(wake)
 
     async def reserve(
         self, principal: Principal, request: InferenceRequest, model: Model, request_id: str

@@ -48,9 +48,9 @@ class Limits:
 
 
 def _redis_client(settings: Settings, url: str) -> RedisClient:
-    """A client for the limiter alone. Its own timeouts are far above the limiter's budget:
-    the fallback store decides when Redis is too slow, measuring Redis's time, not this node's
-    event loop (fallback.py). The pool holds `redis_warm_connections`, all opened at start-up:
+    """A client for the limiter alone. It has no socket timeout, and its connect and pool
+    timeouts are far above the limiter's budget: the fallback store decides when Redis is too
+    slow, measuring Redis's time, not this node's event loop (fallback.py). The pool holds `redis_warm_connections`, all opened at start-up:
     a burst waits for one of them rather than opening connections in the middle of it, whose
     handshakes (connect, CLIENT SETINFO) would count against that budget — a burst of 50 over 16
     warm connections through a 5 ms link tripped the fallback that way."""
@@ -74,7 +74,11 @@ def _redis_client(settings: Settings, url: str) -> RedisClient:
         retry=Retry(NoBackoff(), 1),
         max_connections=settings.redis_warm_connections,
         timeout=patience,
-        socket_timeout=patience,
+        # No socket timeout of its own: every call of the limiter's store runs under the
+        # fallback's Redis-time budget, which cancels it (and redis-py then drops the
+        # connection); a socket timeout would make redis-py wrap every command's write in
+        # asyncio.wait_for, a task per command.
+        socket_timeout=None,
         socket_connect_timeout=patience,
     )
     return redis.asyncio.Redis(connection_pool=pool)
