@@ -24,9 +24,13 @@ _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 # bridge does not start if one is missing), so a new route is labelled without being listed here.
 _EXACT = frozenset(path for _method, path in OPERATIONS if "{" not in path) | {"/openapi.json"}
 # Every template's parameter is its last segment: "/v1/models/{model}" -> ("/v1/models/", ...);
-# what follows the prefix may hold slashes (model names do), the label set stays bounded.
+# what follows the prefix may hold slashes (model names do), the label set stays bounded. The
+# longest prefix is tried first, so a template under another's prefix is not shadowed by it.
 _TEMPLATES = tuple(
-    sorted({(path[: path.index("{")], path) for _method, path in OPERATIONS if "{" in path})
+    sorted(
+        {(path[: path.index("{")], path) for _method, path in OPERATIONS if "{" in path},
+        key=lambda pair: -len(pair[0]),
+    )
 )
 # The console's pages are few and fixed; its assets are counted as one route.
 _CONSOLE = frozenset(page.path for page in PAGES)

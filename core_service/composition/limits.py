@@ -50,10 +50,11 @@ class Limits:
 def _redis_client(settings: Settings, url: str) -> RedisClient:
     """A client for the limiter alone. It has no socket timeout, and its connect and pool
     timeouts are far above the limiter's budget: the fallback store decides when Redis is too
-    slow, measuring Redis's time, not this node's event loop (fallback.py). The pool holds `redis_warm_connections`, all opened at start-up:
-    a burst waits for one of them rather than opening connections in the middle of it, whose
-    handshakes (connect, CLIENT SETINFO) would count against that budget — a burst of 50 over 16
-    warm connections through a 5 ms link tripped the fallback that way."""
+    slow, measuring Redis's time, not this node's event loop (fallback.py). The pool holds
+    `redis_warm_connections`, all opened at start-up: a burst waits for one of them rather than
+    opening connections in the middle of it, whose handshakes (connect, CLIENT SETINFO) would
+    count against that budget — a burst of 50 over 16 warm connections through a 5 ms link
+    tripped the fallback that way."""
     import redis.asyncio
     import redis.asyncio.cluster
     from redis.asyncio.retry import Retry

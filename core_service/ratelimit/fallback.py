@@ -4,12 +4,14 @@ admitted meanwhile counted into Redis when it is back.
 When does a node fall back? Only when Redis itself fails: a `redis.exceptions.RedisError`, an
 `OSError`, or no answer within `timeout_s` *of Redis time*. A node whose own event loop is late (a
 burst of requests, a long callback, CPU starvation) must not mistake its own slowness for Redis's,
-so the timeout is not a wall-clock deadline: the call is watched by a chain of `_STEPS` timers of
-``timeout_s / _STEPS`` and each counts only its scheduled length, however late the loop ran it. If the loop is blocked for a second while the reply sits in the socket, the first
-late wake-up finds the reply there (or spends one step); a Redis that does not answer still uses
-up the budget in `_STEPS` wake-ups, however busy the loop. (The redis client's own socket timeouts
-are set far above this budget by the composition root, for the same reason, and its pool is warmed
-at start-up and again by each recovery probe: `warm`, see `RedisRateLimitStore.warm`.)
+so the timeout is not a wall-clock deadline: the call is watched by a chain of `_STEPS` timers
+of ``timeout_s / _STEPS`` and each counts only its scheduled length, however late the loop ran
+it. If the loop is blocked for a second while the reply sits in the socket, the first late
+wake-up finds the reply there (or spends one step); a Redis that does not answer still uses up
+the budget in `_STEPS` wake-ups, however busy the loop. (The composition root gives the redis
+client no socket timeout and connect and pool timeouts far above this budget, for the same
+reason; its pool is its warm connections, opened at start-up and again by each recovery probe:
+`warm`, see `RedisRateLimitStore.warm`.)
 
 A failure switches the store to *degraded*: the call and all calls for the next `retry_interval_s`
 (monotonic clock) are served by `local` (the in-process store) without trying Redis, with every
