@@ -24,6 +24,7 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import httpx
@@ -92,6 +93,28 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def serve_env(data_dir: pathlib.Path, **settings: str) -> dict[str, str]:
+    """This machine's environment without its KYMA_ settings, two workers, then `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KYMA_")}
+    return env | {"KYMA_WORKERS": "2", "KYMA_DATA_DIR": str(data_dir), **settings}
+
+
+async def start_serve(
+    env: dict[str, str], *part: str, stderr: Any = asyncio.subprocess.PIPE
+) -> asyncio.subprocess.Process:
+    """`kyma serve [part]` as a child process, its stdout piped."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "core_service.cli.main",
+        "serve",
+        *part,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,
+    )
+
+
 @dataclass
 class Serving:
     process: asyncio.subprocess.Process
@@ -157,33 +180,22 @@ async def kyma_serve(directory: pathlib.Path, upstream: Upstream) -> AsyncIterat
     """`kyma serve` with two workers on free ports; SIGTERM (then SIGKILL of the whole tree)
     at exit."""
     directory.mkdir(parents=True, exist_ok=True)
-    base = {k: v for k, v in os.environ.items() if not k.startswith("KYMA_")}
-    env = {
-        **base,
-        "KYMA_WORKERS": "2",
-        "KYMA_DATA_DIR": str(directory / "data"),
-        "KYMA_HTTP_PORT": "0",
-        "KYMA_GRPC_PORT": "0",
-        "KYMA_METRICS_PORT": "0",
-        "KYMA_BRIDGE_METRICS_PORT": "0",
-        "KYMA_ADMIN_TOKEN": ADMIN,
-        "KYMA_CATALOG": str(catalog(directory / "catalog.yaml", upstream)),
-        "KYMA_TEST_UPSTREAM_KEY": UPSTREAM_KEY,
-        "KYMA_TIERS": json.dumps(TIERS),
-        "KYMA_WELCOME_BONUS_USD": "0",
-        "KYMA_DEMO_TOKENS_PER_SECOND": "20",
-    }
+    env = serve_env(
+        directory / "data",
+        KYMA_HTTP_PORT="0",
+        KYMA_GRPC_PORT="0",
+        KYMA_METRICS_PORT="0",
+        KYMA_BRIDGE_METRICS_PORT="0",
+        KYMA_ADMIN_TOKEN=ADMIN,
+        KYMA_CATALOG=str(catalog(directory / "catalog.yaml", upstream)),
+        KYMA_TEST_UPSTREAM_KEY=UPSTREAM_KEY,
+        KYMA_TIERS=json.dumps(TIERS),
+        KYMA_WELCOME_BONUS_USD="0",
+        KYMA_DEMO_TOKENS_PER_SECOND="20",
+    )
     stderr = directory / "serve.log"
     with stderr.open("ab") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "core_service.cli.main",
-            "serve",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log,
-        )
+        process = await start_serve(env, stderr=log)
     workers: set[int] = set()
     try:
         assert process.stdout is not None
@@ -343,24 +355,14 @@ async def test_a_second_kyma_on_the_same_port_fails_instead_of_sharing_it(
     """The bridges share their port through SO_REUSEPORT, and so could another process's
     sockets: the first worker checks the port with a plain bind before it opens them."""
     port = served.url.rsplit(":", 1)[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KYMA_")}
-    env |= {
-        "KYMA_WORKERS": "2",
-        "KYMA_DATA_DIR": str(tmp_path / "data"),
-        "KYMA_HTTP_PORT": port,
-        "KYMA_GRPC_PORT": "0",
-        "KYMA_METRICS_PORT": "0",
-        "KYMA_BRIDGE_METRICS_PORT": "0",
-    }
-    second = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "core_service.cli.main",
-        "serve",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    env = serve_env(
+        tmp_path / "data",
+        KYMA_HTTP_PORT=port,
+        KYMA_GRPC_PORT="0",
+        KYMA_METRICS_PORT="0",
+        KYMA_BRIDGE_METRICS_PORT="0",
     )
+    second = await start_serve(env)
     try:
         out, err = await asyncio.wait_for(second.communicate(), LIVENESS)
     finally:
@@ -379,24 +381,13 @@ async def test_bridges_alone_serve_with_two_workers(
     """`kyma serve bridge` with KYMA_WORKERS=2 (bridge machines of a cluster, and the bench's
     --workers): both bridges start and the parent says it serves (it once waited for a core
     of its own that a bridge-only parent never starts), and requests pass through them."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KYMA_")}
-    env |= {
-        "KYMA_WORKERS": "2",
-        "KYMA_DATA_DIR": str(tmp_path / "data"),
-        "KYMA_HTTP_PORT": "0",
-        "KYMA_BRIDGE_METRICS_PORT": "0",
-        "KYMA_CORE_ADDRESS": ",".join(served.cores),
-    }
-    bridges = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "core_service.cli.main",
-        "serve",
-        "bridge",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+    env = serve_env(
+        tmp_path / "data",
+        KYMA_HTTP_PORT="0",
+        KYMA_BRIDGE_METRICS_PORT="0",
+        KYMA_CORE_ADDRESS=",".join(served.cores),
     )
+    bridges = await start_serve(env, "bridge", stderr=asyncio.subprocess.DEVNULL)
     workers: set[int] = set()
     try:
         assert bridges.stdout is not None
