@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from core_service.catalog import CatalogError
 from core_service.composition import Core, build_core
+from core_service.heap import settle_after_startup
 from core_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ async def run_core(settings: Settings, *, ready: Callable[[int], None] | None = 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, _reload, core)
+        settle_after_startup()
         print(f"kyma core listening on {settings.grpc_host}:{core.port}", flush=True)
         if ready is not None:
             ready(core.port)

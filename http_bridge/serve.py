@@ -8,6 +8,7 @@ from typing import Any
 
 import uvicorn
 
+from core_service.heap import settle_after_startup
 from core_service.metrics_server import serve_registry
 from core_service.settings import Settings
 from http_bridge.app import create_app
@@ -82,6 +83,7 @@ def run_bridge(
     host = f"[{settings.http_host}]" if sock.family == socket.AF_INET6 else settings.http_host
 
     def announce() -> None:
+        settle_after_startup()
         print(f"kyma bridge listening on http://{host}:{port}", flush=True)
         if ready is not None:
             ready()
