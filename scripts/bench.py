@@ -522,6 +522,8 @@ async def measure(
         max_requests=args.requests,
         drain_s=drain,
         ramp_s=ramp,
+        # and at random phases of the token interval (see run_load)
+        phase_s=1.0 / scenario.tokens_per_second if ramp else 0.0,
         on_measure=window_begins if ramp else None,
         timeout_s=max(30.0, ramp + args.duration + drain + 5),
     )

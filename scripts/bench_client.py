@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import random
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -312,6 +313,7 @@ async def run_load(
     timeout_s: float = 30.0,
     drain_s: float | None = None,
     ramp_s: float = 0.0,
+    phase_s: float = 0.0,
     on_measure: Callable[[], None] | None = None,
 ) -> Result:
     """Keep `concurrency` requests in flight until `duration_s` passes or `max_requests` have
@@ -324,7 +326,13 @@ async def run_load(
     as paced streams, then start and end spread evenly over time, not all in step, and the
     window sees the full concurrency from its first moment. Requests sent during the ramp run
     (their later chunks count) but are not counted themselves, nor their time to first token;
-    failures are counted whenever they happen."""
+    failures are counted whenever they happen.
+
+    With `phase_s` (paced streams: one token interval), worker i's start is also offset by a
+    fraction of `phase_s` drawn from a generator seeded with i, so streams paced at one
+    interval do not tick in step, as independent users' streams do not: a ramp alone whose
+    spacing is a multiple of half the interval (200 streams of 6 s at 50 tokens/s: 30 ms
+    apart) puts them in two phase groups, 100 chunks arriving at once every 10 ms."""
     raws = [raw_request] if isinstance(raw_request, bytes) else list(raw_request)
     if not raws:
         raise ValueError("run_load needs at least one prepared request")
@@ -350,8 +358,9 @@ async def run_load(
         nonlocal started
         raw = raws[index % len(raws)]
         conn: _Connection | None = None
-        if ramp_s:
-            await asyncio.sleep(index * ramp_s / concurrency)
+        if ramp_s or phase_s:
+            offset = random.Random(index).random() * phase_s
+            await asyncio.sleep(index * ramp_s / concurrency + offset)
         try:
             while loop.time() < deadline and started < max_requests:
                 counted = loop.time() >= measure_at
