@@ -425,7 +425,7 @@ class Settings(BaseSettings):
         if self.bridge_token is not None:
             token = self.bridge_token.get_secret_value().strip()
         else:
-            token = _shared_token(self.bridge_token_file, prefix="kybrg_")
+            token = shared_token(self.bridge_token_file, prefix="kybrg_")
         if not token:
             raise ValueError(
                 "the bridge token (KYMA_BRIDGE_TOKEN or data_dir/bridge_token) is empty"
@@ -433,7 +433,7 @@ class Settings(BaseSettings):
         return token
 
 
-def _shared_token(path: pathlib.Path, *, prefix: str) -> str:
+def shared_token(path: pathlib.Path, *, prefix: str) -> str:
     """The token in `path`, created if absent. The new token is written to a private draft and
     hard-linked to `path`, which fails if another process linked its own first: then theirs is
     the token."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core_service.settings import Settings, _shared_token
+from core_service.settings import Settings, shared_token
 
 
 def resolve_admin_token(settings: Settings) -> str:
@@ -12,4 +12,4 @@ def resolve_admin_token(settings: Settings) -> str:
         return settings.admin_token.get_secret_value()
     # Created whole and linked into place, so that the cores of several workers starting at
     # once end up with the same token.
-    return _shared_token(settings.admin_token_file, prefix="kyadm_")
+    return shared_token(settings.admin_token_file, prefix="kyadm_")
