@@ -6,7 +6,9 @@ from typing import Any
 
 import orjson
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.types import Receive
 
 from http_bridge.core_client import new_request_id
 from http_bridge.errors import OpenAIError
@@ -17,17 +19,30 @@ class BodyTooLarge(Exception):
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+    return await read_limited(request.receive, request.headers.get("content-length"), limit)
+
+
+async def read_limited(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The body that `receive` delivers, at most `limit` bytes: BodyTooLarge as soon as the
+    declared length (`Content-Length`) or what arrived is larger; ClientDisconnect if the
+    client goes away before the body is whole."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect
 
 
 def too_large(limit: int) -> OpenAIError:

@@ -11,12 +11,11 @@ from typing import Any
 import grpc
 import orjson
 from fastapi import APIRouter, Request
-from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from http_bridge import anthropic
-from http_bridge.bodies import BodyTooLarge, json_object, json_response, too_large
+from http_bridge.bodies import BodyTooLarge, json_object, json_response, read_limited, too_large
 from http_bridge.calls import call_core, failed_response
 from http_bridge.core_client import CoreStubs, key_metadata, new_request_id, stubs, with_resends
 from http_bridge.disconnects import ClientGone
@@ -194,30 +193,6 @@ class Exchange:
         await self.send({"type": "http.response.body", "body": response.body})
 
 
-async def _read_body(exchange: Exchange, limit: int) -> bytes:
-    """The body, at most `limit` bytes (BodyTooLarge beyond; ClientDisconnect if the client goes
-    away before it is whole), as `bodies.read_body` reads it."""
-    declared = exchange.head.content_length
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
-    chunks = []
-    size = 0
-    receive = exchange.receive
-    while True:
-        message = await receive()
-        if message["type"] == "http.request":
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        elif message["type"] == "http.disconnect":
-            raise ClientDisconnect
-
-
 async def _watch(exchange: Exchange) -> None:
     """Wait for the client to go away, then cancel the core call under way (the one task that
     watches a request, for as long as its core calls run)."""
@@ -254,7 +229,7 @@ async def serve(exchange: Exchange, route: _Route, core: CoreStubs, limit: int) 
         if head.betas:
             fields["anthropic_beta"] = ",".join(head.betas)
     try:
-        body = await _read_body(exchange, limit)
+        body = await read_limited(exchange.receive, head.content_length, limit)
     except BodyTooLarge:
         return await exchange.respond(dialect.error(too_large(limit), headers))
     parsed = json_object(body)
