@@ -24,7 +24,6 @@ which rolls it back, and the next batch opens a fresh one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import pathlib
 import sqlite3
@@ -53,6 +52,7 @@ from core_service.billing.hold_store import (
     usage_reason,
 )
 from core_service.billing.key_spend import KeySpendState
+from core_service.db.sqlite_transactions import busy, transaction
 
 T = TypeVar("T")
 
@@ -147,10 +147,10 @@ class SqliteHoldStore:
                 self._after_inline()
                 return ran[0]
 
-        def transaction() -> T:
+        def on_thread() -> T:
             db = self._conn()
             try:
-                return _transaction(db, work)
+                return transaction(db, work)
             except BaseException:
                 if db.in_transaction:  # not even ROLLBACK worked: start afresh next time
                     self._connection = None
@@ -158,7 +158,7 @@ class SqliteHoldStore:
                 raise
 
         self.stats.threaded += 1
-        return await asyncio.get_running_loop().run_in_executor(self._executor, transaction)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, on_thread)
 
     def _on_loop(self, work: Callable[[sqlite3.Connection], T]) -> tuple[T] | None:
         """`work` as one transaction on the loop's connection if the write lock is free this
@@ -167,11 +167,11 @@ class SqliteHoldStore:
             db = self._loop_conn()
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as error:
-            if _busy(error):
+            if busy(error):
                 return None
             raise
         try:
-            return (_transaction(db, work, begun=True),)
+            return (transaction(db, work, begun=True),)
         except BaseException:
             if db.in_transaction:  # not even ROLLBACK worked: start afresh next time
                 self._loop_connection = None
@@ -229,26 +229,6 @@ def _open(path: pathlib.Path, *, timeout: float) -> sqlite3.Connection:
         connection.close()
         raise
     return connection
-
-
-def _transaction(
-    db: sqlite3.Connection, work: Callable[[sqlite3.Connection], T], *, begun: bool = False
-) -> T:
-    if not begun:
-        db.execute("BEGIN IMMEDIATE")
-    try:
-        result = work(db)
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:  # a failed COMMIT may leave it open: nothing of it stays
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-        raise
-    return result
-
-
-def _busy(error: sqlite3.OperationalError) -> bool:
-    return getattr(error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
 
 
 def _checkpointed(done: asyncio.Future[None]) -> None:

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from core_service.clock import Clock
+from core_service.db.sqlite_transactions import transaction
 from core_service.ratelimit.store import (
     WINDOW_S,
     Decision,
@@ -193,13 +194,7 @@ class SqliteRateLimitStore:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError:
             return None
-        try:
-            result = work(db)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return (result,)
+        return (transaction(db, work, begun=True),)
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
