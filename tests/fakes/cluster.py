@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from tests.fakes.pg_cluster import free_port
+from tests.fakes.processes import stop_process
 
 LIVENESS = 60.0  # seconds a start or stop may take before the test gives up
 REPOSITORY = pathlib.Path(__file__).resolve().parents[2]
@@ -84,13 +85,7 @@ async def kyma_process(
         assert "listening on" in line, f"kyma {part} did not start: {line!r}\n{log.read_text()}"
         yield KymaProcess(part, process, line.strip().rsplit(" ", 1)[1], log)
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), LIVENESS)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop_process(process, LIVENESS)
 
 
 @dataclass

@@ -13,7 +13,6 @@ import json
 import os
 import pathlib
 import secrets
-import signal
 import sqlite3
 import sys
 import time
@@ -48,6 +47,7 @@ from tests.conftest import (  # type: ignore[import-not-found]
 from tests.fakes.pg_cluster import PrivateCluster
 from tests.fakes.pgbouncer import pgbouncer
 from tests.fakes.postgres import asyncpg_url, fresh_database
+from tests.fakes.processes import stop_process
 
 pytestmark = pytest.mark.asyncio
 
@@ -314,13 +314,7 @@ async def core_process(data_dir: pathlib.Path, env: dict[str, str]) -> AsyncIter
         assert "listening on" in line, f"the core did not start: {line!r}\n{log.read_text()}"
         yield CoreProcess(process, line.strip().rsplit(" ", 1)[1], log)
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), LIVENESS)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop_process(process, LIVENESS)
 
 
 @dataclass

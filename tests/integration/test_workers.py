@@ -36,6 +36,7 @@ from core_service.billing.verify import verify_ledger
 from core_service.clock import SystemClock
 from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from tests.conftest import ISSUED_KEYS, UPSTREAM_KEY, Upstream
+from tests.fakes.processes import stop_process
 
 LIVENESS = 180.0  # start-up of four processes on a busy two-core machine
 ADMIN = "admin-token-workers"
@@ -211,13 +212,7 @@ async def kyma_serve(directory: pathlib.Path, upstream: Upstream) -> AsyncIterat
         workers = children(process.pid)
         yield Serving(process, url, cores, directory / "data", stderr, workers)
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), LIVENESS)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop_process(process, LIVENESS)
         for pid in workers | children(process.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
