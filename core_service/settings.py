@@ -87,6 +87,21 @@ class Settings(BaseSettings):
         "resolves to several cores reaches them all), a comma-separated list of IP:port, or a "
         "gRPC target (dns:///name:port). Default grpc_host:grpc_port.",
     )
+    bridge_relay_streams: int = Field(
+        default=2,
+        ge=0,
+        le=64,
+        description="Long-lived gRPC streams each bridge carries its inference calls on "
+        "(InferenceRelay: many calls per stream, far less CPU than a gRPC call each); each "
+        "opens on a core the balancing picks and is replaced every "
+        "bridge_relay_stream_seconds. 0: one gRPC call per request.",
+    )
+    bridge_relay_stream_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Age at which a relay stream takes no more calls and a new one opens "
+        "(so that new or recovered cores get their share).",
+    )
     admin_token: SecretStr | None = Field(
         default=None,
         description="Token for the admin gRPC API. Unset: generated once into data_dir/admin_token.",

@@ -33,6 +33,7 @@ from http_bridge.core_client import CoreStubs, core_channel, new_request_id, stu
 from http_bridge.disconnects import CLIENT_CLOSED_REQUEST, ClientGone, end_quietly
 from http_bridge.errors import OpenAIError
 from http_bridge.openapi import openapi_document
+from http_bridge.relay import InferenceRelay
 from kyma.contract.v1.constants import SHARED_LIMITS_HEALTH_SERVICE
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,18 @@ def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -
             channel or core_channel(settings),
             bridge_token=CoreStubs.credential(settings),
         )
+        relay = None
+        if settings.bridge_relay_streams:
+            relay = InferenceRelay(
+                core.channel, settings.bridge_relay_streams, settings.bridge_relay_stream_seconds
+            )
+            core.use_relay(relay)
         app.state.core = core
         try:
             yield
         finally:
+            if relay is not None:
+                await relay.close()
             if own:
                 await core.channel.close()
 

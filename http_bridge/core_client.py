@@ -54,6 +54,7 @@ from grpc_health.v1 import health_pb2
 
 from core_service.settings import Settings
 from http_bridge.cookies import csrf_header, session_token
+from http_bridge.relay import InferenceRelay, InferenceRelayStub
 from kyma.accounting.v1 import (
     accounting_service_pb2_grpc,
     session_service_pb2_grpc,
@@ -201,6 +202,9 @@ class CoreStubs:
         self.channel = channel
         self.bridge_token = bridge_token
         self.inference = inference_service_pb2_grpc.InferenceServiceStub(channel)
+        # Where the inference endpoints send their calls: this stub, or the relay's
+        # (`use_relay`), which carries them on long-lived streams.
+        self.inference_calls: Any = self.inference
         self.routing = routing_service_pb2_grpc.RoutingServiceStub(channel)
         self.accounting = accounting_service_pb2_grpc.AccountingServiceStub(channel)
         self.billing = billing_service_pb2_grpc.BillingServiceStub(channel)
@@ -213,6 +217,9 @@ class CoreStubs:
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
             response_deserializer=health_pb2.HealthCheckResponse.FromString,
         )
+
+    def use_relay(self, relay: InferenceRelay) -> None:
+        self.inference_calls = InferenceRelayStub(relay)
 
 
 def stubs(request: Request) -> CoreStubs:

@@ -240,7 +240,7 @@ async def serve(exchange: Exchange, route: _Route, core: CoreStubs, limit: int) 
         if authorization is None
         else key_metadata(authorization, request_id)
     )
-    stub = core.inference
+    stub = core.inference_calls
     watch = asyncio.get_running_loop().create_task(_watch(exchange))
     try:
         if route.stream is not None and route.stream_request and parsed.get("stream") is True:

@@ -197,6 +197,7 @@ class Core:
 
     async def _stop_server(self) -> None:
         await self.server.health.enter_graceful_shutdown()
+        self.server.relay.drain()
         await self.server.server.stop(self._grace)
 
     async def _drain_tasks(self) -> None:

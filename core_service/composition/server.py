@@ -33,6 +33,7 @@ from core_service.edge.billing import BillingServicer
 from core_service.edge.inference import InferenceServicer
 from core_service.edge.interceptors import AdminToken, ErrorTranslation
 from core_service.edge.ratelimit import RateLimitServicer
+from core_service.edge.relay import InferenceRelayServicer, inference_methods
 from core_service.edge.routing import RoutingServicer
 from core_service.edge.sessions import SessionServicer
 from core_service.edge.signup import SignupServicer
@@ -52,7 +53,12 @@ from kyma.accounting.v1 import (
 from kyma.admin.v1 import admin_service_pb2_grpc
 from kyma.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 from kyma.contract.v1.constants import MAX_MESSAGE_BYTES
-from kyma.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from kyma.inference.v1 import (
+    inference_service_pb2,
+    inference_service_pb2_grpc,
+    relay_service_pb2,
+    relay_service_pb2_grpc,
+)
 from kyma.ratelimit.v1 import ratelimit_service_pb2, ratelimit_service_pb2_grpc
 from kyma.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
 from kyma.status.v1 import status_service_pb2, status_service_pb2_grpc
@@ -70,6 +76,7 @@ GRPC_OPTIONS = [
 # Every service the core serves (health and reflection aside), by full name.
 SERVICES = [
     inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
+    relay_service_pb2.DESCRIPTOR.services_by_name["InferenceRelay"].full_name,
     routing_service_pb2.DESCRIPTOR.services_by_name["RoutingService"].full_name,
     accounting_service_pb2.DESCRIPTOR.services_by_name["AccountingService"].full_name,
     signup_service_pb2.DESCRIPTOR.services_by_name["SignupService"].full_name,
@@ -86,6 +93,8 @@ class Server:
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     port: int
+    # Told first when the core stops, so that the bridges' relay streams drain.
+    relay: InferenceRelayServicer
 
 
 def build_server(
@@ -104,18 +113,18 @@ def build_server(
     public_base_url: str = "http://127.0.0.1:8000",
     stored_responses: StoredResponses,
 ) -> Server:
+    translation = ErrorTranslation()
     server = grpc.aio.server(
         options=GRPC_OPTIONS,
         # Outermost first: the admin token before anything runs, then error translation.
-        interceptors=[
-            AdminToken(SecretStr(admin_token), [ADMIN_SERVICE.full_name]),
-            ErrorTranslation(),
-        ],
+        interceptors=[AdminToken(SecretStr(admin_token), [ADMIN_SERVICE.full_name]), translation],
     )
     authenticator = accounts.authenticator
-    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
-        InferenceServicer(pipeline, accounts.authenticator, stored_responses), server
-    )
+    inference = InferenceServicer(pipeline, accounts.authenticator, stored_responses)
+    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(inference, server)
+    # The same calls, many on one stream (the bridge's way), behind the same translation.
+    relay = InferenceRelayServicer(inference_methods(inference, translation))
+    relay_service_pb2_grpc.add_InferenceRelayServicer_to_server(relay, server)
     routing_service_pb2_grpc.add_RoutingServiceServicer_to_server(
         RoutingServicer(authenticator, routing.catalogue), server
     )
@@ -183,4 +192,4 @@ def build_server(
         [*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     bound = server.add_insecure_port(f"{host}:{port}")
-    return Server(server=server, health=health_servicer, port=bound)
+    return Server(server=server, health=health_servicer, port=bound, relay=relay)

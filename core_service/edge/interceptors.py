@@ -50,7 +50,7 @@ class Undecodable:
         self.type_name = type_name
 
 
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
 
@@ -103,13 +103,19 @@ class ErrorTranslation(grpc.aio.ServerInterceptor):
             if handler is None:
                 return None
             # Every method of Kyma takes one request message (none streams its requests).
-            tolerant = handler._replace(  # type: ignore[attr-defined]
-                request_deserializer=_tolerant(handler.request_deserializer)
+            decoding = handler._replace(  # type: ignore[attr-defined]
+                request_deserializer=tolerant(handler.request_deserializer)
             )
             wrapped = self._wrapped[method] = _rewrap(
-                tolerant, self._unary(method), self._stream(method)
+                decoding, self._unary(method), self._stream(method)
             )
         return wrapped
+
+    def guarded(self, method: str, behaviour: Callable[..., Any], streaming: bool) -> Any:
+        """`behaviour` (a servicer method of `method`, the full path) as a call of it would
+        run behind this interceptor: for callers that run it without a gRPC call of its own
+        (the relay, `relay.py`)."""
+        return self._stream(method)(behaviour) if streaming else self._unary(method)(behaviour)
 
     @staticmethod
     async def _fail(error: Exception, method: str, context: grpc.aio.ServicerContext) -> None:

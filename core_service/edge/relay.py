@@ -1,0 +1,291 @@
+"""InferenceRelay: many InferenceService calls carried on one long-lived gRPC stream (the
+bridge's way to call the core; the contract is `protos/kyma/inference/v1/relay_service.proto`).
+
+Each call carried here runs the InferenceService servicer's own method behind the same error
+translation as a call of its own (`ErrorTranslation.guarded`), in a task of its own, with a
+context that answers what the servicer asks of a gRPC context (the call's metadata; its abort).
+So a relayed call is the same call: same policy, same answers, same statuses.
+
+The stream's answers are written by one loop, which sends everything that became ready while
+its previous write was in flight as one message: under load, chunks of many streams and the
+answers of many requests share a message and a socket write.
+
+Failure semantics:
+- **A call cancelled** by its caller (a `cancel` frame) is cancelled as gRPC cancels the task of
+  a call whose client went away: the pipeline releases its hold, exactly as for a client that
+  left. Its end (CANCELLED) is still sent; the caller has forgotten it.
+- **The stream broken** (the bridge died, the connection broke) cancels every call under way on
+  it, each as above.
+- **Shutdown** (`drain`): every open stream is sent `drain`; a start that arrives after it is
+  refused UNAVAILABLE with no status details, having done nothing (the bridge sends it to
+  another core); the calls under way finish, and then the stream ends. The server's own grace
+  bounds how long that may take: past it gRPC cancels the stream, and with it the calls.
+- **An answer too large** for one gRPC message ends its call RESOURCE_EXHAUSTED, as gRPC would
+  refuse to send it on a call of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from core_service.edge.interceptors import ErrorTranslation, tolerant
+from kyma.contract.v1.constants import MAX_MESSAGE_BYTES
+from kyma.inference.v1 import inference_service_pb2 as inference_pb
+from kyma.inference.v1 import relay_service_pb2 as pb
+from kyma.inference.v1 import relay_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+_SERVICE = inference_pb.DESCRIPTOR.services_by_name["InferenceService"]
+# Room left in a gRPC message for the relay's own framing around one answer.
+_LARGEST_ANSWER = MAX_MESSAGE_BYTES - 64 * 1024
+# Answers are batched into one message up to about this size.
+_BATCH_BYTES = 1024 * 1024
+_STATUS_DETAILS = "grpc-status-details-bin"
+
+
+@dataclass(frozen=True)
+class _Method:
+    decode: Callable[[bytes], Any]
+    behaviour: Callable[..., Any]
+    streaming: bool
+
+
+def inference_methods(servicer: object, translation: ErrorTranslation) -> dict[str, _Method]:
+    """Every InferenceService method of `servicer`, by name, guarded as its gRPC calls are."""
+    methods = {}
+    for method in _SERVICE.methods:
+        request_type = getattr(inference_pb, method.input_type.name)
+        decode = tolerant(request_type.FromString)
+        assert decode is not None
+        path = f"/{_SERVICE.full_name}/{method.name}"
+        behaviour = getattr(servicer, method.name)
+        streaming = method.server_streaming
+        methods[method.name] = _Method(
+            decode, translation.guarded(path, behaviour, streaming), streaming
+        )
+    return methods
+
+
+class _Aborted(grpc.aio.AbortError):
+    pass
+
+
+class RelayedContext:
+    """What the servicer and the error translation ask of a gRPC context, for a relayed call."""
+
+    __slots__ = ("_metadata", "status")
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+        self.status: grpc.Status | None = None
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def peer(self) -> str:
+        return ""
+
+    async def abort_with_status(self, status: grpc.Status) -> None:
+        self.status = status
+        raise _Aborted()
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
+    ) -> None:
+        self.status = _Status(code, details, tuple(trailing_metadata or ()))
+        raise _Aborted()
+
+
+class _Status(grpc.Status):
+    def __init__(
+        self, code: grpc.StatusCode, details: str, trailing_metadata: tuple[Any, ...]
+    ) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
+
+
+def _end(status: grpc.Status | None) -> pb.RelayEnd:
+    if status is None:
+        return pb.RelayEnd(code=grpc.StatusCode.INTERNAL.value[0], details="no status")
+    details = b""
+    for key, value in status.trailing_metadata or ():
+        if key == _STATUS_DETAILS:
+            details = value if isinstance(value, bytes) else value.encode("latin-1")
+    return pb.RelayEnd(
+        code=status.code.value[0], details=status.details or "", status_details=details
+    )
+
+
+_OK = pb.RelayEnd(code=0)
+_CANCELLED = pb.RelayEnd(code=grpc.StatusCode.CANCELLED.value[0], details="Cancelled")
+_SHUTTING_DOWN = pb.RelayEnd(
+    code=grpc.StatusCode.UNAVAILABLE.value[0], details="the core is shutting down"
+)
+
+
+class InferenceRelayServicer(pb_grpc.InferenceRelayServicer):
+    def __init__(self, methods: dict[str, _Method]) -> None:
+        self._methods = methods
+        self._streams: set[_RelayStream] = set()
+        self._draining = False
+        self.streams_opened = 0
+
+    def drain(self) -> None:
+        """Shutdown has begun: every stream is told, and starts no more calls."""
+        self._draining = True
+        for stream in self._streams:
+            stream.drain()
+
+    async def Relay(  # type: ignore[override]  # writes with context.write, yields nothing
+        self, request_iterator: AsyncIterator[pb.RelayRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        stream = _RelayStream(self._methods, context)
+        self.streams_opened += 1
+        self._streams.add(stream)
+        if self._draining:
+            stream.drain()
+        try:
+            await stream.run(request_iterator)
+        finally:
+            self._streams.discard(stream)
+
+
+class _RelayStream:
+    def __init__(self, methods: dict[str, _Method], context: grpc.aio.ServicerContext) -> None:
+        self._methods = methods
+        self._context = context
+        self._calls: dict[int, asyncio.Task[None]] = {}
+        self._cancelled: set[int] = set()
+        self._answers: list[pb.RelayAnswer] = []
+        self._wake = asyncio.Event()
+        self._draining = False
+        self._drain_sent = False
+        self._input_closed = False
+
+    def drain(self) -> None:
+        self._draining = True
+        self._wake.set()
+
+    async def run(self, requests: AsyncIterator[pb.RelayRequest]) -> None:
+        reader = asyncio.get_running_loop().create_task(self._read(requests))
+        try:
+            await self._write()
+        finally:
+            reader.cancel()
+            for task in self._calls.values():
+                task.cancel()
+
+    async def _read(self, requests: AsyncIterator[pb.RelayRequest]) -> None:
+        try:
+            async for request in requests:
+                if not isinstance(request, pb.RelayRequest):  # undecodable (ErrorTranslation)
+                    log.warning("a relay stream sent a message that is not a RelayRequest")
+                    return
+                for frame in request.frames:
+                    if frame.HasField("start"):
+                        self._start(frame.call, frame.start)
+                    elif frame.cancel:
+                        task = self._calls.get(frame.call)
+                        if task is not None:
+                            self._cancelled.add(frame.call)
+                            task.cancel()
+        finally:
+            self._input_closed = True
+            self._wake.set()
+
+    async def _write(self) -> None:
+        context, wake = self._context, self._wake
+        while True:
+            await wake.wait()
+            wake.clear()
+            while self._answers:
+                await context.write(pb.RelayResponse(answers=self._batch()))
+            if self._draining and not self._drain_sent:
+                self._drain_sent = True
+                await context.write(pb.RelayResponse(drain=True))
+            if not self._calls and (self._input_closed or self._draining):
+                return
+
+    def _batch(self) -> list[pb.RelayAnswer]:
+        answers, size = self._answers, 0
+        for count, answer in enumerate(answers):
+            size += answer.ByteSize()
+            if size > _BATCH_BYTES and count:
+                self._answers = answers[count:]
+                return answers[:count]
+        self._answers = []
+        return answers
+
+    def _answer(self, answer: pb.RelayAnswer) -> None:
+        self._answers.append(answer)
+        self._wake.set()
+
+    def _start(self, call: int, start: pb.RelayStart) -> None:
+        if call in self._calls:
+            return  # a number already under way: the caller's mistake, ignored
+        method = self._methods.get(start.method)
+        if method is None:
+            end = pb.RelayEnd(
+                code=grpc.StatusCode.UNIMPLEMENTED.value[0],
+                details=f"InferenceService has no method {start.method!r}",
+            )
+            return self._answer(pb.RelayAnswer(call=call, end=end))
+        if self._draining:
+            return self._answer(pb.RelayAnswer(call=call, end=_SHUTTING_DOWN))
+        metadata = tuple((m.key, m.value) for m in start.metadata)
+        task = asyncio.get_running_loop().create_task(
+            self._run(call, method, start.request, metadata)
+        )
+        self._calls[call] = task
+
+    async def _run(
+        self, call: int, method: _Method, request: bytes, metadata: tuple[tuple[str, str], ...]
+    ) -> None:
+        context = RelayedContext(metadata)
+        end = _OK
+        try:
+            decoded = method.decode(request)
+            if method.streaming:
+                async for message in method.behaviour(decoded, context):
+                    if not self._message(call, message):
+                        end = _too_large()
+                        break
+            else:
+                message = await method.behaviour(decoded, context)
+                if not self._message(call, message):
+                    end = _too_large()
+        except grpc.aio.AbortError:
+            end = _end(context.status)
+        except asyncio.CancelledError:
+            if call not in self._cancelled:
+                raise  # the stream itself ends: nobody is left to answer
+            end = _CANCELLED
+        except Exception:  # the guard turns every error into a status; this is a bug here
+            log.exception("relayed call %s failed", call)
+            end = pb.RelayEnd(code=grpc.StatusCode.INTERNAL.value[0], details="internal error")
+        finally:
+            self._calls.pop(call, None)
+            self._cancelled.discard(call)
+        self._answer(pb.RelayAnswer(call=call, end=end))
+
+    def _message(self, call: int, message: Any) -> bool:
+        data = message.SerializeToString()
+        if len(data) > _LARGEST_ANSWER:
+            return False
+        self._answer(pb.RelayAnswer(call=call, message=data))
+        return True
+
+
+def _too_large() -> pb.RelayEnd:
+    return pb.RelayEnd(
+        code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+        details=f"the answer is larger than a gRPC message may be ({MAX_MESSAGE_BYTES} bytes)",
+    )
