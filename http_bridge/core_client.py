@@ -7,6 +7,10 @@ health-checked: each core's gRPC health (the overall status, which is NOT_SERVIN
 database does not answer and from the moment it starts to shut down) decides whether it gets
 calls. A core that goes away drops out of the rotation when its connection breaks; one that
 comes back, or a new address the name resolves to, joins it. No gRPC-aware balancer is needed.
+The inference endpoints' calls ride on relay streams (`relay.py`, `KYMA_BRIDGE_RELAY_STREAMS`):
+each stream is one call to the channel, so the balancing above places streams, not requests,
+and a stream is replaced every `KYMA_BRIDGE_RELAY_STREAM_SECONDS` so that the placement follows
+the cores that come and go. Every rule below holds for a relayed call as for a call of its own.
 
 Failure semantics — a call is sent to another core only when the first can have charged for
 it nothing (the rule is `resendable`):

@@ -1,20 +1,21 @@
-"""The bridge's side of a gRPC call, measured alone: the client CPU that one unary call costs,
-against one request carried on a long-lived bidirectional stream (a multiplexed bridge->core
-channel), with the server in another process so that only the client's CPU is counted.
+"""What a gRPC call costs, measured alone: the CPU of one unary call, of a one-message
+server stream, and of one request carried on a long-lived bidirectional stream (a multiplexed
+bridge->core channel: InferenceRelay), on the client and on the server (another process),
+with the trivial handlers below so that only gRPC's own cost is counted.
 
 An experiment for issue 15 (is per-call gRPC setup worth a multiplexed channel?), not a test:
 it prints CPU microseconds per request for each way, at concurrency 1 and 32.
 
     .venv/bin/python scripts/grpc_call_cost.py [--requests N] [--option NAME=INT]
 
-Measured for issue 15 on a loaded 2-core machine (load average 9-12, so ±30%): a unary call
-210-300 us of client CPU at c=1 (130-200 at c=32), one request on a multiplexed bidi stream
-135-220 (120-150), a message of a server stream 65-120 (25-60 with 8 streams at once);
-grpc.http2.bdp_probe=0 changed nothing measurable. So a multiplexed bridge->core channel would
-save about a third of the gRPC client cost of a request (~0.07 ms), not the 10x that would
-justify carrying cancellation, deadlines, credentials and flow control in-band; the unary and
-streaming RPCs stay. Per chunk, the bridge's floor is one gRPC message read: chunks that travel
-together in one message (the core's batching) are what lowers it.
+Measured on a quiet 2-core machine (2026-12-06, 20000 requests): a unary call 203 us of client
+CPU and 296 of server CPU at c=1 (109 + 134 at c=32); a one-message server stream 327 + 341
+(164 + 145); one request on a multiplexed stream 112 + 107 (62 + 59). Counting the server's
+side too, a multiplexed channel saves about 0.28 ms of a request's gateway CPU at c=1 and 0.12
+at c=32, and 0.45 ms of a stream's fixed cost at c=1 — and in the product more, because answers
+that are ready together share a message (see docs/performance.md). So the bridge carries its
+inference calls that way (http_bridge/relay.py); the unary and streaming RPCs stay for
+internal callers.
 """
 
 from __future__ import annotations
@@ -114,7 +115,16 @@ class _Mux:
         await self._reader
 
 
-async def _measure(label: str, one: Callable[[], Awaitable[object]], n: int, conc: int) -> None:
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) of process `pid` so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _measure(
+    label: str, one: Callable[[], Awaitable[object]], n: int, conc: int, server: int
+) -> None:
     for _ in range(200):  # warm-up
         await one()
     per_worker = n // conc
@@ -123,14 +133,18 @@ async def _measure(label: str, one: Callable[[], Awaitable[object]], n: int, con
         for _ in range(per_worker):
             await one()
 
-    cpu, wall = time.process_time(), time.perf_counter()
+    cpu, wall, served = time.process_time(), time.perf_counter(), _cpu_of(server)
     await asyncio.gather(*(worker() for _ in range(conc)))
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    served = _cpu_of(server) - served
     done = per_worker * conc
-    print(f"| {label} | {conc} | {done} | {1e6 * cpu / done:.1f} | {done / wall:.0f} |")
+    print(
+        f"| {label} | {conc} | {done} | {1e6 * cpu / done:.1f} | {1e6 * served / done:.1f} "
+        f"| {done / wall:.0f} |"
+    )
 
 
-async def _client(port: int, n: int, options: list[tuple[str, int]]) -> None:
+async def _client(port: int, n: int, options: list[tuple[str, int]], server: int) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
         await channel.channel_ready()
         unary = channel.unary_unary(f"/{_SERVICE}/Unary", _registered_method=True)
@@ -154,12 +168,15 @@ async def _client(port: int, n: int, options: list[tuple[str, int]]) -> None:
             return None
 
         mux = _Mux(channel)
-        print("| way | conc | requests | client cpu us/request | requests/s |")
-        print("|---|---:|---:|---:|---:|")
+        print(
+            "| way | conc | requests | client cpu us/request | server cpu us/request | requests/s |"
+        )
+        print("|---|---:|---:|---:|---:|---:|")
         for conc in (1, 32):
-            await _measure("unary call", unary_call, n, conc)
-            await _measure("server-streaming call (1 message)", stream_call, n, conc)
-            await _measure("one bidi stream, multiplexed", lambda: mux.request(_BODY), n, conc)
+            await _measure("unary call", unary_call, n, conc, server)
+            await _measure("server-streaming call (1 message)", stream_call, n, conc, server)
+            multiplexed = "one bidi stream, multiplexed"
+            await _measure(multiplexed, lambda: mux.request(_BODY), n, conc, server)
         # A stream of _MESSAGES messages: its cost per message (the call's own included).
         for conc in (1, 8):
             streams = max(conc, n // _MESSAGES // 2)
@@ -173,7 +190,7 @@ async def _client(port: int, n: int, options: list[tuple[str, int]]) -> None:
             cpu = time.process_time() - cpu
             us = 1e6 * cpu / (streams // conc * conc * _MESSAGES)
             label = f"stream of {_MESSAGES} messages (per message)"
-            print(f"| {label} | {conc} | {streams // conc * conc} | {us:.1f} | |")
+            print(f"| {label} | {conc} | {streams // conc * conc} | {us:.1f} | | |")
         await mux.close()
 
 
@@ -196,7 +213,8 @@ def main() -> None:
     try:
         ready.wait(30)
         options = [(name, int(value)) for name, value in (o.split("=") for o in args.option)]
-        uvloop.run(_client(port, args.requests, options))
+        assert server.pid is not None
+        uvloop.run(_client(port, args.requests, options, server.pid))
     finally:
         server.terminate()
         server.join()

@@ -126,9 +126,14 @@ async def maintain_logs(retention: LogRetention) -> None:
     await periodically(LOG_MAINTENANCE_INTERVAL_SECONDS, maintain, "log retention")
 
 
-async def watch_database(engine: AsyncEngine, health_servicer: health.aio.HealthServicer) -> None:
+async def watch_database(
+    engine: AsyncEngine,
+    health_servicer: health.aio.HealthServicer,
+    on_change: Callable[[bool], None] = lambda serving: None,
+) -> None:
     """The core is SERVING (overall health, and so the bridge's /readyz) only while its
-    database answers: without it no request can be admitted or billed."""
+    database answers: without it no request can be admitted or billed. `on_change` hears each
+    change (the relay drains its streams while the core does not serve)."""
     serving: bool | None = None
     while True:
         try:
@@ -141,6 +146,7 @@ async def watch_database(engine: AsyncEngine, health_servicer: health.aio.Health
         if ok != serving:
             serving = ok
             await health_servicer.set("", SERVING if ok else NOT_SERVING)
+            on_change(ok)
             if not ok:
                 log.error("the database does not answer: reporting NOT_SERVING")
             else:

@@ -141,7 +141,10 @@ class Core:
         self._chore(chores.prune(self.billing.holds, self.storage.lease, self.settings), "prune")
         self._chore(chores.maintain_logs(self.storage.retention), "log retention")
         self._chore(chores.count_outcomes(self.status.outcomes), "request outcomes")
-        self._chore(chores.watch_database(self.storage.reads, health), "database health")
+        self._chore(
+            chores.watch_database(self.storage.reads, health, self.server.relay.serving),
+            "database health",
+        )
         self._chore(
             chores.periodically(
                 self.settings.probe_interval_seconds, self.routing.prober.probe_due, "probes"

@@ -16,7 +16,7 @@ Failure semantics:
   left. Its end (CANCELLED) is still sent; the caller has forgotten it.
 - **The stream broken** (the bridge died, the connection broke) cancels every call under way on
   it, each as above.
-- **Shutdown** (`drain`): every open stream is sent `drain`; a start that arrives after it is
+- **Shutdown** (`drain`), and likewise **the database unavailable** (`serving`): every open stream is sent `drain`; a start that arrives after it is
   refused UNAVAILABLE with no status details, having done nothing (the bridge sends it to
   another core); the calls under way finish, and then the stream ends. The server's own grace
   bounds how long that may take: past it gRPC cancels the stream, and with it the calls.
@@ -136,6 +136,7 @@ class InferenceRelayServicer(pb_grpc.InferenceRelayServicer):
         self._methods = methods
         self._streams: set[_RelayStream] = set()
         self._draining = False
+        self._unhealthy = False
         self.streams_opened = 0
 
     def drain(self) -> None:
@@ -144,13 +145,23 @@ class InferenceRelayServicer(pb_grpc.InferenceRelayServicer):
         for stream in self._streams:
             stream.drain()
 
+    def serving(self, ok: bool) -> None:
+        """The core's overall health changed. While it does not serve (its database does not
+        answer), its streams drain as for a shutdown, and so does every stream opened to it:
+        the bridges open new ones, which their health-checked balancing places on cores that
+        serve — as it places calls of their own."""
+        self._unhealthy = not ok
+        if not ok:
+            for stream in self._streams:
+                stream.drain()
+
     async def Relay(  # type: ignore[override]  # writes with context.write, yields nothing
         self, request_iterator: AsyncIterator[pb.RelayRequest], context: grpc.aio.ServicerContext
     ) -> None:
         stream = _RelayStream(self._methods, context)
         self.streams_opened += 1
         self._streams.add(stream)
-        if self._draining:
+        if self._draining or self._unhealthy:
             stream.drain()
         try:
             await stream.run(request_iterator)

@@ -94,3 +94,28 @@ async def test_many_requests_ride_few_streams(kyma_way: Kyma) -> None:
     else:
         assert streams == 0
     await kyma.settled()
+
+
+async def test_a_core_that_does_not_serve_drains_its_streams(
+    upstream: Upstream, tmp_path: pathlib.Path
+) -> None:
+    """While a core's database does not answer (its health NOT_SERVING), its relay streams
+    drain and every stream opened to it drains at once: no call starts there (the bridge
+    answers 503, as when no core is reachable, having charged nothing); once it serves again,
+    a new stream carries calls."""
+    async with running_kyma(tmp_path, None, upstream, "sqlite", bridge_relay_streams=1) as kyma:
+        relay = kyma.core.server.relay
+        _, key = await kyma.create_account()
+        auth = {"authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(base_url=kyma.http_url, timeout=LIVENESS_S) as http:
+            assert (await http.post("/v1/chat/completions", json=CHAT, headers=auth)).is_success
+            opened = relay.streams_opened
+            relay.serving(False)
+            refused = await http.post("/v1/chat/completions", json=CHAT, headers=auth)
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["retry-after"]
+            relay.serving(True)
+            again = await http.post("/v1/chat/completions", json=CHAT, headers=auth)
+            assert again.status_code == 200, again.text
+            assert relay.streams_opened > opened
+        await kyma.settled()
