@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,7 +174,7 @@ class _RelayStream:
     def __init__(self, methods: dict[str, _Method], context: grpc.aio.ServicerContext) -> None:
         self._methods = methods
         self._context = context
-        self._calls: dict[int, asyncio.Task[None]] = {}
+        self._calls: dict[int, asyncio.Task[pb.RelayEnd]] = {}
         self._cancelled: set[int] = set()
         self._answers: list[pb.RelayAnswer] = []
         self._wake = asyncio.Event()
@@ -256,36 +257,40 @@ class _RelayStream:
             self._run(call, method, start.request, metadata)
         )
         self._calls[call] = task
+        task.add_done_callback(lambda done: self._finished(call, done))
+
+    def _finished(self, call: int, task: asyncio.Task[pb.RelayEnd]) -> None:
+        """A call's task is over, whether it ran or was cancelled before it began (then `_run`
+        never ran at all): it is no longer under way, and its end is sent unless the stream
+        itself is ending."""
+        self._calls.pop(call, None)
+        cancelled = call in self._cancelled
+        self._cancelled.discard(call)
+        if not task.cancelled():
+            self._answer(pb.RelayAnswer(call=call, end=task.result()))
+        elif cancelled:
+            self._answer(pb.RelayAnswer(call=call, end=_CANCELLED))
+        # else the stream ends (`run`): nobody is left to answer
 
     async def _run(
         self, call: int, method: _Method, request: bytes, metadata: tuple[tuple[str, str], ...]
-    ) -> None:
+    ) -> pb.RelayEnd:
         context = RelayedContext(metadata)
-        end = _OK
         try:
             decoded = method.decode(request)
-            if method.streaming:
-                async for message in method.behaviour(decoded, context):
-                    if not self._message(call, message):
-                        end = _too_large()
-                        break
-            else:
+            if not method.streaming:
                 message = await method.behaviour(decoded, context)
-                if not self._message(call, message):
-                    end = _too_large()
+                return _OK if self._message(call, message) else _too_large()
+            async with aclosing(method.behaviour(decoded, context)) as messages:
+                async for message in messages:
+                    if not self._message(call, message):
+                        return _too_large()
+            return _OK
         except grpc.aio.AbortError:
-            end = _end(context.status)
-        except asyncio.CancelledError:
-            if call not in self._cancelled:
-                raise  # the stream itself ends: nobody is left to answer
-            end = _CANCELLED
+            return _end(context.status)
         except Exception:  # the guard turns every error into a status; this is a bug here
             log.exception("relayed call %s failed", call)
-            end = pb.RelayEnd(code=grpc.StatusCode.INTERNAL.value[0], details="internal error")
-        finally:
-            self._calls.pop(call, None)
-            self._cancelled.discard(call)
-        self._answer(pb.RelayAnswer(call=call, end=end))
+            return pb.RelayEnd(code=grpc.StatusCode.INTERNAL.value[0], details="internal error")
 
     def _message(self, call: int, message: Any) -> bool:
         data = message.SerializeToString()
