@@ -229,7 +229,12 @@ def start_stack(
         f"        base_url: http://{HOST}:{upstream_port}/v1\n"
         f"        model: {UPSTREAM_MODEL}\n" + faulty_deployment
     )
-    grpc_port, http_port = free_port(), free_port()
+    # Core k of --workers listens on grpc_port + k: none of those may be the HTTP port (free
+    # ports often come in sequence).
+    http_port = free_port()
+    grpc_port = free_port()
+    while http_port in range(grpc_port, grpc_port + args.workers):
+        grpc_port = free_port()
     env = {
         **base_env,
         "KYMA_DATA_DIR": str(workdir / "data"),
