@@ -160,13 +160,17 @@ class SqliteRateLimitStore:
         db = sqlite3.connect(
             self._path, timeout=timeout, isolation_level=None, check_same_thread=False
         )
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=OFF")
-        with self._schema_lock:
-            if not self._schema_made:
-                for statement in _SCHEMA:
-                    db.execute(statement)
-                self._schema_made = True
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=OFF")
+            with self._schema_lock:
+                if not self._schema_made:
+                    for statement in _SCHEMA:
+                        db.execute(statement)
+                    self._schema_made = True
+        except BaseException:
+            db.close()
+            raise
         return db
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -189,8 +193,10 @@ class SqliteRateLimitStore:
         """`work` on the event loop's own connection if the write lock is free this instant:
         a transaction of a few statements on a file that is never synced costs less than the
         hop to the thread. None when another process holds the lock (never waited for here)."""
-        db = self._loop_connection()
         try:
+            # Opening sets the journal mode, which needs the lock too while a new file is not
+            # yet in WAL mode (every worker starting at once on it): never waited for here.
+            db = self._loop_connection()
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError:
             return None

@@ -133,3 +133,30 @@ async def test_a_worker_holding_the_lock_never_blocks_the_event_loop(
         assert (await store.peek([rpm]))[0].remaining == 0
     finally:
         await store.close()
+
+
+async def test_a_worker_that_starts_while_another_holds_the_lock_waits_its_turn(
+    tmp_path: pathlib.Path, clock: FakeClock
+) -> None:
+    """A worker's first call opens its connections, which sets the file's journal mode; if
+    another worker holds the lock of a file not yet in WAL mode at that instant (all workers
+    start at once on a new file), the call waits for it on the store's thread like any other,
+    instead of failing. Seen with two workers under load: the second worker's first requests
+    failed 503 ("database is locked")."""
+    path = tmp_path / "l.db"
+    late = SqliteRateLimitStore(path, clock)
+    rpm = Limit("acct:e:rpm", 3, 1)
+    try:
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")  # a new file, in its first transaction
+            other.execute("CREATE TABLE other_worker (x)")
+            waiting = asyncio.create_task(late.admit([rpm]))
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert not waiting.done()
+            other.execute("COMMIT")
+            assert (await waiting).admitted
+        assert (await late.admit([rpm])).admitted  # and on the loop's own connection now
+        assert (await late.peek([rpm]))[0].remaining == 1
+    finally:
+        await late.close()
