@@ -223,7 +223,7 @@ class CoreStubs:
         )
 
     def use_relay(self, relay: InferenceRelay) -> None:
-        self.inference_calls = InferenceRelayStub(relay)
+        self.inference_calls = InferenceRelayStub(relay, self.inference)
 
 
 def stubs(request: Request) -> CoreStubs:

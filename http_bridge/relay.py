@@ -24,10 +24,16 @@ Failure semantics:
   received part of its answer ends as it would have (`inference_routes`).
 - **Cancelling** a call (the client went away) sends `cancel`: the core cancels it as it cancels
   a gRPC call whose client left, and its hold is released.
-- **Buffering**: the answers of a call wait in its own queue until the route reads them; the
-  stream's reader never waits for one call's reader (one slow client must not hold up the
-  others), so a slow client's unread answer is held here, bounded by the answer's length,
-  until the client reads it or leaves.
+- **Flow control**: each call has a window (`WINDOW_BYTES`, RelayStart.window) of answer bytes
+  the core may send ahead of what the route has read, as HTTP/2 gives a call of its own; the
+  route's reads grant more. The stream's reader never waits for one call's reader (one slow
+  client must not hold up the others): a client that stops reading stops its call at the core,
+  and the bridge holds at most about a window of its answer.
+- **A request too large** for one gRPC message fails alone, RESOURCE_EXHAUSTED, as gRPC refuses
+  it on a call of its own, instead of breaking its stream and every call on it.
+- **A core without the relay** (UNIMPLEMENTED: an older version in a rolling upgrade): the
+  calls on that stream did nothing there and are resent, and from then on the bridge makes a
+  gRPC call per request, as before the relay (logged once, at WARNING).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from typing import Any
 
 import grpc
 
+from kyma.contract.v1.constants import MAX_MESSAGE_BYTES
 from kyma.inference.v1 import inference_service_pb2 as inference_pb
 from kyma.inference.v1 import relay_service_pb2 as pb
 
@@ -53,6 +60,11 @@ _STATUS_DETAILS = "grpc-status-details-bin"
 _BROKEN = "the relay stream to the core broke"
 # Frames are batched into one message up to about this size.
 _BATCH_BYTES = 1024 * 1024
+# Each call's window (RelayStart.window): the bytes of its answers the core may send ahead of
+# what the route has read; more is granted once half of it has been read.
+WINDOW_BYTES = 1024 * 1024
+# Room for a start's framing (method, metadata) within a gRPC message.
+_LARGEST_REQUEST = MAX_MESSAGE_BYTES - 64 * 1024
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -72,11 +84,13 @@ _CANCELLED = object()
 
 class RelayedCall:
     """One call carried on a relay stream: awaitable for a unary method, `read()` for a
-    streaming one, as grpc.aio's calls are."""
+    streaming one, as grpc.aio's calls are (cancelling the task that waits on it cancels it)."""
 
-    __slots__ = ("_stream", "_id", "_decode", "_answers", "_waiter", "_done", "_cancelled")
+    __slots__ = ("_stream", "_id", "_decode", "_answers", "_waiter", "_done", "_cancelled", "_read")
 
-    def __init__(self, stream: _Stream, call_id: int, decode: Callable[[bytes], Any]) -> None:
+    def __init__(
+        self, stream: _Stream | None, call_id: int, decode: Callable[[bytes], Any]
+    ) -> None:
         self._stream = stream
         self._id = call_id
         self._decode = decode
@@ -84,6 +98,14 @@ class RelayedCall:
         self._waiter: asyncio.Future[None] | None = None
         self._done = False
         self._cancelled = False
+        self._read = 0  # bytes of answers read since the last grant
+
+    @classmethod
+    def failed(cls, error: grpc.aio.AioRpcError) -> RelayedCall:
+        """A call that fails with `error` without being sent."""
+        call = cls(None, 0, bytes)
+        call.deliver(error)
+        return call
 
     def deliver(self, answer: Any) -> None:
         """An answer of the core (bytes of a message, a RelayEnd) or the stream's failure."""
@@ -98,7 +120,8 @@ class RelayedCall:
         if self._done or self._cancelled:
             return False
         self._cancelled = True
-        self._stream.cancel(self._id)
+        if self._stream is not None:
+            self._stream.cancel(self._id)
         self.deliver(_CANCELLED)
         return True
 
@@ -113,11 +136,15 @@ class RelayedCall:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
+            except asyncio.CancelledError:
+                self.cancel()  # its reader was cancelled: so is the call, as in grpc.aio
+                raise
             finally:
                 self._waiter = None
         answer = self._answers[0]
         if isinstance(answer, bytes):
             self._answers.popleft()
+            self._granting(len(answer))
             return self._decode(answer)
         # An end stays, so that reading again gives the same.
         if answer is _CANCELLED:
@@ -128,6 +155,12 @@ class RelayedCall:
             return grpc.aio.EOF
         code = _CODES.get(answer.code, grpc.StatusCode.UNKNOWN)
         raise _error(code, answer.details, answer.status_details)
+
+    def _granting(self, size: int) -> None:
+        self._read += size
+        if self._read >= WINDOW_BYTES // 2 and not self._done and self._stream is not None:
+            self._stream.grant(self._id, self._read)
+            self._read = 0
 
     def __await__(self) -> Generator[Any, None, Any]:
         message = yield from self.read().__await__()
@@ -143,6 +176,7 @@ class _Stream:
     def __init__(self, channel: grpc.aio.Channel, born: float, on_end: Callable[[_Stream], None]):
         self.born = born
         self.open = True  # takes new calls
+        self.unsupported = False  # the core answered UNIMPLEMENTED: it has no relay
         self._on_end = on_end
         self._call = channel.stream_stream(
             _RELAY,
@@ -166,6 +200,7 @@ class _Stream:
             method=method,
             request=request,
             metadata=[pb.RelayMetadata(key=k, value=v) for k, v in metadata],
+            window=WINDOW_BYTES,
         )
         self._frames.append(pb.RelayFrame(call=call_id, start=start))
         self._wake.set()
@@ -174,6 +209,11 @@ class _Stream:
     def cancel(self, call_id: int) -> None:
         if self._calls.pop(call_id, None) is not None:
             self._frames.append(pb.RelayFrame(call=call_id, cancel=True))
+            self._wake.set()
+
+    def grant(self, call_id: int, size: int) -> None:
+        if call_id in self._calls:
+            self._frames.append(pb.RelayFrame(call=call_id, window=size))
             self._wake.set()
 
     def retire(self) -> None:
@@ -234,10 +274,18 @@ class _Stream:
                     self._wake.set()  # the writer closes the stream
         except grpc.aio.AioRpcError as error:
             code = error.code()
+            log.info("a relay stream to a core ended: %s %s", code.name, error.details())
             if code is grpc.StatusCode.CANCELLED:
                 failure = _error(code, _BROKEN)
+            elif code is grpc.StatusCode.UNIMPLEMENTED:
+                # A core that does not serve the relay (an older version): nothing of these
+                # calls was done; they are resent, and the bridge calls directly from now on.
+                self.unsupported = True
         except asyncio.CancelledError:
             pass
+        except Exception:  # a bug here: the calls fail, and the core hears of it
+            log.exception("a relay stream failed")
+            self._call.cancel()
         finally:
             self.open = False
             calls, self._calls = self._calls, {}
@@ -248,7 +296,9 @@ class _Stream:
 
 
 class InferenceRelay:
-    """Up to `streams` relay streams on `channel`, handed out in turn."""
+    """Up to `streams` relay streams on `channel`, handed out in turn. A core that does not
+    serve the relay (UNIMPLEMENTED: an older version during a rolling upgrade) turns it off:
+    `direct` then tells callers to make a gRPC call of their own, as before the relay."""
 
     def __init__(
         self,
@@ -264,8 +314,18 @@ class InferenceRelay:
         self._open: list[_Stream] = []
         self._all: set[_Stream] = set()
         self._turn = 0
+        self._closed = False
+        self.direct = False
 
     def call(self, method: str, request: bytes, metadata: Metadata, decode: Any) -> RelayedCall:
+        if self._closed:
+            return RelayedCall.failed(_error(grpc.StatusCode.UNAVAILABLE, "the bridge is stopping"))
+        if len(request) > _LARGEST_REQUEST:
+            # As gRPC refuses a message over the limit on a call of its own: this call alone.
+            details = (
+                f"the request is larger than a gRPC message may be ({MAX_MESSAGE_BYTES} bytes)"
+            )
+            return RelayedCall.failed(_error(grpc.StatusCode.RESOURCE_EXHAUSTED, details))
         return self._stream().start(method, request, metadata, decode)
 
     def _stream(self) -> _Stream:
@@ -288,9 +348,16 @@ class InferenceRelay:
         self._all.discard(stream)
         with contextlib.suppress(ValueError):
             self._open.remove(stream)
+        if stream.unsupported and not self.direct:
+            self.direct = True
+            log.warning(
+                "a core does not serve InferenceRelay (an older version?): calling the cores "
+                "with a gRPC call per request from now on"
+            )
 
     async def close(self, timeout: float = 5.0) -> None:
         """Retire every stream and wait (up to `timeout`) for their calls to end."""
+        self._closed = True
         streams = list(self._all)
         for stream in streams:
             stream.retire()
@@ -308,19 +375,24 @@ class InferenceRelay:
 
 class InferenceRelayStub:
     """InferenceService's methods, each carried on the relay: `stub.CreateChatCompletion(
-    request, metadata=...)` as on the gRPC stub."""
+    request, metadata=...)` as on the gRPC stub — which `direct` answers instead once the relay
+    turned out to be unserved."""
 
-    def __init__(self, relay: InferenceRelay) -> None:
+    def __init__(self, relay: InferenceRelay, direct: Any = None) -> None:
         for method in _SERVICE.methods:
             decode = getattr(inference_pb, method.output_type.name).FromString
-            setattr(self, method.name, _Method(relay, method.name, decode))
+            fallback = getattr(direct, method.name, None)
+            setattr(self, method.name, _Method(relay, method.name, decode, fallback))
 
 
 class _Method:
-    __slots__ = ("_relay", "_name", "_decode")
+    __slots__ = ("_relay", "_name", "_decode", "_direct")
 
-    def __init__(self, relay: InferenceRelay, name: str, decode: Any) -> None:
-        self._relay, self._name, self._decode = relay, name, decode
+    def __init__(self, relay: InferenceRelay, name: str, decode: Any, direct: Any) -> None:
+        self._relay, self._name, self._decode, self._direct = relay, name, decode, direct
 
-    def __call__(self, request: Any, *, metadata: Metadata = ()) -> RelayedCall:
-        return self._relay.call(self._name, request.SerializeToString(), metadata, self._decode)
+    def __call__(self, request: Any, *, metadata: Metadata = ()) -> Any:
+        relay = self._relay
+        if relay.direct and self._direct is not None:
+            return self._direct(request, metadata=metadata)
+        return relay.call(self._name, request.SerializeToString(), metadata, self._decode)

@@ -170,17 +170,37 @@ class InferenceRelayServicer(pb_grpc.InferenceRelayServicer):
             self._streams.discard(stream)
 
 
+class _Call:
+    """A call under way on a stream: its task, and the room left in its window."""
+
+    __slots__ = ("task", "window", "more")
+
+    def __init__(self, window: int) -> None:
+        self.task: asyncio.Task[pb.RelayEnd] | None = None
+        # Bytes of answers the core may still send; None: no limit (a start without a window).
+        self.window: int | None = window or None
+        self.more: asyncio.Future[None] | None = None
+
+    def grant(self, size: int) -> None:
+        if self.window is None:
+            return
+        self.window += size
+        if self.more is not None and not self.more.done():
+            self.more.set_result(None)
+
+
 class _RelayStream:
     def __init__(self, methods: dict[str, _Method], context: grpc.aio.ServicerContext) -> None:
         self._methods = methods
         self._context = context
-        self._calls: dict[int, asyncio.Task[pb.RelayEnd]] = {}
-        self._cancelled: set[int] = set()
-        self._answers: list[pb.RelayAnswer] = []
+        self._calls: dict[int, _Call] = {}
+        # Answers waiting for the writer, each with its size.
+        self._answers: list[tuple[pb.RelayAnswer, int]] = []
         self._wake = asyncio.Event()
         self._draining = False
         self._drain_sent = False
         self._input_closed = False
+        self._ending = False
 
     def drain(self) -> None:
         self._draining = True
@@ -190,10 +210,16 @@ class _RelayStream:
         reader = asyncio.get_running_loop().create_task(self._read(requests))
         try:
             await self._write()
+        except Exception as error:  # noqa: BLE001 - the stream's end, whatever gRPC raised
+            # A write to a bridge that went away (its connection broke): nobody is left to
+            # answer, and the calls are cancelled below as for a client that left.
+            log.info("a relay stream ended while writing to it: %s", type(error).__name__)
         finally:
+            self._ending = True
             reader.cancel()
-            for task in self._calls.values():
-                task.cancel()
+            for call in self._calls.values():
+                if call.task is not None:
+                    call.task.cancel()
 
     async def _read(self, requests: AsyncIterator[pb.RelayRequest]) -> None:
         try:
@@ -202,13 +228,17 @@ class _RelayStream:
                     log.warning("a relay stream sent a message that is not a RelayRequest")
                     return
                 for frame in request.frames:
-                    if frame.HasField("start"):
+                    kind = frame.WhichOneof("kind")
+                    if kind == "start":
                         self._start(frame.call, frame.start)
-                    elif frame.cancel:
-                        task = self._calls.get(frame.call)
-                        if task is not None:
-                            self._cancelled.add(frame.call)
-                            task.cancel()
+                        continue
+                    call = self._calls.get(frame.call)
+                    if call is None:
+                        continue  # ended meanwhile: nothing to do
+                    if kind == "window":
+                        call.grant(frame.window)
+                    elif kind == "cancel" and call.task is not None:
+                        call.task.cancel()
         finally:
             self._input_closed = True
             self._wake.set()
@@ -218,30 +248,33 @@ class _RelayStream:
         while True:
             await wake.wait()
             wake.clear()
-            while self._answers:
-                await context.write(pb.RelayResponse(answers=self._batch()))
-            if self._draining and not self._drain_sent:
-                self._drain_sent = True
-                await context.write(pb.RelayResponse(drain=True))
+            # Every answer queued, also those queued while the drain was written, before the
+            # stream may end: an answer left behind would be a call the bridge resends.
+            while self._answers or (self._draining and not self._drain_sent):
+                if self._answers:
+                    await context.write(pb.RelayResponse(answers=self._batch()))
+                else:
+                    self._drain_sent = True
+                    await context.write(pb.RelayResponse(drain=True))
             if not self._calls and (self._input_closed or self._draining):
                 return
 
     def _batch(self) -> list[pb.RelayAnswer]:
-        answers, size = self._answers, 0
-        for count, answer in enumerate(answers):
-            size += answer.ByteSize()
+        queued, size = self._answers, 0
+        for count, (_, answer_size) in enumerate(queued):
+            size += answer_size
             if size > _BATCH_BYTES and count:
-                self._answers = answers[count:]
-                return answers[:count]
+                self._answers = queued[count:]
+                return [answer for answer, _ in queued[:count]]
         self._answers = []
-        return answers
+        return [answer for answer, _ in queued]
 
-    def _answer(self, answer: pb.RelayAnswer) -> None:
-        self._answers.append(answer)
+    def _answer(self, answer: pb.RelayAnswer, size: int = 16) -> None:
+        self._answers.append((answer, size))
         self._wake.set()
 
-    def _start(self, call: int, start: pb.RelayStart) -> None:
-        if call in self._calls:
+    def _start(self, number: int, start: pb.RelayStart) -> None:
+        if number in self._calls:
             return  # a number already under way: the caller's mistake, ignored
         method = self._methods.get(start.method)
         if method is None:
@@ -249,54 +282,68 @@ class _RelayStream:
                 code=grpc.StatusCode.UNIMPLEMENTED.value[0],
                 details=f"InferenceService has no method {start.method!r}",
             )
-            return self._answer(pb.RelayAnswer(call=call, end=end))
+            return self._answer(pb.RelayAnswer(call=number, end=end))
         if self._draining:
-            return self._answer(pb.RelayAnswer(call=call, end=_SHUTTING_DOWN))
+            return self._answer(pb.RelayAnswer(call=number, end=_SHUTTING_DOWN))
         metadata = tuple((m.key, m.value) for m in start.metadata)
-        task = asyncio.get_running_loop().create_task(
-            self._run(call, method, start.request, metadata)
+        call = _Call(start.window)
+        call.task = asyncio.get_running_loop().create_task(
+            self._run(number, call, method, start.request, metadata)
         )
-        self._calls[call] = task
-        task.add_done_callback(lambda done: self._finished(call, done))
+        self._calls[number] = call
+        call.task.add_done_callback(lambda task: self._finished(number, call, task))
 
-    def _finished(self, call: int, task: asyncio.Task[pb.RelayEnd]) -> None:
+    def _finished(self, number: int, call: _Call, task: asyncio.Task[pb.RelayEnd]) -> None:
         """A call's task is over, whether it ran or was cancelled before it began (then `_run`
         never ran at all): it is no longer under way, and its end is sent unless the stream
         itself is ending."""
-        self._calls.pop(call, None)
-        cancelled = call in self._cancelled
-        self._cancelled.discard(call)
+        if self._calls.get(number) is call:
+            del self._calls[number]
         if not task.cancelled():
-            self._answer(pb.RelayAnswer(call=call, end=task.result()))
-        elif cancelled:
-            self._answer(pb.RelayAnswer(call=call, end=_CANCELLED))
-        # else the stream ends (`run`): nobody is left to answer
+            self._answer(pb.RelayAnswer(call=number, end=task.result()))
+        elif not self._ending:
+            # By its caller, or by anything else that cancelled it: either way it ends.
+            self._answer(pb.RelayAnswer(call=number, end=_CANCELLED))
+        else:
+            self._wake.set()  # the writer sees the stream's calls all gone
 
     async def _run(
-        self, call: int, method: _Method, request: bytes, metadata: tuple[tuple[str, str], ...]
+        self,
+        number: int,
+        call: _Call,
+        method: _Method,
+        request: bytes,
+        metadata: tuple[tuple[str, str], ...],
     ) -> pb.RelayEnd:
         context = RelayedContext(metadata)
         try:
             decoded = method.decode(request)
             if not method.streaming:
                 message = await method.behaviour(decoded, context)
-                return _OK if self._message(call, message) else _too_large()
+                return _OK if await self._send(number, call, message) else _too_large()
             async with aclosing(method.behaviour(decoded, context)) as messages:
                 async for message in messages:
-                    if not self._message(call, message):
+                    if not await self._send(number, call, message):
                         return _too_large()
             return _OK
         except grpc.aio.AbortError:
             return _end(context.status)
         except Exception:  # the guard turns every error into a status; this is a bug here
-            log.exception("relayed call %s failed", call)
+            log.exception("relayed call %s failed", number)
             return pb.RelayEnd(code=grpc.StatusCode.INTERNAL.value[0], details="internal error")
 
-    def _message(self, call: int, message: Any) -> bool:
+    async def _send(self, number: int, call: _Call, message: Any) -> bool:
+        """Queue one message of the call, once its window has room (HTTP/2's flow control, per
+        call): a caller that does not read holds the call here, not in anyone's memory."""
         data = message.SerializeToString()
         if len(data) > _LARGEST_ANSWER:
             return False
-        self._answer(pb.RelayAnswer(call=call, message=data))
+        if call.window is not None:
+            while call.window <= 0:
+                call.more = asyncio.get_running_loop().create_future()
+                await call.more
+            call.window -= len(data)
+        self._answer(pb.RelayAnswer(call=number, message=data), len(data))
         return True
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -23,7 +24,8 @@ from core_service import errors
 from core_service.edge.interceptors import ErrorTranslation
 from core_service.edge.metadata import request_id
 from core_service.edge.relay import InferenceRelayServicer, inference_methods
-from http_bridge.core_client import resendable
+from http_bridge import relay as relay_module
+from http_bridge.core_client import resendable, with_resends
 from http_bridge.errors import OpenAIError, from_grpc
 from http_bridge.relay import InferenceRelay, InferenceRelayStub
 from kyma.inference.v1 import inference_service_pb2 as inference_pb
@@ -59,6 +61,8 @@ class FakeInference(inference_grpc.InferenceServiceServicer):
         self.metadata: dict[bytes, tuple[tuple[str, str | bytes], ...]] = {}
         self.request_ids: dict[bytes, str] = {}
         self.calls = 0
+        # StreamCompletion: messages produced so far (it yields FLOOD messages of 64 KiB).
+        self.produced = 0
 
     def gate(self, body: bytes) -> asyncio.Event:
         gate = self.gates[body] = asyncio.Event()
@@ -97,6 +101,16 @@ class FakeInference(inference_grpc.InferenceServiceServicer):
         await self._behave(request.body, context)
         yield inference_pb.StreamChatCompletionResponse(chunks=[request.body + b" 2"])
 
+    async def StreamCompletion(
+        self, request: inference_pb.StreamCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_pb.StreamCompletionResponse]:
+        for _ in range(FLOOD):
+            self.produced += 1
+            yield inference_pb.StreamCompletionResponse(chunks=[b"x" * 65536])
+
+
+FLOOD = 40
+
 
 class _Counted:
     """A stream's requests, counted as the core reads them."""
@@ -123,6 +137,10 @@ class _Writes:
 
     async def write(self, message: pb.RelayResponse) -> None:
         self._front.responses.append(message)
+        if self._front.fail_writes:
+            raise asyncio.InvalidStateError("RPC already finished.")  # as grpc.aio says it
+        if message.drain and self._front.before_drain is not None:
+            await self._front.before_drain()
         await self._context.write(message)
 
     def __getattr__(self, name: str) -> Any:
@@ -142,6 +160,10 @@ class RelayFront(pb_grpc.InferenceRelayServicer):
         self.cut = 0
         self.requests = 0
         self.responses: list[pb.RelayResponse] = []
+        # Awaited just before the drain is written (the write's own await, made longer).
+        self.before_drain: Callable[[], Awaitable[None]] | None = None
+        # Every write fails as gRPC's does once the bridge has gone.
+        self.fail_writes = False
 
     @property
     def opened(self) -> int:
@@ -185,6 +207,7 @@ class Rig:
     # InferenceRelayStub (its methods are set by name, so untyped) and the direct stub.
     stub: Any
     direct: Any
+    target: str
 
     def new_core(self) -> InferenceRelayServicer:
         return InferenceRelayServicer(inference_methods(self.fake, self.translation))
@@ -216,6 +239,7 @@ async def rig() -> AsyncIterator[Rig]:
             relay=relay,
             stub=InferenceRelayStub(relay),
             direct=inference_grpc.InferenceServiceStub(channel),
+            target=f"127.0.0.1:{port}",
         )
     finally:
         fake.release_all()
@@ -737,3 +761,154 @@ async def test_a_message_that_is_not_a_relay_request_ends_only_its_stream(rig: R
         answer = await rig.stub.CreateChatCompletion(Chat(body=b"fine"))
     assert answer.body == b"answer to fine"
     assert rig.fake.calls == 1
+
+
+async def test_a_call_that_ends_while_the_drain_is_written_still_gets_its_answer(rig: Rig) -> None:
+    """The drain's write is an await like any other: a call that finishes during it has its
+    answer queued after the writer last looked, and the stream must not end without sending
+    it (the bridge would take the call for undone and resend a call that was charged)."""
+    gate = rig.fake.gate(b"late")
+
+    async def finish_the_call_meanwhile() -> None:
+        gate.set()
+        for _ in range(50):  # loop steps, not time: the call returns and queues its answer
+            await asyncio.sleep(0)
+
+    async with asyncio.timeout(LIVENESS):
+        call = rig.stub.CreateChatCompletion(Chat(body=b"late"))
+        await rig.fake.entered[b"late"].wait()
+        rig.front.before_drain = finish_the_call_meanwhile
+        rig.front.core.drain()
+        assert (await call).body == b"answer to late"
+        await rig.front.ended[0].wait()
+    assert rig.front.cut == 0
+
+
+async def test_cancelling_the_task_that_awaits_a_call_cancels_the_call(rig: Rig) -> None:
+    """As with grpc.aio's calls: a route's task cancelled while it awaits a relayed call (the
+    server's shutdown timing out, say) cancels the call at the core, which then charges
+    nothing, instead of leaving it running with nobody waiting."""
+    rig.fake.gate(b"abandoned")
+
+    async def route() -> Any:
+        return await rig.stub.CreateChatCompletion(Chat(body=b"abandoned"))
+
+    async with asyncio.timeout(LIVENESS):
+        task = asyncio.create_task(route())
+        await rig.fake.entered[b"abandoned"].wait()
+        task.cancel()
+        await rig.fake.cancelled[b"abandoned"].wait()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_request_too_large_for_a_message_fails_alone(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request over the gRPC message limit fails RESOURCE_EXHAUSTED, not resendable, as gRPC
+    refuses it on a call of its own — and the stream and the calls on it carry on (sent, it
+    would have broken the stream and every call on it)."""
+    monkeypatch.setattr(relay_module, "_LARGEST_REQUEST", 1000)
+    gate = rig.fake.gate(b"beside")
+    async with asyncio.timeout(LIVENESS):
+        beside = rig.stub.StreamChatCompletion(StreamChat(body=b"beside"))
+        assert list((await beside.read()).chunks) == [b"beside 1"]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await rig.stub.CreateChatCompletion(Chat(body=b"x" * 2000))
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert not resendable(refused.value)
+        gate.set()
+        assert list((await beside.read()).chunks) == [b"beside 2"]
+        assert await beside.read() is grpc.aio.EOF
+        assert (await rig.stub.CreateChatCompletion(Chat(body=b"after"))).body == b"answer to after"
+    assert rig.front.opened == 1
+
+
+async def test_a_caller_that_does_not_read_holds_its_call_at_the_core(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flow control per call, as HTTP/2 gives a call of its own: the core sends a call's
+    answers only as far as its window, and a caller that stops reading stops the call there
+    (nothing piles up in the bridge); reading on grants more, and everything arrives."""
+    monkeypatch.setattr(relay_module, "WINDOW_BYTES", 256 * 1024)
+    core = rig.front.core
+
+    def waiting_for_room() -> bool:
+        streams = core._streams
+        return any(
+            call.more is not None and not call.more.done()
+            for stream in streams
+            for call in stream._calls.values()
+        )
+
+    async with asyncio.timeout(LIVENESS):
+        flood = rig.stub.StreamCompletion(inference_pb.StreamCompletionRequest(body=b"flood"))
+        first = await flood.read()
+        assert len(first.chunks[0]) == 65536
+        await until(waiting_for_room)
+        # 256 KiB of room, one 64 KiB message more when any is left, and the one read.
+        assert rig.fake.produced <= 6
+        read = 1
+        while await flood.read() is not grpc.aio.EOF:
+            read += 1
+    assert read == FLOOD == rig.fake.produced
+
+
+async def test_a_call_cancelled_by_anything_else_still_ends(rig: Rig) -> None:
+    """A call whose task ends cancelled though nobody sent a cancel (the servicer let a
+    CancelledError out) still ends, CANCELLED, as gRPC ends such a call; its stream is not
+    left waiting for it, and closes when asked."""
+    rig.fake.raises[b"stray"] = asyncio.CancelledError()
+    async with asyncio.timeout(LIVENESS):
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await rig.stub.CreateChatCompletion(Chat(body=b"stray"))
+        assert ended.value.code() is grpc.StatusCode.CANCELLED
+        await rig.relay.close(timeout=LIVENESS)
+        await rig.front.ended[0].wait()
+    assert rig.front.cut == 0
+
+
+async def test_a_core_without_the_relay_is_called_directly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A core of an older version, which does not serve InferenceRelay (UNIMPLEMENTED): the
+    call is resent as the resend rule allows (the core did nothing), and from then on the
+    bridge makes a gRPC call per request — logged once, at WARNING."""
+    fake = FakeInference()  # type: ignore[abstract]
+    server = grpc.aio.server(interceptors=[ErrorTranslation()])
+    inference_grpc.add_InferenceServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    relay = InferenceRelay(channel, streams=1, max_age=MAX_AGE)
+    stub: Any = InferenceRelayStub(relay, inference_grpc.InferenceServiceStub(channel))
+    try:
+        async with asyncio.timeout(LIVENESS):
+            answer = await with_resends(lambda: stub.CreateChatCompletion(Chat(body=b"old")))
+            assert answer.body == b"answer to old"
+            assert relay.direct
+            again = await stub.CreateChatCompletion(Chat(body=b"again"))
+            assert again.body == b"answer to again"
+    finally:
+        await relay.close(timeout=LIVENESS)
+        await channel.close()
+        await server.stop(None)
+    warnings = [r for r in caplog.records if "InferenceRelay" in r.getMessage()]
+    assert [r.levelname for r in warnings] == ["WARNING"]
+
+
+async def test_a_bridge_gone_mid_stream_logs_no_error_at_the_core(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bridge that goes away while the core writes to it (gRPC's write then raises) is a
+    client that left, as for a call of its own: its calls are cancelled, and there is no
+    ERROR, no traceback in the core's log."""
+    gate = rig.fake.gate(b"gone")
+    async with asyncio.timeout(LIVENESS):
+        call = rig.stub.StreamChatCompletion(StreamChat(body=b"gone"))
+        assert list((await call.read()).chunks) == [b"gone 1"]
+        rig.front.fail_writes = True
+        gate.set()  # its next message is written: the write fails
+        await rig.front.ended[0].wait()
+    assert not rig.fake.cancelled[b"gone"].is_set()  # it had passed its gate: it ended
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

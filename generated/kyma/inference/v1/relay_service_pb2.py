@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%kyma/inference/v1/relay_service.proto\x12\x11kyma.inference.v1\"=\n\x0cRelayRequest\x12-\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x1d.kyma.inference.v1.RelayFrame\"d\n\nRelayFrame\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\x04\x12.\n\x05start\x18\x02 \x01(\x0b\x32\x1d.kyma.inference.v1.RelayStartH\x00\x12\x10\n\x06\x63\x61ncel\x18\x03 \x01(\x08H\x00\x42\x06\n\x04kind\"a\n\nRelayStart\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0f\n\x07request\x18\x02 \x01(\x0c\x12\x32\n\x08metadata\x18\x03 \x03(\x0b\x32 .kyma.inference.v1.RelayMetadata\"+\n\rRelayMetadata\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"O\n\rRelayResponse\x12/\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x1e.kyma.inference.v1.RelayAnswer\x12\r\n\x05\x64rain\x18\x02 \x01(\x08\"b\n\x0bRelayAnswer\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\x04\x12\x11\n\x07message\x18\x02 \x01(\x0cH\x00\x12*\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1b.kyma.inference.v1.RelayEndH\x00\x42\x06\n\x04kind\"A\n\x08RelayEnd\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07\x64\x65tails\x18\x02 \x01(\t\x12\x16\n\x0estatus_details\x18\x03 \x01(\x0c\x32`\n\x0eInferenceRelay\x12N\n\x05Relay\x12\x1f.kyma.inference.v1.RelayRequest\x1a .kyma.inference.v1.RelayResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%kyma/inference/v1/relay_service.proto\x12\x11kyma.inference.v1\"=\n\x0cRelayRequest\x12-\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x1d.kyma.inference.v1.RelayFrame\"v\n\nRelayFrame\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\x04\x12.\n\x05start\x18\x02 \x01(\x0b\x32\x1d.kyma.inference.v1.RelayStartH\x00\x12\x10\n\x06\x63\x61ncel\x18\x03 \x01(\x08H\x00\x12\x10\n\x06window\x18\x04 \x01(\x04H\x00\x42\x06\n\x04kind\"q\n\nRelayStart\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0f\n\x07request\x18\x02 \x01(\x0c\x12\x32\n\x08metadata\x18\x03 \x03(\x0b\x32 .kyma.inference.v1.RelayMetadata\x12\x0e\n\x06window\x18\x04 \x01(\x04\"+\n\rRelayMetadata\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"O\n\rRelayResponse\x12/\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x1e.kyma.inference.v1.RelayAnswer\x12\r\n\x05\x64rain\x18\x02 \x01(\x08\"b\n\x0bRelayAnswer\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\x04\x12\x11\n\x07message\x18\x02 \x01(\x0cH\x00\x12*\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1b.kyma.inference.v1.RelayEndH\x00\x42\x06\n\x04kind\"A\n\x08RelayEnd\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07\x64\x65tails\x18\x02 \x01(\t\x12\x16\n\x0estatus_details\x18\x03 \x01(\x0c\x32`\n\x0eInferenceRelay\x12N\n\x05Relay\x12\x1f.kyma.inference.v1.RelayRequest\x1a .kyma.inference.v1.RelayResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,17 +34,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELAYREQUEST']._serialized_start=60
   _globals['_RELAYREQUEST']._serialized_end=121
   _globals['_RELAYFRAME']._serialized_start=123
-  _globals['_RELAYFRAME']._serialized_end=223
-  _globals['_RELAYSTART']._serialized_start=225
-  _globals['_RELAYSTART']._serialized_end=322
-  _globals['_RELAYMETADATA']._serialized_start=324
-  _globals['_RELAYMETADATA']._serialized_end=367
-  _globals['_RELAYRESPONSE']._serialized_start=369
-  _globals['_RELAYRESPONSE']._serialized_end=448
-  _globals['_RELAYANSWER']._serialized_start=450
-  _globals['_RELAYANSWER']._serialized_end=548
-  _globals['_RELAYEND']._serialized_start=550
-  _globals['_RELAYEND']._serialized_end=615
-  _globals['_INFERENCERELAY']._serialized_start=617
-  _globals['_INFERENCERELAY']._serialized_end=713
+  _globals['_RELAYFRAME']._serialized_end=241
+  _globals['_RELAYSTART']._serialized_start=243
+  _globals['_RELAYSTART']._serialized_end=356
+  _globals['_RELAYMETADATA']._serialized_start=358
+  _globals['_RELAYMETADATA']._serialized_end=401
+  _globals['_RELAYRESPONSE']._serialized_start=403
+  _globals['_RELAYRESPONSE']._serialized_end=482
+  _globals['_RELAYANSWER']._serialized_start=484
+  _globals['_RELAYANSWER']._serialized_end=582
+  _globals['_RELAYEND']._serialized_start=584
+  _globals['_RELAYEND']._serialized_end=649
+  _globals['_INFERENCERELAY']._serialized_start=651
+  _globals['_INFERENCERELAY']._serialized_end=747
 # @@protoc_insertion_point(module_scope)

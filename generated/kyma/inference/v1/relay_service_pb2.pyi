@@ -47,10 +47,15 @@ class RelayFrame(_message.Message):
     CALL_FIELD_NUMBER: _builtins.int
     START_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
     call: _builtins.int
     """The caller's number for the call."""
     cancel: _builtins.bool
     """Stop the call: its answer is no longer wanted."""
+    window: _builtins.int
+    """More room for the call's answers: the caller has taken this many bytes of them off its
+    buffer (see RelayStart.window).
+    """
     @_builtins.property
     def start(self) -> Global___RelayStart: ...
     def __init__(
@@ -59,12 +64,13 @@ class RelayFrame(_message.Message):
         call: _builtins.int = ...,
         start: Global___RelayStart | None = ...,
         cancel: _builtins.bool = ...,
+        window: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "start", b"start"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "start", b"start", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "cancel", b"cancel", "kind", b"kind", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "cancel", b"cancel", "kind", b"kind", "start", b"start", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["start", "cancel"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["start", "cancel", "window"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -77,10 +83,17 @@ class RelayStart(_message.Message):
     METHOD_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
     method: _builtins.str
     """The InferenceService method's name, e.g. "CreateChatCompletion"."""
     request: _builtins.bytes
     """The method's request message, serialized."""
+    window: _builtins.int
+    """Flow control, as HTTP/2 gives a call of its own: the bytes of answers (serialized
+    response messages) the core may send before the caller grants more with `window` frames;
+    a message is sent whenever any room is left. A caller that reads slowly thereby slows the
+    call, and never has to hold more than about this much of its answer. 0: no limit.
+    """
     @_builtins.property
     def metadata(self) -> _containers.RepeatedCompositeFieldContainer[Global___RelayMetadata]:
         """The call's metadata, as InferenceService reads it from a call of its own
@@ -93,10 +106,11 @@ class RelayStart(_message.Message):
         method: _builtins.str = ...,
         request: _builtins.bytes = ...,
         metadata: _abc.Iterable[Global___RelayMetadata] | None = ...,
+        window: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "method", b"method", "request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "method", b"method", "request", b"request", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

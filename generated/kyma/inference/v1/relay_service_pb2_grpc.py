@@ -35,8 +35,9 @@ class InferenceRelayStub:
 
     A caller numbers its calls (`call`, unique among the calls it has open on the stream) and
     sends each one's start; the core answers with the call's messages and then its end, in order
-    per call (calls interleave). A caller that no longer wants an answer sends `cancel`: the core
-    cancels the call as gRPC cancels a call whose client went away, and ends it (CANCELLED).
+    per call (calls interleave), within the call's window (RelayStart.window). A caller that no
+    longer wants an answer sends `cancel`: the core cancels the call as gRPC cancels a call whose
+    client went away, and ends it (CANCELLED).
     Errors end a call with the status InferenceService would have given it (google.rpc.Status
     with ErrorInfo, in `status_details`); calls not of InferenceService end UNIMPLEMENTED.
 
@@ -69,8 +70,9 @@ class InferenceRelayServicer:
 
     A caller numbers its calls (`call`, unique among the calls it has open on the stream) and
     sends each one's start; the core answers with the call's messages and then its end, in order
-    per call (calls interleave). A caller that no longer wants an answer sends `cancel`: the core
-    cancels the call as gRPC cancels a call whose client went away, and ends it (CANCELLED).
+    per call (calls interleave), within the call's window (RelayStart.window). A caller that no
+    longer wants an answer sends `cancel`: the core cancels the call as gRPC cancels a call whose
+    client went away, and ends it (CANCELLED).
     Errors end a call with the status InferenceService would have given it (google.rpc.Status
     with ErrorInfo, in `status_details`); calls not of InferenceService end UNIMPLEMENTED.
 
@@ -112,8 +114,9 @@ class InferenceRelay:
 
     A caller numbers its calls (`call`, unique among the calls it has open on the stream) and
     sends each one's start; the core answers with the call's messages and then its end, in order
-    per call (calls interleave). A caller that no longer wants an answer sends `cancel`: the core
-    cancels the call as gRPC cancels a call whose client went away, and ends it (CANCELLED).
+    per call (calls interleave), within the call's window (RelayStart.window). A caller that no
+    longer wants an answer sends `cancel`: the core cancels the call as gRPC cancels a call whose
+    client went away, and ends it (CANCELLED).
     Errors end a call with the status InferenceService would have given it (google.rpc.Status
     with ErrorInfo, in `status_details`); calls not of InferenceService end UNIMPLEMENTED.
 

@@ -36,8 +36,9 @@ class InferenceRelayStub:
 
     A caller numbers its calls (`call`, unique among the calls it has open on the stream) and
     sends each one's start; the core answers with the call's messages and then its end, in order
-    per call (calls interleave). A caller that no longer wants an answer sends `cancel`: the core
-    cancels the call as gRPC cancels a call whose client went away, and ends it (CANCELLED).
+    per call (calls interleave), within the call's window (RelayStart.window). A caller that no
+    longer wants an answer sends `cancel`: the core cancels the call as gRPC cancels a call whose
+    client went away, and ends it (CANCELLED).
     Errors end a call with the status InferenceService would have given it (google.rpc.Status
     with ErrorInfo, in `status_details`); calls not of InferenceService end UNIMPLEMENTED.
 
@@ -64,8 +65,9 @@ class InferenceRelayAsyncStub(InferenceRelayStub):
 
     A caller numbers its calls (`call`, unique among the calls it has open on the stream) and
     sends each one's start; the core answers with the call's messages and then its end, in order
-    per call (calls interleave). A caller that no longer wants an answer sends `cancel`: the core
-    cancels the call as gRPC cancels a call whose client went away, and ends it (CANCELLED).
+    per call (calls interleave), within the call's window (RelayStart.window). A caller that no
+    longer wants an answer sends `cancel`: the core cancels the call as gRPC cancels a call whose
+    client went away, and ends it (CANCELLED).
     Errors end a call with the status InferenceService would have given it (google.rpc.Status
     with ErrorInfo, in `status_details`); calls not of InferenceService end UNIMPLEMENTED.
 
@@ -88,8 +90,9 @@ class InferenceRelayServicer(metaclass=_abc_1.ABCMeta):
 
     A caller numbers its calls (`call`, unique among the calls it has open on the stream) and
     sends each one's start; the core answers with the call's messages and then its end, in order
-    per call (calls interleave). A caller that no longer wants an answer sends `cancel`: the core
-    cancels the call as gRPC cancels a call whose client went away, and ends it (CANCELLED).
+    per call (calls interleave), within the call's window (RelayStart.window). A caller that no
+    longer wants an answer sends `cancel`: the core cancels the call as gRPC cancels a call whose
+    client went away, and ends it (CANCELLED).
     Errors end a call with the status InferenceService would have given it (google.rpc.Status
     with ErrorInfo, in `status_details`); calls not of InferenceService end UNIMPLEMENTED.
 
