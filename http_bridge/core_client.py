@@ -58,6 +58,7 @@ from grpc_health.v1 import health_pb2
 
 from core_service.settings import Settings
 from http_bridge.cookies import csrf_header, session_token
+from http_bridge.errors import STATUS_DETAILS_KEY
 from http_bridge.relay import InferenceRelay, InferenceRelayStub
 from kyma.accounting.v1 import (
     accounting_service_pb2_grpc,
@@ -171,7 +172,7 @@ def resendable(error: grpc.aio.AioRpcError) -> bool:
     carries one (see the docstring)."""
     if error.code() not in _RESENT_CODES:
         return False
-    return not any(key == "grpc-status-details-bin" for key, _ in error.trailing_metadata() or ())
+    return not any(key == STATUS_DETAILS_KEY for key, _ in error.trailing_metadata() or ())
 
 
 Metadata = tuple[tuple[str, str], ...]

@@ -12,6 +12,7 @@ import logging
 import grpc
 import orjson
 from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 from starlette.responses import Response
 
 from http_bridge.headers import limit_headers
@@ -19,7 +20,9 @@ from kyma.contract.v1.constants import ErrorReason
 
 log = logging.getLogger(__name__)
 
-_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# The trailer that carries a call's google.rpc.Status (grpc-status-details-bin; the library's
+# typing stubs lack the name).
+STATUS_DETAILS_KEY: str = rpc_status.GRPC_DETAILS_METADATA_KEY  # type: ignore[attr-defined]
 _REASONS = frozenset(ErrorReason)
 
 # Every reason of the contract → (HTTP status, OpenAI type, OpenAI code).
@@ -118,7 +121,7 @@ class OpenAIError:
 
 def _status_details(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
     for key, value in error.trailing_metadata() or ():
-        if key == _STATUS_DETAILS_KEY and isinstance(value, bytes):
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
             status = status_pb2.Status()
             try:
                 status.ParseFromString(value)

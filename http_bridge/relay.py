@@ -48,6 +48,7 @@ from typing import Any
 
 import grpc
 
+from http_bridge.errors import STATUS_DETAILS_KEY
 from kyma.contract.v1.constants import MAX_MESSAGE_BYTES
 from kyma.inference.v1 import inference_service_pb2 as inference_pb
 from kyma.inference.v1 import relay_service_pb2 as pb
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 
 _SERVICE = inference_pb.DESCRIPTOR.services_by_name["InferenceService"]
 _RELAY = "/" + pb.DESCRIPTOR.services_by_name["InferenceRelay"].full_name + "/Relay"
-_STATUS_DETAILS = "grpc-status-details-bin"
 _BROKEN = "the relay stream to the core broke"
 # Frames are batched into one message up to about this size.
 _BATCH_BYTES = 1024 * 1024
@@ -72,7 +72,7 @@ Metadata = tuple[tuple[str, str], ...]
 def _error(
     code: grpc.StatusCode, details: str, status_details: bytes = b""
 ) -> grpc.aio.AioRpcError:
-    trailing = ((_STATUS_DETAILS, status_details),) if status_details else ()
+    trailing = ((STATUS_DETAILS_KEY, status_details),) if status_details else ()
     return grpc.aio.AioRpcError(
         code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details=details
     )

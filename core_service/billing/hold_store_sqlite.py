@@ -52,7 +52,7 @@ from core_service.billing.hold_store import (
     usage_reason,
 )
 from core_service.billing.key_spend import KeySpendState
-from core_service.db.sqlite_transactions import busy, transaction
+from core_service.db.sqlite_transactions import busy, open_wal, transaction
 
 T = TypeVar("T")
 
@@ -218,12 +218,8 @@ class StoreStats:
 
 
 def _open(path: pathlib.Path, *, timeout: float) -> sqlite3.Connection:
-    connection = sqlite3.connect(
-        path, timeout=timeout, isolation_level=None, check_same_thread=False
-    )
+    connection = open_wal(path, timeout=timeout, synchronous="NORMAL")
     try:
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("PRAGMA foreign_keys=ON")
     except BaseException:
         connection.close()

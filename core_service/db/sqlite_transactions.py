@@ -1,7 +1,13 @@
-"""Write transactions on a raw `sqlite3` connection in autocommit mode (`isolation_level=None`),
-for the stores that write SQLite without SQLAlchemy on every request: the hold store
+"""Raw `sqlite3` connections in autocommit mode (`isolation_level=None`) and write transactions
+on them, for the stores that write SQLite without SQLAlchemy on every request: the hold store
 (`billing/hold_store_sqlite.py`) and the workers' rate-limit store
 (`ratelimit/sqlite_store.py`).
+
+`open_wal` opens such a connection in WAL mode. Putting a file that is not yet in WAL mode (a
+new one, every worker starting at once on it) into WAL mode while another connection is in a
+transaction on it is refused at once, busy timeout or not (SQLite's deadlock avoidance): with
+a timeout (a store's thread) it is tried again until the timeout; without one (the event
+loop's connection, which never waits) it is not.
 
 `transaction` runs `work` between `BEGIN IMMEDIATE` (or after one the caller issued) and
 `COMMIT`; if anything raises, nothing of it stays: a transaction still open (a failed COMMIT
@@ -13,11 +19,38 @@ works, the connection is left inside its transaction, which the caller can see
 from __future__ import annotations
 
 import contextlib
+import pathlib
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+
+# Pause between tries to put a file into WAL mode while another connection holds its lock.
+_WAL_RETRY_S = 0.01
+
+
+def open_wal(path: pathlib.Path, *, timeout: float, synchronous: str) -> sqlite3.Connection:
+    """A connection to `path` in WAL mode with `synchronous` set, waiting up to `timeout` for
+    the lock (see the module)."""
+    db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as error:
+                if not busy(error) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(_WAL_RETRY_S)
+        db.execute(f"PRAGMA synchronous={synchronous}")
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 def transaction(

@@ -59,6 +59,10 @@ def _packed(details: list[Message]) -> list[any_pb2.Any]:
 # A status travels in the call's trailing metadata (message and details), which gRPC bounds
 # (16 KiB by default, the hard limit): a longer one reaches the caller as RESOURCE_EXHAUSTED
 # with gRPC's own words instead. Messages are written short; this keeps any that quote input.
+# The trailer that carries a call's google.rpc.Status (grpc-status-details-bin; the library's
+# typing stubs lack the name).
+STATUS_DETAILS_KEY: str = rpc_status.GRPC_DETAILS_METADATA_KEY  # type: ignore[attr-defined]
+
 MAX_MESSAGE_CHARS = 2000
 
 

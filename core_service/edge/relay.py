@@ -35,6 +35,7 @@ from typing import Any
 
 import grpc
 
+from core_service.edge.errors import STATUS_DETAILS_KEY
 from core_service.edge.interceptors import ErrorTranslation, tolerant
 from kyma.contract.v1.constants import MAX_MESSAGE_BYTES
 from kyma.inference.v1 import inference_service_pb2 as inference_pb
@@ -48,7 +49,6 @@ _SERVICE = inference_pb.DESCRIPTOR.services_by_name["InferenceService"]
 _LARGEST_ANSWER = MAX_MESSAGE_BYTES - 64 * 1024
 # Answers are batched into one message up to about this size.
 _BATCH_BYTES = 1024 * 1024
-_STATUS_DETAILS = "grpc-status-details-bin"
 
 
 @dataclass(frozen=True)
@@ -74,12 +74,9 @@ def inference_methods(servicer: object, translation: ErrorTranslation) -> dict[s
     return methods
 
 
-class _Aborted(grpc.aio.AbortError):
-    pass
-
-
 class RelayedContext:
-    """What the servicer and the error translation ask of a gRPC context, for a relayed call."""
+    """What the servicer and the error translation ask of a gRPC context, for a relayed call:
+    its metadata, and `abort_with_status` (the translation's only way to end a call)."""
 
     __slots__ = ("_metadata", "status")
 
@@ -90,27 +87,9 @@ class RelayedContext:
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
 
-    def peer(self) -> str:
-        return ""
-
     async def abort_with_status(self, status: grpc.Status) -> None:
         self.status = status
-        raise _Aborted()
-
-    async def abort(
-        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
-    ) -> None:
-        self.status = _Status(code, details, tuple(trailing_metadata or ()))
-        raise _Aborted()
-
-
-class _Status(grpc.Status):
-    def __init__(
-        self, code: grpc.StatusCode, details: str, trailing_metadata: tuple[Any, ...]
-    ) -> None:
-        self.code = code
-        self.details = details
-        self.trailing_metadata = trailing_metadata
+        raise grpc.aio.AbortError()
 
 
 def _end(status: grpc.Status | None) -> pb.RelayEnd:
@@ -118,7 +97,7 @@ def _end(status: grpc.Status | None) -> pb.RelayEnd:
         return pb.RelayEnd(code=grpc.StatusCode.INTERNAL.value[0], details="no status")
     details = b""
     for key, value in status.trailing_metadata or ():
-        if key == _STATUS_DETAILS:
+        if key == STATUS_DETAILS_KEY:
             details = value if isinstance(value, bytes) else value.encode("latin-1")
     return pb.RelayEnd(
         code=status.code.value[0], details=status.details or "", status_details=details

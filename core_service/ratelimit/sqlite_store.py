@@ -28,13 +28,12 @@ import pathlib
 import secrets
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from core_service.clock import Clock
-from core_service.db.sqlite_transactions import busy, transaction
+from core_service.db.sqlite_transactions import open_wal, transaction
 from core_service.ratelimit.store import (
     WINDOW_S,
     Decision,
@@ -47,9 +46,6 @@ from core_service.ratelimit.store import (
 )
 
 T = TypeVar("T")
-
-# Pause between tries to put a new file into WAL mode while another worker holds its lock.
-_SETUP_RETRY_S = 0.01
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS buckets (key TEXT NOT NULL, second INTEGER NOT NULL, "
@@ -161,37 +157,18 @@ class SqliteRateLimitStore:
 
     def _open(self, timeout: float) -> sqlite3.Connection:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(
-            self._path, timeout=timeout, isolation_level=None, check_same_thread=False
-        )
+        # WAL mode: on a new file, the event loop's connection (no timeout) may be refused.
+        db = open_wal(self._path, timeout=timeout, synchronous="OFF")
         try:
-            self._set_up(db, timeout)
+            with self._schema_lock:
+                if not self._schema_made:
+                    for statement in _SCHEMA:
+                        db.execute(statement)
+                    self._schema_made = True
         except BaseException:
             db.close()
             raise
         return db
-
-    def _set_up(self, db: sqlite3.Connection, timeout: float) -> None:
-        """WAL mode, no syncing, the schema. Putting a new file (every worker starting at once
-        on it) into WAL mode while another connection is in a transaction on it is refused at
-        once, busy timeout or not (SQLite's deadlock avoidance): with a timeout (the store's
-        thread), it is tried again until the timeout; without (the event loop), it is not."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    db.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError as error:
-                if not busy(error) or time.monotonic() >= deadline:
-                    raise
-                time.sleep(_SETUP_RETRY_S)
-        db.execute("PRAGMA synchronous=OFF")
-        with self._schema_lock:
-            if not self._schema_made:
-                for statement in _SCHEMA:
-                    db.execute(statement)
-                self._schema_made = True
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """`work` as one transaction: right here if the write lock is free this instant (and
