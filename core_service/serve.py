@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import Callable
 
+from core_service.announce import print_line
 from core_service.catalog import CatalogError
 from core_service.composition import Core, build_core
 from core_service.heap import settle_after_startup
@@ -33,7 +34,7 @@ async def run_core(settings: Settings, *, ready: Callable[[int], None] | None = 
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, _reload, core)
         settle_after_startup()
-        print(f"kyma core listening on {settings.grpc_host}:{core.port}", flush=True)
+        print_line(f"kyma core listening on {settings.grpc_host}:{core.port}")
         if ready is not None:
             ready(core.port)
         await stop.wait()

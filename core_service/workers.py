@@ -47,6 +47,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from core_service.announce import print_line
+
 if TYPE_CHECKING:
     from core_service.settings import Settings
 
@@ -313,7 +315,7 @@ def serve(part: str) -> int:
                 if bridge_count
                 else ", ".join(cores[k] for k in range(core_count))
             )
-            print(f"kyma serving on {where} with {what} (pid {os.getpid()})", flush=True)
+            print_line(f"kyma serving on {where} with {what} (pid {os.getpid()})")
     return 1 if supervisor.failed else 0
 
 

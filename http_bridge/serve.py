@@ -8,6 +8,7 @@ from typing import Any
 
 import uvicorn
 
+from core_service.announce import print_line
 from core_service.heap import settle_after_startup
 from core_service.metrics_server import serve_registry
 from core_service.settings import Settings
@@ -84,7 +85,7 @@ def run_bridge(
 
     def announce() -> None:
         settle_after_startup()
-        print(f"kyma bridge listening on http://{host}:{port}", flush=True)
+        print_line(f"kyma bridge listening on http://{host}:{port}")
         if ready is not None:
             ready()
 

@@ -3,10 +3,14 @@ are tested in tests/integration/test_workers.py."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 
+import pytest
+
+from core_service.announce import print_line
 from core_service.settings import Settings
 from core_service.workers import worker_count, worker_settings
 
@@ -50,3 +54,25 @@ def test_the_parent_imports_only_the_standard_library() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert found.stdout.strip() == "[]"
+
+
+def test_a_line_for_the_parents_reader_is_one_write_even_unbuffered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The workers share one stdout; `print` would write the text and its newline apart on an
+    unbuffered stream (PYTHONUNBUFFERED, as CI sets it), letting two cores' lines interleave
+    into one — which is how the workers test once saw a single "listening" line for two cores."""
+    writes: list[bytes] = []
+
+    class Pipe(io.BytesIO):
+        def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+            writes.append(bytes(data))
+            return len(bytes(data))
+
+    stream = io.TextIOWrapper(Pipe(), write_through=True)  # what `python -u` gives
+    monkeypatch.setattr(sys, "stdout", stream)
+    print("kyma core listening on 127.0.0.1:1", flush=True)
+    assert writes == [b"kyma core listening on 127.0.0.1:1", b"\n"]  # the fault, shown
+    writes.clear()
+    print_line("kyma core listening on 127.0.0.1:1")
+    assert writes == [b"kyma core listening on 127.0.0.1:1\n"]
