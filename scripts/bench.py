@@ -64,6 +64,7 @@ import bench_db  # noqa: E402
 import bench_peer  # noqa: E402
 import bench_report  # noqa: E402
 import bench_soak  # noqa: E402
+from bench_cgroup import CpuBudget  # noqa: E402
 from bench_client import Result, build_request, run_load  # noqa: E402
 from bench_proc import (  # noqa: E402
     CLK_TCK,
@@ -161,7 +162,10 @@ def upstream_argv() -> list[str]:
 
 
 def start_stack(
-    procs: Processes, args: argparse.Namespace, database_url: str | None = None
+    procs: Processes,
+    args: argparse.Namespace,
+    database_url: str | None = None,
+    budget: CpuBudget | None = None,
 ) -> Stack:
     workdir = procs.workdir
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("KYMA_")}
@@ -275,10 +279,11 @@ def start_stack(
             "KYMA_CORE_ADDRESS": ",".join(f"{HOST}:{grpc_port + k}" for k in range(args.workers)),
         }
     launched = time.monotonic()
-    core = procs.start("core", [KYMA, "serve", "core"], env)
+    join = budget.join if budget else None
+    core = procs.start("core", [KYMA, "serve", "core"], env, join=join)
     procs.wait_for_line("core", core, ready_line, 90)
     core_ready = time.monotonic()
-    bridge = procs.start("bridge", [KYMA, "serve", "bridge"], bridge_env)
+    bridge = procs.start("bridge", [KYMA, "serve", "bridge"], bridge_env, join=join)
     procs.wait_for_line(
         "bridge", bridge, ready_line.replace("core listening", "bridge listening"), 90
     )
@@ -1119,6 +1124,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "CPU and RSS are counted whole). Default 1: one core and one bridge process",
     )
     parser.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        metavar="Q",
+        help="cap Kyma's processes (core and bridge trees together) at Q CPUs per worker with a "
+        "cgroup CPU quota, leaving the rest of the machine to the upstream and the load "
+        "generator: compare --workers 1 and 2 at the same Q to see how Kyma scales with the "
+        "CPUs it is given on a machine too small to run them elsewhere (needs a writable "
+        "cgroup; see scripts/bench_cgroup.py)",
+    )
+    parser.add_argument(
         "--core-env",
         action="append",
         default=[],
@@ -1181,6 +1196,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--duration and --requests must be positive, --warmup not negative")
     if args.workers < 1:
         parser.error("--workers takes a positive number")
+    if args.cpus_per_worker is not None and not 0 < args.cpus_per_worker <= (os.cpu_count() or 1):
+        parser.error("--cpus-per-worker takes a positive number of CPUs, at most the machine's")
     if args.one_account:
         args.accounts = 1
     if args.accounts < 1:
@@ -1237,7 +1254,16 @@ def main(argv: list[str] | None = None) -> int:
     findings: dict[str, dict[str, Any]] = {}
     kept: pathlib.Path | None = None
     stack: Stack | None = None
+    budget: CpuBudget | None = None
     try:
+        if args.cpus_per_worker is not None:
+            budget = CpuBudget.create(args.cpus_per_worker * args.workers)
+            print(
+                f"bench: Kyma's processes capped at {budget.cpus:g} CPUs (cgroup v{budget.version} "
+                f"{budget.path})",
+                file=sys.stderr,
+                flush=True,
+            )
         if args.peer == "litellm":
             # installed before anything starts: a first install takes minutes, and is not timed
             args.peer_venv = bench_peer.ensure_litellm(args.cache_dir)
@@ -1257,7 +1283,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-        stack = start_stack(procs, args, db.url if db else None)
+        stack = start_stack(procs, args, db.url if db else None, budget)
         peer_note = (
             f", {stack.peer.name} :{stack.peer.port} (pid {stack.peer.pid}, ready in "
             f"{stack.peer.started_s:.0f}s)"
@@ -1294,7 +1320,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {error}", file=sys.stderr)
         return 1
     finally:
+        if budget is not None:
+            throttled = budget.throttled_s()
         procs.stop_all()
+        if budget is not None:
+            budget.remove()
         findings = log_findings(procs, ("core", "bridge", "upstream", "faulty-upstream", "litellm"))
         kept = keep_logs(workdir, logs_dir)
         if db is not None:
@@ -1325,6 +1355,8 @@ def main(argv: list[str] | None = None) -> int:
             "max_requests": args.requests,
             "concurrency": args.concurrency,
             "workers": args.workers,
+            "cpus_per_worker": args.cpus_per_worker,
+            "cpu_throttled_s": throttled if budget is not None else None,
             "modes": args.modes,
             "stream_tokens": args.stream_tokens,
             "paced": {

@@ -20,7 +20,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 HOST = "127.0.0.1"
@@ -135,8 +135,18 @@ class Processes:
         argv: list[str],
         env: dict[str, str],
         cwd: pathlib.Path | None = None,
+        *,
+        join: Callable[[], None] | None = None,
     ) -> subprocess.Popen[bytes]:
+        """`join`, if given, runs in the child before exec (e.g. CpuBudget.join): whatever it
+        sets up is inherited by everything the child starts."""
         log = open(self.workdir / f"{name}.log", "wb")
+
+        def before_exec() -> None:
+            _die_with_parent()
+            if join is not None:
+                join()
+
         proc = subprocess.Popen(
             argv,
             env=env,
@@ -145,7 +155,7 @@ class Processes:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=before_exec,
         )
         log.close()
         self.children.append((name, proc))
