@@ -1,11 +1,15 @@
 """Telling "the database is unreachable right now" (retry later; answer 503) apart from every
-other database error (a bug or bad data; retrying will not help)."""
+other database error (a bug or bad data; retrying will not help).
+
+asyncpg is looked up, not imported: a core on SQLite never loads it (about 3 MB), and an error
+can only be asyncpg's once something has imported asyncpg."""
 
 from __future__ import annotations
 
 import sqlite3
+import sys
+from types import ModuleType
 
-import asyncpg
 from sqlalchemy import exc as sa_exc
 
 # PostgreSQL's class 08 (connection exception) and 57P0x (shutting down, cannot connect now),
@@ -13,16 +17,21 @@ from sqlalchemy import exc as sa_exc
 _UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
 
 
+def _asyncpg() -> ModuleType | None:
+    return sys.modules.get("asyncpg")
+
+
 def _unavailable_one(error: BaseException) -> bool:
     if isinstance(error, (OSError, TimeoutError, ConnectionError)):
         return True
-    if isinstance(
+    asyncpg = _asyncpg()
+    if asyncpg is not None and isinstance(
         error,
         (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError),
     ):
         # InternalClientError: a connection whose server died while it was idle.
         return True
-    if isinstance(error, asyncpg.PostgresError):
+    if asyncpg is not None and isinstance(error, asyncpg.PostgresError):
         state = getattr(error, "sqlstate", "") or ""
         return state.startswith(_UNAVAILABLE_SQLSTATES)
     if isinstance(error, sqlite3.OperationalError):
@@ -47,6 +56,9 @@ def is_unavailable(error: BaseException) -> bool:
 
 def configuration_hint(error: BaseException) -> str | None:
     """What to change when `error` says the deployment is misconfigured, if it says so."""
+    asyncpg = _asyncpg()
+    if asyncpg is None:
+        return None
     seen: BaseException | None = error
     for _ in range(6):
         if seen is None:
