@@ -72,6 +72,7 @@ from bench_proc import (  # noqa: E402
     Processes,
     cpu_ticks,
     free_port,
+    free_port_range,
     loadavg,
     machine_busy_ticks,
     tree_rss_mb,
@@ -233,12 +234,10 @@ def start_stack(
         f"        base_url: http://{HOST}:{upstream_port}/v1\n"
         f"        model: {UPSTREAM_MODEL}\n" + faulty_deployment
     )
-    # Core k of --workers listens on grpc_port + k: none of those may be the HTTP port (free
-    # ports often come in sequence).
+    # Core k of --workers listens on grpc_port + k: a range below the ephemeral ports, which no
+    # port bound to 0 (the HTTP port here, a worker's metrics port, a connection) can take.
     http_port = free_port()
-    grpc_port = free_port()
-    while http_port in range(grpc_port, grpc_port + args.workers):
-        grpc_port = free_port()
+    grpc_port = free_port_range(args.workers)
     env = {
         **base_env,
         "KYMA_DATA_DIR": str(workdir / "data"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import pathlib
+import random
 import re
 import signal
 import socket
@@ -118,6 +119,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
+
+
+def free_port_range(count: int) -> int:
+    """The first of `count` consecutive ports free now, below the kernel's ephemeral range, so
+    that no port bound to 0 later (a worker's metrics, a client's connection) can take one of
+    them before the process meant for it binds it: with --workers N, core k binds base + k."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    rng = random.SystemRandom()
+    for _ in range(200):
+        base = rng.randrange(10_000, max(10_001, ephemeral_low - count))
+        held = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind((HOST, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports below {ephemeral_low}")
 
 
 class Processes:
