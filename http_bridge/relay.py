@@ -34,6 +34,11 @@ Failure semantics:
 - **A core without the relay** (UNIMPLEMENTED: an older version in a rolling upgrade): the
   calls on that stream did nothing there and are resent, and from then on the bridge makes a
   gRPC call per request, as before the relay (logged once, at WARNING).
+
+What the relay does not carry (`OWN_CALL`): methods whose answer is not bounded by a generation
+limit — embeddings (a batch of inputs can answer tens of megabytes) and a stored response read
+back. An answer is one message on its stream, and every other call's answers on that stream
+wait behind it; on a call of its own, HTTP/2 interleaves it with the others frame by frame.
 """
 
 from __future__ import annotations
@@ -373,15 +378,22 @@ class InferenceRelay:
                 await stream.wait_closed()
 
 
+# InferenceService's methods whose answers may be large: each gets a gRPC call of its own (above).
+OWN_CALL = frozenset({"CreateEmbedding", "GetResponse"})
+
+
 class InferenceRelayStub:
     """InferenceService's methods, each carried on the relay: `stub.CreateChatCompletion(
     request, metadata=...)` as on the gRPC stub — which `direct` answers instead once the relay
-    turned out to be unserved."""
+    turned out to be unserved, and always for the methods of `OWN_CALL`."""
 
     def __init__(self, relay: InferenceRelay, direct: Any = None) -> None:
         for method in _SERVICE.methods:
-            decode = getattr(inference_pb, method.output_type.name).FromString
             fallback = getattr(direct, method.name, None)
+            if method.name in OWN_CALL and fallback is not None:
+                setattr(self, method.name, fallback)
+                continue
+            decode = getattr(inference_pb, method.output_type.name).FromString
             setattr(self, method.name, _Method(relay, method.name, decode, fallback))
 
 

@@ -27,7 +27,7 @@ from core_service.edge.relay import InferenceRelayServicer, inference_methods
 from http_bridge import relay as relay_module
 from http_bridge.core_client import resendable, with_resends
 from http_bridge.errors import OpenAIError, from_grpc
-from http_bridge.relay import InferenceRelay, InferenceRelayStub
+from http_bridge.relay import OWN_CALL, InferenceRelay, InferenceRelayStub
 from kyma.inference.v1 import inference_service_pb2 as inference_pb
 from kyma.inference.v1 import inference_service_pb2_grpc as inference_grpc
 from kyma.inference.v1 import relay_service_pb2 as pb
@@ -100,6 +100,13 @@ class FakeInference(inference_grpc.InferenceServiceServicer):
         yield inference_pb.StreamChatCompletionResponse(chunks=[request.body + b" 1"])
         await self._behave(request.body, context)
         yield inference_pb.StreamChatCompletionResponse(chunks=[request.body + b" 2"])
+
+    async def CreateEmbedding(
+        self, request: inference_pb.CreateEmbeddingRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb.CreateEmbeddingResponse:
+        await self._behave(request.body, context)
+        # a large batch's answer (within the rig's 4 MiB message limit)
+        return inference_pb.CreateEmbeddingResponse(body=b"e" * (1 << 20))
 
     async def StreamCompletion(
         self, request: inference_pb.StreamCompletionRequest, context: grpc.aio.ServicerContext
@@ -563,6 +570,9 @@ async def test_answers_of_calls_ready_together_share_messages(rig: Rig) -> None:
         await asyncio.gather(*(rig.fake.entered[body].wait() for body in bodies))
         gate.set()
         answers = await asyncio.gather(*pending)
+        # A unary call is answered by its message; the ends may still be on their way (a
+        # later write of the core's, when its writer ran between the answers and their ends).
+        await until(lambda: sum(len(r.answers) for r in rig.front.responses) == 2 * calls)
     assert [answer.body for answer in answers] == [b"answer to " + body for body in bodies]
     with_answers = [response for response in rig.front.responses if response.answers]
     assert sum(len(response.answers) for response in with_answers) == 2 * calls  # message + end
@@ -912,3 +922,25 @@ async def test_a_bridge_gone_mid_stream_logs_no_error_at_the_core(
         await rig.front.ended[0].wait()
     assert not rig.fake.cancelled[b"gone"].is_set()  # it had passed its gate: it ended
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_an_answer_that_may_be_large_gets_a_call_of_its_own(rig: Rig) -> None:
+    """Embeddings (and a stored response read back) are not carried on the relay: their answer
+    can be megabytes, one message that every other answer on its stream would wait behind; on a
+    call of its own HTTP/2 interleaves it with the others. Chat on the same stub is relayed."""
+    stub: Any = InferenceRelayStub(rig.relay, rig.direct)
+    assert OWN_CALL == {"CreateEmbedding", "GetResponse"}
+    async with asyncio.timeout(LIVENESS):
+        gate = rig.fake.gate(b"held")
+        held = stub.StreamChatCompletion(StreamChat(body=b"held"))
+        assert list((await held.read()).chunks) == [b"held 1"]
+        assert rig.front.opened == 1
+        requests = rig.front.requests
+        answer = await stub.CreateEmbedding(inference_pb.CreateEmbeddingRequest(body=b"batch"))
+        assert len(answer.body) == 1 << 20
+        assert rig.front.requests == requests and rig.front.opened == 1  # not on the relay
+        gate.set()
+        assert list((await held.read()).chunks) == [b"held 2"]
+        chat = await stub.CreateChatCompletion(Chat(body=b"after"))
+        assert chat.body == b"answer to after"
+        assert rig.front.requests > requests
