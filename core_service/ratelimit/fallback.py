@@ -16,11 +16,14 @@ reason; its pool is its warm connections, opened at start-up and again by each r
 A failure switches the store to *degraded*: the call and all calls for the next `retry_interval_s`
 (monotonic clock) are served by `local` (the in-process store) without trying Redis, with every
 limit divided by `node_share` (the expected number of nodes; at least 1 per non-zero limit; costs
-unchanged). After the interval one call probes: it warms the pool again, counts the journal
-into Redis (below) and goes to Redis itself, with `probe_timeout_s` (20 timeouts by default:
-reconnecting costs round trips a warm pool does not) for the warming and counting; the others
-keep going local meanwhile. Only a call that started after the store went degraded (the probe)
-can end degraded mode: a late reply to a call made before the failure proves nothing. One WARNING is logged on entering degraded mode and one INFO on leaving it; `degraded`
+unchanged). After the interval the first call starts a probe *in the background* and is served
+locally, as are the others meanwhile: the probe warms the pool again and counts the journal into
+Redis (below), with `probe_timeout_s` (20 timeouts by default: reconnecting costs round trips a
+warm pool does not). No request waits for it — a Redis that hangs instead of refusing would
+otherwise add up to `probe_timeout_s` to one request per interval. Once the probe has
+succeeded, calls go to Redis again, and the first that Redis answers ends degraded mode. Only a
+call that started after the store went degraded can end it: a late reply to a call made before
+the failure proves nothing. One WARNING is logged on entering degraded mode and one INFO on leaving it; `degraded`
 and `fallbacks` (calls to `admit`, `peek` and `acquire_slot` served locally) feed health and
 metrics. Callers never see a Redis error. While degraded, `LimitState.limit` is the per-node limit.
 
@@ -60,6 +63,7 @@ out is sent again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -126,6 +130,8 @@ class FallbackRateLimitStore:
         self._reconciled = 0
         self._reconciling = False
         self._episode = 0  # counts the times the store went degraded
+        self._probe: asyncio.Task[None] | None = None
+        self._probed = False  # degraded, but a probe has reconnected and counted the journal
 
     @property
     def degraded(self) -> bool:
@@ -225,7 +231,16 @@ class FallbackRateLimitStore:
         except _PRIMARY_ERRORS as error:
             self._enter_degraded(error)
 
+    async def probe_finished(self) -> None:
+        """Wait for the probe under way, if any (for tests and an orderly close)."""
+        if self._probe is not None:
+            await asyncio.shield(self._probe)
+
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
         try:
             await self._primary.close()
         except _PRIMARY_ERRORS:
@@ -260,29 +275,41 @@ class FallbackRateLimitStore:
 
     async def _primary_usable(self) -> bool:
         """Whether this call goes to Redis: when healthy, yes (after counting in any journal
-        left over); when degraded, one call per retry interval probes, and goes to Redis only
-        once the probe has reconnected and Redis has counted what was admitted without it. The
-        probe has `probe_timeout_s` (reconnecting costs round trips a warm pool does not pay)."""
-        if not self._degraded:
-            if not self._journal or self._reconciling:
-                return True
-            budget = self._timeout_s
-        else:
+        left over, within `timeout_s`); when degraded, only once a probe (started in the
+        background by the first call after each retry interval) has reconnected and Redis has
+        counted what was admitted without it."""
+        if self._degraded and not self._probed:
             now = self._clock.monotonic()
-            if now < self._next_probe:
-                return False
-            # This call probes; concurrent ones stay local until the next interval.
-            self._next_probe = now + self._retry_interval_s
-            budget = self._probe_timeout_s
+            if now >= self._next_probe and (self._probe is None or self._probe.done()):
+                self._next_probe = now + self._retry_interval_s
+                self._probe = asyncio.get_running_loop().create_task(self._run_probe(self._episode))
+            return False
+        if not self._journal or self._reconciling:
+            return True
         self._reconciling = True
         try:
-            await self._on_primary(self._recover, budget)
+            await self._on_primary(self._reconcile, self._timeout_s)
         except _PRIMARY_ERRORS as error:
             self._enter_degraded(error)
             return False
         finally:
             self._reconciling = False
         return True
+
+    async def _run_probe(self, episode: int) -> None:
+        self._reconciling = True
+        try:
+            await self._on_primary(self._recover, self._probe_timeout_s)
+        except _PRIMARY_ERRORS as error:
+            self._enter_degraded(error)
+            return
+        except Exception:  # a bug, not Redis: stay degraded, and say so
+            logger.exception("the rate-limit store's recovery probe failed")
+            return
+        finally:
+            self._reconciling = False
+        if self._degraded and self._episode == episode:
+            self._probed = True
 
     async def _recover(self) -> None:
         if self._degraded and self._warm is not None:
@@ -315,6 +342,7 @@ class FallbackRateLimitStore:
 
     def _enter_degraded(self, error: BaseException) -> None:
         self._next_probe = self._clock.monotonic() + self._retry_interval_s
+        self._probed = False
         if not self._degraded:
             self._degraded = True
             self._episode += 1
@@ -330,6 +358,7 @@ class FallbackRateLimitStore:
     def _leave_degraded(self, episode: int) -> None:
         if self._degraded and episode == self._episode:
             self._degraded = False
+            self._probed = False
             logger.info(
                 "rate-limit store reachable again: serving shared limits (%d fallback counts reconciled so far)",
                 self._reconciled,

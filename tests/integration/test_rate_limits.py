@@ -335,9 +335,13 @@ async def test_redis_down_serves_on_local_limits_and_recovers(upstream, tmp_path
                 assert (await chat()).status_code == 429
                 assert store.degraded
                 clock.advance(1.0)
+                # This request starts the probe in the background and is served locally (still
+                # 5 of 5: refused) without waiting for it.
+                assert (await chat()).status_code == 429
+                await asyncio.wait_for(store.probe_finished(), 60)
                 fallbacks = store.fallbacks
-                # Counted in Redis again: the restarted server is told first what this node
-                # admitted alone (4), then counts this one.
+                # Counted in Redis again: the probe told the restarted server what this node
+                # admitted alone (4); it counts this one.
                 assert (await chat()).status_code == 200
                 assert not store.degraded and store.fallbacks == fallbacks
                 assert store.pending == 0 and store.reconciled >= 1

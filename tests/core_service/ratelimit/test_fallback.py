@@ -169,20 +169,29 @@ async def test_redis_lost_and_back(
             store.release_slot("dep:d:concurrency", shared_slot)
         )  # Redis is away: its TTL frees it
 
-        # Redis still down when the retry interval has passed: one probe, still answered.
+        # Redis still down when the retry interval has passed: a probe, in the background (the
+        # call that started it is answered locally, as ever).
         clock.advance(1.0)
         assert not (await answered(store.admit([rpm]))).admitted
+        await answered(store.probe_finished())
         assert store.degraded and store.pending == 2
         assert len(records(caplog, logging.WARNING)) == 1
 
         await redis_server.start()
         assert not (await answered(store.admit([rpm]))).admitted  # not retried before the interval
+        await answered(store.probe_finished())
         assert store.degraded
         fallbacks = store.fallbacks
 
+        # The interval passes: this call starts the probe and is answered locally (refused: the
+        # node's share is used up); the probe reconnects and counts the journal into Redis.
         clock.advance(1.0)
+        assert not (await answered(store.admit([rpm]))).admitted
+        assert store.fallbacks == fallbacks + 1
+        await answered(store.probe_finished())
+        assert store.degraded and store.pending == 0  # Redis knows; the next call goes there
         decision = await answered(store.admit([rpm]))
-        assert not store.degraded and store.fallbacks == fallbacks
+        assert not store.degraded and store.fallbacks == fallbacks + 1
         # A fresh redis-server, told first what this node admitted alone: 1 + this one.
         assert store.pending == 0 and store.reconciled == 2
         assert decision.admitted and decision.states[0].limit == 8
@@ -296,16 +305,22 @@ async def test_a_slow_redis_falls_back_within_the_timeout(caplog: pytest.LogCapt
     assert primary.calls == 2 and store.fallbacks == 21
 
     clock.advance(1.0)
-    await answered(store.admit([rpm]))  # the probe times out too
+    # This call starts a probe and does not wait for it: answered locally.
+    assert (await answered(store.admit([rpm]))).states[0].limit == 3
+    await answered(store.probe_finished())  # the probe times out too
     assert primary.calls == 3 and primary.abandoned == 2 and store.degraded
 
     primary.hang = False
     clock.advance(1.0)
+    await answered(store.admit([rpm]))  # starts the probe; answered locally
+    await answered(store.probe_finished())
+    # The probe: the two requests admitted locally are counted in.
+    assert primary.calls == 4 and store.degraded and store.reconciled == 1
     decision = await answered(store.admit([rpm]))
-    # Two calls: the two requests admitted locally are counted in first, then the admission.
     assert primary.calls == 5 and not store.degraded and decision.states[0].limit == 10
-    # 1 counted before the outage, 2 admitted locally (3 per node, seeded with 1), this one.
-    assert decision.states[0].remaining == 6 and store.reconciled == 1
+    # 1 counted before the outage, 2 admitted locally (3 per node, seeded with 1; the call that
+    # started the probe was refused there), this one.
+    assert decision.states[0].remaining == 6
     assert len(records(caplog, logging.WARNING)) == 1 and len(records(caplog, logging.INFO)) == 1
 
 
@@ -361,8 +376,10 @@ async def test_follow_ups_on_a_healthy_store_that_fail_degrade_it_quietly() -> N
     clock.advance(1.0)
     await store.release_slot("dep:d:concurrency", token)  # a follow-up does not probe
     assert store.degraded
+    await store.peek([Limit("acct:a:tpm", 100, 0)])  # starts the probe; answered locally
+    await answered(store.probe_finished())
     # The give-back that failed is lost (errs strict); the one made while degraded was kept and
-    # counted in before the probe: 50 - 20.
+    # counted in by the probe: 50 - 20.
     assert (await store.peek([Limit("acct:a:tpm", 100, 0)]))[0].remaining == 70
     assert not store.degraded
 
@@ -426,7 +443,12 @@ async def test_fallback_never_multiplies_a_limit() -> None:
     for primary in primaries:
         primary.error = None
     clock.advance(1.0)
-    assert await burst(fresh) == 1  # Redis counted the 24 first: one more fits
+    # The first call on each node starts its probe; the burst is still served locally, where
+    # each node's share is used up. Once the probes have counted the 24 into Redis, one more fits.
+    assert await burst(fresh) == 0
+    for node in nodes:
+        await answered(node.probe_finished())
+    assert await burst(fresh) == 1
     assert await burst(full) == 0
     assert not any(node.degraded for node in nodes)
     assert [node.pending for node in nodes] == [0, 0]
@@ -434,3 +456,38 @@ async def test_fallback_never_multiplies_a_limit() -> None:
 
     clock.advance(60)  # a new window: the shared limit, whole again
     assert await burst(fresh) == 25
+
+
+async def test_no_request_waits_for_a_probe_of_a_hung_redis() -> None:
+    """Redis hangs (a partition: no refusal, no answer). After each retry interval a probe
+    starts in the background with its long budget; every request meanwhile is answered locally
+    without waiting for it — while the probe is still hanging on the primary."""
+    clock = FakeClock()
+    primary = FakePrimary(clock)
+    store = FallbackRateLimitStore(
+        primary,
+        InProcessRateLimitStore(clock),
+        clock,
+        node_share=2,
+        timeout_s=TIMEOUT_S,
+        retry_interval_s=1.0,
+        probe_timeout_s=LIVENESS_S * 10,  # a probe that would outlast the test's liveness bound
+    )
+    rpm = Limit("acct:a:rpm", 100, 1)
+    try:
+        primary.hang = True
+        await answered(store.admit([rpm]))
+        assert store.degraded and primary.abandoned == 1
+        clock.advance(1.0)
+        for _ in range(5):  # the first starts the probe; none waits for it
+            decision = await answered(store.admit([rpm]))
+            assert decision.admitted and decision.states[0].limit == 50
+        async with asyncio.timeout(LIVENESS_S):  # the probe reaches the primary, hangs there
+            while primary.calls < 2:
+                await asyncio.sleep(0.01)
+        assert primary.abandoned == 1 and store.degraded
+        assert (await answered(store.admit([rpm]))).admitted
+    finally:
+        primary.hang = False  # for the primary's own close; the probe hangs on, until cancelled
+        await answered(store.close())  # cancels the probe
+    assert primary.abandoned > 1  # the probe's calls (one per journal entry) were given up
