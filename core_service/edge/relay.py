@@ -226,6 +226,11 @@ class _RelayStream:
         context, wake = self._context, self._wake
         while True:
             await wake.wait()
+            # One turn of the loop first, so that what this turn made ready joins the write:
+            # above all a call's end, which its task's done-callback queues just after the
+            # call's last answer woke the writer (a unary call would otherwise cost two
+            # messages each way instead of one).
+            await asyncio.sleep(0)
             wake.clear()
             # Every answer queued, also those queued while the drain was written, before the
             # stream may end: an answer left behind would be a call the bridge resends.

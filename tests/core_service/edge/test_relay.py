@@ -944,3 +944,14 @@ async def test_an_answer_that_may_be_large_gets_a_call_of_its_own(rig: Rig) -> N
         chat = await stub.CreateChatCompletion(Chat(body=b"after"))
         assert chat.body == b"answer to after"
         assert rig.front.requests > requests
+
+
+async def test_a_unary_answer_and_its_end_travel_in_one_message(rig: Rig) -> None:
+    """The end is queued by the call's done-callback, a turn after the answer: the writer waits
+    that turn, so a unary call costs one message from the core, not two."""
+    async with asyncio.timeout(LIVENESS):
+        answer = await rig.stub.CreateChatCompletion(Chat(body=b"one"))
+        assert answer.body == b"answer to one"
+        await until(lambda: sum(len(r.answers) for r in rig.front.responses) == 2)
+    [response] = [r for r in rig.front.responses if r.answers]
+    assert [a.WhichOneof("kind") for a in response.answers] == ["message", "end"]
