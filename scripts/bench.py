@@ -1254,6 +1254,7 @@ def main(argv: list[str] | None = None) -> int:
     kept: pathlib.Path | None = None
     stack: Stack | None = None
     budget: CpuBudget | None = None
+    throttled: float | None = None  # seconds the budget held Kyma back (--cpus-per-worker)
     try:
         if args.cpus_per_worker is not None:
             budget = CpuBudget.create(args.cpus_per_worker * args.workers)
@@ -1355,7 +1356,7 @@ def main(argv: list[str] | None = None) -> int:
             "concurrency": args.concurrency,
             "workers": args.workers,
             "cpus_per_worker": args.cpus_per_worker,
-            "cpu_throttled_s": throttled if budget is not None else None,
+            "cpu_throttled_s": throttled,
             "modes": args.modes,
             "stream_tokens": args.stream_tokens,
             "paced": {

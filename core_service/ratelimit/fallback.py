@@ -232,7 +232,7 @@ class FallbackRateLimitStore:
             self._enter_degraded(error)
 
     async def probe_finished(self) -> None:
-        """Wait for the probe under way, if any (for tests and an orderly close)."""
+        """Wait for the probe under way, if any (for tests: requests never wait for it)."""
         if self._probe is not None:
             await asyncio.shield(self._probe)
 
@@ -297,7 +297,7 @@ class FallbackRateLimitStore:
         return True
 
     async def _run_probe(self, episode: int) -> None:
-        self._reconciling = True
+        # No call reaches the journal meanwhile: degraded and not yet probed, they go local.
         try:
             await self._on_primary(self._recover, self._probe_timeout_s)
         except _PRIMARY_ERRORS as error:
@@ -306,8 +306,6 @@ class FallbackRateLimitStore:
         except Exception:  # a bug, not Redis: stay degraded, and say so
             logger.exception("the rate-limit store's recovery probe failed")
             return
-        finally:
-            self._reconciling = False
         if self._degraded and self._episode == episode:
             self._probed = True
 
