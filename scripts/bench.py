@@ -764,6 +764,8 @@ def start_profilers(
                     "-o",
                     str(out),
                     "--nonblocking",
+                    # With workers, the pid is the tree's parent: sample its children too.
+                    *(["--subprocesses"] if (args.workers or 1) > 1 else []),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

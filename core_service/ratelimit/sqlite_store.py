@@ -9,7 +9,10 @@ The window arithmetic is `store.py`'s, shared with the other stores; the proof g
 
 Cost: the file holds only counters that are rebuilt within a minute, so it runs with
 ``synchronous=OFF`` in WAL mode (no fsync; a machine crash may lose the last counts, which errs
-on the permissive side for at most one window, as a restart of the in-process store does). A
+on the permissive side for at most one window, as a restart of the in-process store does). A check
+reads each counter's window as one aggregate (`_WINDOW`: SQLite sums at most 60 rows of the
+primary key's range; no bucket becomes a Python object), where `store.py`'s running total would
+cost an extra row per counter to keep; only a refusal reads the buckets, for its Retry-After. A
 call runs on the event loop when the write lock is free at that instant (a transaction of a few
 statements, tens of microseconds: less than a hop to a thread), and never waits for it there:
 when another worker holds the lock, the call is queued for the store's own thread, which takes
@@ -55,6 +58,9 @@ _SCHEMA = (
     "expires REAL NOT NULL, PRIMARY KEY (key, token)) WITHOUT ROWID",
 )
 _BUCKETS = "SELECT second, count FROM buckets WHERE key = ? AND second >= ? ORDER BY second"
+# What a check needs of a counter: its sum over the window and its newest bucket, computed by
+# SQLite over the primary key's range (at most 60 rows), none of them brought into Python.
+_WINDOW = "SELECT coalesce(sum(count), 0), max(second) FROM buckets WHERE key = ? AND second >= ?"
 _ADD = (
     "INSERT INTO buckets (key, second, count) VALUES (?, ?, ?) "
     "ON CONFLICT (key, second) DO UPDATE SET count = count + excluded.count"
@@ -92,15 +98,9 @@ class SqliteRateLimitStore:
         def read(db: sqlite3.Connection) -> tuple[LimitState, ...]:
             states = []
             for limit in limits:
-                buckets = db.execute(_BUCKETS, (limit.key, floor)).fetchall()
+                used, newest = db.execute(_WINDOW, (limit.key, floor)).fetchone()
                 states.append(
-                    limit_state(
-                        limit.key,
-                        limit.limit,
-                        used=sum(count for _, count in buckets),
-                        newest=buckets[-1][0] if buckets else None,
-                        at_ms=at_ms,
-                    )
+                    limit_state(limit.key, limit.limit, used=used, newest=newest, at_ms=at_ms)
                 )
             return tuple(states)
 
@@ -250,31 +250,32 @@ class SqliteRateLimitStore:
         totals: dict[str, int] = {}
         for limit in limits:
             totals[limit.key] = totals.get(limit.key, 0) + limit.cost
-        buckets = {key: db.execute(_BUCKETS, (key, floor)).fetchall() for key in totals}
-        used = {key: sum(count for _, count in rows) for key, rows in buckets.items()}
+        used: dict[str, int] = {}
+        newest: dict[str, int | None] = {}
+        for key in totals:
+            used[key], newest[key] = db.execute(_WINDOW, (key, floor)).fetchone()
         admitted = all(used[limit.key] + totals[limit.key] <= limit.limit for limit in limits)
         if admitted:
             for key, total in totals.items():
                 if total:
                     db.execute(_ADD, (key, second, total))
                     used[key] += total
-                    rows = buckets[key]
-                    if not rows or rows[-1][0] < second:
-                        rows.append((second, total))
+                    newest[key] = max(second, newest[key] or second)
         states = []
         for limit in limits:
-            rows = buckets[limit.key]
             retry = 0
             if not admitted:
                 excess = used[limit.key] + totals[limit.key] - limit.limit
                 if excess > 0:
+                    # Only a refusal reads the buckets themselves: when does enough leave?
+                    rows = db.execute(_BUCKETS, (limit.key, floor))
                     retry = retry_after_s(rows, second, excess, totals[limit.key], limit.limit)
             states.append(
                 limit_state(
                     limit.key,
                     limit.limit,
                     used=used[limit.key],
-                    newest=rows[-1][0] if rows else None,
+                    newest=newest[limit.key],
                     at_ms=at_ms,
                     refused_retry_s=retry,
                 )
