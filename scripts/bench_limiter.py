@@ -15,8 +15,9 @@ EVALSHA `usec_per_call` (the script's whole run, the commands it calls included)
 cross-check, `used_cpu_user + used_cpu_sys` delta per admission (networking included). Commands
 per request count every command Redis executed (scripts and the commands inside them), for the
 limiter's whole work on one request: admission, token true-up, and with deployment limits the
-gate's enter (RPM/TPM and a concurrency slot) and leave (slot release, true-up). Last, this
-process's own CPU per admission through the fallback and Redis stores, as a core spends it.
+gate's enter (RPM/TPM and a concurrency slot) and leave (slot release, true-up). Then this
+process's own CPU per admission through the fallback and Redis stores, as a core spends it, and
+last through the SQLite store that workers share when there is no Redis.
 """
 
 from __future__ import annotations
@@ -199,6 +200,42 @@ async def client_cpu_per_admission(url: str, prefix: str, admissions: int = 20_0
     )
 
 
+async def sqlite_cpu_per_admission(admissions: int = 5_000) -> None:
+    """CPU per admission of the workers' SQLite store (no Redis), its three counters' windows
+    full (60 seconds of buckets each), one caller: the lock is always free, so every admission
+    is a transaction on the event loop's own connection."""
+    import pathlib
+    import tempfile
+
+    from core_service.ratelimit.sqlite_store import SqliteRateLimitStore
+    from core_service.ratelimit.store import Limit
+
+    clock = FakeClock()
+    limits = [
+        Limit("acct:a:rpm", 10**9, 1),
+        Limit("acct:a:mrpm:m", 10**9, 1),
+        Limit("acct:a:tpm", 10**12, 100),
+    ]
+    with tempfile.TemporaryDirectory() as directory:
+        store = SqliteRateLimitStore(pathlib.Path(directory) / "ratelimit.db", clock)
+        try:
+            for _ in range(60):  # fill the window
+                for _ in range(5):
+                    await store.admit(limits)
+                clock.advance(1)
+            started = time.process_time()
+            for n in range(admissions):
+                await store.admit(limits)
+                if n % 100 == 99:
+                    clock.advance(1)
+            used = time.process_time() - started
+        finally:
+            await store.close()
+    print(
+        f"SQLite store (workers without Redis) CPU per admission: {used / admissions * 1e6:.1f} us"
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -243,6 +280,7 @@ async def main() -> None:
         await commands_per_request(client, prefix, deployment_limits=False)
         await commands_per_request(client, prefix, deployment_limits=True)
         await client_cpu_per_admission(url, prefix)
+        await sqlite_cpu_per_admission()
     finally:
         keys = [key async for key in client.scan_iter(match=prefix + "*")]
         if keys:
