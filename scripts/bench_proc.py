@@ -91,6 +91,27 @@ def tree_rss_mb(pid: int) -> tuple[float, int]:
     return sum(rss_kb(member) for member in members) / 1024.0, len(members)
 
 
+def pss_kb(pid: int) -> int:
+    """Proportional set size of one process in kB (0 when it is gone or unreadable): its private
+    pages, plus each page it shares with other processes divided by how many map it."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def trees_pss_mb(*pids: int) -> float:
+    """PSS of the trees of `pids` together, in MB: what they cost the machine, each page they
+    share (a library's code, a forked parent's heap) counted once between them, where adding
+    their RSS counts it in every process that maps it."""
+    members = {member for pid in pids for member in tree(pid)}
+    return sum(pss_kb(member) for member in members) / 1024.0
+
+
 def machine_busy_ticks() -> int:
     """Busy clock ticks of all CPUs together (aggregate line of /proc/stat), for spotting load
     from outside the bench during a window."""

@@ -265,9 +265,14 @@ def soak_report(soak: dict[str, Any]) -> list[str]:
         f"({soak['rps']:.1f}/s), {soak['errors']} errors. RSS (MB) every {soak['interval_s']:g}s:",
         "",
         markdown(
-            ("t s", *names, "load1"),
+            ("t s", *names, "core+bridge PSS", "load1"),
             [
-                (fmt(s["t_s"], 0), *(fmt(s["rss_mb"].get(n), 1) for n in names), fmt(s["load1"]))
+                (
+                    fmt(s["t_s"], 0),
+                    *(fmt(s["rss_mb"].get(n), 1) for n in names),
+                    fmt(s.get("pair_pss_mb"), 1),
+                    fmt(s["load1"]),
+                )
                 for s in series
             ],
             text_columns=0,

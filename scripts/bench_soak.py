@@ -1,6 +1,8 @@
 """The memory soak of scripts/bench (`--soak MINUTES`): a steady load on Kyma for that long, half
 of the connections non-streaming, half streaming, while the RSS of every process of the bench
-(core, bridge, upstream, and an idle peer if one runs) is sampled every `interval_s` seconds.
+(core, bridge, upstream, and an idle peer if one runs) is sampled every `interval_s` seconds,
+and with it the PSS of core and bridge together (`pair_pss_mb`), which counts the pages they
+share once: RSS added up counts every library both map twice.
 
 It reports the series and, for each process and for core + bridge together, the fitted slope
 over the last 5 minutes (the last half of a shorter soak) and whether that stretch is flat
@@ -18,7 +20,7 @@ from dataclasses import asdict
 from typing import Any
 
 from bench_client import Result, run_load
-from bench_proc import HOST, loadavg, tree_rss_mb
+from bench_proc import HOST, loadavg, tree_rss_mb, trees_pss_mb
 from bench_stats import flatness
 
 JUDGED_S = 300.0  # the issue's target: flat over the soak's last 5 minutes
@@ -42,11 +44,12 @@ async def soak(
 
     def sample() -> None:
         rss = {name: round(tree_rss_mb(pid)[0], 1) for name, pid in processes.items()}
+        point: dict[str, Any] = {"t_s": round(time.monotonic() - start, 1), "rss_mb": rss}
         if "core" in rss and "bridge" in rss:
             rss[PAIR] = round(rss["core"] + rss["bridge"], 1)
-        series.append(
-            {"t_s": round(time.monotonic() - start, 1), "rss_mb": rss, "load1": loadavg()[0]}
-        )
+            point["pair_pss_mb"] = round(trees_pss_mb(processes["core"], processes["bridge"]), 1)
+        point["load1"] = loadavg()[0]
+        series.append(point)
 
     async def sampler(stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -110,5 +113,6 @@ def summary(
         "chunks": stream.chunks,
         "series": series,
         "rss_mb_after": series[-1]["rss_mb"] if series else {},
+        "pair_pss_mb_after": series[-1].get("pair_pss_mb") if series else None,
         "flatness": judged,
     }

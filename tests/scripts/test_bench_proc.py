@@ -1,11 +1,15 @@
-"""scripts/bench_proc.py's ports: the cores of --workers N get N consecutive ports that no port
-bound to 0 can take (a bench run once failed when a worker's ephemeral port was core 1's)."""
+"""scripts/bench_proc.py: the cores of --workers N get N consecutive ports that no port bound to 0
+can take (a bench run once failed when a worker's ephemeral port was core 1's); the PSS of two
+processes counts the pages they share once, where their RSS counts them twice."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 
-from bench_proc import HOST, free_port_range
+from bench_proc import HOST, free_port_range, rss_kb, trees_pss_mb
 
 
 def test_consecutive_ports_below_the_ephemeral_range_all_free() -> None:
@@ -16,3 +20,24 @@ def test_consecutive_ports_below_the_ephemeral_range_all_free() -> None:
     for port in range(base, base + 3):
         with socket.socket() as sock:
             sock.bind((HOST, port))
+
+
+def test_two_processes_sharing_pages_cost_less_than_their_rss_added() -> None:
+    # Two Pythons map the same interpreter and libraries: PSS splits those pages between them.
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        me = os.getpid()
+        pss = trees_pss_mb(child.pid)
+        both = trees_pss_mb(me, child.pid)  # the child is in both trees: counted once
+        rss_added = (rss_kb(me) + rss_kb(child.pid)) / 1024.0
+        assert 0 < pss < both < rss_added
+    finally:
+        child.communicate(b"")
+
+
+def test_a_process_that_is_gone_counts_nothing() -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert trees_pss_mb(gone.pid) == 0.0
