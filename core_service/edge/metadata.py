@@ -41,7 +41,12 @@ def new_request_id() -> str:
 
 def request_id(context: grpc.aio.ServicerContext) -> str:
     """The caller's x-request-id when it is a sane token, else a new one."""
-    given = metadata_value(context, MetadataKey.REQUEST_ID)
+    return request_id_in(context.invocation_metadata())
+
+
+def request_id_in(metadata: Metadata | None) -> str:
+    """`request_id` of a call's metadata (a relayed call has no gRPC context of its own)."""
+    given = value_in(metadata, MetadataKey.REQUEST_ID)
     if given and _REQUEST_ID.fullmatch(given):
         return given
     return new_request_id()

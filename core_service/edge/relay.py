@@ -35,8 +35,9 @@ from typing import Any
 
 import grpc
 
-from core_service.edge.errors import STATUS_DETAILS_KEY
+from core_service.edge.errors import STATUS_DETAILS_KEY, internal_status
 from core_service.edge.interceptors import ErrorTranslation, tolerant
+from core_service.edge.metadata import request_id_in
 from kyma.contract.v1.constants import MAX_MESSAGE_BYTES
 from kyma.inference.v1 import inference_service_pb2 as inference_pb
 from kyma.inference.v1 import relay_service_pb2 as pb
@@ -92,9 +93,7 @@ class RelayedContext:
         raise grpc.aio.AbortError()
 
 
-def _end(status: grpc.Status | None) -> pb.RelayEnd:
-    if status is None:
-        return pb.RelayEnd(code=grpc.StatusCode.INTERNAL.value[0], details="no status")
+def _end(status: grpc.Status) -> pb.RelayEnd:
     details = b""
     for key, value in status.trailing_metadata or ():
         if key == STATUS_DETAILS_KEY:
@@ -311,10 +310,13 @@ class _RelayStream:
                         return _too_large()
             return _OK
         except grpc.aio.AbortError:
-            return _end(context.status)
+            if context.status is not None:
+                return _end(context.status)
+            log.error("relayed call %s was aborted without a status", number)
         except Exception:  # the guard turns every error into a status; this is a bug here
             log.exception("relayed call %s failed", number)
-            return pb.RelayEnd(code=grpc.StatusCode.INTERNAL.value[0], details="internal error")
+        # Still an error in Kyma's own shape, with the request id the client is told to quote.
+        return _end(internal_status(request_id_in(context.invocation_metadata())))
 
     async def _send(self, number: int, call: _Call, message: Any) -> bool:
         """Queue one message of the call, once its window has room (HTTP/2's flow control, per

@@ -430,6 +430,25 @@ async def test_an_unexpected_error_is_internal_without_its_text(rig: Rig) -> Non
     assert not resendable(error)
 
 
+async def test_a_call_that_escapes_the_guard_still_ends_in_kymas_shape(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A relayed call that ends in a way the error translation did not make (here an abort
+    with no status: only a bug can do that) ends INTERNAL as the guard would end it, with its
+    request id and Kyma's error details, and the relay logs it."""
+    rig.fake.raises[b"bare abort"] = grpc.aio.AbortError()
+    metadata = (("x-request-id", "req_relay-bare-1"),)
+    async with asyncio.timeout(LIVENESS):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await rig.stub.CreateChatCompletion(Chat(body=b"bare abort"), metadata=metadata)
+    error = info.value
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert "req_relay-bare-1" in (error.details() or "")
+    assert (from_grpc(error).status, from_grpc(error).code) == (500, "internal_error")
+    assert status_details(error)
+    assert "aborted without a status" in caplog.text
+
+
 async def test_an_undecodable_request_is_invalid_argument(rig: Rig) -> None:
     """A start whose request is not a valid message of its method's type ends INVALID_ARGUMENT
     naming the type (400 over HTTP), unary or streaming, without the servicer running."""
