@@ -113,21 +113,31 @@ def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -
     @app.get("/readyz")
     async def readyz(request: Request) -> Response:
         check = stubs(request).health_check
+        # Requests are served whatever the limits say: "shared" (counted in Redis, across
+        # nodes), "per-node" (Redis is configured but unreachable: each node counts its share
+        # alone, the state to alert on), "local" (no Redis configured: counted by this machine
+        # alone, exact for one machine, which is how it is meant to run).
+        limits = "per-node"
         try:
             reply = await check(health_pb2.HealthCheckRequest(), timeout=2)
             serving = reply.status == health_pb2.HealthCheckResponse.SERVING
-            limits = await check(
-                health_pb2.HealthCheckRequest(service=SHARED_LIMITS_HEALTH_SERVICE), timeout=2
-            )
-            shared = limits.status == health_pb2.HealthCheckResponse.SERVING
+            try:
+                shared = await check(
+                    health_pb2.HealthCheckRequest(service=SHARED_LIMITS_HEALTH_SERVICE), timeout=2
+                )
+                if shared.status == health_pb2.HealthCheckResponse.SERVING:
+                    limits = "shared"
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:  # a core without Redis has no entry
+                    raise
+                limits = "local"
         except grpc.aio.AioRpcError:
-            serving = shared = False
+            serving = False
         body = {
             "status": "ready" if serving else "unavailable",
             # Not serving: the core is unreachable, or its database does not answer.
             "core": "serving" if serving else "unavailable",
-            # Requests are served either way; "per-node" means Redis is unreachable (or unused).
-            "rate_limits": "shared" if shared else "per-node",
+            "rate_limits": limits,
         }
         return Response(
             orjson.dumps(body),

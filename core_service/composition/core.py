@@ -159,8 +159,10 @@ class Core:
             ),
             "verify referrals",
         )
-        await health.set(SHARED_LIMITS_HEALTH_SERVICE, chores.NOT_SERVING)
+        # Only a core that shares its limits through Redis has the entry; without Redis it is
+        # absent (NOT_FOUND): the limits are this machine's by design, not degraded.
         if self.settings.redis_url is not None:
+            await health.set(SHARED_LIMITS_HEALTH_SERVICE, chores.NOT_SERVING)
             self._chore(chores.report_limiter(self.limits.limiter, health), "limiter health")
         for name in (*SERVICES, ""):
             await health.set(name, chores.SERVING)

@@ -245,6 +245,9 @@ async def test_a_small_parent_two_cores_and_two_bridges(served: Serving) -> None
     async with httpx.AsyncClient(base_url=served.url, timeout=LIVENESS) as http:
         ready = await http.get("/readyz")
         assert ready.json()["status"] == "ready", ready.text
+        # The workers share their limits through the machine's SQLite file: "local", not the
+        # "per-node" of a cluster whose Redis is away.
+        assert ready.json()["rate_limits"] == "local"
         # Both cores answer requests through the one port.
         account_id, key = await served.account("1")
         auth = {"authorization": f"Bearer {key}"}

@@ -207,7 +207,8 @@ accepts, with room for the envelope).
 """
 shared_limits_health_service: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FileOptions, _builtins.str]
 """The gRPC health-checking service name that is SERVING while rate limits are shared
-through Redis and NOT_SERVING while a core counts on its own.
+through Redis and NOT_SERVING while a core counts on its own because Redis is unreachable.
+A core with no Redis configured does not have it (NOT_FOUND): its machine counts alone.
 """
 request_id_pattern: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FileOptions, _builtins.str]
 """A request id a caller may choose (a regular expression matched in full)."""
