@@ -353,11 +353,18 @@ def _settings() -> Settings:
 
 
 def _bind(settings: Settings, count: int) -> list[socket.socket]:
-    """The bridges' listening sockets, one per bridge worker. Several share the port through
+    """The bridges' sockets, one per bridge worker. Several share the port through
     SO_REUSEPORT, which spreads new connections evenly over them (one socket that all accept
     on would give most connections to whichever bridge is awake); the port is first bound
     without it, so that a port another process holds — another Kyma's bridges included —
-    fails here, loudly, rather than being shared."""
+    fails here, loudly, rather than being shared.
+
+    Only the first socket listens from the start: its bridge starts first, and a connection
+    made before it serves waits in its queue. The others are bound but not listening until
+    their own bridge serves on them (uvicorn's server calls listen), because the kernel hands
+    each new connection to one of the *listening* sockets of the port: a socket that listened
+    before its bridge started would hold every connection sent its way until then (about a
+    second on a busy machine, the bridges being started once the first pair serves)."""
     family = socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET
     first = socket.create_server(
         (settings.http_host, settings.http_port), family=family, backlog=2048
@@ -366,12 +373,24 @@ def _bind(settings: Settings, count: int) -> list[socket.socket]:
         return [first]
     port = first.getsockname()[1]
     first.close()
-    return [
+    socks = [
         socket.create_server(
             (settings.http_host, port), family=family, backlog=2048, reuse_port=True
         )
-        for _ in range(count)
     ]
+    for _ in range(count - 1):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((settings.http_host, port))
+        except BaseException:
+            sock.close()
+            raise
+        socks.append(sock)
+    return socks
 
 
 def _first_worker(part: str, channel: socket.socket, ready: int) -> int:

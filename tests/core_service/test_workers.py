@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 
 from core_service.announce import print_line
 from core_service.settings import Settings
-from core_service.workers import worker_count, worker_settings
+from core_service.workers import _bind, worker_count, worker_settings
 
 
 def test_the_default_is_the_machines_cores_for_serve_and_one_for_a_part() -> None:
@@ -76,3 +77,43 @@ def test_a_line_for_the_parents_reader_is_one_write_even_unbuffered(
     writes.clear()
     print_line("kyma core listening on 127.0.0.1:1")
     assert writes == [b"kyma core listening on 127.0.0.1:1\n"]
+
+
+def test_a_bridges_socket_takes_connections_only_once_its_bridge_serves_on_it() -> None:
+    """The bridges share the port through SO_REUSEPORT. Only the first socket listens from the
+    start: a connection made while bridge 1 has not started yet goes to bridge 0's queue, not
+    to a queue nobody accepts from. Once bridge 1 serves (its server calls listen), the kernel
+    spreads connections over both."""
+    socks = _bind(Settings(http_host="127.0.0.1", http_port=0), 2)
+    try:
+        listening = [s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) for s in socks]
+        assert listening == [1, 0]
+        port = socks[0].getsockname()[1]
+        assert socks[1].getsockname()[1] == port
+        for sock in socks:
+            sock.settimeout(5)
+        for _ in range(20):  # every one of them is accepted by the listening socket
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                socks[0].accept()[0].close()
+        socks[1].listen(2048)  # what bridge 1's server does when it starts
+        accepted = [0, 0]
+        for sock in socks:
+            sock.setblocking(False)
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(64)]
+        try:
+            for index, sock in enumerate(socks):
+                while True:
+                    try:
+                        sock.accept()[0].close()
+                    except BlockingIOError:
+                        break
+                    accepted[index] += 1
+        finally:
+            for client in clients:
+                client.close()
+        # Each connection is queued on one socket before connect returns (the kernel completes
+        # the handshake); with 64 of them both sockets get some (a hash of the client's port).
+        assert sum(accepted) == 64 and min(accepted) > 0
+    finally:
+        for sock in socks:
+            sock.close()
