@@ -4,10 +4,10 @@ processes counts the pages they share once, where their RSS counts them twice.""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
+import time
 
 from bench_proc import HOST, free_port_range, rss_kb, trees_pss_mb
 
@@ -23,18 +23,27 @@ def test_consecutive_ports_below_the_ephemeral_range_all_free() -> None:
 
 
 def test_two_processes_sharing_pages_cost_less_than_their_rss_added() -> None:
-    # Two Pythons map the same interpreter and libraries: PSS splits those pages between them.
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
-    )
+    # Two idle Pythons map the same interpreter and libraries: PSS splits those pages between
+    # them. (Children of their own: this process's tree holds whatever else the suite runs.)
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
     try:
-        me = os.getpid()
-        pss = trees_pss_mb(child.pid)
-        both = trees_pss_mb(me, child.pid)  # the child is in both trees: counted once
-        rss_added = (rss_kb(me) + rss_kb(child.pid)) / 1024.0
-        assert 0 < pss < both < rss_added
+        first, second = (child.pid for child in children)
+        while min(rss_kb(first), rss_kb(second)) == 0:  # until both have started
+            time.sleep(0.01)
+        time.sleep(0.2)  # and settled, idle
+        rss_added = (rss_kb(first) + rss_kb(second)) / 1024.0
+        both = trees_pss_mb(first, second)
+        assert 0 < trees_pss_mb(first) < both < rss_added
+        # A process named twice (a tree inside another) is counted once.
+        assert abs(trees_pss_mb(first, first) - trees_pss_mb(first)) < 0.5
     finally:
-        child.communicate(b"")
+        for child in children:
+            child.communicate(b"")
 
 
 def test_a_process_that_is_gone_counts_nothing() -> None:
