@@ -27,6 +27,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from core_service.db.sqlite_transactions import CACHE_PRAGMA
+
 MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
 # Any constant: serialises concurrent `kyma serve` start-ups migrating one PostgreSQL database.
 _MIGRATION_LOCK_ID = 0x4B594D41
@@ -47,6 +49,7 @@ def create_engine(
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(CACHE_PRAGMA)
             cursor.close()
 
         @event.listens_for(engine.sync_engine, "begin")
