@@ -72,16 +72,21 @@ def cpu_ticks(pid: int) -> int:
     return total
 
 
-def rss_kb(pid: int) -> int:
-    """Resident set size of one process in kB (0 when it is gone)."""
+def _kb(path: str, field: bytes) -> int:
+    """The kB figure of the line starting with `field` in a /proc file (0 when it is gone)."""
     try:
-        with open(f"/proc/{pid}/status", "rb") as f:
+        with open(path, "rb") as f:
             for line in f:
-                if line.startswith(b"VmRSS:"):
+                if line.startswith(field):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size of one process in kB (0 when it is gone)."""
+    return _kb(f"/proc/{pid}/status", b"VmRSS:")
 
 
 def tree_rss_mb(pid: int) -> tuple[float, int]:
@@ -94,14 +99,7 @@ def tree_rss_mb(pid: int) -> tuple[float, int]:
 def pss_kb(pid: int) -> int:
     """Proportional set size of one process in kB (0 when it is gone or unreadable): its private
     pages, plus each page it shares with other processes divided by how many map it."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
-            for line in f:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _kb(f"/proc/{pid}/smaps_rollup", b"Pss:")
 
 
 def trees_pss_mb(*pids: int) -> float:
