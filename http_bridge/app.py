@@ -116,7 +116,8 @@ def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -
         # Requests are served whatever the limits say: "shared" (counted in Redis, across
         # nodes), "per-node" (Redis is configured but unreachable: each node counts its share
         # alone, the state to alert on), "local" (no Redis configured: counted by this machine
-        # alone, exact for one machine, which is how it is meant to run).
+        # alone, exact for one machine, which is how it is meant to run); "unknown" while no
+        # core answers.
         limits = "per-node"
         try:
             reply = await check(health_pb2.HealthCheckRequest(), timeout=2)
@@ -133,6 +134,7 @@ def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -
                 limits = "local"
         except grpc.aio.AioRpcError:
             serving = False
+            limits = "unknown"
         body = {
             "status": "ready" if serving else "unavailable",
             # Not serving: the core is unreachable, or its database does not answer.

@@ -438,7 +438,7 @@ _READY = _obj(
     {
         "status": {"enum": ["ready", "unavailable"]},
         "core": {"enum": ["serving", "unavailable"]},
-        "rate_limits": {"enum": ["shared", "per-node", "local"]},
+        "rate_limits": {"enum": ["shared", "per-node", "local", "unknown"]},
     },
     ("status", "core", "rate_limits"),
 )
