@@ -373,24 +373,25 @@ def _bind(settings: Settings, count: int) -> list[socket.socket]:
         return [first]
     port = first.getsockname()[1]
     first.close()
-    socks = [
-        socket.create_server(
-            (settings.http_host, port), family=family, backlog=2048, reuse_port=True
-        )
-    ]
-    for _ in range(count - 1):
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((settings.http_host, port))
-        except BaseException:
-            sock.close()
-            raise
-        socks.append(sock)
+    socks = [_port_sharer(family, settings.http_host, port) for _ in range(count)]
+    socks[0].listen(2048)
     return socks
+
+
+def _port_sharer(family: socket.AddressFamily, host: str, port: int) -> socket.socket:
+    """A socket bound to `port` beside others (SO_REUSEPORT), not yet listening; the options
+    are those `socket.create_server` sets."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _first_worker(part: str, channel: socket.socket, ready: int) -> int:

@@ -52,6 +52,20 @@ CORS_EXPOSED_HEADERS = [
 ]
 
 
+async def _limits(check: grpc.aio.UnaryUnaryMultiCallable) -> str:
+    """How the core counts rate limits, from its shared-limits health entry (absent, NOT_FOUND,
+    on a core without Redis); any other error is the caller's to handle."""
+    try:
+        reply = await check(
+            health_pb2.HealthCheckRequest(service=SHARED_LIMITS_HEALTH_SERVICE), timeout=2
+        )
+    except grpc.aio.AioRpcError as error:
+        if error.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return "local"
+    return "shared" if reply.status == health_pb2.HealthCheckResponse.SERVING else "per-node"
+
+
 def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -> FastAPI:
     """The bridge app. Without `channel` it opens one to the cores the settings name (see
     `core_client`) on start-up."""
@@ -118,23 +132,12 @@ def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -
         # alone, the state to alert on), "local" (no Redis configured: counted by this machine
         # alone, exact for one machine, which is how it is meant to run); "unknown" while no
         # core answers.
-        limits = "per-node"
         try:
             reply = await check(health_pb2.HealthCheckRequest(), timeout=2)
             serving = reply.status == health_pb2.HealthCheckResponse.SERVING
-            try:
-                shared = await check(
-                    health_pb2.HealthCheckRequest(service=SHARED_LIMITS_HEALTH_SERVICE), timeout=2
-                )
-                if shared.status == health_pb2.HealthCheckResponse.SERVING:
-                    limits = "shared"
-            except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.NOT_FOUND:  # a core without Redis has no entry
-                    raise
-                limits = "local"
+            limits = await _limits(check)
         except grpc.aio.AioRpcError:
-            serving = False
-            limits = "unknown"
+            serving, limits = False, "unknown"
         body = {
             "status": "ready" if serving else "unavailable",
             # Not serving: the core is unreachable, or its database does not answer.
