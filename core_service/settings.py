@@ -87,14 +87,16 @@ class Settings(BaseSettings):
         "resolves to several cores reaches them all), a comma-separated list of IP:port, or a "
         "gRPC target (dns:///name:port). Default grpc_host:grpc_port.",
     )
-    bridge_relay_streams: int = Field(
-        default=2,
+    bridge_relay_streams: int | None = Field(
+        default=None,
         ge=0,
         le=64,
         description="Long-lived gRPC streams each bridge carries its inference calls on "
         "(InferenceRelay: many calls per stream, far less CPU than a gRPC call each); each "
         "opens on a core the balancing picks and is replaced every "
-        "bridge_relay_stream_seconds. 0: one gRPC call per request.",
+        "bridge_relay_stream_seconds. Default: one per core the bridge is given (one per "
+        "address of a core_address list, one for an IP address or this machine's core, 2 for "
+        "a name, which may resolve to several cores). 0: one gRPC call per request.",
     )
     bridge_relay_stream_seconds: float = Field(
         default=10.0,
@@ -417,6 +419,16 @@ class Settings(BaseSettings):
         )
         return f"{host}:{self.grpc_port}"
 
+    @property
+    def relay_streams(self) -> int:
+        """How many relay streams a bridge keeps (`bridge_relay_streams`, by default one per
+        core it is given). More streams than cores only split the answers that would have
+        shared a message: at c=32 one stream on one core cost about 6% less CPU per request
+        than two (docs/performance.md, "One relay stream per core")."""
+        if self.bridge_relay_streams is not None:
+            return self.bridge_relay_streams
+        return cores_named(self.core_address)
+
     def chosen(self, name: str) -> bool:
         """Whether setting `name` was given (environment, config file or constructor) rather
         than left at its default."""
@@ -466,6 +478,27 @@ def shared_token(path: pathlib.Path, *, prefix: str) -> str:
     finally:
         draft.unlink()
     return token
+
+
+def cores_named(address: str | None) -> int:
+    """How many cores KYMA_CORE_ADDRESS names: one per address of a list (or of an `ipv4:`/
+    `ipv6:` target), one for an IP address, a unix socket or this machine's core (None), and 2
+    for a host name or a `dns:` target, which may resolve to several (2: the relay's default
+    before it counted cores)."""
+    if not address:
+        return 1
+    target = grpc_target(address)
+    scheme, _, rest = target.partition(":")
+    if scheme in ("ipv4", "ipv6"):
+        return len(rest.split(","))
+    if scheme in ("unix", "unix-abstract"):
+        return 1
+    host = target.rpartition(":")[0].strip("[]") if "://" not in target else ""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return 2
+    return 1
 
 
 def grpc_target(address: str) -> str:

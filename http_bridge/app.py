@@ -78,9 +78,9 @@ def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -
             bridge_token=CoreStubs.credential(settings),
         )
         relay = None
-        if settings.bridge_relay_streams:
+        if settings.relay_streams:
             relay = InferenceRelay(
-                core.channel, settings.bridge_relay_streams, settings.bridge_relay_stream_seconds
+                core.channel, settings.relay_streams, settings.bridge_relay_stream_seconds
             )
             core.use_relay(relay)
         app.state.core = core

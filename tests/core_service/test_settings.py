@@ -51,6 +51,26 @@ def test_core_addresses_become_one_grpc_target(address: str, target: str) -> Non
     assert Settings(core_address=address).core_target == target
 
 
+@pytest.mark.parametrize(
+    ("address", "streams"),
+    [
+        (None, 1),  # this machine's core
+        ("127.0.0.1:50051", 1),
+        ("[::1]:50051", 1),
+        ("unix:/run/kyma/core.sock", 1),
+        ("10.0.0.5:50051, 10.0.0.6:50051, 10.0.0.7:50051", 3),
+        ("kyma-core:50051", 2),  # a name may resolve to several cores
+        ("dns:///kyma-core.kyma.svc:50051", 2),
+    ],
+)
+def test_a_bridge_keeps_a_relay_stream_per_core_it_is_given(
+    address: str | None, streams: int
+) -> None:
+    assert Settings(core_address=address).relay_streams == streams
+    assert Settings(core_address=address, bridge_relay_streams=4).relay_streams == 4
+    assert Settings(core_address=address, bridge_relay_streams=0).relay_streams == 0
+
+
 def test_by_default_the_core_on_this_machine() -> None:
     assert Settings(grpc_host="10.1.2.3", grpc_port=7).core_target == "10.1.2.3:7"
     # A core listening on every address (as in the container image) is reached on loopback.
