@@ -493,11 +493,12 @@ def cores_named(address: str | None) -> int:
         return len(rest.split(","))
     if scheme in ("unix", "unix-abstract"):
         return 1
-    host = target.rpartition(":")[0].strip("[]") if "://" not in target else ""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
+    if "://" in target:  # dns:///name:port
         return 2
+    try:
+        ipaddress.ip_address(target.rpartition(":")[0].strip("[]"))
+    except ValueError:
+        return 2  # a host name
     return 1
 
 

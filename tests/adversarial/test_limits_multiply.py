@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from kyma.inference.v1 import inference_service_pb2 as pb
 from kyma.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from tests.conftest import running_kyma  # type: ignore[import-not-found]
 from tests.fakes.clock import FrozenClock
+from tests.fakes.pg_cluster import free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.asyncio]
 
@@ -49,12 +49,6 @@ LIMIT = 25  # the free tier's per-model RPM
 SHARE = LIMIT // 2  # each node's own limit while Redis is away (two expected nodes)
 DELAY_MS = 5
 LIVENESS_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Processes:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.fakes.pg_cluster import free_port
+
 LLAMA_VERSION = "0.3.36"
 SMOLLM_VERSION = "0.1.2"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -70,18 +72,12 @@ class LlamaServer:
         return f"{self.url}/v1"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def llama_server() -> Iterator[LlamaServer]:
     why = _ready()
     if why is not None:
         pytest.skip(why)
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             str(venv_python()),

@@ -5,24 +5,16 @@ test_rate_limits.py)."""
 from __future__ import annotations
 
 import pathlib
-import socket
 
 import httpx
 
 from core_service.settings import Settings
 from http_bridge.app import create_app
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])  # nothing listens on it once closed
+from tests.fakes.pg_cluster import free_port
 
 
 async def test_no_core_is_unavailable_and_the_limits_unknown(tmp_path: pathlib.Path) -> None:
-    settings = Settings(
-        data_dir=tmp_path, metrics_port=0, core_address=f"127.0.0.1:{_closed_port()}"
-    )
+    settings = Settings(data_dir=tmp_path, metrics_port=0, core_address=f"127.0.0.1:{free_port()}")
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -11,12 +11,8 @@ import sys
 import httpx
 import orjson
 
-from tests.conftest import UPSTREAM_KEY, bound_socket, write_catalog
-
-
-def _free_port() -> int:
-    with bound_socket() as sock:
-        return int(sock.getsockname()[1])
+from tests.conftest import UPSTREAM_KEY, write_catalog
+from tests.fakes.pg_cluster import free_port
 
 
 async def _spawn(part: str, env: dict[str, str]) -> asyncio.subprocess.Process:
@@ -33,7 +29,7 @@ async def _spawn(part: str, env: dict[str, str]) -> asyncio.subprocess.Process:
 
 
 async def test_core_and_bridge_obey_one_config_file(upstream, tmp_path) -> None:
-    grpc_port, http_port = _free_port(), _free_port()
+    grpc_port, http_port = free_port(), free_port()
     config = tmp_path / "kyma.yaml"
     config.write_text(
         f"""

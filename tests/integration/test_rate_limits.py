@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-import socket
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -24,6 +23,7 @@ from kyma.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from kyma.ratelimit.v1 import ratelimit_service_pb2, ratelimit_service_pb2_grpc
 from tests.conftest import running_kyma  # type: ignore[import-not-found]
 from tests.fakes.clock import FrozenClock
+from tests.fakes.pg_cluster import free_port
 
 pytestmark = pytest.mark.asyncio
 
@@ -212,12 +212,6 @@ async def test_pinned_tier_raises_limits(limited) -> None:
     # Seen once on a loaded machine as 49: say what the others were if it happens again.
     unexpected = [r.text for r in replies if r.status_code not in (200, 429)]
     assert statuses.count(200) == 50, (statuses, unexpected)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.asyncio

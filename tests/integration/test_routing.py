@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 
 import httpx
@@ -14,6 +13,7 @@ import pytest_asyncio
 
 from tests.conftest import running_kyma, start_upstream  # type: ignore[import-not-found]
 from tests.fakes.clock import FrozenClock
+from tests.fakes.pg_cluster import free_port
 
 pytestmark = pytest.mark.asyncio
 
@@ -30,12 +30,6 @@ def upstreams():
     for server in servers:
         server.process.terminate()
         server.process.wait(10)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def catalog_text(a, b, c) -> str:
@@ -62,7 +56,7 @@ def catalog_text(a, b, c) -> str:
         + deployment("a", a.base_url)
         + deployment("c", c.base_url)
         + "  - name: refused\n    deployments:\n"
-        + deployment("gone", f"http://127.0.0.1:{closed_port()}/v1")
+        + deployment("gone", f"http://127.0.0.1:{free_port()}/v1")
         + deployment("c", c.base_url)
         + "  - name: hanging\n    deployments:\n"
         + deployment("a", a.base_url)

@@ -8,7 +8,6 @@ import email.policy
 import logging
 import pathlib
 import smtplib
-import socket
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 
@@ -19,6 +18,7 @@ from core_service.mail.file_mailer import FileMailer
 from core_service.mail.log_mailer import LogMailer
 from core_service.mail.mailer import Mail, MailError
 from core_service.mail.smtp_mailer import SmtpMailer
+from tests.fakes.pg_cluster import free_port
 from tests.fakes.smtp_server import running_fake_smtp
 
 SENDER = "Kyma <no-reply@kyma.example>"
@@ -46,13 +46,6 @@ def parse_file(path: pathlib.Path) -> EmailMessage:
     parsed = email.parser.BytesParser(policy=email.policy.default).parsebytes(path.read_bytes())
     assert isinstance(parsed, EmailMessage)
     return parsed
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def smtp_mailer(port: int, **kwargs: object) -> SmtpMailer:
@@ -346,7 +339,7 @@ async def test_smtp_mailer_refused_recipient_is_a_mail_error() -> None:
 async def test_smtp_mailer_unreachable_server_fails_fast() -> None:
     # Fast means refused at once rather than waiting out the timeout: the error says which
     # (a timeout reads "timed out after 2 s"), so no stopwatch is needed.
-    mailer = smtp_mailer(closed_port())
+    mailer = smtp_mailer(free_port())
     with pytest.raises(MailError, match="connection failed"):
         await mailer.send(SIGNUP)
 
