@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 import yaml
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -478,6 +478,21 @@ def shared_token(path: pathlib.Path, *, prefix: str) -> str:
     finally:
         draft.unlink()
     return token
+
+
+def read_settings() -> Settings:
+    """The settings, read once at start-up. Invalid ones end the process with a message that
+    names each one and says what is wrong with it — no traceback, and never the value given
+    (it may be a secret)."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors(include_input=False, include_url=False):
+            field = ".".join(str(part) for part in problem["loc"])
+            where = f"{field} (KYMA_{field.upper()}): " if field else ""
+            lines.append(f"  {where}{problem['msg']}")
+        raise SystemExit("kyma: the settings are not valid:\n" + "\n".join(lines)) from None
 
 
 def cores_named(address: str | None) -> int:

@@ -132,6 +132,8 @@ class _Supervisor:
                 os.close(fd)
             code = run() or 0
         except SystemExit as exit_:
+            if isinstance(exit_.code, str):  # a message, as Python prints one at exit
+                print(exit_.code, file=sys.stderr)
             code = exit_.code if isinstance(exit_.code, int) else 1
         except BaseException:
             traceback.print_exc()
@@ -345,9 +347,9 @@ def _receive_plan(channel: socket.socket) -> tuple[dict[str, Any], list[socket.s
 
 def _settings() -> Settings:
     from core_service.logging_setup import configure
-    from core_service.settings import Settings
+    from core_service.settings import read_settings
 
-    settings = Settings()
+    settings = read_settings()
     configure(settings.log_level)
     return settings
 

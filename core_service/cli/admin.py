@@ -15,7 +15,7 @@ import grpc
 from google.protobuf import json_format
 
 from core_service.cli.incidents import add_incident_commands
-from core_service.settings import Settings
+from core_service.settings import Settings, read_settings
 from kyma.accounting.v1 import accounting_service_pb2 as accounting_pb
 from kyma.admin.v1 import admin_service_pb2 as pb
 from kyma.admin.v1 import admin_service_pb2_grpc as pb_grpc
@@ -57,7 +57,7 @@ def _print(message: Any, as_json: bool, text: str) -> None:
 
 
 def _accounts_create(args: argparse.Namespace) -> int:
-    admin = _Admin(Settings())
+    admin = _Admin(read_settings())
     reply = admin.call(
         admin.stub.CreateAccount, pb.CreateAccountRequest(email=args.email, key_name=args.key_name)
     )
@@ -71,7 +71,7 @@ def _accounts_create(args: argparse.Namespace) -> int:
 
 
 def _credits_adjust(args: argparse.Namespace) -> int:
-    admin = _Admin(Settings())
+    admin = _Admin(read_settings())
     reply = admin.call(
         admin.stub.AdjustCredits,
         pb.AdjustCreditsRequest(
@@ -93,7 +93,7 @@ def _credits_adjust(args: argparse.Namespace) -> int:
 
 
 def _ledger_verify(args: argparse.Namespace) -> int:
-    admin = _Admin(Settings())
+    admin = _Admin(read_settings())
     reply = admin.call(admin.stub.VerifyLedger, pb.VerifyLedgerRequest())
     summary = (
         f"checked {reply.entries_checked} entries, {reply.accounts_checked} accounts, "
@@ -104,7 +104,7 @@ def _ledger_verify(args: argparse.Namespace) -> int:
 
 
 def _limits_show(args: argparse.Namespace) -> int:
-    admin = _Admin(Settings())
+    admin = _Admin(read_settings())
     reply = admin.call(
         admin.stub.GetAccountLimits,
         pb.GetAccountLimitsRequest(account_id=args.account_id, model=args.model or ""),
@@ -126,7 +126,7 @@ def _limits_show(args: argparse.Namespace) -> int:
 
 
 def _limits_pin(args: argparse.Namespace) -> int:
-    admin = _Admin(Settings())
+    admin = _Admin(read_settings())
     request = pb.PinTierRequest(account_id=args.account_id)
     if args.tier != "none":
         if not args.tier.isdigit():
@@ -149,7 +149,7 @@ def _justification(args: argparse.Namespace) -> pb.Justification:
 
 def _enforce(args: argparse.Namespace) -> int:
     """warn, reset-credits, suspend, ban, unban, revoke-referrals."""
-    admin = _Admin(Settings())
+    admin = _Admin(read_settings())
     why = _justification(args)
     action = args.action
     if action == "warn":
@@ -218,7 +218,7 @@ _STATUS_FILTER = {
 
 
 def _accounts_list(args: argparse.Namespace) -> int:
-    admin = _Admin(Settings())
+    admin = _Admin(read_settings())
     reply = admin.call(
         admin.stub.ListAccounts,
         pb.ListAccountsRequest(
@@ -242,7 +242,7 @@ def _status_name(value: int) -> str:
 
 
 def _accounts_show(args: argparse.Namespace) -> int:
-    admin = _Admin(Settings())
+    admin = _Admin(read_settings())
     reply = admin.call(
         admin.stub.GetAccountDetails, pb.GetAccountDetailsRequest(account_id=args.account_id)
     )
@@ -268,7 +268,7 @@ def _accounts_show(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    admin = _Admin(Settings())
+    admin = _Admin(read_settings())
     reply = admin.call(
         admin.stub.ListAuditEntries,
         pb.ListAuditEntriesRequest(account_id=args.account or "", page_size=args.limit),
@@ -283,7 +283,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _models_status(args: argparse.Namespace) -> int:
-    admin = _Admin(Settings())
+    admin = _Admin(read_settings())
     reply = admin.call(admin.stub.ListDeploymentStatus, pb.ListDeploymentStatusRequest())
     states = {1: "closed", 2: "OPEN", 3: "half-open"}
     lines = [
@@ -298,7 +298,7 @@ def _models_status(args: argparse.Namespace) -> int:
 
 
 def _models_reload(args: argparse.Namespace) -> int:
-    admin = _Admin(Settings())
+    admin = _Admin(read_settings())
     reply = admin.call(admin.stub.ReloadCatalog, pb.ReloadCatalogRequest())
     _print(reply, args.json, f"catalogue reloaded: {', '.join(reply.models)}")
     return 0
@@ -322,7 +322,7 @@ def _referral_line(r: accounting_pb.Referral) -> str:
 
 
 def _referrals_list(args: argparse.Namespace) -> int:
-    admin = _Admin(Settings())
+    admin = _Admin(read_settings())
     reply = admin.call(
         admin.stub.ListAllReferrals,
         pb.ListAllReferralsRequest(
@@ -339,7 +339,7 @@ def _referrals_list(args: argparse.Namespace) -> int:
 
 
 def _referrals_review(args: argparse.Namespace) -> int:
-    admin = _Admin(Settings())
+    admin = _Admin(read_settings())
     decision = (
         pb.REFERRAL_DECISION_APPROVE if args.action == "approve" else pb.REFERRAL_DECISION_REJECT
     )
@@ -360,7 +360,7 @@ def _referrals_review(args: argparse.Namespace) -> int:
 
 
 def _payments_ignored(args: argparse.Namespace) -> int:
-    admin = _Admin(Settings())
+    admin = _Admin(read_settings())
     reply = admin.call(
         admin.stub.ListIgnoredPayments, pb.ListIgnoredPaymentsRequest(page_size=args.limit)
     )
@@ -375,7 +375,7 @@ def _payments_ignored(args: argparse.Namespace) -> int:
 
 
 def _logs_list(args: argparse.Namespace) -> int:
-    admin = _Admin(Settings())
+    admin = _Admin(read_settings())
     request = pb.ListRequestLogsRequest(
         account_id=args.account or "", request_id=args.request_id or "", limit=args.limit
     )
@@ -400,7 +400,7 @@ def _logs_list(args: argparse.Namespace) -> int:
 
 
 def _logs_purge(args: argparse.Namespace) -> int:
-    admin = _Admin(Settings())
+    admin = _Admin(read_settings())
     reply = admin.call(
         admin.stub.PurgeRequestLogs, pb.PurgeRequestLogsRequest(dry_run=args.dry_run)
     )
@@ -576,4 +576,4 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(run=_run(_ledger_verify))
 
-    add_incident_commands(groups, admin=lambda: _Admin(Settings()), show=_print, run=_run)
+    add_incident_commands(groups, admin=lambda: _Admin(read_settings()), show=_print, run=_run)

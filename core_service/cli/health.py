@@ -17,7 +17,7 @@ import urllib.request
 import grpc
 from grpc_health.v1 import health_pb2
 
-from core_service.settings import Settings
+from core_service.settings import Settings, read_settings
 
 TIMEOUT_SECONDS = 3.0
 _PARTS = ("core", "bridge")
@@ -70,7 +70,7 @@ def served_here(cmdline: pathlib.Path = pathlib.Path("/proc/1/cmdline")) -> tupl
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings()
+    settings = read_settings()
     parts = served_here() if args.part is None else _PARTS if args.part == "all" else (args.part,)
     checks = {"core": core_answers, "bridge": bridge_answers}
     failed = False

@@ -21,10 +21,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.part == "all":
         return serve("all")
-    from core_service.settings import Settings
+    from core_service.settings import read_settings
     from core_service.workers import worker_count
 
-    settings = Settings()
+    settings = read_settings()
     if worker_count(settings.workers, args.part) > 1:
         # Several workers: handed to the small parent, in a fresh interpreter so that it
         # carries none of what this one imported.
