@@ -104,6 +104,15 @@ class Settings(BaseSettings):
         description="Age at which a relay stream takes no more calls and a new one opens "
         "(so that new or recovered cores get their share).",
     )
+    bridge_core_wait_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=300,
+        description="How long a starting bridge waits for a core to answer before it serves "
+        "anyway (its inference calls then get 503 until one does). Meanwhile it does not say "
+        "it listens, and connections wait in its socket's queue instead of getting a 503. "
+        "0: it does not wait.",
+    )
     admin_token: SecretStr | None = Field(
         default=None,
         description="Token for the admin gRPC API. Unset: generated once into data_dir/admin_token.",

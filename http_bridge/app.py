@@ -29,7 +29,13 @@ from starlette.types import Receive, Scope, Send
 from core_service.settings import Settings
 from http_bridge import account_routes, auth_routes, inference_routes, key_routes, status_routes
 from http_bridge.console.pages import console_router
-from http_bridge.core_client import CoreStubs, core_channel, new_request_id, stubs
+from http_bridge.core_client import (
+    CoreStubs,
+    core_channel,
+    new_request_id,
+    stubs,
+    wait_for_core,
+)
 from http_bridge.disconnects import CLIENT_CLOSED_REQUEST, ClientGone, end_quietly
 from http_bridge.errors import OpenAIError
 from http_bridge.openapi import openapi_document
@@ -85,6 +91,10 @@ def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -
             core.use_relay(relay)
         app.state.core = core
         try:
+            if own:
+                await wait_for_core(
+                    core.channel, settings.core_target, settings.bridge_core_wait_seconds
+                )
             yield
         finally:
             if relay is not None:

@@ -147,6 +147,29 @@ def core_channel(settings: Settings) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(settings.core_target, options=GRPC_OPTIONS)
 
 
+async def wait_for_core(channel: grpc.aio.Channel, target: str, seconds: float) -> bool:
+    """Wait up to `seconds` for `channel` to reach a core, which a starting bridge does before
+    it serves: it does not say it listens before it can serve, and a request that arrives
+    meanwhile waits in the socket's queue rather than getting a 503. Whether one answered; if
+    none did, the bridge serves anyway (inference gets 503, `/readyz` says why) and says so,
+    since a bridge must come up to say it is alive while its cores are away."""
+    if seconds <= 0:
+        return True
+    if channel.get_state(try_to_connect=True) != grpc.ChannelConnectivity.READY:
+        log.info("waiting up to %g s for a core at %s", seconds, target)
+    try:
+        await asyncio.wait_for(channel.channel_ready(), seconds)
+    except TimeoutError:
+        log.warning(
+            "no core at %s answered within %g s (KYMA_BRIDGE_CORE_WAIT_SECONDS); serving "
+            "anyway: inference calls get 503 until one does",
+            target,
+            seconds,
+        )
+        return False
+    return True
+
+
 async def with_resends(attempt: Callable[[], Awaitable[T]]) -> T:
     """`attempt()`, made again (up to INFERENCE_ATTEMPTS in all) while it fails in a way
     `resendable` allows. `attempt` must give up at the first part of the answer it receives."""

@@ -1,0 +1,90 @@
+"""A bridge that starts before its core (`kyma serve bridge` and `kyma serve core` started
+together, as compose and Kubernetes do) waits for the core before it says it listens: a request
+that arrives meanwhile waits in the socket's queue and is answered once the core is up, rather
+than getting a 503. One that waits longer than KYMA_BRIDGE_CORE_WAIT_SECONDS serves anyway
+(tests/http_bridge/test_readyz.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import sys
+import time
+
+import httpx
+
+from tests.fakes.cluster import LIVENESS
+from tests.fakes.pg_cluster import free_port
+from tests.fakes.processes import stop_process
+
+TOKENS = {"KYMA_ADMIN_TOKEN": "admin-token-bridge-start", "KYMA_BRIDGE_TOKEN": "bridge-start"}
+
+
+async def _serve(part: str, directory: pathlib.Path, env: dict[str, str]):  # type: ignore[no-untyped-def]
+    directory.mkdir(parents=True, exist_ok=True)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KYMA_")}
+    with (directory / f"{part}.log").open("ab") as log:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "core_service.cli.main",
+            "serve",
+            part,
+            env={**base, "KYMA_DATA_DIR": str(directory), "KYMA_METRICS_PORT": "0", **env},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+        )
+
+
+async def _until_logged(log: pathlib.Path, text: str) -> None:
+    """Wait for `text` in `log` (a liveness bound, not a measure of speed)."""
+    deadline = time.monotonic() + LIVENESS
+    while not (log.exists() and text in log.read_text(errors="replace")):
+        assert time.monotonic() < deadline, f"never logged {text!r}:\n{log.read_text()}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_bridge_started_before_its_core_waits_for_it(tmp_path: pathlib.Path) -> None:
+    grpc_port, http_port = free_port(), free_port()
+    bridge = await _serve(
+        "bridge",
+        tmp_path / "bridge",
+        {
+            **TOKENS,
+            "KYMA_CORE_ADDRESS": f"127.0.0.1:{grpc_port}",
+            "KYMA_HTTP_PORT": str(http_port),
+            # Far longer than this test takes: only the core's start ends the wait.
+            "KYMA_BRIDGE_CORE_WAIT_SECONDS": "300",
+        },
+    )
+    core = None
+    try:
+        await _until_logged(tmp_path / "bridge" / "bridge.log", "waiting up to 300 s for a core")
+        assert bridge.stdout is not None
+        # It has not said it listens (it cannot say so until the wait ends, which needs a core).
+        reading = asyncio.ensure_future(bridge.stdout.readline())
+        await asyncio.sleep(0.2)
+        assert not reading.done(), reading.result()
+        async with httpx.AsyncClient(timeout=LIVENESS) as http:
+            # Sent while no core runs: it waits in the bridge's queue, not for a 503.
+            early = asyncio.ensure_future(http.get(f"http://127.0.0.1:{http_port}/readyz"))
+            await asyncio.sleep(0.2)
+            assert not early.done(), early.result()
+            core = await _serve(
+                "core", tmp_path / "core", {**TOKENS, "KYMA_GRPC_PORT": str(grpc_port)}
+            )
+            line = (await asyncio.wait_for(reading, LIVENESS)).decode()
+            assert line.startswith(f"kyma bridge listening on http://127.0.0.1:{http_port}"), line
+            reply = await early
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["status"] == "ready"
+            # And the inference path answers at once, in OpenAI's dialect.
+            models = await http.get(f"http://127.0.0.1:{http_port}/v1/models")
+            assert models.status_code == 401, models.text
+            assert models.json()["error"]["type"] == "invalid_request_error"
+        assert "no core at" not in (tmp_path / "bridge" / "bridge.log").read_text()
+    finally:
+        await stop_process(bridge, LIVENESS)
+        if core is not None:
+            await stop_process(core, LIVENESS)
