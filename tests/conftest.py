@@ -33,6 +33,7 @@ import openai
 import pytest
 import pytest_asyncio
 import uvicorn
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import func, select
 
 from core_service.billing.ledger import BalanceView
@@ -47,6 +48,11 @@ from http_bridge.serve import server_config
 from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from tests.costs import CostRecorder
 from tests.fakes.postgres import fresh_database
+
+# Property tests are judged by what each example does, never by how long it took: Hypothesis's
+# default 200 ms deadline per example fails them on a busy machine ("Unreliable test timings").
+hypothesis_settings.register_profile("kyma", deadline=None)
+hypothesis_settings.load_profile("kyma")
 
 ADMIN_TOKEN = "kyadm_test_" + secrets.token_hex(8)
 # Every API key the tests were given: none may ever appear in a log line (checked at the end).

@@ -14,6 +14,7 @@ flush; counts of a core that dies are lost with it (a few seconds of one node's 
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -58,6 +59,10 @@ class OutcomeCounter:
         self._clock = clock
         self._answered: Counter[tuple[str, datetime]] = Counter()
         self._failed: Counter[tuple[str, datetime]] = Counter()
+        # One flush at a time: a flush called while another writes waits for it, so that what
+        # was counted before a flush is in the table when it returns (the chore's flush may
+        # have taken it out of memory a moment before).
+        self._flushing = asyncio.Lock()
 
     def count(self, model: str | None, status: str, at: datetime) -> None:
         """One request of `model` ended with `status` ("ok" or an error reason) at `at`."""
@@ -70,7 +75,12 @@ class OutcomeCounter:
             self._failed[(model, minute)] += 1
 
     async def flush(self) -> int:
-        """Add the counts to the table; returns how many (model, minute) rows it touched."""
+        """Add the counts to the table; returns how many (model, minute) rows it touched.
+        Everything counted before the call is in the table when it returns."""
+        async with self._flushing:
+            return await self._flush()
+
+    async def _flush(self) -> int:
         answered, failed = self._answered, self._failed
         self._answered, self._failed = Counter(), Counter()
         rows = [

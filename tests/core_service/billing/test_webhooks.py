@@ -235,9 +235,10 @@ def _not_utf8(body: bytes) -> bytes:
         pytest.param(
             lambda body, header: (
                 body,
-                sign(body, WEBHOOK_SECRET, timestamp=int(time.time()) + 301),
+                # 302: int() drops up to a second, and the check reads the clock later.
+                sign(body, WEBHOOK_SECRET, timestamp=int(time.time()) + 302),
             ),
-            id="timestamp 301 s ahead",
+            id="timestamp over 300 s ahead",
         ),
         pytest.param(
             lambda body, header: (

@@ -349,8 +349,14 @@ async def test_fault_shares_are_reproducible_by_seed(http: httpx.AsyncClient) ->
 
 async def test_hang_rate_never_answers(http: httpx.AsyncClient) -> None:
     await control(http, hang_rate=1)
-    with pytest.raises(httpx.ReadTimeout):
-        await http.post("/v1/chat/completions", json=CHAT, timeout=0.3)
+    asking = asyncio.ensure_future(http.post("/v1/chat/completions", json=CHAT, timeout=30))
+    # Once the server holds it (a short client timeout could expire before it got there).
+    await wait_for_stats(http, lambda s: s["injected_hangs"] == 1)
+    await asyncio.sleep(0.1)
+    assert not asking.done()  # no answer, no error
+    asking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asking
     current = await wait_for_stats(http, lambda s: s["cancelled"] == 1)
     assert (
         current["injected_hangs"] == 1 and current["cancelled"] == 1 and current["in_flight"] == 0
