@@ -133,16 +133,28 @@ async def watch_database(
 ) -> None:
     """The core is SERVING (overall health, and so the bridge's /readyz) only while its
     database answers: without it no request can be admitted or billed. `on_change` hears each
-    change (the relay drains its streams while the core does not serve)."""
+    change (the relay drains its streams while the core does not serve).
+
+    A database that refuses or breaks the connection is judged down at once. A check that only
+    outlasts its timeout is made again at once, and the database judged down only if that one
+    times out too: a core whose own event loop stalled for a moment (a busy machine, a long
+    garbage collection) would otherwise tell every bridge to route around it for a second."""
     serving: bool | None = None
+    timed_out = False
     while True:
         try:
             async with asyncio.timeout(DATABASE_CHECK_TIMEOUT_SECONDS):
                 async with engine.connect() as conn:
                     await conn.execute(text("SELECT 1"))
             ok = True
+        except TimeoutError:
+            if not timed_out:
+                timed_out = True
+                continue
+            ok = False
         except Exception:
             ok = False
+        timed_out = False
         if ok != serving:
             serving = ok
             await health_servicer.set("", SERVING if ok else NOT_SERVING)

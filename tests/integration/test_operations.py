@@ -19,7 +19,7 @@ from kyma.admin.v1 import admin_service_pb2
 from kyma.inference.v1 import inference_service_pb2 as pb
 from kyma.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from tests.conftest import ISSUED_KEYS, running_kyma, write_catalog  # type: ignore[import-not-found]
-from tests.fakes.postgres import psql
+from tests.fakes.postgres import fresh_database, psql
 from tests.integration.test_cli import kyma_cli  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.asyncio
@@ -183,10 +183,15 @@ async def test_log_buffer_overflow_never_fails_requests(upstream, tmp_path, pg_u
         assert (log.written, log.dropped) == (capacity, requests - capacity)
 
 
-async def test_readyz_follows_the_database(upstream, tmp_path, pg_url) -> None:
-    database = pg_url.rsplit("/", 1)[1]
+async def test_readyz_follows_the_database(upstream, tmp_path) -> None:
+    # A database of its own: every connection to it is cut, and the session's cores use theirs.
+    with fresh_database("kyma_readyz") as url:
+        await _readyz_follows(url, upstream, tmp_path)
 
-    async with running_kyma(tmp_path, pg_url, upstream, "postgres") as kyma:
+
+async def _readyz_follows(url: str, upstream, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    database = url.rsplit("/", 1)[1]
+    async with running_kyma(tmp_path, url, upstream, "postgres") as kyma:
         async with kyma.http() as http:
             assert (await http.get("/readyz")).status_code == 200
             kyma.core.engine.sync_engine.pool.dispose()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 
 from bench_proc import HOST, free_port_range, rss_kb, trees_pss_mb
 
@@ -27,15 +26,16 @@ def test_two_processes_sharing_pages_cost_less_than_their_rss_added() -> None:
     # them. (Children of their own: this process's tree holds whatever else the suite runs.)
     children = [
         subprocess.Popen(
-            [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+            [sys.executable, "-c", "import sys; print('idle', flush=True); sys.stdin.read()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
         for _ in range(2)
     ]
     try:
         first, second = (child.pid for child in children)
-        while min(rss_kb(first), rss_kb(second)) == 0:  # until both have started
-            time.sleep(0.01)
-        time.sleep(0.2)  # and settled, idle
+        for child in children:  # both have started and wait, idle
+            assert child.stdout is not None and child.stdout.readline() == b"idle\n"
         rss_added = (rss_kb(first) + rss_kb(second)) / 1024.0
         both = trees_pss_mb(first, second)
         assert 0 < trees_pss_mb(first) < both < rss_added
