@@ -36,6 +36,7 @@ import redis.asyncio
 from core_service.catalog import Deployment, DeploymentLimits, Model
 from core_service.ratelimit.limiter import AccountLimiter, AccountLimits, DeploymentGate, Ticket
 from core_service.ratelimit.redis_store import RedisRateLimitStore
+from core_service.ratelimit.store import Limit
 from core_service.tasks import BackgroundTasks
 from core_service.values import Principal, Tier
 
@@ -54,6 +55,16 @@ class FakeClock:
         self.ms += round(seconds * 1000)
 
 
+TIER = Tier(tier=4, min_purchased_usd=Decimal(0), rpm=10**9, model_rpm=10**9, tpm=10**12)
+
+
+def request_limits(account: str, tokens: int = 100) -> tuple[Limit, Limit, Limit]:
+    """The counters one request of `account` for model "m" is admitted against (requests, the
+    model's requests, tokens), as the core builds them, under limits no run reaches."""
+    principal = Principal(account_id=account, key_id="k", account_status="active", tier=TIER)
+    return AccountLimits.of(principal, "m", tokens).all()
+
+
 async def stats(client: redis.asyncio.Redis) -> tuple[dict[str, dict[str, float]], float]:
     commands = await client.info("commandstats")
     cpu = await client.info("cpu")
@@ -69,15 +80,7 @@ async def cpu_per_admission(
 ) -> None:
     clock = FakeClock()
     store = RedisRateLimitStore(client, clock, key_prefix=prefix)
-    tier = Tier(tier=4, min_purchased_usd=Decimal(0), rpm=10**9, model_rpm=10**9, tpm=10**12)
-    every = [
-        AccountLimits.of(
-            Principal(account_id=f"bench-{n}", key_id="k", account_status="active", tier=tier),
-            "m",
-            100,
-        ).all()
-        for n in range(accounts)
-    ]
+    every = [request_limits(f"bench-{n}") for n in range(accounts)]
     cpu_before = 0.0
     for second in range(120):
         if second == 60:
@@ -164,7 +167,6 @@ async def client_cpu_per_admission(url: str, prefix: str, admissions: int = 20_0
     from core_service.clock import SystemClock
     from core_service.ratelimit.fallback import FallbackRateLimitStore
     from core_service.ratelimit.local_store import InProcessRateLimitStore
-    from core_service.ratelimit.store import Limit
 
     clock = SystemClock()
     pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=32)
@@ -177,15 +179,8 @@ async def client_cpu_per_admission(url: str, prefix: str, admissions: int = 20_0
     in_flight = asyncio.Semaphore(32)
 
     async def one(i: int) -> None:
-        account = f"{{acct:{i % 64}}}"
         async with in_flight:
-            await store.admit(
-                [
-                    Limit(account + ":rpm", 10**9, 1),
-                    Limit(account + ":mrpm:m", 10**9, 1),
-                    Limit(account + ":tpm", 10**12, 100),
-                ]
-            )
+            await store.admit(request_limits(f"client-{i % 64}"))
 
     try:
         await asyncio.gather(*(one(i) for i in range(2_000)))  # warm-up
@@ -208,14 +203,9 @@ async def sqlite_cpu_per_admission(admissions: int = 5_000) -> None:
     import tempfile
 
     from core_service.ratelimit.sqlite_store import SqliteRateLimitStore
-    from core_service.ratelimit.store import Limit
 
     clock = FakeClock()
-    limits = [
-        Limit("acct:a:rpm", 10**9, 1),
-        Limit("acct:a:mrpm:m", 10**9, 1),
-        Limit("acct:a:tpm", 10**12, 100),
-    ]
+    limits = request_limits("a")
     with tempfile.TemporaryDirectory() as directory:
         store = SqliteRateLimitStore(pathlib.Path(directory) / "ratelimit.db", clock)
         try:
