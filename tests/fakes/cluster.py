@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import IO
 
 import httpx
 import pytest
@@ -59,26 +60,42 @@ class KymaProcess:
         await self.process.wait()
 
 
+async def spawn_kyma(
+    env: dict[str, str], *part: str, stderr: int | IO[bytes] = asyncio.subprocess.PIPE
+) -> asyncio.subprocess.Process:
+    """`kyma serve [PART]` with exactly `env`; its first line (where it listens) on stdout."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "core_service.cli.main",
+        "serve",
+        *part,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,
+    )
+
+
+async def spawn_logged(
+    part: str, directory: pathlib.Path, env: dict[str, str]
+) -> asyncio.subprocess.Process:
+    """`kyma serve PART` with `env` on top of this process's environment less its KYMA_*
+    variables, its data directory `directory`, its log `directory/PART.log`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KYMA_")}
+    with (directory / f"{part}.log").open("ab") as stderr:
+        environment = {**base, "KYMA_DATA_DIR": str(directory), **env}
+        return await spawn_kyma(environment, part, stderr=stderr)
+
+
 @contextlib.asynccontextmanager
 async def kyma_process(
     part: str, directory: pathlib.Path, env: dict[str, str]
 ) -> AsyncIterator[KymaProcess]:
-    """`kyma serve PART` with `env` (on top of this process's environment less its KYMA_*
-    variables), its data directory `directory`; stopped (SIGTERM, then SIGKILL) at exit."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """`kyma serve PART` as `spawn_logged` starts it, once it says it listens; stopped
+    (SIGTERM, then SIGKILL) at exit."""
     log = directory / f"{part}.log"
-    base = {k: v for k, v in os.environ.items() if not k.startswith("KYMA_")}
-    with log.open("ab") as stderr:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "core_service.cli.main",
-            "serve",
-            part,
-            env={**base, "KYMA_DATA_DIR": str(directory), **env},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr,
-        )
+    process = await spawn_logged(part, directory, env)
     try:
         assert process.stdout is not None
         line = (await asyncio.wait_for(process.stdout.readline(), LIVENESS)).decode()

@@ -7,34 +7,20 @@ than getting a 503. One that waits longer than KYMA_BRIDGE_CORE_WAIT_SECONDS ser
 from __future__ import annotations
 
 import asyncio
-import os
 import pathlib
-import sys
 import time
 
 import httpx
 
-from tests.fakes.cluster import LIVENESS
+from tests.fakes.cluster import LIVENESS, spawn_logged
 from tests.fakes.pg_cluster import free_port
 from tests.fakes.processes import stop_process
 
-TOKENS = {"KYMA_ADMIN_TOKEN": "admin-token-bridge-start", "KYMA_BRIDGE_TOKEN": "bridge-start"}
-
-
-async def _serve(part: str, directory: pathlib.Path, env: dict[str, str]):  # type: ignore[no-untyped-def]
-    directory.mkdir(parents=True, exist_ok=True)
-    base = {k: v for k, v in os.environ.items() if not k.startswith("KYMA_")}
-    with (directory / f"{part}.log").open("ab") as log:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "core_service.cli.main",
-            "serve",
-            part,
-            env={**base, "KYMA_DATA_DIR": str(directory), "KYMA_METRICS_PORT": "0", **env},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log,
-        )
+COMMON = {
+    "KYMA_ADMIN_TOKEN": "admin-token-bridge-start",
+    "KYMA_BRIDGE_TOKEN": "bridge-start",
+    "KYMA_METRICS_PORT": "0",
+}
 
 
 async def _until_logged(log: pathlib.Path, text: str) -> None:
@@ -47,11 +33,11 @@ async def _until_logged(log: pathlib.Path, text: str) -> None:
 
 async def test_a_bridge_started_before_its_core_waits_for_it(tmp_path: pathlib.Path) -> None:
     grpc_port, http_port = free_port(), free_port()
-    bridge = await _serve(
+    bridge = await spawn_logged(
         "bridge",
         tmp_path / "bridge",
         {
-            **TOKENS,
+            **COMMON,
             "KYMA_CORE_ADDRESS": f"127.0.0.1:{grpc_port}",
             "KYMA_HTTP_PORT": str(http_port),
             # Far longer than this test takes: only the core's start ends the wait.
@@ -71,8 +57,8 @@ async def test_a_bridge_started_before_its_core_waits_for_it(tmp_path: pathlib.P
             early = asyncio.ensure_future(http.get(f"http://127.0.0.1:{http_port}/readyz"))
             await asyncio.sleep(0.2)
             assert not early.done(), early.result()
-            core = await _serve(
-                "core", tmp_path / "core", {**TOKENS, "KYMA_GRPC_PORT": str(grpc_port)}
+            core = await spawn_logged(
+                "core", tmp_path / "core", {**COMMON, "KYMA_GRPC_PORT": str(grpc_port)}
             )
             line = (await asyncio.wait_for(reading, LIVENESS)).decode()
             assert line.startswith(f"kyma bridge listening on http://127.0.0.1:{http_port}"), line

@@ -6,26 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 
 import httpx
 import orjson
 
 from tests.conftest import UPSTREAM_KEY, write_catalog
+from tests.fakes.cluster import spawn_kyma
 from tests.fakes.pg_cluster import free_port
-
-
-async def _spawn(part: str, env: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "core_service.cli.main",
-        "serve",
-        part,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
 
 
 async def test_core_and_bridge_obey_one_config_file(upstream, tmp_path) -> None:
@@ -48,12 +35,12 @@ catalog: {write_catalog(tmp_path / "catalog.yaml", upstream)}
         "KYMA_CONFIG": str(config),
         "KYMA_TEST_UPSTREAM_KEY": UPSTREAM_KEY,
     }
-    core = await _spawn("core", env)
+    core = await spawn_kyma(env, "core", stderr=asyncio.subprocess.DEVNULL)
     bridge = None
     try:
         line = (await asyncio.wait_for(core.stdout.readline(), 60)).decode()  # type: ignore[union-attr]
         assert line.strip().endswith(f":{grpc_port}"), line
-        bridge = await _spawn("bridge", env)
+        bridge = await spawn_kyma(env, "bridge", stderr=asyncio.subprocess.DEVNULL)
         line = (await asyncio.wait_for(bridge.stdout.readline(), 60)).decode()  # type: ignore[union-attr]
         assert line.strip().endswith(f":{http_port}"), line
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=10) as http:

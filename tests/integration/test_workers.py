@@ -20,11 +20,9 @@ import re
 import secrets
 import signal
 import sqlite3
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 import httpx
@@ -36,6 +34,7 @@ from core_service.billing.verify import verify_ledger
 from core_service.clock import SystemClock
 from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from tests.conftest import ISSUED_KEYS, UPSTREAM_KEY, Upstream
+from tests.fakes.cluster import spawn_kyma
 from tests.fakes.processes import stop_process
 
 LIVENESS = 180.0  # start-up of four processes on a busy two-core machine
@@ -98,22 +97,6 @@ def serve_env(data_dir: pathlib.Path, **settings: str) -> dict[str, str]:
     """This machine's environment without its KYMA_ settings, two workers, then `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KYMA_")}
     return env | {"KYMA_WORKERS": "2", "KYMA_DATA_DIR": str(data_dir), **settings}
-
-
-async def start_serve(
-    env: dict[str, str], *part: str, stderr: Any = asyncio.subprocess.PIPE
-) -> asyncio.subprocess.Process:
-    """`kyma serve [part]` as a child process, its stdout piped."""
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "core_service.cli.main",
-        "serve",
-        *part,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=stderr,
-    )
 
 
 @dataclass
@@ -196,7 +179,7 @@ async def kyma_serve(directory: pathlib.Path, upstream: Upstream) -> AsyncIterat
     )
     stderr = directory / "serve.log"
     with stderr.open("ab") as log:
-        process = await start_serve(env, stderr=log)
+        process = await spawn_kyma(env, stderr=log)
     workers: set[int] = set()
     try:
         assert process.stdout is not None
@@ -360,7 +343,7 @@ async def test_a_second_kyma_on_the_same_port_fails_instead_of_sharing_it(
         KYMA_METRICS_PORT="0",
         KYMA_BRIDGE_METRICS_PORT="0",
     )
-    second = await start_serve(env)
+    second = await spawn_kyma(env)
     try:
         out, err = await asyncio.wait_for(second.communicate(), LIVENESS)
     finally:
@@ -385,7 +368,7 @@ async def test_bridges_alone_serve_with_two_workers(
         KYMA_BRIDGE_METRICS_PORT="0",
         KYMA_CORE_ADDRESS=",".join(served.cores),
     )
-    bridges = await start_serve(env, "bridge", stderr=asyncio.subprocess.DEVNULL)
+    bridges = await spawn_kyma(env, "bridge", stderr=asyncio.subprocess.DEVNULL)
     workers: set[int] = set()
     try:
         assert bridges.stdout is not None
