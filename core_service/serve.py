@@ -24,8 +24,13 @@ def _reload(core: Core) -> None:
 
 
 async def run_core(settings: Settings, *, ready: Callable[[int], None] | None = None) -> None:
-    """Serve until SIGTERM/SIGINT; `ready` is told the port once the core serves."""
-    core = await build_core(settings)
+    """Serve until SIGTERM/SIGINT; `ready` is told the port once the core serves. A catalogue
+    it cannot use stops it with a line saying what is wrong with the file, as an invalid
+    setting does (`settings.read_settings`): the operator's file, not a fault of Kyma's."""
+    try:
+        core = await build_core(settings)
+    except CatalogError as error:
+        raise SystemExit(f"kyma: {error}") from None
     try:
         await core.start()
         stop = asyncio.Event()

@@ -12,7 +12,7 @@ credentials, so the console's session cookie is of no use to them (`cookies.py`)
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -72,9 +72,15 @@ async def _limits(check: grpc.aio.UnaryUnaryMultiCallable) -> str:
     return "shared" if reply.status == health_pb2.HealthCheckResponse.SERVING else "per-node"
 
 
-def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    channel: grpc.aio.Channel | None = None,
+    stopping: Callable[[], bool] = lambda: False,
+) -> FastAPI:
     """The bridge app. Without `channel` it opens one to the cores the settings name (see
-    `core_client`) on start-up."""
+    `core_client`) on start-up, and waits for one to answer (`wait_for_core`) unless
+    `stopping()` says the process is asked to stop."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -93,7 +99,10 @@ def create_app(settings: Settings, *, channel: grpc.aio.Channel | None = None) -
         try:
             if own:
                 await wait_for_core(
-                    core.channel, settings.core_target, settings.bridge_core_wait_seconds
+                    core.channel,
+                    settings.core_target,
+                    settings.bridge_core_wait_seconds,
+                    stopping,
                 )
             yield
         finally:

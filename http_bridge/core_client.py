@@ -147,27 +147,46 @@ def core_channel(settings: Settings) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(settings.core_target, options=GRPC_OPTIONS)
 
 
-async def wait_for_core(channel: grpc.aio.Channel, target: str, seconds: float) -> bool:
+# How often a bridge waiting for a core at start-up looks whether it is asked to stop.
+_STOP_CHECK_SECONDS = 0.1
+
+
+async def wait_for_core(
+    channel: grpc.aio.Channel,
+    target: str,
+    seconds: float,
+    stopping: Callable[[], bool] = lambda: False,
+) -> bool:
     """Wait up to `seconds` for `channel` to reach a core, which a starting bridge does before
     it serves: it does not say it listens before it can serve, and a request that arrives
     meanwhile waits in the socket's queue rather than getting a 503. Whether one answered; if
     none did, the bridge serves anyway (inference gets 503, `/readyz` says why) and says so,
-    since a bridge must come up to say it is alive while its cores are away."""
+    since a bridge must come up to say it is alive while its cores are away. `stopping()`
+    (looked at every `_STOP_CHECK_SECONDS`) ends the wait early: the process is asked to stop."""
     if seconds <= 0:
         return True
-    if channel.get_state(try_to_connect=True) != grpc.ChannelConnectivity.READY:
-        log.info("waiting up to %g s for a core at %s", seconds, target)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    ready = asyncio.ensure_future(channel.channel_ready())
     try:
-        await asyncio.wait_for(channel.channel_ready(), seconds)
-    except TimeoutError:
+        if channel.get_state() != grpc.ChannelConnectivity.READY:
+            log.info("waiting up to %g s for a core at %s", seconds, target)
+        while not ready.done() and not stopping() and (left := deadline - loop.time()) > 0:
+            await asyncio.wait({ready}, timeout=min(left, _STOP_CHECK_SECONDS))
+    finally:
+        if not ready.done():
+            ready.cancel()
+            await asyncio.wait({ready})
+    if not ready.cancelled():
+        return True
+    if not stopping():
         log.warning(
             "no core at %s answered within %g s (KYMA_BRIDGE_CORE_WAIT_SECONDS); serving "
             "anyway: inference calls get 503 until one does",
             target,
             seconds,
         )
-        return False
-    return True
+    return False
 
 
 async def with_resends(attempt: Callable[[], Awaitable[T]]) -> T:

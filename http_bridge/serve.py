@@ -65,16 +65,20 @@ def run_bridge(
     workers share) or else on a socket bound here to http_host:http_port; `ready` is called
     once it serves."""
     metrics = BridgeMetrics()
-    server = None
+    metrics_server = None
     if settings.bridge_metrics_port is not None:
-        server = serve_registry(
+        metrics_server = serve_registry(
             metrics.registry,
             settings.bridge_metrics_host,
             settings.bridge_metrics_port,
             setting="KYMA_BRIDGE_METRICS_PORT",
             chosen=settings.chosen("bridge_metrics_port"),
         )
-    config = server_config(settings, metrics.middleware(create_app(settings)), loop="uvloop")
+    server: _Server | None = None
+    # A SIGTERM while the app waits for a core at start-up (uvicorn's handler sets
+    # should_exit) ends the wait: a `kyma serve` whose core failed to start stops at once.
+    app = create_app(settings, stopping=lambda: server is not None and server.should_exit)
+    config = server_config(settings, metrics.middleware(app), loop="uvloop")
     # Bound here rather than by uvicorn so that the line below names the real port (port 0
     # picks a free one, as tests and a second bridge on one machine do).
     if sock is None:
@@ -89,8 +93,9 @@ def run_bridge(
         if ready is not None:
             ready()
 
+    server = _Server(config, announce)
     try:
-        _Server(config, announce).run(sockets=[sock])
+        server.run(sockets=[sock])
     finally:
-        if server is not None:
-            server.stop()
+        if metrics_server is not None:
+            metrics_server.stop()

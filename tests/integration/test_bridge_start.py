@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import signal
 import time
 
 import httpx
@@ -74,3 +75,25 @@ async def test_a_bridge_started_before_its_core_waits_for_it(tmp_path: pathlib.P
         await stop_process(bridge, LIVENESS)
         if core is not None:
             await stop_process(core, LIVENESS)
+
+
+async def test_a_bridge_waiting_for_its_core_stops_when_asked(tmp_path: pathlib.Path) -> None:
+    """SIGTERM ends the wait (as when `kyma serve` stops a bridge because its core failed to
+    start): the bridge does not sit out KYMA_BRIDGE_CORE_WAIT_SECONDS first."""
+    bridge = await spawn_logged(
+        "bridge",
+        tmp_path,
+        {
+            **COMMON,
+            "KYMA_CORE_ADDRESS": f"127.0.0.1:{free_port()}",
+            "KYMA_HTTP_PORT": str(free_port()),
+            "KYMA_BRIDGE_CORE_WAIT_SECONDS": "300",  # far longer than the liveness bound
+        },
+    )
+    try:
+        await _until_logged(tmp_path / "bridge.log", "waiting up to 300 s for a core")
+        bridge.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(bridge.wait(), LIVENESS) in (0, -signal.SIGTERM)
+        assert "no core at" not in (tmp_path / "bridge.log").read_text()
+    finally:
+        await stop_process(bridge, LIVENESS)

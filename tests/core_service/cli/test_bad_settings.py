@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from tests.fakes.pg_cluster import free_port
+
 BAD = "not-a-number-7f3"
 
 
@@ -41,3 +43,36 @@ def test_an_invalid_setting_is_named_without_a_traceback(
         done.stderr
     )
     assert "Traceback" not in done.stderr and BAD not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("command", [["serve"], ["serve", "core"]])
+def test_a_catalogue_it_cannot_use_is_named_without_a_traceback(
+    command: list[str], tmp_path: pathlib.Path
+) -> None:
+    """And the whole `kyma serve` stops promptly: its bridges, waiting for a core that will not
+    come, are stopped rather than sitting out KYMA_BRIDGE_CORE_WAIT_SECONDS (set far beyond the
+    liveness bound here)."""
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text("models: [unclosed\n")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KYMA_")}
+    env = {
+        **base,
+        "KYMA_DATA_DIR": str(tmp_path),
+        "KYMA_WORKERS": "2",
+        "KYMA_CATALOG": str(catalog),
+        "KYMA_HTTP_PORT": "0",
+        # A port of its own (not 0): the bridges then start beside the cores, not after them.
+        "KYMA_GRPC_PORT": str(free_port()),
+        "KYMA_METRICS_PORT": "0",
+        "KYMA_BRIDGE_CORE_WAIT_SECONDS": "300",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "core_service.cli.main", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert f"kyma: cannot read the catalogue {catalog}:" in done.stderr
+    assert "Traceback" not in done.stderr
