@@ -73,3 +73,30 @@ def configuration_hint(error: BaseException) -> str | None:
             )
         seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
     return None
+
+
+def startup_problem(error: BaseException) -> str | None:
+    """What kept the database from being used at start-up, in words for the operator, when
+    `error` says it is the database's side: unreachable (or, on SQLite, a file that cannot be
+    opened), or refused by the server (authentication, a database that does not exist). None
+    for anything else: that is a fault whose traceback is wanted."""
+    if is_unavailable(error):
+        return f"cannot be reached: {_innermost(error)}"
+    asyncpg = _asyncpg()
+    seen: BaseException | None = error
+    for _ in range(6):
+        if seen is None or asyncpg is None:
+            return None
+        if isinstance(seen, asyncpg.PostgresError):
+            return f"refused the connection: {seen}"
+        seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
+    return None
+
+
+def _innermost(error: BaseException) -> BaseException:
+    for _ in range(6):
+        inner = getattr(error, "orig", None) or error.__cause__ or error.__context__
+        if inner is None:
+            break
+        error = inner
+    return error

@@ -76,3 +76,36 @@ def test_a_catalogue_it_cannot_use_is_named_without_a_traceback(
     assert done.returncode == 1
     assert f"kyma: cannot read the catalogue {catalog}:" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("database", "said"),
+    [
+        ("postgresql://kyma:pw-7f3@127.0.0.1:{port}/kyma", "cannot be reached:"),
+        ("postgresql://postgres@127.0.0.1:5432/kyma_no_such_database", "refused the connection:"),
+    ],
+    ids=["unreachable", "no such database"],
+)
+def test_a_database_it_cannot_use_is_named_without_its_password(
+    database: str, said: str, tmp_path: pathlib.Path
+) -> None:
+    url = database.format(port=free_port())
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KYMA_")}
+    env = {
+        **base,
+        "KYMA_DATA_DIR": str(tmp_path),
+        "KYMA_DATABASE_URL": url,
+        "KYMA_GRPC_PORT": "0",
+        "KYMA_METRICS_PORT": "0",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "core_service.cli.main", "serve", "core"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    shown = url.replace(":pw-7f3@", ":***@")
+    assert f"kyma: the database {shown} {said}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "pw-7f3" not in done.stderr + done.stdout
