@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from core_service.announce import print_line
 from core_service.catalog import CatalogError
 from core_service.composition import Core, build_core
+from core_service.composition.server import CannotListen
 from core_service.db.errors import startup_problem
 from core_service.heap import settle_after_startup
 from core_service.settings import Settings
@@ -28,13 +29,13 @@ def _reload(core: Core) -> None:
 
 async def run_core(settings: Settings, *, ready: Callable[[int], None] | None = None) -> None:
     """Serve until SIGTERM/SIGINT; `ready` is told the port once the core serves. A catalogue
-    it cannot use, or a database it cannot reach or is refused by, stops it with a line saying
-    so, as an invalid setting does (`settings.read_settings`): the operator's to mend, not a
-    fault of Kyma's to show a traceback for. The database's address is shown without its
-    password."""
+    it cannot use, a port it cannot listen on, or a database it cannot reach or is refused by,
+    stops it with a line saying so, as an invalid setting does (`settings.read_settings`): the
+    operator's to mend, not a fault of Kyma's to show a traceback for. The database's address
+    is shown without its password."""
     try:
         core = await build_core(settings)
-    except CatalogError as error:
+    except (CatalogError, CannotListen) as error:
         raise SystemExit(f"kyma: {error}") from None
     except Exception as error:
         problem = startup_problem(error)

@@ -368,9 +368,15 @@ def _bind(settings: Settings, count: int) -> list[socket.socket]:
     before its bridge started would hold every connection sent its way until then (about a
     second on a busy machine, the bridges being started once the first pair serves)."""
     family = socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET
-    first = socket.create_server(
-        (settings.http_host, settings.http_port), family=family, backlog=2048
-    )
+    try:
+        first = socket.create_server(
+            (settings.http_host, settings.http_port), family=family, backlog=2048
+        )
+    except OSError as error:
+        raise SystemExit(
+            f"kyma: cannot listen on {settings.http_host}:{settings.http_port} "
+            f"(KYMA_HTTP_HOST, KYMA_HTTP_PORT): {os.strerror(error.errno) if error.errno else error}"
+        ) from None
     if count == 1:
         return [first]
     port = first.getsockname()[1]

@@ -97,6 +97,10 @@ class Server:
     relay: InferenceRelayServicer
 
 
+class CannotListen(Exception):
+    """The core's gRPC server could not bind its address."""
+
+
 def build_server(
     host: str,
     port: int,
@@ -191,5 +195,11 @@ def build_server(
     reflection.enable_server_reflection(
         [*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # gRPC says only that it failed
+        raise CannotListen(
+            f"cannot listen on {host}:{port} (KYMA_GRPC_HOST, KYMA_GRPC_PORT): the port is "
+            "taken, or the address is not one of this machine's"
+        ) from None
     return Server(server=server, health=health_servicer, port=bound, relay=relay)

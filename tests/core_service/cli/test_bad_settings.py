@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -109,3 +110,41 @@ def test_a_database_it_cannot_use_is_named_without_its_password(
     shown = url.replace(":pw-7f3@", ":***@")
     assert f"kyma: the database {shown} {said}" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "pw-7f3" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "setting", "said"),
+    [
+        (["serve"], "KYMA_HTTP_PORT", "(KYMA_HTTP_HOST, KYMA_HTTP_PORT): Address already in use"),
+        (
+            ["serve", "core"],
+            "KYMA_GRPC_PORT",
+            "(KYMA_GRPC_HOST, KYMA_GRPC_PORT): the port is taken",
+        ),
+    ],
+)
+def test_a_port_taken_is_named_without_a_traceback(
+    command: list[str], setting: str, said: str, tmp_path: pathlib.Path
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        base = {k: v for k, v in os.environ.items() if not k.startswith("KYMA_")}
+        env = {
+            **base,
+            "KYMA_DATA_DIR": str(tmp_path),
+            "KYMA_WORKERS": "2",
+            "KYMA_HTTP_PORT": "0",
+            "KYMA_GRPC_PORT": "0",
+            "KYMA_METRICS_PORT": "0",
+            setting: str(port),
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "core_service.cli.main", *command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert f"kyma: cannot listen on 127.0.0.1:{port} {said}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
