@@ -41,8 +41,10 @@ async def run_core(settings: Settings, *, ready: Callable[[int], None] | None = 
         problem = startup_problem(error)
         if problem is None:
             raise
-        where = make_url(settings.database_url or settings.sqlalchemy_url)
-        shown = where.render_as_string(hide_password=True)
+        if settings.database_url:
+            shown = make_url(settings.database_url).render_as_string(hide_password=True)
+        else:
+            shown = str(settings.data_dir / "kyma.db")
         raise SystemExit(f"kyma: the database {shown} {problem}") from None
     try:
         await core.start()

@@ -49,6 +49,12 @@ class _YamlFileSource(PydanticBaseSettingsSource):
         return dict(self._values)
 
 
+# The databases Kyma runs on, with or without the driver it uses for each.
+_DATABASE_SCHEMES = frozenset(
+    {"postgresql", "postgres", "postgresql+asyncpg", "sqlite", "sqlite+aiosqlite"}
+)
+
+
 class Settings(BaseSettings):
     """Settings of one Kyma installation; every process reads the ones it needs."""
 
@@ -395,6 +401,20 @@ class Settings(BaseSettings):
             if url.startswith(plain):
                 return driver + url[len(plain) :]
         return url
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: str | None) -> str | None:
+        if value is not None and value.split("://", 1)[0] not in _DATABASE_SCHEMES:
+            raise ValueError("must start with postgresql:// (or postgres://) or sqlite://")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and value.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
 
     @field_validator("core_address")
     @classmethod

@@ -4,8 +4,10 @@ bridge names its cores."""
 from __future__ import annotations
 
 import pathlib
+import re
 
 import pytest
+from pydantic import ValidationError
 
 from core_service.settings import Settings, grpc_target
 
@@ -90,3 +92,33 @@ def test_by_default_the_core_on_this_machine() -> None:
 def test_a_core_address_grpc_cannot_use_is_refused_at_start_up(address: str, says: str) -> None:
     with pytest.raises(ValueError, match=says):
         Settings(core_address=address)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "said"),
+    [
+        ("redis_url", "http://cache:6379", "must start with redis://, rediss:// or unix://"),
+        ("database_url", "mysql://db/kyma", "must start with postgresql:// (or postgres://)"),
+    ],
+)
+def test_a_url_of_the_wrong_kind_is_refused_at_start_up(
+    setting: str, value: str, said: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(said)):
+        Settings(**{setting: value})
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("redis_url", "redis://127.0.0.1:6379/0"),
+        ("redis_url", "rediss://cache:6380/0"),
+        ("redis_url", "unix:///run/redis.sock"),
+        ("database_url", "postgresql://kyma@db/kyma"),
+        ("database_url", "postgres://kyma@db/kyma"),
+        ("database_url", "postgresql+asyncpg://kyma@db/kyma"),
+        ("database_url", "sqlite:////var/lib/kyma/kyma.db"),
+    ],
+)
+def test_urls_of_the_right_kind_are_taken(setting: str, value: str) -> None:
+    assert getattr(Settings(**{setting: value}), setting) == value
