@@ -44,7 +44,7 @@ async def run_core(settings: Settings, *, ready: Callable[[int], None] | None = 
         if settings.database_url:
             shown = make_url(settings.database_url).render_as_string(hide_password=True)
         else:
-            shown = str(settings.data_dir / "kyma.db")
+            shown = str(settings.sqlite_path)
         raise SystemExit(f"kyma: the database {shown} {problem}") from None
     try:
         await core.start()

@@ -49,10 +49,14 @@ class _YamlFileSource(PydanticBaseSettingsSource):
         return dict(self._values)
 
 
-# The databases Kyma runs on, with or without the driver it uses for each.
-_DATABASE_SCHEMES = frozenset(
-    {"postgresql", "postgres", "postgresql+asyncpg", "sqlite", "sqlite+aiosqlite"}
-)
+# The databases Kyma runs on, each with the async driver it uses for it; a URL may name the
+# driver already.
+_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+}
+_DATABASE_SCHEMES = frozenset(_DRIVERS) | frozenset(_DRIVERS.values())
 
 
 class Settings(BaseSettings):
@@ -390,17 +394,16 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, secrets, yaml_source)
 
     @property
+    def sqlite_path(self) -> pathlib.Path:
+        """The embedded database's file, used when no database_url is given."""
+        return self.data_dir / "kyma.db"
+
+    @property
     def sqlalchemy_url(self) -> str:
         """The database URL with the async driver Kyma uses for it."""
-        url = self.database_url or f"sqlite:///{(self.data_dir / 'kyma.db').resolve()}"
-        for plain, driver in (
-            ("postgresql://", "postgresql+asyncpg://"),
-            ("postgres://", "postgresql+asyncpg://"),
-            ("sqlite://", "sqlite+aiosqlite://"),
-        ):
-            if url.startswith(plain):
-                return driver + url[len(plain) :]
-        return url
+        url = self.database_url or f"sqlite:///{self.sqlite_path.resolve()}"
+        scheme, _, rest = url.partition("://")
+        return f"{_DRIVERS.get(scheme, scheme)}://{rest}"
 
     @field_validator("database_url")
     @classmethod

@@ -156,15 +156,15 @@ async def wait_for_core(
     target: str,
     seconds: float,
     stopping: Callable[[], bool] = lambda: False,
-) -> bool:
+) -> None:
     """Wait up to `seconds` for `channel` to reach a core, which a starting bridge does before
     it serves: it does not say it listens before it can serve, and a request that arrives
-    meanwhile waits in the socket's queue rather than getting a 503. Whether one answered; if
-    none did, the bridge serves anyway (inference gets 503, `/readyz` says why) and says so,
-    since a bridge must come up to say it is alive while its cores are away. `stopping()`
-    (looked at every `_STOP_CHECK_SECONDS`) ends the wait early: the process is asked to stop."""
+    meanwhile waits in the socket's queue rather than getting a 503. If none answered, the
+    bridge serves anyway (inference gets 503, `/readyz` says why) and says so, since a bridge
+    must come up to say it is alive while its cores are away. `stopping()` (looked at every
+    `_STOP_CHECK_SECONDS`) ends the wait early: the process is asked to stop."""
     if seconds <= 0:
-        return True
+        return
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     ready = asyncio.ensure_future(channel.channel_ready())
@@ -177,16 +177,13 @@ async def wait_for_core(
         if not ready.done():
             ready.cancel()
             await asyncio.wait({ready})
-    if not ready.cancelled():
-        return True
-    if not stopping():
+    if ready.cancelled() and not stopping():
         log.warning(
             "no core at %s answered within %g s (KYMA_BRIDGE_CORE_WAIT_SECONDS); serving "
             "anyway: inference calls get 503 until one does",
             target,
             seconds,
         )
-    return False
 
 
 async def with_resends(attempt: Callable[[], Awaitable[T]]) -> T:

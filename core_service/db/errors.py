@@ -42,16 +42,20 @@ def _unavailable_one(error: BaseException) -> bool:
     return isinstance(error, (sa_exc.TimeoutError, sa_exc.DisconnectionError))
 
 
+def _chain(error: BaseException) -> list[BaseException]:
+    """`error` and what it wraps (a driver's error inside SQLAlchemy's, a cause, a context),
+    outermost first, at most six deep."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = error
+    while seen is not None and len(chain) < 6:
+        chain.append(seen)
+        seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
+    return chain
+
+
 def is_unavailable(error: BaseException) -> bool:
     """Whether `error` (or what it wraps) says the database could not be reached or used."""
-    seen: BaseException | None = error
-    for _ in range(6):
-        if seen is None:
-            return False
-        if _unavailable_one(seen):
-            return True
-        seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
-    return False
+    return any(_unavailable_one(seen) for seen in _chain(error))
 
 
 def configuration_hint(error: BaseException) -> str | None:
@@ -59,10 +63,7 @@ def configuration_hint(error: BaseException) -> str | None:
     asyncpg = _asyncpg()
     if asyncpg is None:
         return None
-    seen: BaseException | None = error
-    for _ in range(6):
-        if seen is None:
-            return None
+    for seen in _chain(error):
         if isinstance(
             seen,
             (asyncpg.InvalidSQLStatementNameError, asyncpg.DuplicatePreparedStatementError),
@@ -71,7 +72,6 @@ def configuration_hint(error: BaseException) -> str | None:
                 "prepared statements go missing between transactions: is PostgreSQL behind "
                 "PgBouncer in transaction mode? Then set KYMA_DATABASE_PGBOUNCER=true"
             )
-        seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
     return None
 
 
@@ -80,23 +80,12 @@ def startup_problem(error: BaseException) -> str | None:
     `error` says it is the database's side: unreachable (or, on SQLite, a file that cannot be
     opened), or refused by the server (authentication, a database that does not exist). None
     for anything else: that is a fault whose traceback is wanted."""
+    chain = _chain(error)
     if is_unavailable(error):
-        return f"cannot be reached: {_innermost(error)}"
+        return f"cannot be reached: {chain[-1]}"
     asyncpg = _asyncpg()
-    seen: BaseException | None = error
-    for _ in range(6):
-        if seen is None or asyncpg is None:
-            return None
-        if isinstance(seen, asyncpg.PostgresError):
-            return f"refused the connection: {seen}"
-        seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
+    if asyncpg is not None:
+        for seen in chain:
+            if isinstance(seen, asyncpg.PostgresError):
+                return f"refused the connection: {seen}"
     return None
-
-
-def _innermost(error: BaseException) -> BaseException:
-    for _ in range(6):
-        inner = getattr(error, "orig", None) or error.__cause__ or error.__context__
-        if inner is None:
-            break
-        error = inner
-    return error

@@ -27,8 +27,8 @@ import pytest
 
 from tests.fakes.pg_cluster import free_port
 from tests.fakes.processes import stop_process
+from tests.fakes.waiting import LIVENESS
 
-LIVENESS = 60.0  # seconds a start or stop may take before the test gives up
 REPOSITORY = pathlib.Path(__file__).resolve().parents[2]
 PROXY_SETTINGS = REPOSITORY / "deploy" / "nginx" / "kyma-proxy.conf"
 NGINX = pathlib.Path("/usr/sbin/nginx")

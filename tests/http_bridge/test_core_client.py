@@ -12,8 +12,7 @@ import asyncio
 import contextlib
 import json
 import pathlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -33,20 +32,12 @@ from kyma.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from tests.conftest import ISSUED_KEYS, UPSTREAM_KEY, Kyma, Upstream, bound_socket, write_catalog
 from tests.fakes.cluster import MixedLoad, Outcome, kyma_process
 from tests.fakes.postgres import asyncpg_url, fresh_database
+from tests.fakes.waiting import until
 
-LIVENESS = 60.0
 ADMIN = "admin-token-core-client"
 GENEROUS = [
     {"tier": 0, "min_purchased_usd": "0", "rpm": 100_000, "model_rpm": 100_000, "tpm": 10**10}
 ]
-
-
-async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait for `condition` (a liveness bound, not a measure of speed)."""
-    deadline = time.monotonic() + LIVENESS
-    while not await condition():
-        assert time.monotonic() < deadline, f"gave up waiting: {what}"
-        await asyncio.sleep(0.05)
 
 
 def core_env(url: str, catalog: pathlib.Path, **extra: str) -> dict[str, str]:

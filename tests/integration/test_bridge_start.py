@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import signal
-import time
 
 import httpx
 
-from tests.fakes.cluster import LIVENESS, spawn_logged
+from tests.fakes.cluster import spawn_logged
 from tests.fakes.pg_cluster import free_port
 from tests.fakes.processes import stop_process
+from tests.fakes.waiting import LIVENESS, until
 
 COMMON = {
     "KYMA_ADMIN_TOKEN": "admin-token-bridge-start",
@@ -25,11 +25,10 @@ COMMON = {
 
 
 async def _until_logged(log: pathlib.Path, text: str) -> None:
-    """Wait for `text` in `log` (a liveness bound, not a measure of speed)."""
-    deadline = time.monotonic() + LIVENESS
-    while not (log.exists() and text in log.read_text(errors="replace")):
-        assert time.monotonic() < deadline, f"never logged {text!r}:\n{log.read_text()}"
-        await asyncio.sleep(0.05)
+    async def logged() -> bool:
+        return log.exists() and text in log.read_text(errors="replace")
+
+    await until(logged, f"{text!r} in {log}")
 
 
 async def test_a_bridge_started_before_its_core_waits_for_it(tmp_path: pathlib.Path) -> None:

@@ -14,9 +14,8 @@ import asyncio
 import contextlib
 import json
 import secrets
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -35,10 +34,10 @@ from kyma.routing.v1 import routing_service_pb2, routing_service_pb2_grpc
 from tests.conftest import ISSUED_KEYS, UPSTREAM_KEY, Upstream, write_catalog
 from tests.fakes.cluster import KymaProcess, MixedLoad, kyma_process, nginx
 from tests.fakes.postgres import asyncpg_url, fresh_database
+from tests.fakes.waiting import LIVENESS, until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
-LIVENESS = 60.0
 ADMIN = "admin-token-cluster"
 # Tier 0 out of the way of the load; tier 1 (pinned, never reached by purchases) is small.
 TIERS = [
@@ -47,14 +46,6 @@ TIERS = [
 ]
 # The tests' catalogue prices test-model at $1 / $2 per million tokens: nano-dollars per token.
 INPUT_NANOS, OUTPUT_NANOS = 1_000, 2_000
-
-
-async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait for `condition` (a liveness bound, not a measure of speed)."""
-    deadline = time.monotonic() + LIVENESS
-    while not await condition():
-        assert time.monotonic() < deadline, f"gave up waiting: {what}"
-        await asyncio.sleep(0.05)
 
 
 @dataclass

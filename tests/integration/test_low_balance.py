@@ -11,6 +11,7 @@ import pytest
 
 from core_service.billing.low_balance import LowBalanceAlerts
 from core_service.clock import SystemClock
+from tests.fakes.waiting import until
 from tests.integration.test_credits import hi, set_balance  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.asyncio
@@ -39,11 +40,13 @@ def _alerts(kyma, address: str) -> list:
 async def _mailed(kyma, address: str, count: int) -> list:
     """The alerts to `address` once there are `count`: the core's own chore runs the same check
     every few seconds, and when it claims a crossing first, its mail is written (on a thread)
-    after the test's own `check()` found nothing left to claim. A liveness bound, not a speed."""
-    deadline = asyncio.get_running_loop().time() + 30
-    while len(found := _alerts(kyma, address)) < count:
-        assert asyncio.get_running_loop().time() < deadline, (count, found)
-        await asyncio.sleep(0.02)
+    after the test's own `check()` found nothing left to claim."""
+
+    async def arrived() -> bool:
+        return len(_alerts(kyma, address)) >= count
+
+    await until(arrived, f"{count} alert(s) to {address}")
+    found = _alerts(kyma, address)
     assert len(found) == count, found
     return found
 

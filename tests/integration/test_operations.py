@@ -186,13 +186,11 @@ async def test_log_buffer_overflow_never_fails_requests(upstream, tmp_path, pg_u
 async def test_readyz_follows_the_database(upstream, tmp_path) -> None:
     # A database of its own: every connection to it is cut, and the session's cores use theirs.
     with fresh_database("kyma_readyz") as url:
-        await _readyz_follows(url, upstream, tmp_path)
-
-
-async def _readyz_follows(url: str, upstream, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    database = url.rsplit("/", 1)[1]
-    async with running_kyma(tmp_path, url, upstream, "postgres") as kyma:
-        async with kyma.http() as http:
+        database = url.rsplit("/", 1)[1]
+        async with (
+            running_kyma(tmp_path, url, upstream, "postgres") as kyma,
+            kyma.http() as http,
+        ):
             assert (await http.get("/readyz")).status_code == 200
             kyma.core.engine.sync_engine.pool.dispose()
             psql(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
